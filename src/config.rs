@@ -1,0 +1,813 @@
+//! Configuration: TOML (serde, unknown fields rejected) into one validated [`Config`]. Every
+//! threshold of the signal engine lives here with the defaults of SIGNALS.md 5.9; an invalid
+//! value is an error naming its field, which the binary turns into exit status 64. Nothing here
+//! runs after start-up.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// A configuration error. The message always names the offending field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid config: field `{field}` {message} (got {value})")]
+    Invalid {
+        field: &'static str,
+        message: &'static str,
+        value: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub signal: SignalConfig,
+}
+
+impl Config {
+    pub fn from_toml_str(text: &str, path: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_string(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml_str(&text, &path.display().to_string())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.signal.validate()
+    }
+}
+
+/// The signal engine's parameters. Its canonical JSON is what `params_hash` is computed over.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SignalConfig {
+    pub gates: Gates,
+    pub momentum: Momentum,
+    pub volume_surge: VolumeSurge,
+    pub buy_pressure: BuyPressure,
+    pub pump_reversal: PumpReversal,
+    pub liquidity: Liquidity,
+    pub risk: Risk,
+    pub fsm: Fsm,
+    pub freshness: Freshness,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Gates {
+    pub min_liquidity_usd_bullish: f64,
+    pub min_liquidity_ref_usd_bearish: f64,
+    pub min_age_minutes_bullish: f64,
+    pub min_txns_h1: u64,
+    pub min_volume_h1_usd: f64,
+    pub min_txns_h1_bearish: u64,
+    pub new_pair_max_age_minutes: f64,
+    pub new_pair_min_liquidity_usd: f64,
+    pub new_pair_min_txns_h1: u64,
+}
+
+impl Default for Gates {
+    fn default() -> Self {
+        Gates {
+            min_liquidity_usd_bullish: 10_000.0,
+            min_liquidity_ref_usd_bearish: 5_000.0,
+            min_age_minutes_bullish: 60.0,
+            min_txns_h1: 20,
+            min_volume_h1_usd: 5_000.0,
+            min_txns_h1_bearish: 5,
+            new_pair_max_age_minutes: 60.0,
+            new_pair_min_liquidity_usd: 5_000.0,
+            new_pair_min_txns_h1: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Momentum {
+    pub enter_pc_h1: f64,
+    pub enter_pc_m5: f64,
+    pub exit_pc_h1: f64,
+    pub exit_pc_m5: f64,
+}
+
+impl Default for Momentum {
+    fn default() -> Self {
+        Momentum {
+            enter_pc_h1: 15.0,
+            enter_pc_m5: 3.0,
+            exit_pc_h1: 7.5,
+            exit_pc_m5: -3.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VolumeSurge {
+    pub baseline_floor_usd_per_min: f64,
+    pub enter_r5: f64,
+    pub enter_r60: f64,
+    pub min_volume_m5_usd: f64,
+    pub min_volume_h1_usd: f64,
+    pub z_threshold: f64,
+    pub z_half_life_minutes: f64,
+    pub z_min_obs: u32,
+    pub z_min_span_minutes: f64,
+    pub exit_ratio: f64,
+    /// `P_m5` beyond which a surge has a direction (bullish above, bearish below minus it).
+    pub direction_pc_m5: f64,
+    /// `|P_m5|` an open surge needs to flip direction (a pump turning into a dump).
+    pub flip_pc_m5: f64,
+    /// A surge must be broad: the trade count's rate must rise this much too (N_m5 against the
+    /// rest of h1 for the R5 and z paths, N_h1 against the rest of h6 for R60), so that two
+    /// whale trades in a quiet pool are not a surge.
+    pub min_count_ratio: f64,
+    /// ... and the count must be significant: `2·(sqrt N − sqrt μ)` against its baseline μ at
+    /// least this (a variance-stabilised Poisson z), since doubling 7 trades happens by chance.
+    pub min_count_z: f64,
+}
+
+impl Default for VolumeSurge {
+    fn default() -> Self {
+        VolumeSurge {
+            baseline_floor_usd_per_min: 20.0,
+            enter_r5: 3.0,
+            enter_r60: 2.5,
+            min_volume_m5_usd: 5_000.0,
+            min_volume_h1_usd: 25_000.0,
+            z_threshold: 3.0,
+            z_half_life_minutes: 360.0,
+            z_min_obs: 30,
+            z_min_span_minutes: 360.0,
+            exit_ratio: 1.5,
+            direction_pc_m5: 1.0,
+            flip_pc_m5: 3.0,
+            min_count_ratio: 2.0,
+            min_count_z: 3.5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BuyPressure {
+    pub prior: f64,
+    pub enter_bp_h1: f64,
+    pub exit_bp_h1: f64,
+    pub enter_bp_m5: f64,
+    pub min_txns_h1: u64,
+    pub min_txns_m5: u64,
+    pub sell_enter_bp_m5: f64,
+    /// The imbalance must also be significant: `|B_h1 − S_h1| / sqrt(N_h1)` at least this (a
+    /// binomial z-score). BP_h1 ≥ 0.62 over 60 trades is a coin-flip streak, not pressure.
+    pub min_imbalance_z: f64,
+}
+
+impl Default for BuyPressure {
+    fn default() -> Self {
+        BuyPressure {
+            prior: 5.0,
+            enter_bp_h1: 0.62,
+            exit_bp_h1: 0.56,
+            enter_bp_m5: 0.55,
+            min_txns_h1: 50,
+            min_txns_m5: 10,
+            sell_enter_bp_m5: 0.45,
+            min_imbalance_z: 3.5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PumpReversal {
+    pub enter_pc_m5: f64,
+    pub prior_pc_h1: f64,
+    pub prior_pc_h6: f64,
+    pub drawdown: f64,
+    pub high_lookback_minutes: f64,
+    pub high_min_rise_pct: f64,
+    pub exit_pc_m5: f64,
+}
+
+impl Default for PumpReversal {
+    fn default() -> Self {
+        PumpReversal {
+            enter_pc_m5: -10.0,
+            prior_pc_h1: 30.0,
+            prior_pc_h6: 100.0,
+            drawdown: 0.25,
+            high_lookback_minutes: 30.0,
+            high_min_rise_pct: 30.0,
+            exit_pc_m5: -3.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Liquidity {
+    pub drain_lookback_minutes: f64,
+    pub drain_enter: f64,
+    pub drain_exit: f64,
+    pub drain_exit_minutes: f64,
+    pub rug_enter: f64,
+    pub rug_abs_floor_usd: f64,
+    pub rug_abs_ref_usd: f64,
+    pub rug_crash_pc_m5: f64,
+    pub rug_crash_lp_removed: f64,
+    /// Pool labels that mean concentrated liquidity, where `K = sqrt(base·quote)` does not hold
+    /// and the USD liquidity is used instead (matched case-insensitively).
+    pub concentrated_labels: Vec<String>,
+}
+
+impl Default for Liquidity {
+    fn default() -> Self {
+        Liquidity {
+            drain_lookback_minutes: 30.0,
+            drain_enter: 0.25,
+            drain_exit: 0.10,
+            drain_exit_minutes: 15.0,
+            rug_enter: 0.60,
+            rug_abs_floor_usd: 1_000.0,
+            rug_abs_ref_usd: 10_000.0,
+            rug_crash_pc_m5: -50.0,
+            rug_crash_lp_removed: 0.30,
+            concentrated_labels: ["CLMM", "DLMM", "wp", "v3", "v4", "DYN", "DYN2"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        }
+    }
+}
+
+/// Risk flags and their score penalties (SIGNALS.md 5.5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Risk {
+    pub sell_side_absent_min_buys_h1: u64,
+    pub sell_side_absent_penalty: u32,
+    pub sell_side_absent_cap: u8,
+    pub wash_lvr: f64,
+    pub wash_max_abs_pc_h24: f64,
+    pub wash_penalty: u32,
+    pub few_wallets_ratio: f64,
+    pub few_wallets_penalty: u32,
+    pub lvr_extreme: f64,
+    pub lvr_extreme_penalty: u32,
+    pub lvr_elevated: f64,
+    pub lvr_elevated_penalty: u32,
+    pub vertical_spike_pc_m5: f64,
+    pub vertical_spike_penalty: u32,
+    pub thin_liquidity_usd: f64,
+    pub thin_liquidity_penalty: u32,
+    pub low_float_fdv_to_liquidity: f64,
+    pub low_float_penalty: u32,
+}
+
+impl Default for Risk {
+    fn default() -> Self {
+        Risk {
+            sell_side_absent_min_buys_h1: 30,
+            sell_side_absent_penalty: 30,
+            sell_side_absent_cap: 40,
+            wash_lvr: 20.0,
+            wash_max_abs_pc_h24: 5.0,
+            wash_penalty: 20,
+            few_wallets_ratio: 0.15,
+            few_wallets_penalty: 15,
+            lvr_extreme: 20.0,
+            lvr_extreme_penalty: 15,
+            lvr_elevated: 10.0,
+            lvr_elevated_penalty: 5,
+            vertical_spike_pc_m5: 15.0,
+            vertical_spike_penalty: 10,
+            thin_liquidity_usd: 25_000.0,
+            thin_liquidity_penalty: 5,
+            low_float_fdv_to_liquidity: 200.0,
+            low_float_penalty: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Fsm {
+    pub confirm_snapshots: u32,
+    pub confirm_min_seconds: f64,
+    pub pending_timeout_minutes: f64,
+    pub exit_snapshots: u32,
+    pub cooldown_minutes: f64,
+    pub escalation_points: u8,
+    pub escalation_min_seconds: f64,
+    pub data_gap_close_minutes: f64,
+    pub rug_cooldown_hours: f64,
+    pub min_emit_score: u8,
+}
+
+impl Default for Fsm {
+    fn default() -> Self {
+        Fsm {
+            confirm_snapshots: 2,
+            confirm_min_seconds: 60.0,
+            pending_timeout_minutes: 10.0,
+            exit_snapshots: 2,
+            cooldown_minutes: 30.0,
+            escalation_points: 15,
+            escalation_min_seconds: 300.0,
+            data_gap_close_minutes: 15.0,
+            rug_cooldown_hours: 24.0,
+            min_emit_score: 40,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Freshness {
+    pub price_jump_suspect_factor: f64,
+    pub price_jump_window_minutes: f64,
+    pub window_monotonic_tolerance: f64,
+    pub stale_m5_proof_minutes: f64,
+}
+
+impl Default for Freshness {
+    fn default() -> Self {
+        Freshness {
+            price_jump_suspect_factor: 10.0,
+            price_jump_window_minutes: 10.0,
+            window_monotonic_tolerance: 0.01,
+            stale_m5_proof_minutes: 6.0,
+        }
+    }
+}
+
+fn invalid(field: &'static str, message: &'static str, value: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        message,
+        value: value.to_string(),
+    }
+}
+
+/// `x` must be a finite number in `[lo, hi]`.
+fn in_range(field: &'static str, x: f64, lo: f64, hi: f64) -> Result<(), ConfigError> {
+    if x.is_finite() && x >= lo && x <= hi {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            "is out of range",
+            format!("{x}; allowed {lo}..={hi}"),
+        ))
+    }
+}
+
+fn at_least_u(field: &'static str, x: u64, lo: u64) -> Result<(), ConfigError> {
+    if x >= lo {
+        Ok(())
+    } else {
+        Err(invalid(field, "is too small", format!("{x}; minimum {lo}")))
+    }
+}
+
+const BIG: f64 = 1e15;
+
+impl SignalConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let g = &self.gates;
+        in_range(
+            "signal.gates.min_liquidity_usd_bullish",
+            g.min_liquidity_usd_bullish,
+            0.0,
+            BIG,
+        )?;
+        in_range(
+            "signal.gates.min_liquidity_ref_usd_bearish",
+            g.min_liquidity_ref_usd_bearish,
+            0.0,
+            BIG,
+        )?;
+        in_range(
+            "signal.gates.min_age_minutes_bullish",
+            g.min_age_minutes_bullish,
+            0.0,
+            525_600.0,
+        )?;
+        in_range(
+            "signal.gates.min_volume_h1_usd",
+            g.min_volume_h1_usd,
+            0.0,
+            BIG,
+        )?;
+        in_range(
+            "signal.gates.new_pair_max_age_minutes",
+            g.new_pair_max_age_minutes,
+            1.0,
+            1440.0,
+        )?;
+        in_range(
+            "signal.gates.new_pair_min_liquidity_usd",
+            g.new_pair_min_liquidity_usd,
+            0.0,
+            BIG,
+        )?;
+
+        let m = &self.momentum;
+        in_range("signal.momentum.enter_pc_h1", m.enter_pc_h1, 0.1, 10_000.0)?;
+        in_range("signal.momentum.enter_pc_m5", m.enter_pc_m5, 0.0, 10_000.0)?;
+        in_range(
+            "signal.momentum.exit_pc_h1",
+            m.exit_pc_h1,
+            0.0,
+            m.enter_pc_h1,
+        )?;
+        in_range("signal.momentum.exit_pc_m5", m.exit_pc_m5, -100.0, 0.0)?;
+
+        let v = &self.volume_surge;
+        in_range(
+            "signal.volume_surge.baseline_floor_usd_per_min",
+            v.baseline_floor_usd_per_min,
+            1e-6,
+            BIG,
+        )?;
+        in_range("signal.volume_surge.enter_r5", v.enter_r5, 1.0, 1e6)?;
+        in_range("signal.volume_surge.enter_r60", v.enter_r60, 1.0, 1e6)?;
+        in_range(
+            "signal.volume_surge.min_volume_m5_usd",
+            v.min_volume_m5_usd,
+            0.0,
+            BIG,
+        )?;
+        in_range(
+            "signal.volume_surge.min_volume_h1_usd",
+            v.min_volume_h1_usd,
+            0.0,
+            BIG,
+        )?;
+        in_range("signal.volume_surge.z_threshold", v.z_threshold, 0.5, 100.0)?;
+        in_range(
+            "signal.volume_surge.z_half_life_minutes",
+            v.z_half_life_minutes,
+            1.0,
+            100_000.0,
+        )?;
+        at_least_u("signal.volume_surge.z_min_obs", u64::from(v.z_min_obs), 2)?;
+        in_range(
+            "signal.volume_surge.z_min_span_minutes",
+            v.z_min_span_minutes,
+            0.0,
+            100_000.0,
+        )?;
+        in_range(
+            "signal.volume_surge.exit_ratio",
+            v.exit_ratio,
+            0.0,
+            v.enter_r5.min(v.enter_r60),
+        )?;
+        in_range(
+            "signal.volume_surge.direction_pc_m5",
+            v.direction_pc_m5,
+            0.0,
+            100.0,
+        )?;
+        in_range(
+            "signal.volume_surge.flip_pc_m5",
+            v.flip_pc_m5,
+            v.direction_pc_m5,
+            100.0,
+        )?;
+        in_range(
+            "signal.volume_surge.min_count_ratio",
+            v.min_count_ratio,
+            0.0,
+            1e6,
+        )?;
+        in_range("signal.volume_surge.min_count_z", v.min_count_z, 0.0, 100.0)?;
+
+        let b = &self.buy_pressure;
+        in_range("signal.buy_pressure.prior", b.prior, 0.0, 1e6)?;
+        in_range("signal.buy_pressure.enter_bp_h1", b.enter_bp_h1, 0.5, 1.0)?;
+        in_range(
+            "signal.buy_pressure.exit_bp_h1",
+            b.exit_bp_h1,
+            0.5,
+            b.enter_bp_h1,
+        )?;
+        in_range("signal.buy_pressure.enter_bp_m5", b.enter_bp_m5, 0.0, 1.0)?;
+        in_range(
+            "signal.buy_pressure.sell_enter_bp_m5",
+            b.sell_enter_bp_m5,
+            0.0,
+            1.0,
+        )?;
+        at_least_u("signal.buy_pressure.min_txns_h1", b.min_txns_h1, 1)?;
+        in_range(
+            "signal.buy_pressure.min_imbalance_z",
+            b.min_imbalance_z,
+            0.0,
+            100.0,
+        )?;
+
+        let p = &self.pump_reversal;
+        in_range(
+            "signal.pump_reversal.enter_pc_m5",
+            p.enter_pc_m5,
+            -100.0,
+            0.0,
+        )?;
+        in_range(
+            "signal.pump_reversal.exit_pc_m5",
+            p.exit_pc_m5,
+            p.enter_pc_m5,
+            0.0,
+        )?;
+        in_range("signal.pump_reversal.prior_pc_h1", p.prior_pc_h1, 0.0, 1e6)?;
+        in_range("signal.pump_reversal.prior_pc_h6", p.prior_pc_h6, 0.0, 1e6)?;
+        in_range("signal.pump_reversal.drawdown", p.drawdown, 0.01, 1.0)?;
+        in_range(
+            "signal.pump_reversal.high_lookback_minutes",
+            p.high_lookback_minutes,
+            1.0,
+            1440.0,
+        )?;
+        in_range(
+            "signal.pump_reversal.high_min_rise_pct",
+            p.high_min_rise_pct,
+            0.0,
+            1e6,
+        )?;
+
+        let l = &self.liquidity;
+        in_range(
+            "signal.liquidity.drain_lookback_minutes",
+            l.drain_lookback_minutes,
+            1.0,
+            1440.0,
+        )?;
+        in_range("signal.liquidity.drain_enter", l.drain_enter, 0.01, 1.0)?;
+        in_range(
+            "signal.liquidity.drain_exit",
+            l.drain_exit,
+            0.0,
+            l.drain_enter,
+        )?;
+        in_range(
+            "signal.liquidity.drain_exit_minutes",
+            l.drain_exit_minutes,
+            0.0,
+            1440.0,
+        )?;
+        in_range(
+            "signal.liquidity.rug_enter",
+            l.rug_enter,
+            l.drain_enter,
+            1.0,
+        )?;
+        in_range(
+            "signal.liquidity.rug_abs_floor_usd",
+            l.rug_abs_floor_usd,
+            0.0,
+            BIG,
+        )?;
+        in_range(
+            "signal.liquidity.rug_abs_ref_usd",
+            l.rug_abs_ref_usd,
+            l.rug_abs_floor_usd,
+            BIG,
+        )?;
+        in_range(
+            "signal.liquidity.rug_crash_pc_m5",
+            l.rug_crash_pc_m5,
+            -100.0,
+            0.0,
+        )?;
+        in_range(
+            "signal.liquidity.rug_crash_lp_removed",
+            l.rug_crash_lp_removed,
+            0.0,
+            1.0,
+        )?;
+
+        let r = &self.risk;
+        in_range("signal.risk.wash_lvr", r.wash_lvr, 0.0, 1e9)?;
+        in_range(
+            "signal.risk.wash_max_abs_pc_h24",
+            r.wash_max_abs_pc_h24,
+            0.0,
+            1e6,
+        )?;
+        in_range(
+            "signal.risk.few_wallets_ratio",
+            r.few_wallets_ratio,
+            0.0,
+            1.0,
+        )?;
+        in_range(
+            "signal.risk.lvr_extreme",
+            r.lvr_extreme,
+            r.lvr_elevated,
+            1e9,
+        )?;
+        in_range("signal.risk.lvr_elevated", r.lvr_elevated, 0.0, 1e9)?;
+        in_range(
+            "signal.risk.vertical_spike_pc_m5",
+            r.vertical_spike_pc_m5,
+            0.0,
+            1e6,
+        )?;
+        in_range(
+            "signal.risk.thin_liquidity_usd",
+            r.thin_liquidity_usd,
+            0.0,
+            BIG,
+        )?;
+        in_range(
+            "signal.risk.low_float_fdv_to_liquidity",
+            r.low_float_fdv_to_liquidity,
+            0.0,
+            1e12,
+        )?;
+        in_range(
+            "signal.risk.sell_side_absent_cap",
+            f64::from(r.sell_side_absent_cap),
+            0.0,
+            100.0,
+        )?;
+
+        let f = &self.fsm;
+        at_least_u(
+            "signal.fsm.confirm_snapshots",
+            u64::from(f.confirm_snapshots),
+            1,
+        )?;
+        at_least_u("signal.fsm.exit_snapshots", u64::from(f.exit_snapshots), 1)?;
+        in_range(
+            "signal.fsm.confirm_min_seconds",
+            f.confirm_min_seconds,
+            0.0,
+            86_400.0,
+        )?;
+        in_range(
+            "signal.fsm.pending_timeout_minutes",
+            f.pending_timeout_minutes,
+            0.1,
+            1440.0,
+        )?;
+        in_range(
+            "signal.fsm.cooldown_minutes",
+            f.cooldown_minutes,
+            0.0,
+            10_080.0,
+        )?;
+        in_range(
+            "signal.fsm.escalation_min_seconds",
+            f.escalation_min_seconds,
+            0.0,
+            86_400.0,
+        )?;
+        in_range(
+            "signal.fsm.data_gap_close_minutes",
+            f.data_gap_close_minutes,
+            0.1,
+            1440.0,
+        )?;
+        in_range(
+            "signal.fsm.rug_cooldown_hours",
+            f.rug_cooldown_hours,
+            0.0,
+            8760.0,
+        )?;
+        in_range(
+            "signal.fsm.min_emit_score",
+            f64::from(f.min_emit_score),
+            0.0,
+            100.0,
+        )?;
+        at_least_u(
+            "signal.fsm.escalation_points",
+            u64::from(f.escalation_points),
+            1,
+        )?;
+
+        let fr = &self.freshness;
+        in_range(
+            "signal.freshness.price_jump_suspect_factor",
+            fr.price_jump_suspect_factor,
+            1.5,
+            1e6,
+        )?;
+        in_range(
+            "signal.freshness.price_jump_window_minutes",
+            fr.price_jump_window_minutes,
+            0.0,
+            1440.0,
+        )?;
+        in_range(
+            "signal.freshness.window_monotonic_tolerance",
+            fr.window_monotonic_tolerance,
+            0.0,
+            1.0,
+        )?;
+        in_range(
+            "signal.freshness.stale_m5_proof_minutes",
+            fr.stale_m5_proof_minutes,
+            0.5,
+            1440.0,
+        )?;
+        Ok(())
+    }
+
+    /// sha256 of the canonical JSON of these parameters, first 16 bytes in hex: every event
+    /// carries it, so that an outcome study knows which thresholds produced the event.
+    pub fn params_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        // Struct field order is fixed, so the JSON is canonical.
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(&Sha256::digest(&json)[..16])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(toml_text: &str, expect_field: Option<&str>) {
+        let got = Config::from_toml_str(toml_text, "test.toml");
+        match (got, expect_field) {
+            (Ok(_), None) => {}
+            (Err(e), Some(field)) => {
+                let msg = e.to_string();
+                assert!(msg.contains(field), "error {msg:?} does not name {field:?}");
+            }
+            (Ok(_), Some(field)) => panic!("accepted, expected an error naming {field}"),
+            (Err(e), None) => panic!("rejected: {e}"),
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        check("", None);
+        check("[signal.momentum]\nenter_pc_h1 = 20.0\n", None);
+        check(
+            "[signal.momentum]\nenter_pc_h1 = -1.0\n",
+            Some("signal.momentum.enter_pc_h1"),
+        );
+        check(
+            "[signal.momentum]\nexit_pc_h1 = 99.0\n",
+            Some("signal.momentum.exit_pc_h1"),
+        );
+        check(
+            "[signal.fsm]\nconfirm_snapshots = 0\n",
+            Some("signal.fsm.confirm_snapshots"),
+        );
+        check("[signal.gates]\nmin_txns_h1 = -3\n", Some("min_txns_h1"));
+        check(
+            "[signal.momentum]\nenter_pc_hl = 3.0\n",
+            Some("enter_pc_hl"),
+        );
+        check(
+            "[signal.momentum]\nenter_pc_h1 = \"lots\"\n",
+            Some("enter_pc_h1"),
+        );
+        check("[signl]\n", Some("signl"));
+        check(
+            "[signal.freshness]\nwindow_monotonic_tolerance = nan\n",
+            Some("window_monotonic_tolerance"),
+        );
+    }
+
+    #[test]
+    fn the_shipped_default_config_is_the_default() {
+        let text = include_str!("../config/default.toml");
+        let cfg = Config::from_toml_str(text, "config/default.toml").unwrap();
+        assert_eq!(cfg.signal, SignalConfig::default());
+    }
+
+    #[test]
+    fn params_hash_changes_with_any_threshold() {
+        let a = SignalConfig::default();
+        let mut b = a.clone();
+        b.momentum.enter_pc_m5 = 3.5;
+        assert_ne!(a.params_hash(), b.params_hash());
+        assert_eq!(a.params_hash(), SignalConfig::default().params_hash());
+    }
+}

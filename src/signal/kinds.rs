@@ -1,0 +1,558 @@
+//! The signal kinds of SIGNALS.md 5.3-5.5: eligibility gates, enter and exit rules, the score
+//! (E, Q, P) and the risk flags, all as pure functions of one snapshot's [`Features`] and the
+//! configuration. No state lives here (the state machine is in `signal::mod`), and nothing
+//! allocates except [`reasons`] and [`RiskFlags::names`], which run only when an event is built.
+
+use crate::config::SignalConfig;
+use crate::model::{Direction, Kind};
+
+use super::features::ramp;
+
+/// Everything the rules read, computed once per fresh, valid snapshot. `None` is unknown.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Features {
+    pub t_ms: i64,
+    pub age_min: Option<f64>,
+    pub price: Option<f64>,
+    /// Price change % for m5, h1, h6, h24.
+    pub pc: [Option<f64>; 4],
+    /// Volume USD for m5, h1, h6, h24.
+    pub vol: [Option<f64>; 4],
+    pub buys_m5: Option<u64>,
+    pub sells_m5: Option<u64>,
+    pub buys_h1: Option<u64>,
+    pub sells_h1: Option<u64>,
+    /// Trade count rates against their baselines: N_m5 vs the rest of h1, N_h1 vs the rest of h6.
+    pub count_ratio_m5: Option<f64>,
+    pub count_ratio_h1: Option<f64>,
+    /// Poisson z-scores of the same counts against their baselines.
+    pub count_z_m5: Option<f64>,
+    pub count_z_h1: Option<f64>,
+    pub r5: Option<f64>,
+    pub r60: Option<f64>,
+    pub r6h: Option<f64>,
+    pub cascade: u32,
+    pub bp_m5: Option<f64>,
+    pub bp_h1: Option<f64>,
+    pub lvr: Option<f64>,
+    pub ur_h1: Option<f64>,
+    pub buyer_skew: Option<f64>,
+    pub z_vol: Option<f64>,
+    pub liquidity: Option<f64>,
+    pub liquidity_ref: Option<f64>,
+    /// Pool depth now: K for constant-product pools, USD liquidity otherwise.
+    pub depth: Option<f64>,
+    pub lp_removed: Option<f64>,
+    /// `lp_removed` came from USD liquidity, not the pool invariant.
+    pub liq_usd_proxy: bool,
+    pub dd30: Option<f64>,
+    pub fdv: Option<f64>,
+    /// Some optional field was missing (lowers `q_data`).
+    pub optional_missing: bool,
+}
+
+impl Features {
+    pub fn n_m5(&self) -> Option<u64> {
+        Some(self.buys_m5? + self.sells_m5?)
+    }
+
+    pub fn n_h1(&self) -> Option<u64> {
+        Some(self.buys_h1? + self.sells_h1?)
+    }
+
+    /// `(B_h1 − S_h1)/sqrt(N_h1)`: positive for buying, negative for selling.
+    pub fn imbalance_z(&self) -> Option<f64> {
+        let (b, s) = (self.buys_h1? as f64, self.sells_h1? as f64);
+        (b + s > 0.0).then(|| (b - s) / (b + s).sqrt())
+    }
+}
+
+/// Risk flags as a bit set: computing them allocates nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RiskFlags(u16);
+
+impl RiskFlags {
+    pub const SELL_SIDE_ABSENT: u16 = 1;
+    pub const WASH_SUSPECTED: u16 = 1 << 1;
+    pub const FEW_WALLETS: u16 = 1 << 2;
+    pub const LVR_EXTREME: u16 = 1 << 3;
+    pub const LVR_ELEVATED: u16 = 1 << 4;
+    pub const VERTICAL_SPIKE: u16 = 1 << 5;
+    pub const THIN_LIQUIDITY: u16 = 1 << 6;
+    pub const LOW_FLOAT: u16 = 1 << 7;
+    pub const FLAT_HIGH_VOLUME: u16 = 1 << 8;
+    pub const LIQ_USD_PROXY: u16 = 1 << 9;
+
+    const NAMES: [&'static str; 10] = [
+        "sell_side_absent",
+        "wash_suspected",
+        "few_wallets",
+        "lvr_extreme",
+        "lvr_elevated",
+        "vertical_spike",
+        "thin_liquidity",
+        "low_float",
+        "flat_high_volume",
+        "liq_usd_proxy",
+    ];
+
+    pub fn has(self, flag: u16) -> bool {
+        self.0 & flag != 0
+    }
+
+    pub fn set(&mut self, flag: u16) {
+        self.0 |= flag;
+    }
+
+    pub fn names(self) -> Vec<String> {
+        Self::NAMES
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.0 & (1 << i) != 0)
+            .map(|(_, n)| (*n).to_string())
+            .collect()
+    }
+}
+
+/// The flags of a snapshot and the penalty points they cost bullish and neutral events.
+pub fn risk(f: &Features, cfg: &SignalConfig) -> (RiskFlags, u32) {
+    let r = &cfg.risk;
+    let mut flags = RiskFlags::default();
+    let mut p = 0;
+    if let (Some(b), Some(s)) = (f.buys_h1, f.sells_h1) {
+        if b >= r.sell_side_absent_min_buys_h1 && (s as f64) <= (2.0f64).max(0.05 * b as f64) {
+            flags.set(RiskFlags::SELL_SIDE_ABSENT);
+            p += r.sell_side_absent_penalty;
+        }
+    }
+    let wash_turnover = f.lvr.is_some_and(|l| l >= r.wash_lvr)
+        && f.pc[3].is_some_and(|x| x.abs() < r.wash_max_abs_pc_h24);
+    let wash_flat_surge = f.r5.is_some_and(|x| x >= cfg.volume_surge.enter_r5)
+        && f.pc[0].is_some_and(|x| x.abs() < 0.5)
+        && f.bp_m5.is_some_and(|x| (x - 0.5).abs() < 0.05)
+        && f.n_m5().is_some_and(|n| n >= 20);
+    let wash_wallets = f.ur_h1.is_some_and(|u| u < 0.10) && f.n_h1().is_some_and(|n| n >= 100);
+    if wash_turnover || wash_flat_surge || wash_wallets {
+        flags.set(RiskFlags::WASH_SUSPECTED);
+        p += r.wash_penalty;
+    }
+    if f.ur_h1.is_some_and(|u| u < r.few_wallets_ratio) && f.n_h1().is_some_and(|n| n >= 50) {
+        flags.set(RiskFlags::FEW_WALLETS);
+        p += r.few_wallets_penalty;
+    }
+    match f.lvr {
+        Some(l) if l >= r.lvr_extreme => {
+            flags.set(RiskFlags::LVR_EXTREME);
+            p += r.lvr_extreme_penalty;
+        }
+        Some(l) if l >= r.lvr_elevated => {
+            flags.set(RiskFlags::LVR_ELEVATED);
+            p += r.lvr_elevated_penalty;
+        }
+        _ => {}
+    }
+    if let (Some(m5), Some(h1)) = (f.pc[0], f.pc[1]) {
+        if m5.abs() > r.vertical_spike_pc_m5 && m5.abs() > 0.6 * h1.abs() {
+            flags.set(RiskFlags::VERTICAL_SPIKE);
+            p += r.vertical_spike_penalty;
+        }
+    }
+    if f.liquidity.is_some_and(|l| l < r.thin_liquidity_usd) {
+        flags.set(RiskFlags::THIN_LIQUIDITY);
+        p += r.thin_liquidity_penalty;
+    }
+    if let (Some(fdv), Some(l)) = (f.fdv, f.liquidity) {
+        if l > 0.0 && fdv / l > r.low_float_fdv_to_liquidity {
+            flags.set(RiskFlags::LOW_FLOAT);
+            p += r.low_float_penalty;
+        }
+    }
+    if f.liq_usd_proxy && f.lp_removed.is_some() {
+        flags.set(RiskFlags::LIQ_USD_PROXY);
+    }
+    (flags, p)
+}
+
+/// Bullish (and neutral) gate: liquidity, age, activity; missing data fails it.
+pub fn gate_bullish(f: &Features, cfg: &SignalConfig) -> bool {
+    let g = &cfg.gates;
+    f.price.is_some()
+        && f.liquidity
+            .is_some_and(|l| l >= g.min_liquidity_usd_bullish)
+        && f.age_min.is_some_and(|a| a >= g.min_age_minutes_bullish)
+        && f.n_h1().is_some_and(|n| n >= g.min_txns_h1)
+        && f.vol[1].is_some_and(|v| v >= g.min_volume_h1_usd)
+}
+
+/// Bearish gate: reference liquidity and a little activity.
+pub fn gate_bearish(f: &Features, cfg: &SignalConfig) -> bool {
+    let g = &cfg.gates;
+    f.liquidity_ref
+        .is_some_and(|l| l >= g.min_liquidity_ref_usd_bearish)
+        && f.n_h1().is_some_and(|n| n >= g.min_txns_h1_bearish)
+}
+
+/// Momentum, volume and pressure kinds need a full h1 window behind them, in both directions.
+fn old_enough(f: &Features, cfg: &SignalConfig) -> bool {
+    f.age_min
+        .is_some_and(|a| a >= cfg.gates.min_age_minutes_bullish)
+}
+
+fn ge(x: Option<f64>, t: f64) -> bool {
+    x.is_some_and(|x| x >= t)
+}
+
+fn le(x: Option<f64>, t: f64) -> bool {
+    x.is_some_and(|x| x <= t)
+}
+
+/// The direction a volume surge takes from price and flow.
+pub fn surge_direction(f: &Features, cfg: &SignalConfig) -> Direction {
+    let d = cfg.volume_surge.direction_pc_m5;
+    match (f.pc[0], f.bp_m5) {
+        (Some(p), Some(bp)) if p > d && bp >= 0.5 => Direction::Bullish,
+        (Some(p), Some(bp)) if p < -d && bp < 0.5 => Direction::Bearish,
+        _ => Direction::Neutral,
+    }
+}
+
+fn surging(f: &Features, cfg: &SignalConfig) -> bool {
+    let v = &cfg.volume_surge;
+    let broad_m5 = ge(f.count_ratio_m5, v.min_count_ratio) && ge(f.count_z_m5, v.min_count_z);
+    let broad_h1 = ge(f.count_ratio_h1, v.min_count_ratio) && ge(f.count_z_h1, v.min_count_z);
+    (ge(f.r5, v.enter_r5) && ge(f.vol[0], v.min_volume_m5_usd) && broad_m5)
+        || (ge(f.r60, v.enter_r60) && ge(f.vol[1], v.min_volume_h1_usd) && broad_h1)
+        || (ge(f.z_vol, v.z_threshold) && ge(f.vol[0], v.min_volume_m5_usd) && broad_m5)
+}
+
+/// The entry condition of the state-machine kinds (liquidity kinds and `new_pair` are decided
+/// in `signal::mod`, which holds the history they need). `Some(direction)` when it holds.
+pub fn enter(kind: Kind, f: &Features, cfg: &SignalConfig, flags: RiskFlags) -> Option<Direction> {
+    let m = &cfg.momentum;
+    let b = &cfg.buy_pressure;
+    let pr = &cfg.pump_reversal;
+    let holds = match kind {
+        Kind::MomentumUp => {
+            gate_bullish(f, cfg)
+                && ge(f.pc[1], m.enter_pc_h1)
+                && ge(f.pc[0], m.enter_pc_m5)
+                && f.pc[0].is_some_and(|p| p > 0.0)
+        }
+        Kind::MomentumDown => {
+            gate_bearish(f, cfg)
+                && old_enough(f, cfg)
+                && le(f.pc[1], -m.enter_pc_h1)
+                && le(f.pc[0], -m.enter_pc_m5)
+        }
+        Kind::VolumeSurge => {
+            if !surging(f, cfg) {
+                return None;
+            }
+            let dir = surge_direction(f, cfg);
+            let gated = match dir {
+                Direction::Bearish => gate_bearish(f, cfg) && old_enough(f, cfg),
+                _ => gate_bullish(f, cfg),
+            };
+            return gated.then_some(dir);
+        }
+        Kind::BuyPressure => {
+            gate_bullish(f, cfg)
+                && ge(f.bp_h1, b.enter_bp_h1)
+                && f.n_h1().is_some_and(|n| n >= b.min_txns_h1)
+                && ge(f.bp_m5, b.enter_bp_m5)
+                && f.n_m5().is_some_and(|n| n >= b.min_txns_m5)
+                && ge(f.imbalance_z(), b.min_imbalance_z)
+                && !flags.has(RiskFlags::SELL_SIDE_ABSENT)
+        }
+        Kind::SellPressure => {
+            gate_bearish(f, cfg)
+                && old_enough(f, cfg)
+                && le(f.bp_h1, 1.0 - b.enter_bp_h1)
+                && f.n_h1().is_some_and(|n| n >= b.min_txns_h1)
+                && le(f.imbalance_z(), -b.min_imbalance_z)
+                && le(f.bp_m5, b.sell_enter_bp_m5)
+        }
+        Kind::PumpReversal => {
+            gate_bearish(f, cfg)
+                && le(f.pc[0], pr.enter_pc_m5)
+                && (ge(f.pc[1], pr.prior_pc_h1)
+                    || ge(f.pc[2], pr.prior_pc_h6)
+                    || ge(f.dd30, pr.drawdown))
+        }
+        Kind::LiquidityDrain | Kind::RugWarning | Kind::NewPair => false,
+    };
+    holds.then_some(kind_direction(kind))
+}
+
+/// The fixed direction of each kind (`volume_surge` takes its own).
+pub fn kind_direction(kind: Kind) -> Direction {
+    match kind {
+        Kind::MomentumUp | Kind::BuyPressure => Direction::Bullish,
+        Kind::VolumeSurge | Kind::NewPair => Direction::Neutral,
+        _ => Direction::Bearish,
+    }
+}
+
+/// The (looser) exit condition of an open episode. Unknown data never exits.
+pub fn exit(kind: Kind, f: &Features, cfg: &SignalConfig) -> bool {
+    let m = &cfg.momentum;
+    match kind {
+        Kind::MomentumUp => f.pc[1].is_some_and(|p| p < m.exit_pc_h1) || le(f.pc[0], m.exit_pc_m5),
+        Kind::MomentumDown => {
+            f.pc[1].is_some_and(|p| p > -m.exit_pc_h1) || ge(f.pc[0], -m.exit_pc_m5)
+        }
+        Kind::VolumeSurge => {
+            let x = cfg.volume_surge.exit_ratio;
+            (f.r5.is_some() || f.r60.is_some())
+                && f.r5.is_none_or(|r| r < x)
+                && f.r60.is_none_or(|r| r < x)
+        }
+        Kind::BuyPressure => f.bp_h1.is_some_and(|bp| bp < cfg.buy_pressure.exit_bp_h1),
+        Kind::SellPressure => f
+            .bp_h1
+            .is_some_and(|bp| bp > 1.0 - cfg.buy_pressure.exit_bp_h1),
+        Kind::PumpReversal => f.pc[0].is_some_and(|p| p > cfg.pump_reversal.exit_pc_m5),
+        Kind::LiquidityDrain | Kind::RugWarning | Kind::NewPair => false,
+    }
+}
+
+/// `E ∈ [0, 1]`: the excess over the entry threshold. `consecutive` counts the consecutive
+/// fresh snapshots on which the entry held (for `volume_surge`).
+pub fn excess(
+    kind: Kind,
+    dir: Direction,
+    f: &Features,
+    cfg: &SignalConfig,
+    consecutive: u32,
+) -> f64 {
+    let abs = |x: Option<f64>| x.map_or(0.0, f64::abs);
+    let e = match kind {
+        Kind::MomentumUp | Kind::MomentumDown => {
+            0.40 * ramp(abs(f.pc[1]), 15.0, 60.0)
+                + 0.25 * ramp(abs(f.pc[0]), 3.0, 15.0)
+                + 0.20 * f.r60.map_or(0.0, |r| ramp(r, 1.0, 3.0))
+                + 0.15 * (f64::from(f.cascade) - 1.0).max(0.0) / 2.0
+        }
+        Kind::VolumeSurge => {
+            let v = &cfg.volume_surge;
+            let m = [
+                f.r5.map(|r| r / v.enter_r5),
+                f.r60.map(|r| r / v.enter_r60),
+                f.z_vol.map(|z| z / v.z_threshold),
+            ]
+            .into_iter()
+            .flatten()
+            .fold(f64::NAN, f64::max);
+            let m_term = if m > 0.0 {
+                ramp(m.log2(), 0.0, 2.0)
+            } else {
+                0.0
+            };
+            0.45 * m_term
+                + 0.25
+                    * f.vol[0]
+                        .filter(|v| *v > 0.0)
+                        .map_or(0.0, |v| ramp(v.log10(), 5e3f64.log10(), 5.0))
+                + 0.15 * f64::from(consecutive.saturating_sub(1).min(2)) / 2.0
+                + 0.15 * f.n_m5().map_or(0.0, |n| ramp(n as f64, 10.0, 60.0))
+        }
+        Kind::BuyPressure | Kind::SellPressure => {
+            let flip = |x: f64| {
+                if kind == Kind::SellPressure {
+                    1.0 - x
+                } else {
+                    x
+                }
+            };
+            let third = match f.buyer_skew {
+                Some(skew) => {
+                    let s = if kind == Kind::SellPressure && skew > 0.0 {
+                        1.0 / skew
+                    } else {
+                        skew
+                    };
+                    ramp(s, 1.2, 3.0)
+                }
+                None => f.bp_m5.map_or(0.0, |bp| ramp(flip(bp), 0.55, 0.80)),
+            };
+            0.50 * f.bp_h1.map_or(0.0, |bp| ramp(flip(bp), 0.62, 0.80))
+                + 0.25
+                    * f.n_h1()
+                        .filter(|n| *n > 0)
+                        .map_or(0.0, |n| ramp((n as f64).log10(), 50f64.log10(), 3.0))
+                + 0.25 * third
+        }
+        Kind::PumpReversal => {
+            0.6 * f.pc[0].map_or(0.0, |p| ramp(-p, 10.0, 40.0))
+                + 0.4 * f.dd30.map_or(0.0, |d| ramp(d, 0.15, 0.6))
+        }
+        Kind::LiquidityDrain => f.lp_removed.map_or(0.0, |x| ramp(x, 0.25, 0.9)),
+        Kind::RugWarning => 0.6 + 0.4 * f.lp_removed.map_or(1.0, |x| ramp(x, 0.6, 1.0)),
+        Kind::NewPair => {
+            0.4 * f
+                .liquidity
+                .filter(|l| *l > 0.0)
+                .map_or(0.0, |l| ramp(l.log10(), 4.0, 5.4))
+                + 0.3 * f.n_h1().map_or(0.0, |n| ramp(n as f64, 10.0, 200.0))
+                + 0.3 * f.ur_h1.map_or(0.5, |u| u.clamp(0.0, 1.0))
+        }
+    };
+    let _ = dir;
+    e.clamp(0.0, 1.0)
+}
+
+/// `Q = q_liq · q_age · q_data` for bullish and neutral events; bearish and risk kinds use 1.
+pub fn quality(dir: Direction, f: &Features) -> f64 {
+    if dir == Direction::Bearish {
+        return 1.0;
+    }
+    let q_liq = 0.6
+        + 0.4
+            * f.liquidity
+                .filter(|l| *l > 0.0)
+                .map_or(0.0, |l| ramp(l.log10(), 4.0, 5.7));
+    let q_age = if f.age_min.is_none_or(|a| a < 360.0) {
+        0.8
+    } else {
+        1.0
+    };
+    let q_data = if f.optional_missing { 0.85 } else { 1.0 };
+    q_liq * q_age * q_data
+}
+
+/// The score of SIGNALS.md 5.5 and its components: `clamp(round((50 + 50·E)·Q − P), 0, 100)`.
+pub fn score(
+    kind: Kind,
+    dir: Direction,
+    f: &Features,
+    cfg: &SignalConfig,
+    consecutive: u32,
+    flags: RiskFlags,
+    penalty: u32,
+) -> (u8, f64, f64, u32) {
+    let e = excess(kind, dir, f, cfg, consecutive);
+    let q = quality(dir, f);
+    let p = if dir == Direction::Bearish {
+        0
+    } else {
+        penalty
+    };
+    let raw = ((50.0 + 50.0 * e) * q - f64::from(p)).round();
+    let mut s = raw.clamp(0.0, 100.0) as u8;
+    if dir == Direction::Bullish && flags.has(RiskFlags::SELL_SIDE_ABSENT) {
+        s = s.min(cfg.risk.sell_side_absent_cap);
+    }
+    (s, e, q, p)
+}
+
+fn pct(x: Option<f64>) -> String {
+    x.map_or_else(|| "n/a".to_string(), |x| format!("{x:+.2}%"))
+}
+
+fn num(x: Option<f64>, prec: usize) -> String {
+    x.map_or_else(|| "n/a".to_string(), |x| format!("{x:.prec$}"))
+}
+
+/// Human-readable reasons for an opened or escalated event.
+pub fn reasons(kind: Kind, dir: Direction, f: &Features, cfg: &SignalConfig) -> Vec<String> {
+    let m = &cfg.momentum;
+    let v = &cfg.volume_surge;
+    let b = &cfg.buy_pressure;
+    let mut out = Vec::new();
+    match kind {
+        Kind::MomentumUp => {
+            out.push(format!("P_h1 {} >= +{:.2}%", pct(f.pc[1]), m.enter_pc_h1));
+            out.push(format!("P_m5 {} >= +{:.2}%", pct(f.pc[0]), m.enter_pc_m5));
+        }
+        Kind::MomentumDown => {
+            out.push(format!("P_h1 {} <= -{:.2}%", pct(f.pc[1]), m.enter_pc_h1));
+            out.push(format!("P_m5 {} <= -{:.2}%", pct(f.pc[0]), m.enter_pc_m5));
+        }
+        Kind::VolumeSurge => {
+            if ge(f.r5, v.enter_r5) && ge(f.vol[0], v.min_volume_m5_usd) {
+                out.push(format!("R5 {} >= {:.2}", num(f.r5, 2), v.enter_r5));
+                out.push(format!(
+                    "V_m5 {} >= {:.0}",
+                    num(f.vol[0], 0),
+                    v.min_volume_m5_usd
+                ));
+            }
+            if ge(f.r60, v.enter_r60) && ge(f.vol[1], v.min_volume_h1_usd) {
+                out.push(format!("R60 {} >= {:.2}", num(f.r60, 2), v.enter_r60));
+                out.push(format!(
+                    "V_h1 {} >= {:.0}",
+                    num(f.vol[1], 0),
+                    v.min_volume_h1_usd
+                ));
+            }
+            if ge(f.z_vol, v.z_threshold) && ge(f.vol[0], v.min_volume_m5_usd) {
+                out.push(format!("z_vol {} >= {:.2}", num(f.z_vol, 2), v.z_threshold));
+            }
+            out.push(format!(
+                "P_m5 {} with BP_m5 {}",
+                pct(f.pc[0]),
+                num(f.bp_m5, 2)
+            ));
+            if dir == Direction::Neutral {
+                out.push("no clear direction: price flat or flow balanced".to_string());
+            }
+        }
+        Kind::BuyPressure => {
+            out.push(format!("BP_h1 {} >= {:.2}", num(f.bp_h1, 2), b.enter_bp_h1));
+            out.push(format!("BP_m5 {} >= {:.2}", num(f.bp_m5, 2), b.enter_bp_m5));
+            out.push(format!("N_h1 {}", f.n_h1().unwrap_or(0)));
+        }
+        Kind::SellPressure => {
+            out.push(format!(
+                "BP_h1 {} <= {:.2}",
+                num(f.bp_h1, 2),
+                1.0 - b.enter_bp_h1
+            ));
+            out.push(format!(
+                "BP_m5 {} <= {:.2}",
+                num(f.bp_m5, 2),
+                b.sell_enter_bp_m5
+            ));
+            out.push(format!("N_h1 {}", f.n_h1().unwrap_or(0)));
+        }
+        Kind::PumpReversal => {
+            out.push(format!(
+                "P_m5 {} <= {:.2}%",
+                pct(f.pc[0]),
+                cfg.pump_reversal.enter_pc_m5
+            ));
+            if let Some(d) = f.dd30 {
+                out.push(format!("{:.1}% below the 30-minute high", d * 100.0));
+            }
+            out.push(format!(
+                "after P_h1 {}, P_h6 {}",
+                pct(f.pc[1]),
+                pct(f.pc[2])
+            ));
+        }
+        Kind::LiquidityDrain | Kind::RugWarning => {
+            if let Some(x) = f.lp_removed {
+                let what = if f.liq_usd_proxy {
+                    "USD liquidity"
+                } else {
+                    "pool invariant K"
+                };
+                out.push(format!("{:.1}% of {what} removed within 30 min", x * 100.0));
+            }
+            out.push(format!(
+                "liquidity ${} (reference ${})",
+                num(f.liquidity, 0),
+                num(f.liquidity_ref, 0)
+            ));
+            if kind == Kind::RugWarning && le(f.pc[0], cfg.liquidity.rug_crash_pc_m5) {
+                out.push(format!("P_m5 {}", pct(f.pc[0])));
+            }
+        }
+        Kind::NewPair => {
+            out.push(format!("pair age {} min", num(f.age_min, 0)));
+            out.push(format!("liquidity ${}", num(f.liquidity, 0)));
+            out.push(format!("N_h1 {}", f.n_h1().unwrap_or(0)));
+        }
+    }
+    out
+}

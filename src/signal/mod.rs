@@ -1,0 +1,947 @@
+//! The signal engine (SIGNALS.md 5): per-pair rolling state, freshness and validity, the
+//! features, and the per-(pair, kind) state machine with confirmation, escalation, exit,
+//! `data_gap` close and cooldown.
+//!
+//! Sans-IO: the only inputs are [`Engine::observe`] (a snapshot, carrying its receive time) and
+//! [`Engine::tick`] (the time now). The engine never reads a clock, never does I/O, never
+//! spawns, and uses no randomness, so the same inputs give the same events byte for byte.
+//! In the steady state `observe` allocates nothing unless it emits an event.
+//!
+//! Two invariants the tests guard: a snapshot identical to the pair's previous one (same
+//! numeric payload) changes nothing at all, and a pair's events depend only on its own
+//! snapshots and the ticks, never on other pairs'.
+
+pub mod features;
+pub mod kinds;
+
+use std::collections::{HashMap, VecDeque};
+
+use sha2::{Digest, Sha256};
+
+use crate::config::SignalConfig;
+use crate::model::{
+    format_ms, CloseReason, Components, Direction, EngineInfo, Kind, Metrics, PairKey, Phase,
+    Severity, SignalEvent, Snapshot, TokenRef, TxnPair, TxnWindows, Windows, EVENT_SCHEMA,
+    NUMERIC_FIELDS,
+};
+
+use features::{buy_pressure, cascade, count_z, price_segments, volume_ratio, EwStats};
+use kinds::{Features, RiskFlags};
+
+const MIN_MS: f64 = 60_000.0;
+
+/// What happened to one snapshot (for metrics and the replay report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Fresh,
+    /// Same payload as the pair's previous snapshot, or upstream proved frozen.
+    Stale,
+    /// Failed a validity check (counted, skipped).
+    Invalid(&'static str),
+    /// A ≥ 10x price jump, held until the next fresh snapshot confirms it.
+    Suspect,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub snapshots: u64,
+    pub fresh: u64,
+    pub stale: u64,
+    pub invalid: u64,
+    pub suspect: u64,
+    pub events: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Episode {
+    start_ms: i64,
+    dir: Direction,
+    last_score: u8,
+    last_emit_ms: i64,
+    /// `liquidity_drain`: the pool depth when the episode opened (the "new reference").
+    ref_depth: f64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct KindState {
+    pending_n: u32,
+    pending_first_ms: i64,
+    pending_last_ms: i64,
+    /// Consecutive fresh snapshots on which the entry held.
+    consecutive: u32,
+    active: Option<Episode>,
+    exit_n: u32,
+    exit_since_ms: Option<i64>,
+    cooldown_until_ms: i64,
+    closed_score: u8,
+}
+
+#[derive(Debug, Clone)]
+struct PairState {
+    last_fields: [u64; NUMERIC_FIELDS],
+    /// The last fresh, valid snapshot and its features: what time-outs report from.
+    last: Snapshot,
+    feats: Features,
+    has_fresh: bool,
+    last_fresh_ms: i64,
+    last_price: Option<f64>,
+    suspect: Option<f64>,
+    m5_since: Option<(u64, i64)>,
+    first_age_min: Option<f64>,
+    new_pair_done: bool,
+    ew: EwStats,
+    /// (t, pool depth): K for constant-product pools, USD liquidity otherwise.
+    depth_hist: VecDeque<(i64, f64)>,
+    depth_is_usd: bool,
+    liq_hist: VecDeque<(i64, f64)>,
+    /// (t, price) of fresh observations that qualify as a pump high.
+    highs: VecDeque<(i64, f64)>,
+    kinds: [KindState; 9],
+    rug_until_ms: i64,
+}
+
+/// One event to build, decided by the state machine.
+#[derive(Debug, Clone, Copy)]
+struct Emit {
+    kind: Kind,
+    phase: Phase,
+    dir: Direction,
+    score: u8,
+    e: f64,
+    q: f64,
+    p: u32,
+    start_ms: i64,
+    at_ms: i64,
+    close_reason: Option<CloseReason>,
+}
+
+pub struct Engine {
+    cfg: SignalConfig,
+    params_hash: String,
+    pairs: HashMap<PairKey, PairState>,
+    stats: EngineStats,
+}
+
+impl Engine {
+    /// The configuration is assumed validated ([`SignalConfig::validate`]); an invalid half-life
+    /// is replaced by the default rather than panicking.
+    pub fn new(cfg: SignalConfig) -> Engine {
+        let params_hash = cfg.params_hash();
+        Engine {
+            cfg,
+            params_hash,
+            pairs: HashMap::new(),
+            stats: EngineStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &SignalConfig {
+        &self.cfg
+    }
+
+    pub fn params_hash(&self) -> &str {
+        &self.params_hash
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
+    pub fn pair_count(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// The last fresh snapshot of a pair and its features.
+    pub fn latest(&self, key: &PairKey) -> Option<(&Snapshot, &Features)> {
+        self.pairs
+            .get(key)
+            .filter(|s| s.has_fresh)
+            .map(|s| (&s.last, &s.feats))
+    }
+
+    /// The kinds with an open episode for a pair.
+    pub fn open_kinds(&self, key: &PairKey) -> Vec<Kind> {
+        self.pairs.get(key).map_or_else(Vec::new, |s| {
+            Kind::ALL
+                .into_iter()
+                .filter(|k| s.kinds[k.index()].active.is_some())
+                .collect()
+        })
+    }
+
+    pub fn observe(&mut self, snap: &Snapshot) -> Vec<SignalEvent> {
+        let mut out = Vec::new();
+        self.observe_into(snap, &mut out);
+        out
+    }
+
+    /// Feeds one snapshot; appends its events (in the order of SIGNALS.md 5.7) to `out`.
+    pub fn observe_into(&mut self, snap: &Snapshot, out: &mut Vec<SignalEvent>) -> Verdict {
+        self.stats.snapshots += 1;
+        let cfg = &self.cfg;
+        let fields = snap.numeric_fields();
+        let st = match self.pairs.get_mut(&snap.key) {
+            Some(st) => st,
+            None => self
+                .pairs
+                .entry(snap.key.clone())
+                .or_insert_with(|| PairState::new(snap, cfg)),
+        };
+        if st.last_fields == fields {
+            self.stats.stale += 1;
+            return Verdict::Stale;
+        }
+        st.last_fields = fields;
+
+        if let Err(why) = validate(snap, st, cfg) {
+            self.stats.invalid += 1;
+            return Verdict::Invalid(why);
+        }
+        let t = snap.observed_at_ms;
+        let price = snap.price_usd.as_ref().map(|p| p.value);
+        if let (Some(p), Some(last)) = (price, st.last_price) {
+            let factor = cfg.freshness.price_jump_suspect_factor;
+            let recent =
+                (t - st.last_fresh_ms) as f64 <= cfg.freshness.price_jump_window_minutes * MIN_MS;
+            let jump = p >= last * factor || p * factor <= last;
+            if recent && jump {
+                // Confirmed when the next fresh snapshot stays near the jumped-to price.
+                let confirmed = st.suspect.is_some_and(|s| p <= s * 2.0 && p * 2.0 >= s);
+                if !confirmed {
+                    st.suspect = Some(p);
+                    self.stats.suspect += 1;
+                    return Verdict::Suspect;
+                }
+            }
+        }
+        st.suspect = None;
+
+        // Upstream-stale proof: a non-zero V_m5 that does not move for minutes is a frozen feed.
+        if let Some(v) = snap.volume_usd.m5.filter(|v| *v > 0.0) {
+            match st.m5_since {
+                Some((bits, since)) if bits == v.to_bits() => {
+                    if (t - since) as f64 >= cfg.freshness.stale_m5_proof_minutes * MIN_MS {
+                        self.stats.stale += 1;
+                        return Verdict::Stale;
+                    }
+                }
+                _ => st.m5_since = Some((v.to_bits(), t)),
+            }
+        } else {
+            st.m5_since = None;
+        }
+
+        self.stats.fresh += 1;
+        let mut emits: Vec<Emit> = Vec::new();
+        expire(st, t, cfg, &mut emits);
+        let first_sighting = !st.has_fresh;
+        let f = compute_features(snap, st, cfg);
+        if first_sighting {
+            st.first_age_min = f.age_min;
+        }
+        step(st, &f, cfg, &mut emits);
+
+        // Time-out closes report the previous snapshot; build them before it is replaced.
+        let n_before = out.len();
+        for e in emits
+            .iter()
+            .filter(|e| e.close_reason == Some(CloseReason::DataGap))
+        {
+            out.push(build(e, &st.last, &st.feats, cfg, &self.params_hash));
+        }
+        for e in emits
+            .iter()
+            .filter(|e| e.close_reason != Some(CloseReason::DataGap))
+        {
+            out.push(build(e, snap, &f, cfg, &self.params_hash));
+        }
+        out[n_before..].sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        self.stats.events += (out.len() - n_before) as u64;
+
+        st.last.clone_from(snap);
+        st.feats = f;
+        st.has_fresh = true;
+        st.last_fresh_ms = t;
+        if price.is_some() {
+            st.last_price = price;
+        }
+        Verdict::Fresh
+    }
+
+    /// Advances time: closes episodes whose pair has had no fresh snapshot for the data-gap
+    /// time-out, and expires pending confirmations. Events are ordered as in SIGNALS.md 5.7.
+    pub fn tick(&mut self, now_ms: i64) -> Vec<SignalEvent> {
+        let mut out = Vec::new();
+        let mut emits = Vec::new();
+        for st in self.pairs.values_mut() {
+            emits.clear();
+            expire(st, now_ms, &self.cfg, &mut emits);
+            for e in &emits {
+                out.push(build(e, &st.last, &st.feats, &self.cfg, &self.params_hash));
+            }
+        }
+        out.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        self.stats.events += out.len() as u64;
+        out
+    }
+}
+
+impl PairState {
+    fn new(snap: &Snapshot, cfg: &SignalConfig) -> PairState {
+        let half_life = cfg.volume_surge.z_half_life_minutes * MIN_MS;
+        let ew = EwStats::try_new(half_life)
+            .or_else(|_| EwStats::try_new(360.0 * MIN_MS))
+            .unwrap_or_else(|_| unreachable_ew());
+        PairState {
+            last_fields: [0; NUMERIC_FIELDS],
+            last: snap.clone(),
+            feats: Features::default(),
+            has_fresh: false,
+            last_fresh_ms: i64::MIN / 2,
+            last_price: None,
+            suspect: None,
+            m5_since: None,
+            first_age_min: None,
+            new_pair_done: false,
+            ew,
+            depth_hist: VecDeque::new(),
+            depth_is_usd: false,
+            liq_hist: VecDeque::new(),
+            highs: VecDeque::new(),
+            kinds: [KindState::default(); 9],
+            rug_until_ms: i64::MIN,
+        }
+    }
+}
+
+/// A positive constant half-life always constructs; this is never reached.
+fn unreachable_ew() -> EwStats {
+    match EwStats::try_new(1.0) {
+        Ok(ew) => ew,
+        Err(_) => unreachable!("a half-life of 1 ms is valid"),
+    }
+}
+
+fn validate(snap: &Snapshot, st: &PairState, cfg: &SignalConfig) -> Result<(), &'static str> {
+    if st.has_fresh && snap.observed_at_ms < st.last_fresh_ms {
+        return Err("observed before the pair's last fresh snapshot");
+    }
+    if snap.price_usd.as_ref().is_some_and(|p| p.value <= 0.0) {
+        return Err("price not positive");
+    }
+    let tol = 1.0 + cfg.freshness.window_monotonic_tolerance;
+    let monotonic = |w: [Option<f64>; 4]| {
+        let mut prev: Option<f64> = None;
+        for x in w.into_iter().flatten() {
+            if let Some(p) = prev {
+                // A small absolute slack keeps dust-sized windows from failing on rounding.
+                if p > x * tol + 1e-6 {
+                    return false;
+                }
+            }
+            prev = Some(x);
+        }
+        true
+    };
+    if !monotonic(snap.volume_usd.as_array()) {
+        return Err("volume windows not monotonic");
+    }
+    let t = snap.txns.as_array();
+    if !monotonic(t.map(|x| x.map(|x| x.total() as f64))) {
+        return Err("txn windows not monotonic");
+    }
+    Ok(())
+}
+
+fn prune(q: &mut VecDeque<(i64, f64)>, cutoff: i64) {
+    while q.front().is_some_and(|(t, _)| *t < cutoff) {
+        q.pop_front();
+    }
+}
+
+fn is_concentrated(labels: &[String], cfg: &SignalConfig) -> bool {
+    labels.iter().any(|l| {
+        cfg.liquidity
+            .concentrated_labels
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(l))
+    })
+}
+
+/// The features of a fresh, valid snapshot; folds it into the pair's histories.
+fn compute_features(snap: &Snapshot, st: &mut PairState, cfg: &SignalConfig) -> Features {
+    let t = snap.observed_at_ms;
+    let age_min = snap
+        .pair_created_at_ms
+        .map(|c| ((t - c) as f64 / MIN_MS).max(0.0));
+    let pc = snap.price_change_pct.as_array();
+    let vol = snap.volume_usd.as_array();
+    let floor = cfg.volume_surge.baseline_floor_usd_per_min;
+    let seg = price_segments(pc, age_min);
+    let tx_m5 = snap.txns.m5;
+    let tx_h1 = snap.txns.h1;
+    let prior = cfg.buy_pressure.prior;
+    let liquidity = snap.liquidity_usd;
+
+    // Volume z-score against the state before this observation.
+    let z_vol = vol[0].and_then(|v| {
+        let x = (1.0 + v / 5.0).ln();
+        let z = st.ew.z(
+            x,
+            cfg.volume_surge.z_min_obs,
+            (cfg.volume_surge.z_min_span_minutes * MIN_MS) as i64,
+        );
+        st.ew.update(t, x);
+        z
+    });
+
+    // Pool depth: K = sqrt(base·quote) for constant-product pools, USD liquidity otherwise.
+    let lookback = (cfg.liquidity.drain_lookback_minutes * MIN_MS) as i64;
+    let k = match (snap.liquidity_base, snap.liquidity_quote) {
+        (Some(b), Some(q)) if b > 0.0 && q > 0.0 && !is_concentrated(&snap.labels, cfg) => {
+            Some(((b * q).sqrt(), false))
+        }
+        _ => liquidity.map(|l| (l, true)),
+    };
+    let depth = k.map(|(d, _)| d);
+    let (lp_removed, liq_usd_proxy) = match k {
+        Some((depth, usd)) => {
+            if usd != st.depth_is_usd {
+                st.depth_hist.clear();
+                st.depth_is_usd = usd;
+            }
+            st.depth_hist.push_back((t, depth));
+            prune(&mut st.depth_hist, t - lookback);
+            let reference = st.depth_hist.iter().map(|(_, d)| *d).fold(0.0, f64::max);
+            let removed = if reference > 0.0 {
+                (1.0 - depth / reference).max(0.0)
+            } else {
+                0.0
+            };
+            (Some(removed), usd)
+        }
+        None => (None, false),
+    };
+    if let Some(l) = liquidity {
+        st.liq_hist.push_back((t, l));
+    }
+    prune(&mut st.liq_hist, t - lookback);
+    let liquidity_ref = st
+        .liq_hist
+        .iter()
+        .map(|(_, l)| *l)
+        .fold(None, |m: Option<f64>, l| Some(m.map_or(l, |m| m.max(l))));
+
+    // Drawdown from the 30-minute high, where that high itself followed a ≥ 30 % rise.
+    let price = snap.price_usd.as_ref().map(|p| p.value);
+    let pr = &cfg.pump_reversal;
+    if let (Some(p), Some(h1)) = (price, pc[1]) {
+        if h1 >= pr.high_min_rise_pct {
+            st.highs.push_back((t, p));
+        }
+    }
+    prune(
+        &mut st.highs,
+        t - (pr.high_lookback_minutes * MIN_MS) as i64,
+    );
+    let dd30 = price.and_then(|p| {
+        let high = st.highs.iter().map(|(_, h)| *h).fold(0.0, f64::max);
+        (high > 0.0).then(|| (1.0 - p / high).max(0.0))
+    });
+
+    let (ur_h1, buyer_skew) = match tx_h1 {
+        Some(tx) => match (tx.buyers, tx.sellers) {
+            (Some(b), Some(s)) if tx.total() > 0 => (
+                Some((b + s) as f64 / tx.total() as f64),
+                Some(b as f64 / (s.max(1)) as f64),
+            ),
+            _ => (None, None),
+        },
+        None => (None, None),
+    };
+    // The same disjoint-window ratio as R5 and R60, on trade counts.
+    let count = |w: Option<crate::model::Txns>| w.map(|x| x.total() as f64);
+    let count_ratio_m5 = volume_ratio(0, count(tx_m5), count(tx_h1), age_min, 0.05);
+    let count_ratio_h1 = volume_ratio(1, count(tx_h1), count(snap.txns.h6), age_min, 0.05);
+    let count_z_m5 = count_z(0, count(tx_m5), count(tx_h1), age_min);
+    let count_z_h1 = count_z(1, count(tx_h1), count(snap.txns.h6), age_min);
+    let lvr = match (vol[3], liquidity) {
+        (Some(v), Some(l)) if l > 0.0 => Some(v / l),
+        _ => None,
+    };
+    Features {
+        t_ms: t,
+        age_min,
+        price,
+        pc,
+        vol,
+        buys_m5: tx_m5.map(|x| x.buys),
+        sells_m5: tx_m5.map(|x| x.sells),
+        buys_h1: tx_h1.map(|x| x.buys),
+        sells_h1: tx_h1.map(|x| x.sells),
+        count_ratio_m5,
+        count_ratio_h1,
+        count_z_m5,
+        count_z_h1,
+        r5: volume_ratio(0, vol[0], vol[1], age_min, floor),
+        r60: volume_ratio(1, vol[1], vol[2], age_min, floor),
+        r6h: volume_ratio(2, vol[2], vol[3], age_min, floor),
+        cascade: cascade(&seg),
+        bp_m5: tx_m5.map(|x| buy_pressure(x.buys, x.sells, prior)),
+        bp_h1: tx_h1.map(|x| buy_pressure(x.buys, x.sells, prior)),
+        lvr,
+        ur_h1,
+        buyer_skew,
+        z_vol,
+        liquidity,
+        liquidity_ref,
+        depth,
+        lp_removed,
+        liq_usd_proxy,
+        dd30,
+        fdv: snap.fdv_usd,
+        optional_missing: snap.fdv_usd.is_none()
+            || pc[2].is_none()
+            || pc[3].is_none()
+            || vol[3].is_none()
+            || snap.txns.h24.is_none()
+            || snap.pair_created_at_ms.is_none(),
+    }
+}
+
+/// Time-outs at `now`: data-gap closes of open episodes, expiry of stale confirmations.
+fn expire(st: &mut PairState, now: i64, cfg: &SignalConfig, emits: &mut Vec<Emit>) {
+    if !st.has_fresh {
+        return;
+    }
+    let gap = (cfg.fsm.data_gap_close_minutes * MIN_MS) as i64;
+    let deadline = st.last_fresh_ms + gap;
+    let pending_timeout = (cfg.fsm.pending_timeout_minutes * MIN_MS) as i64;
+    for kind in Kind::ALL {
+        let ks = &mut st.kinds[kind.index()];
+        if ks.pending_n > 0 && now - ks.pending_last_ms > pending_timeout {
+            ks.pending_n = 0;
+            ks.consecutive = 0;
+        }
+        if let Some(ep) = ks.active {
+            if now >= deadline {
+                emits.push(close(ks, ep, kind, deadline, CloseReason::DataGap, cfg));
+            }
+        }
+    }
+}
+
+/// Ends an episode and starts its cooldown.
+fn close(
+    ks: &mut KindState,
+    ep: Episode,
+    kind: Kind,
+    at_ms: i64,
+    reason: CloseReason,
+    cfg: &SignalConfig,
+) -> Emit {
+    ks.active = None;
+    ks.exit_n = 0;
+    ks.exit_since_ms = None;
+    ks.pending_n = 0;
+    ks.cooldown_until_ms = at_ms + (cfg.fsm.cooldown_minutes * MIN_MS) as i64;
+    ks.closed_score = ep.last_score;
+    Emit {
+        kind,
+        phase: Phase::Closed,
+        dir: ep.dir,
+        score: ep.last_score,
+        e: 0.0,
+        q: 0.0,
+        p: 0,
+        start_ms: ep.start_ms,
+        at_ms,
+        close_reason: Some(reason),
+    }
+}
+
+/// The kinds an opening kind supersedes: a bot must not hold both sides of a family.
+fn rivals(kind: Kind) -> &'static [Kind] {
+    match kind {
+        Kind::MomentumUp => &[Kind::MomentumDown],
+        Kind::MomentumDown => &[Kind::MomentumUp],
+        Kind::BuyPressure => &[Kind::SellPressure],
+        Kind::SellPressure => &[Kind::BuyPressure],
+        Kind::PumpReversal => &[Kind::MomentumUp],
+        Kind::RugWarning => &[Kind::LiquidityDrain],
+        _ => &[],
+    }
+}
+
+const STEP_ORDER: [Kind; 9] = [
+    Kind::RugWarning,
+    Kind::LiquidityDrain,
+    Kind::MomentumUp,
+    Kind::MomentumDown,
+    Kind::VolumeSurge,
+    Kind::BuyPressure,
+    Kind::SellPressure,
+    Kind::PumpReversal,
+    Kind::NewPair,
+];
+
+/// The state machine of SIGNALS.md 5.6 for every kind, on one fresh, valid snapshot.
+fn step(st: &mut PairState, f: &Features, cfg: &SignalConfig, emits: &mut Vec<Emit>) {
+    let t = f.t_ms;
+    let (flags, penalty) = kinds::risk(f, cfg);
+    let fsm = &cfg.fsm;
+    let confirm_span = (fsm.confirm_min_seconds * 1000.0) as i64;
+    let pending_timeout = (fsm.pending_timeout_minutes * MIN_MS) as i64;
+    let esc_span = (fsm.escalation_min_seconds * 1000.0) as i64;
+    let bearish_ok = kinds::gate_bearish(f, cfg);
+    let mut opened: [bool; 9] = [false; 9];
+
+    // Rug warnings first: a rug suppresses the drain warning of the same snapshot.
+    for kind in STEP_ORDER {
+        let rug_quiet = t < st.rug_until_ms;
+        let (entered, confirm_n) = match kind {
+            Kind::RugWarning => {
+                let l = &cfg.liquidity;
+                let by_k = f.lp_removed.is_some_and(|x| x >= l.rug_enter);
+                let by_floor = f.liquidity.is_some_and(|x| x < l.rug_abs_floor_usd)
+                    && f.liquidity_ref.is_some_and(|x| x >= l.rug_abs_ref_usd);
+                let by_crash = f.pc[0].is_some_and(|p| p <= l.rug_crash_pc_m5)
+                    && f.lp_removed.is_some_and(|x| x >= l.rug_crash_lp_removed);
+                let ok = !rug_quiet
+                    && f.liquidity.is_some()
+                    && f.liquidity_ref
+                        .is_some_and(|x| x >= cfg.gates.min_liquidity_ref_usd_bearish)
+                    && (by_k || by_floor || by_crash);
+                (ok.then_some(Direction::Bearish), 1)
+            }
+            Kind::LiquidityDrain => {
+                let ok = !rug_quiet
+                    && bearish_ok
+                    && f.liquidity.is_some()
+                    && f.lp_removed.is_some_and(|x| x >= cfg.liquidity.drain_enter);
+                (ok.then_some(Direction::Bearish), 1)
+            }
+            Kind::NewPair => {
+                let g = &cfg.gates;
+                let young = |a: Option<f64>| a.is_some_and(|a| a <= g.new_pair_max_age_minutes);
+                if !young(st.first_age_min) || !young(f.age_min) {
+                    st.new_pair_done = true;
+                }
+                let ok = !st.new_pair_done
+                    && f.liquidity
+                        .is_some_and(|l| l >= g.new_pair_min_liquidity_usd)
+                    && f.n_h1().is_some_and(|n| n >= g.new_pair_min_txns_h1);
+                (ok.then_some(Direction::Neutral), 1)
+            }
+            Kind::PumpReversal => {
+                let dir = kinds::enter(kind, f, cfg, flags);
+                let at_once = f.dd30.is_some_and(|d| d >= cfg.pump_reversal.drawdown);
+                (dir, if at_once { 1 } else { fsm.confirm_snapshots })
+            }
+            _ => (kinds::enter(kind, f, cfg, flags), fsm.confirm_snapshots),
+        };
+
+        let ks = &mut st.kinds[kind.index()];
+        ks.consecutive = if entered.is_some() {
+            ks.consecutive + 1
+        } else {
+            0
+        };
+        let scored = |dir: Direction, consecutive: u32| {
+            kinds::score(kind, dir, f, cfg, consecutive, flags, penalty)
+        };
+
+        if let Some(ep) = ks.active {
+            // A surge that changes direction (a pump turning into a dump) is a new episode.
+            // Only a decisive move flips: ±1 % wobbles of a long surge are not a new episode.
+            let decisive = f.pc[0].is_some_and(|p| p.abs() >= cfg.volume_surge.flip_pc_m5);
+            if let Some(dir) = entered.filter(|d| {
+                kind == Kind::VolumeSurge && *d != ep.dir && *d != Direction::Neutral && decisive
+            }) {
+                emits.push(close(ks, ep, kind, t, CloseReason::FamilyFlip, cfg));
+                ks.cooldown_until_ms = t;
+                let (score, e, q, p) = scored(dir, ks.consecutive);
+                if score >= fsm.min_emit_score {
+                    emits.push(open(ks, kind, dir, t, (score, e, q, p), f));
+                }
+                continue;
+            }
+            let exiting = if kind == Kind::LiquidityDrain {
+                // Closes once no further liquidity has left, against the post-drain depth,
+                // for the exit window.
+                let held = f.depth.is_some_and(|d| {
+                    ep.ref_depth <= 0.0 || 1.0 - d / ep.ref_depth < cfg.liquidity.drain_exit
+                });
+                if held {
+                    let since = *ks.exit_since_ms.get_or_insert(t);
+                    (t - since) as f64 >= cfg.liquidity.drain_exit_minutes * MIN_MS
+                } else {
+                    ks.exit_since_ms = None;
+                    false
+                }
+            } else if kinds::exit(kind, f, cfg) {
+                ks.exit_n += 1;
+                ks.exit_n >= fsm.exit_snapshots
+            } else {
+                ks.exit_n = 0;
+                false
+            };
+            if exiting {
+                emits.push(close(ks, ep, kind, t, CloseReason::ExitCondition, cfg));
+                continue;
+            }
+            if entered.is_some() {
+                let (score, e, q, p) = scored(ep.dir, ks.consecutive);
+                if score >= ep.last_score.saturating_add(fsm.escalation_points)
+                    && t - ep.last_emit_ms >= esc_span
+                {
+                    if let Some(active) = ks.active.as_mut() {
+                        active.last_score = score;
+                        active.last_emit_ms = t;
+                    }
+                    emits.push(Emit {
+                        kind,
+                        phase: Phase::Escalated,
+                        dir: ep.dir,
+                        score,
+                        e,
+                        q,
+                        p,
+                        start_ms: ep.start_ms,
+                        at_ms: t,
+                        close_reason: None,
+                    });
+                }
+            }
+            continue;
+        }
+
+        let Some(dir) = entered else {
+            ks.pending_n = 0;
+            continue;
+        };
+        if ks.pending_n == 0 || t - ks.pending_last_ms > pending_timeout {
+            ks.pending_n = 0;
+            ks.pending_first_ms = t;
+        }
+        ks.pending_n += 1;
+        ks.pending_last_ms = t;
+        let confirmed = ks.pending_n >= confirm_n
+            && (confirm_n <= 1 || t - ks.pending_first_ms >= confirm_span);
+        if !confirmed {
+            continue;
+        }
+        let (score, e, q, p) = scored(dir, ks.consecutive);
+        let in_cooldown = t < ks.cooldown_until_ms;
+        if score < fsm.min_emit_score
+            || (in_cooldown && score < ks.closed_score.saturating_add(fsm.escalation_points))
+        {
+            continue;
+        }
+        emits.push(open(ks, kind, dir, t, (score, e, q, p), f));
+        opened[kind.index()] = true;
+        match kind {
+            Kind::RugWarning => {
+                // Never auto-closes: one warning, then quiet for the rug cooldown.
+                ks.active = None;
+                ks.pending_n = 0;
+                st.rug_until_ms = t + (fsm.rug_cooldown_hours * 60.0 * MIN_MS) as i64;
+            }
+            Kind::NewPair => {
+                ks.active = None;
+                st.new_pair_done = true;
+            }
+            _ => {}
+        }
+    }
+
+    // Superseded families, after every kind has seen the snapshot.
+    for kind in Kind::ALL {
+        if !opened[kind.index()] {
+            continue;
+        }
+        for rival in rivals(kind) {
+            let ks = &mut st.kinds[rival.index()];
+            if let Some(ep) = ks.active {
+                emits.push(close(ks, ep, *rival, t, CloseReason::Superseded, cfg));
+            }
+        }
+    }
+}
+
+fn open(
+    ks: &mut KindState,
+    kind: Kind,
+    dir: Direction,
+    t: i64,
+    s: (u8, f64, f64, u32),
+    f: &Features,
+) -> Emit {
+    ks.pending_n = 0;
+    ks.exit_n = 0;
+    ks.exit_since_ms = None;
+    ks.active = Some(Episode {
+        start_ms: t,
+        dir,
+        last_score: s.0,
+        last_emit_ms: t,
+        ref_depth: if kind == Kind::LiquidityDrain {
+            f.depth.unwrap_or(0.0)
+        } else {
+            0.0
+        },
+    });
+    Emit {
+        kind,
+        phase: Phase::Opened,
+        dir,
+        score: s.0,
+        e: s.1,
+        q: s.2,
+        p: s.3,
+        start_ms: t,
+        at_ms: t,
+        close_reason: None,
+    }
+}
+
+fn sha_hex32(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            h.update(b"|");
+        }
+        h.update(p.as_bytes());
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+fn round_to(x: Option<f64>, decimals: i32) -> Option<f64> {
+    let m = 10f64.powi(decimals);
+    x.map(|v| (v * m).round() / m).filter(|v| v.is_finite())
+}
+
+fn round_windows(w: Windows<f64>, decimals: i32) -> Windows<f64> {
+    Windows {
+        m5: round_to(w.m5, decimals),
+        h1: round_to(w.h1, decimals),
+        h6: round_to(w.h6, decimals),
+        h24: round_to(w.h24, decimals),
+    }
+}
+
+fn build(
+    e: &Emit,
+    snap: &Snapshot,
+    f: &Features,
+    cfg: &SignalConfig,
+    params_hash: &str,
+) -> SignalEvent {
+    let chain = &snap.key.chain;
+    let pair = &snap.key.address;
+    let start = e.start_ms.to_string();
+    let at = e.at_ms.to_string();
+    let episode_id = sha_hex32(&["v1", chain, pair, e.kind.as_str(), &start]);
+    let event_id = sha_hex32(&[
+        "v1",
+        chain,
+        pair,
+        e.kind.as_str(),
+        e.phase.as_str(),
+        &start,
+        &at,
+    ]);
+    let (flags, _) = kinds::risk(f, cfg);
+    let mut flags = flags;
+    if e.kind == Kind::VolumeSurge && e.dir == Direction::Neutral {
+        flags.set(RiskFlags::FLAT_HIGH_VOLUME);
+    }
+    let severity = if e.kind == Kind::RugWarning {
+        Severity::Critical
+    } else {
+        Severity::from_score(e.score)
+    };
+    let reasons = match e.phase {
+        Phase::Closed => vec![match e.close_reason {
+            Some(CloseReason::DataGap) => format!(
+                "no fresh snapshot for {} min",
+                cfg.fsm.data_gap_close_minutes
+            ),
+            Some(CloseReason::Superseded) => "superseded by the opposite signal".to_string(),
+            Some(CloseReason::FamilyFlip) => "volume surge changed direction".to_string(),
+            _ => "exit condition held".to_string(),
+        }],
+        _ => kinds::reasons(e.kind, e.dir, f, cfg),
+    };
+    let t = snap.txns;
+    let tp = |x: Option<crate::model::Txns>| {
+        x.map(|x| TxnPair {
+            buys: x.buys,
+            sells: x.sells,
+        })
+    };
+    SignalEvent {
+        schema: EVENT_SCHEMA.to_string(),
+        event_id,
+        episode_id,
+        phase: e.phase,
+        close_reason: e.close_reason,
+        kind: e.kind,
+        direction: e.dir,
+        score: e.score,
+        severity,
+        confidence: None,
+        observed_at: format_ms(e.at_ms),
+        episode_started_at: format_ms(e.start_ms),
+        chain: chain.clone(),
+        pair_address: pair.clone(),
+        dex_id: snap.dex_id.clone(),
+        base_token: TokenRef {
+            address: snap.base_token.address.clone(),
+            symbol: snap.base_token.symbol.clone(),
+        },
+        quote_token: TokenRef {
+            address: snap.quote_token.address.clone(),
+            symbol: snap.quote_token.symbol.clone(),
+        },
+        source: snap.source,
+        snapshot_fingerprint: snap.fingerprint(),
+        metrics: Metrics {
+            price_usd: snap.price_usd.as_ref().map(|p| p.raw.clone()),
+            price_change_pct: round_windows(snap.price_change_pct, 2),
+            volume_usd: round_windows(snap.volume_usd, 2),
+            txns: TxnWindows {
+                m5: tp(t.m5),
+                h1: tp(t.h1),
+                h6: tp(t.h6),
+                h24: tp(t.h24),
+            },
+            liquidity_usd: round_to(snap.liquidity_usd, 2),
+            fdv_usd: round_to(snap.fdv_usd, 2),
+            market_cap_usd: round_to(snap.market_cap_usd, 2),
+            age_minutes: f.age_min.map(|a| a.floor() as i64),
+            r5: round_to(f.r5, 4),
+            r60: round_to(f.r60, 4),
+            r6h: round_to(f.r6h, 4),
+            z_vol: round_to(f.z_vol, 4),
+            bp_h1: round_to(f.bp_h1, 4),
+            bp_m5: round_to(f.bp_m5, 4),
+            lvr: round_to(f.lvr, 4),
+            lp_removed: round_to(f.lp_removed, 4),
+            dd30: round_to(f.dd30, 4),
+        },
+        components: Components {
+            e: round_to(Some(e.e), 4).unwrap_or(0.0),
+            q: round_to(Some(e.q), 4).unwrap_or(0.0),
+            p: e.p,
+        },
+        risk_flags: flags.names(),
+        reasons,
+        related_pairs: Vec::new(),
+        engine: EngineInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            params_hash: params_hash.to_string(),
+        },
+        observed_at_ms: e.at_ms,
+    }
+}
