@@ -22,10 +22,8 @@ pub struct Features {
     pub sells_m5: Option<u64>,
     pub buys_h1: Option<u64>,
     pub sells_h1: Option<u64>,
-    /// Trade count rates against their baselines: N_m5 vs the rest of h1, N_h1 vs the rest of h6.
-    pub count_ratio_m5: Option<f64>,
-    pub count_ratio_h1: Option<f64>,
-    /// Poisson z-scores of the same counts against their baselines.
+    /// Poisson z-scores of the trade counts against their baselines: N_m5 vs the rest of h1,
+    /// N_h1 vs the rest of h6.
     pub count_z_m5: Option<f64>,
     pub count_z_h1: Option<f64>,
     pub r5: Option<f64>,
@@ -128,7 +126,7 @@ pub fn risk(f: &Features, cfg: &SignalConfig) -> (RiskFlags, u32) {
     let wash_turnover = f.lvr.is_some_and(|l| l >= r.wash_lvr)
         && f.pc[3].is_some_and(|x| x.abs() < r.wash_max_abs_pc_h24);
     let wash_flat_surge = f.r5.is_some_and(|x| x >= cfg.volume_surge.enter_r5)
-        && f.pc[0].is_some_and(|x| x.abs() < 0.5)
+        && f.pc[0].is_some_and(|x| x.abs() < r.wash_max_abs_pc_m5)
         && f.bp_m5.is_some_and(|x| (x - 0.5).abs() < 0.05)
         && f.n_m5().is_some_and(|n| n >= 20);
     let wash_wallets = f.ur_h1.is_some_and(|u| u < 0.10) && f.n_h1().is_some_and(|n| n >= 100);
@@ -218,8 +216,8 @@ pub fn surge_direction(f: &Features, cfg: &SignalConfig) -> Direction {
 
 fn surging(f: &Features, cfg: &SignalConfig) -> bool {
     let v = &cfg.volume_surge;
-    let broad_m5 = ge(f.count_ratio_m5, v.min_count_ratio) && ge(f.count_z_m5, v.min_count_z);
-    let broad_h1 = ge(f.count_ratio_h1, v.min_count_ratio) && ge(f.count_z_h1, v.min_count_z);
+    let broad_m5 = ge(f.count_z_m5, v.min_count_z);
+    let broad_h1 = ge(f.count_z_h1, v.min_count_z);
     (ge(f.r5, v.enter_r5) && ge(f.vol[0], v.min_volume_m5_usd) && broad_m5)
         || (ge(f.r60, v.enter_r60) && ge(f.vol[1], v.min_volume_h1_usd) && broad_h1)
         || (ge(f.z_vol, v.z_threshold) && ge(f.vol[0], v.min_volume_m5_usd) && broad_m5)

@@ -459,10 +459,8 @@ fn compute_features(snap: &Snapshot, st: &mut PairState, cfg: &SignalConfig) -> 
         },
         None => (None, None),
     };
-    // The same disjoint-window ratio as R5 and R60, on trade counts.
+    // The disjoint windows of R5 and R60, on trade counts.
     let count = |w: Option<crate::model::Txns>| w.map(|x| x.total() as f64);
-    let count_ratio_m5 = volume_ratio(0, count(tx_m5), count(tx_h1), age_min, 0.05);
-    let count_ratio_h1 = volume_ratio(1, count(tx_h1), count(snap.txns.h6), age_min, 0.05);
     let count_z_m5 = count_z(0, count(tx_m5), count(tx_h1), age_min);
     let count_z_h1 = count_z(1, count(tx_h1), count(snap.txns.h6), age_min);
     let lvr = match (vol[3], liquidity) {
@@ -479,8 +477,6 @@ fn compute_features(snap: &Snapshot, st: &mut PairState, cfg: &SignalConfig) -> 
         sells_m5: tx_m5.map(|x| x.sells),
         buys_h1: tx_h1.map(|x| x.buys),
         sells_h1: tx_h1.map(|x| x.sells),
-        count_ratio_m5,
-        count_ratio_h1,
         count_z_m5,
         count_z_h1,
         r5: volume_ratio(0, vol[0], vol[1], age_min, floor),

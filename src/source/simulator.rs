@@ -557,7 +557,7 @@ fn batch(scenario: Scenario, opts: &SimOptions) -> Batch {
                 s,
                 Effect::BuyBoost {
                     rate: 4.0,
-                    size: 3.0,
+                    size: 2.0,
                 },
             )],
         )],
@@ -580,7 +580,7 @@ fn batch(scenario: Scenario, opts: &SimOptions) -> Batch {
                 s,
                 Effect::SellBoost {
                     rate: 4.0,
-                    size: 3.0,
+                    size: 2.0,
                 },
             )],
         )],
@@ -601,8 +601,8 @@ fn batch(scenario: Scenario, opts: &SimOptions) -> Batch {
         }],
         Scenario::Stale => {
             polling = Polling::Frozen {
-                from_ms: s + 100 * MIN,
-                to_ms: s + 120 * MIN,
+                from_ms: s + 108 * MIN,
+                to_ms: s + 128 * MIN,
             };
             vec![steady(
                 seed(0),
@@ -612,7 +612,7 @@ fn batch(scenario: Scenario, opts: &SimOptions) -> Batch {
                     s,
                     Effect::BuyBoost {
                         rate: 4.0,
-                        size: 3.0,
+                        size: 2.0,
                     },
                 )],
             )]
@@ -628,7 +628,7 @@ fn batch(scenario: Scenario, opts: &SimOptions) -> Batch {
                     s,
                     Effect::BuyBoost {
                         rate: 4.0,
-                        size: 3.0,
+                        size: 2.0,
                     },
                 )],
             )]

@@ -1,0 +1,135 @@
+//! Shared helpers: fixture loading, and the simulator run through a real tape (bytes), the
+//! replay and the engine, in memory.
+
+use std::path::PathBuf;
+
+use dexpulse::config::SignalConfig;
+use dexpulse::model::SignalEvent;
+use dexpulse::replay::{replay, Problem, ReplayStats};
+use dexpulse::signal::Engine;
+use dexpulse::source::simulator::{simulate, Scenario, SimOptions};
+use dexpulse::source::tape::TapeWriter;
+
+pub fn fixture_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(fixture_path(name)).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+}
+
+pub fn fixture_json(name: &str) -> serde_json::Value {
+    serde_json::from_slice(&fixture(name)).unwrap()
+}
+
+/// The tape the simulator writes for these scenarios.
+pub fn tape(scenarios: &[Scenario], opts: &SimOptions) -> Vec<u8> {
+    let mut w = TapeWriter::new(Vec::new());
+    simulate(scenarios, opts, &mut w).unwrap();
+    w.into_inner()
+}
+
+pub struct Run {
+    pub events: Vec<SignalEvent>,
+    pub problems: Vec<String>,
+    pub stats: ReplayStats,
+    pub engine: Engine,
+}
+
+/// Replays tape bytes through a fresh engine.
+pub fn replay_bytes(tape: &[u8], cfg: SignalConfig) -> Run {
+    let mut engine = Engine::new(cfg);
+    let mut events = Vec::new();
+    let mut problems = Vec::new();
+    let stats = replay(
+        tape,
+        &mut engine,
+        |e| {
+            events.push(e.clone());
+            Ok(())
+        },
+        |p: &Problem| problems.push(p.to_string()),
+    )
+    .unwrap();
+    Run {
+        events,
+        problems,
+        stats,
+        engine,
+    }
+}
+
+/// Events as JSON lines, the replay's output format.
+pub fn to_lines(events: &[SignalEvent]) -> String {
+    events
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap() + "\n")
+        .collect()
+}
+
+/// One snapshot's passage through the engine, for latency checks.
+pub struct Step {
+    /// The snapshot's pair; `None` for a tick.
+    pub key: Option<dexpulse::model::PairKey>,
+    pub t_ms: i64,
+    pub verdict: dexpulse::signal::Verdict,
+    /// Whether each state-machine kind's entry condition held on it (fresh snapshots only).
+    pub entered: [bool; 9],
+    /// The events this snapshot produced.
+    pub events: Vec<SignalEvent>,
+}
+
+/// Replays a tape snapshot by snapshot, recording what the engine saw at each one.
+pub fn trace(tape: &[u8], cfg: SignalConfig) -> (Vec<Step>, Engine) {
+    use dexpulse::model::Kind;
+    use dexpulse::signal::{kinds, Verdict};
+    use dexpulse::source::tape::{Body, TapeReader, TapeRecord};
+    let mut engine = Engine::new(cfg.clone());
+    let mut steps = Vec::new();
+    for rec in TapeReader::new(tape) {
+        let Ok(Ok(rec)) = rec else { continue };
+        match rec {
+            TapeRecord::Tick { t_ms } => {
+                let events = engine.tick(t_ms);
+                if !events.is_empty() {
+                    steps.push(Step {
+                        key: None,
+                        t_ms,
+                        verdict: Verdict::Stale,
+                        entered: [false; 9],
+                        events,
+                    });
+                }
+            }
+            TapeRecord::Response(r) => {
+                let Body::Json(body) = &r.body else { continue };
+                let Ok(d) = dexpulse::source::decode(r.source, &r.request, body, r.t_ms) else {
+                    continue;
+                };
+                for snap in &d.snapshots {
+                    let mut events = Vec::new();
+                    let verdict = engine.observe_into(snap, &mut events);
+                    let mut entered = [false; 9];
+                    if verdict == Verdict::Fresh {
+                        if let Some((_, f)) = engine.latest(&snap.key) {
+                            let (flags, _) = kinds::risk(f, &cfg);
+                            for k in Kind::ALL {
+                                entered[k.index()] = kinds::enter(k, f, &cfg, flags).is_some();
+                            }
+                        }
+                    }
+                    steps.push(Step {
+                        key: Some(snap.key.clone()),
+                        t_ms: snap.observed_at_ms,
+                        verdict,
+                        entered,
+                        events,
+                    });
+                }
+            }
+        }
+    }
+    (steps, engine)
+}
