@@ -193,7 +193,7 @@ fn run_replay(file: &std::path::Path, config: Option<&std::path::Path>, quiet: b
     match replay_to_writer(input, &mut engine, &mut out, report) {
         Ok(s) => {
             eprintln!(
-                "replayed {} lines: {} responses, {} ticks, {} snapshots ({} fresh, {} stale, {} invalid, {} suspect), {} problems, {} events",
+                "replayed {} lines: {} responses, {} ticks, {} snapshots ({} fresh, {} stale, {} invalid, {} suspect, {} from a secondary source), {} problems, {} events",
                 s.lines,
                 s.responses,
                 s.ticks,
@@ -202,6 +202,7 @@ fn run_replay(file: &std::path::Path, config: Option<&std::path::Path>, quiet: b
                 s.engine.stale,
                 s.engine.invalid,
                 s.engine.suspect,
+                s.engine.other_source,
                 s.problems,
                 s.events
             );

@@ -124,7 +124,7 @@ impl Price {
 }
 
 /// One observation of one pair (SIGNALS.md 5.1).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub key: PairKey,
     pub source: Source,
@@ -146,6 +146,69 @@ pub struct Snapshot {
     pub fdv_usd: Option<f64>,
     pub market_cap_usd: Option<f64>,
     pub pair_created_at_ms: Option<i64>,
+}
+
+impl Clone for Snapshot {
+    fn clone(&self) -> Self {
+        let mut out = Snapshot {
+            key: self.key.clone(),
+            source: self.source,
+            observed_at_ms: self.observed_at_ms,
+            source_ts_ms: self.source_ts_ms,
+            dex_id: None,
+            labels: Vec::new(),
+            base_token: self.base_token.clone(),
+            quote_token: self.quote_token.clone(),
+            price_usd: None,
+            price_change_pct: self.price_change_pct,
+            volume_usd: self.volume_usd,
+            txns: self.txns,
+            liquidity_usd: self.liquidity_usd,
+            liquidity_base: self.liquidity_base,
+            liquidity_quote: self.liquidity_quote,
+            fdv_usd: self.fdv_usd,
+            market_cap_usd: self.market_cap_usd,
+            pair_created_at_ms: self.pair_created_at_ms,
+        };
+        out.dex_id.clone_from(&self.dex_id);
+        out.labels.clone_from(&self.labels);
+        out.price_usd.clone_from(&self.price_usd);
+        out
+    }
+
+    /// Field by field, reusing this snapshot's strings: the engine keeps each pair's last
+    /// snapshot this way without allocating in the steady state.
+    fn clone_from(&mut self, src: &Self) {
+        self.key.chain.clone_from(&src.key.chain);
+        self.key.address.clone_from(&src.key.address);
+        self.source = src.source;
+        self.observed_at_ms = src.observed_at_ms;
+        self.source_ts_ms = src.source_ts_ms;
+        self.dex_id.clone_from(&src.dex_id);
+        self.labels.clone_from(&src.labels);
+        self.base_token.address.clone_from(&src.base_token.address);
+        self.base_token.symbol.clone_from(&src.base_token.symbol);
+        self.quote_token
+            .address
+            .clone_from(&src.quote_token.address);
+        self.quote_token.symbol.clone_from(&src.quote_token.symbol);
+        match (&mut self.price_usd, &src.price_usd) {
+            (Some(dst), Some(p)) => {
+                dst.raw.clone_from(&p.raw);
+                dst.value = p.value;
+            }
+            (dst, p) => *dst = p.clone(),
+        }
+        self.price_change_pct = src.price_change_pct;
+        self.volume_usd = src.volume_usd;
+        self.txns = src.txns;
+        self.liquidity_usd = src.liquidity_usd;
+        self.liquidity_base = src.liquidity_base;
+        self.liquidity_quote = src.liquidity_quote;
+        self.fdv_usd = src.fdv_usd;
+        self.market_cap_usd = src.market_cap_usd;
+        self.pair_created_at_ms = src.pair_created_at_ms;
+    }
 }
 
 /// Number of numeric fields [`Snapshot::numeric_fields`] returns.
@@ -498,6 +561,21 @@ mod tests {
             Some(1_715_613_012_000)
         );
         assert_eq!(parse_rfc3339_ms("yesterday"), None);
+    }
+
+    #[test]
+    fn clone_from_is_a_clone() {
+        let a = crate::source::simulator::example_snapshot();
+        let mut b = a.clone();
+        assert_eq!(a, b);
+        let mut c = a.clone();
+        c.price_usd = None;
+        c.labels.push("x".into());
+        c.key.address.push('z');
+        b.clone_from(&c);
+        assert_eq!(b, c);
+        b.clone_from(&a);
+        assert_eq!(b, a);
     }
 
     #[test]

@@ -119,16 +119,26 @@ pub struct EwStats {
 #[error("EW half-life must be a positive, finite number of ms")]
 pub struct BadHalfLife;
 
+/// The spec's default half-life, six hours.
+impl Default for EwStats {
+    fn default() -> Self {
+        EwStats {
+            half_life_ms: 6.0 * 3_600_000.0,
+            mean: 0.0,
+            var: 0.0,
+            n: 0,
+            first_ms: 0,
+            last_ms: 0,
+        }
+    }
+}
+
 impl EwStats {
     pub fn try_new(half_life_ms: f64) -> Result<EwStats, BadHalfLife> {
         if half_life_ms.is_finite() && half_life_ms > 0.0 {
             Ok(EwStats {
                 half_life_ms,
-                mean: 0.0,
-                var: 0.0,
-                n: 0,
-                first_ms: 0,
-                last_ms: 0,
+                ..EwStats::default()
             })
         } else {
             Err(BadHalfLife)

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::config::SignalConfig;
 use crate::model::{
     format_ms, CloseReason, Components, Direction, EngineInfo, Kind, Metrics, PairKey, Phase,
-    Severity, SignalEvent, Snapshot, TokenRef, TxnPair, TxnWindows, Windows, EVENT_SCHEMA,
+    Severity, SignalEvent, Snapshot, Source, TokenRef, TxnPair, TxnWindows, Windows, EVENT_SCHEMA,
     NUMERIC_FIELDS,
 };
 
@@ -40,6 +40,8 @@ pub enum Verdict {
     Invalid(&'static str),
     /// A ≥ 10x price jump, held until the next fresh snapshot confirms it.
     Suspect,
+    /// From another source than the pair's primary one (ignored).
+    OtherSource,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,6 +51,7 @@ pub struct EngineStats {
     pub stale: u64,
     pub invalid: u64,
     pub suspect: u64,
+    pub other_source: u64,
     pub events: u64,
 }
 
@@ -78,6 +81,9 @@ struct KindState {
 
 #[derive(Debug, Clone)]
 struct PairState {
+    /// The pair's primary source: the first that reported it. Two providers' rolling windows
+    /// differ, so mixing them would read their differences as market moves.
+    source: Source,
     last_fields: [u64; NUMERIC_FIELDS],
     /// The last fresh, valid snapshot and its features: what time-outs report from.
     last: Snapshot,
@@ -187,6 +193,10 @@ impl Engine {
                 .entry(snap.key.clone())
                 .or_insert_with(|| PairState::new(snap, cfg)),
         };
+        if st.source != snap.source {
+            self.stats.other_source += 1;
+            return Verdict::OtherSource;
+        }
         if st.last_fields == fields {
             self.stats.stale += 1;
             return Verdict::Stale;
@@ -288,11 +298,11 @@ impl Engine {
 
 impl PairState {
     fn new(snap: &Snapshot, cfg: &SignalConfig) -> PairState {
-        let half_life = cfg.volume_surge.z_half_life_minutes * MIN_MS;
-        let ew = EwStats::try_new(half_life)
-            .or_else(|_| EwStats::try_new(360.0 * MIN_MS))
-            .unwrap_or_else(|_| unreachable_ew());
+        // The config is validated at start-up; the default only covers a caller that skipped it.
+        let ew =
+            EwStats::try_new(cfg.volume_surge.z_half_life_minutes * MIN_MS).unwrap_or_default();
         PairState {
+            source: snap.source,
             last_fields: [0; NUMERIC_FIELDS],
             last: snap.clone(),
             feats: Features::default(),
@@ -311,14 +321,6 @@ impl PairState {
             kinds: [KindState::default(); 9],
             rug_until_ms: i64::MIN,
         }
-    }
-}
-
-/// A positive constant half-life always constructs; this is never reached.
-fn unreachable_ew() -> EwStats {
-    match EwStats::try_new(1.0) {
-        Ok(ew) => ew,
-        Err(_) => unreachable!("a half-life of 1 ms is valid"),
     }
 }
 

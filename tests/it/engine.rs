@@ -386,3 +386,24 @@ fn no_bullish_event_for_a_pair_younger_than_an_hour() {
         "{events:?}"
     );
 }
+
+#[test]
+fn a_pair_keeps_its_first_source() {
+    let mut engine = Engine::new(SignalConfig::default());
+    assert_eq!(
+        engine.observe_into(&example(T0), &mut Vec::new()),
+        Verdict::Fresh
+    );
+    let mut other = example(T0 + MIN);
+    other.source = Source::Geckoterminal;
+    other.volume_usd.m5 = Some(1.0);
+    assert_eq!(
+        engine.observe_into(&other, &mut Vec::new()),
+        Verdict::OtherSource
+    );
+    assert_eq!(engine.stats().other_source, 1);
+    assert_eq!(
+        engine.latest(&example(T0).key).unwrap().0.source,
+        Source::Dexscreener
+    );
+}
