@@ -28,17 +28,66 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    pub server: Server,
+    pub hub: Hub,
+    pub session: Session,
+    pub auth: Auth,
+    pub source: SourceConfig,
     pub signal: SignalConfig,
 }
 
+/// The prefix of environment overrides: `DEXPULSE_SERVER__BIND=0.0.0.0:8080` sets
+/// `server.bind`; `__` separates the levels (field names have single underscores).
+pub const ENV_PREFIX: &str = "DEXPULSE_";
+
 impl Config {
     pub fn from_toml_str(text: &str, path: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        Config::from_toml_with_env(text, path, std::iter::empty())
+    }
+
+    /// Parses TOML, applies `DEXPULSE_A__B=value` overrides (the value read as a TOML value,
+    /// else as a string), then validates.
+    pub fn from_toml_with_env(
+        text: &str,
+        path: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let parse_err = |e: &dyn std::fmt::Display| ConfigError::Parse {
             path: path.to_string(),
             message: e.to_string().trim_end().replace('\n', " "),
-        })?;
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_err(&e))?;
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if !rest.contains("__") {
+                continue;
+            }
+            let keys: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(value.clone()));
+            set_path(&mut table, &keys, parsed).map_err(|m| ConfigError::Parse {
+                path: format!("environment {name}"),
+                message: m,
+            })?;
+        }
+        let cfg: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| parse_err(&e))?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The file, then the process environment.
+    pub fn load_with_env(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml_with_env(&text, &path.display().to_string(), std::env::vars())
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -50,7 +99,310 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate()?;
+        self.hub.validate()?;
+        self.session.validate()?;
+        self.auth.validate()?;
+        self.source.validate()?;
         self.signal.validate()
+    }
+}
+
+fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<(), String> {
+    match keys {
+        [] => Err("empty key".to_string()),
+        [last] => {
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => set_path(t, rest, value),
+                _ => Err(format!("`{first}` is not a table")),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Server {
+    /// Address for WebSocket and HTTP (one port).
+    pub bind: String,
+    /// Sessions at once, over all keys; more get 503 before the upgrade.
+    pub max_connections: usize,
+    /// How long shutdown waits for sessions to take their close frames.
+    pub shutdown_grace_seconds: f64,
+    /// `/readyz` fails when the source has sent nothing for this long.
+    pub ready_max_silence_seconds: f64,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            bind: "127.0.0.1:8080".to_string(),
+            max_connections: 10_000,
+            shutdown_grace_seconds: 5.0,
+            ready_max_silence_seconds: 120.0,
+        }
+    }
+}
+
+impl Server {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.bind.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "server.bind",
+                "is not an address like 127.0.0.1:8080",
+                &self.bind,
+            ));
+        }
+        at_least_u("server.max_connections", self.max_connections as u64, 1)?;
+        in_range(
+            "server.shutdown_grace_seconds",
+            self.shutdown_grace_seconds,
+            0.0,
+            600.0,
+        )?;
+        in_range(
+            "server.ready_max_silence_seconds",
+            self.ready_max_silence_seconds,
+            1.0,
+            86_400.0,
+        )
+    }
+}
+
+/// The broadcast hub: what is retained for `resume_from` and `/v1/signals`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Hub {
+    /// Events kept at least (by count) ...
+    pub retain_events: usize,
+    /// ... and at least this long (by age); the ring keeps whichever is more.
+    pub retain_seconds: f64,
+    /// Hard cap on retained events, whatever their age.
+    pub retain_max_events: usize,
+    /// The in-process broadcast channel between hub and sessions (frames).
+    pub broadcast_capacity: usize,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            retain_events: 1_000,
+            retain_seconds: 120.0,
+            retain_max_events: 100_000,
+            broadcast_capacity: 8_192,
+        }
+    }
+}
+
+impl Hub {
+    fn validate(&self) -> Result<(), ConfigError> {
+        at_least_u("hub.retain_events", self.retain_events as u64, 1)?;
+        in_range("hub.retain_seconds", self.retain_seconds, 0.0, 86_400.0)?;
+        at_least_u(
+            "hub.retain_max_events",
+            self.retain_max_events as u64,
+            self.retain_events as u64,
+        )?;
+        at_least_u("hub.broadcast_capacity", self.broadcast_capacity as u64, 16)
+    }
+}
+
+/// One WebSocket session's limits (DESIGN.md 5.4, 5.5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Session {
+    pub heartbeat_seconds: f64,
+    /// Outgoing queue bounds: messages and bytes.
+    pub queue_max_messages: usize,
+    pub queue_max_bytes: usize,
+    /// A session whose queue stays full this long is closed with 4008.
+    pub stall_close_seconds: f64,
+    /// Inbound messages larger than this are closed with 1009.
+    pub max_message_bytes: usize,
+    /// Inbound rate limit (token bucket); a flood is closed with 1008.
+    pub inbound_per_second: f64,
+    pub inbound_burst: f64,
+    pub max_subscriptions: usize,
+    /// tungstenite's buffers, sized for many small outgoing frames (its 128 KiB defaults cost
+    /// about 135 KiB per idle connection).
+    pub read_buffer_bytes: usize,
+    pub write_buffer_bytes: usize,
+    /// Frames written before one flush.
+    pub flush_batch: usize,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session {
+            heartbeat_seconds: 25.0,
+            queue_max_messages: 4_096,
+            queue_max_bytes: 1 << 20,
+            stall_close_seconds: 5.0,
+            max_message_bytes: 64 * 1024,
+            inbound_per_second: 20.0,
+            inbound_burst: 40.0,
+            max_subscriptions: 32,
+            read_buffer_bytes: 4 * 1024,
+            write_buffer_bytes: 8 * 1024,
+            flush_batch: 64,
+        }
+    }
+}
+
+impl Session {
+    fn validate(&self) -> Result<(), ConfigError> {
+        in_range(
+            "session.heartbeat_seconds",
+            self.heartbeat_seconds,
+            0.05,
+            3_600.0,
+        )?;
+        at_least_u(
+            "session.queue_max_messages",
+            self.queue_max_messages as u64,
+            1,
+        )?;
+        at_least_u("session.queue_max_bytes", self.queue_max_bytes as u64, 1024)?;
+        in_range(
+            "session.stall_close_seconds",
+            self.stall_close_seconds,
+            0.0,
+            3_600.0,
+        )?;
+        at_least_u(
+            "session.max_message_bytes",
+            self.max_message_bytes as u64,
+            256,
+        )?;
+        in_range(
+            "session.inbound_per_second",
+            self.inbound_per_second,
+            0.01,
+            1e6,
+        )?;
+        in_range("session.inbound_burst", self.inbound_burst, 1.0, 1e6)?;
+        at_least_u(
+            "session.max_subscriptions",
+            self.max_subscriptions as u64,
+            1,
+        )?;
+        at_least_u(
+            "session.read_buffer_bytes",
+            self.read_buffer_bytes as u64,
+            256,
+        )?;
+        at_least_u("session.flush_batch", self.flush_batch as u64, 1)
+    }
+}
+
+/// Optional API keys. With none configured the server is open.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    pub keys: Vec<ApiKey>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub key: String,
+    #[serde(default = "default_key_connections")]
+    pub max_connections: usize,
+}
+
+fn default_key_connections() -> usize {
+    100
+}
+
+impl Auth {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for k in &self.keys {
+            if k.key.len() < 8 || k.key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(
+                    "auth.keys.key",
+                    "must be at least 8 characters, no spaces",
+                    "a short or blank key",
+                ));
+            }
+            at_least_u("auth.keys.max_connections", k.max_connections as u64, 1)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where snapshots come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// The simulator, paced in real time.
+    Simulator,
+    /// A tape, at `speed` times its recorded pace.
+    Replay,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    /// `replay`: the tape file.
+    pub tape: Option<String>,
+    /// `replay`: pace multiplier (1 = as recorded; 0 = as fast as possible).
+    pub speed: f64,
+    /// `simulator`: scenarios (names, or "all"), seed and noise pairs.
+    pub scenarios: Vec<String>,
+    pub seed: u64,
+    pub noise_pairs: usize,
+    /// `simulator`: how many simulated minutes lie before now. The past is played at once (it
+    /// warms the engine up), the rest in real time. The scripted events start at minute 90.
+    pub lead_minutes: f64,
+    /// `simulator`: simulated hours in all (afterwards the source idles).
+    pub hours: f64,
+    /// Snapshots waiting for the engine; a full channel slows the source, never drops.
+    pub channel_capacity: usize,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            kind: SourceKind::Simulator,
+            tape: None,
+            speed: 1.0,
+            scenarios: vec!["all".to_string()],
+            seed: 7,
+            noise_pairs: 20,
+            lead_minutes: 90.8,
+            hours: 24.0,
+            channel_capacity: 1_024,
+        }
+    }
+}
+
+impl SourceConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        in_range("source.speed", self.speed, 0.0, 1e6)?;
+        in_range("source.lead_minutes", self.lead_minutes, 0.0, 100_000.0)?;
+        in_range("source.hours", self.hours, 0.01, 24.0 * 365.0)?;
+        at_least_u("source.channel_capacity", self.channel_capacity as u64, 1)?;
+        if self.kind == SourceKind::Replay && self.tape.as_deref().is_none_or(str::is_empty) {
+            return Err(invalid(
+                "source.tape",
+                "is required when source.kind = \"replay\"",
+                "nothing",
+            ));
+        }
+        for s in &self.scenarios {
+            if s != "all" && crate::source::simulator::Scenario::parse(s).is_none() {
+                return Err(invalid("source.scenarios", "names an unknown scenario", s));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -792,10 +1144,72 @@ mod tests {
     }
 
     #[test]
+    fn server_sections_validate() {
+        check("[server]\nbind = \"nowhere\"\n", Some("server.bind"));
+        check(
+            "[session]\nqueue_max_bytes = 10\n",
+            Some("session.queue_max_bytes"),
+        );
+        check("[source]\nkind = \"replay\"\n", Some("source.tape"));
+        check("[source]\nkind = \"ftp\"\n", Some("kind"));
+        check(
+            "[source]\nscenarios = [\"moon\"]\n",
+            Some("source.scenarios"),
+        );
+        check("[[auth.keys]]\nkey = \"abc\"\n", Some("auth.keys.key"));
+        check(
+            "[[auth.keys]]\nkey = \"abcdefgh1\"\nmax_connections = 2\n",
+            None,
+        );
+    }
+
+    #[test]
+    fn environment_overrides_apply_and_are_validated() {
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        let cfg = Config::from_toml_with_env(
+            "[server]\nbind = \"127.0.0.1:1\"\n",
+            "t",
+            env(&[
+                ("DEXPULSE_SERVER__BIND", "0.0.0.0:9000"),
+                ("DEXPULSE_SIGNAL__FSM__MIN_EMIT_SCORE", "50"),
+                ("DEXPULSE_SOURCE__SCENARIOS", "[\"breakout\"]"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.server.bind, "0.0.0.0:9000");
+        assert_eq!(cfg.signal.fsm.min_emit_score, 50);
+        assert_eq!(cfg.source.scenarios, ["breakout"]);
+        let err = Config::from_toml_with_env(
+            "",
+            "t",
+            env(&[("DEXPULSE_SESSION__HEARTBEAT_SECONDS", "-1")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("session.heartbeat_seconds"),
+            "{err}"
+        );
+        let err = Config::from_toml_with_env("", "t", env(&[("DEXPULSE_SERVER__BINDD", "x")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("bindd"), "{err}");
+    }
+
+    #[test]
     fn the_shipped_default_config_is_the_default() {
         let text = include_str!("../config/default.toml");
         let cfg = Config::from_toml_str(text, "config/default.toml").unwrap();
         assert_eq!(cfg.signal, SignalConfig::default());
+        assert_eq!(cfg.hub, Hub::default());
+        assert_eq!(cfg.session, Session::default());
+        let demo = include_str!("../config/demo.toml");
+        let demo = Config::from_toml_str(demo, "config/demo.toml").unwrap();
+        assert_eq!(demo.source.kind, SourceKind::Simulator);
     }
 
     #[test]

@@ -22,6 +22,8 @@ const EXIT_CONFIG: u8 = 64;
 const EXIT_NOINPUT: u8 = 66;
 /// EX_IOERR: writing the output failed.
 const EXIT_IO: u8 = 74;
+/// EX_UNAVAILABLE: the listen address cannot be bound.
+const EXIT_UNAVAILABLE: u8 = 69;
 
 #[derive(Parser)]
 #[command(
@@ -36,12 +38,27 @@ const EXIT_IO: u8 = 74;
         compare."
 )]
 struct Cli {
+    /// Without a subcommand, dexpulse serves with config/default.toml.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the streamer: the configured source, the signal engine, and WebSocket (/v1/ws) plus
+    /// HTTP (/v1/pairs, /v1/signals, /healthz, /readyz, /metrics) on one port.
+    ///
+    /// Every config value can be overridden from the environment, e.g.
+    /// DEXPULSE_SERVER__BIND=0.0.0.0:8080 (levels separated by a double underscore).
+    /// SIGINT or SIGTERM closes every session (1001) and exits 0.
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+        /// Listen address; overrides [server] bind.
+        #[arg(long)]
+        bind: Option<String>,
+    },
     /// Run the market simulator and write its polls as a tape (everything says "source":"simulator").
     Simulate {
         /// A scenario name, or `all`: noise, breakout, pump_dump, lp_withdrawal, sell_crash,
@@ -86,7 +103,11 @@ fn main() -> ExitCode {
         .with_writer(io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {
+    match cli.command.unwrap_or(Command::Serve {
+        config: PathBuf::from("config/default.toml"),
+        bind: None,
+    }) {
+        Command::Serve { config, bind } => run_serve(&config, bind),
         Command::Simulate {
             scenario,
             seed,
@@ -99,6 +120,86 @@ fn main() -> ExitCode {
             config,
             quiet,
         } => run_replay(&file, config.as_deref(), quiet),
+    }
+}
+
+fn run_serve(config: &std::path::Path, bind: Option<String>) -> ExitCode {
+    let mut cfg = match Config::load_with_env(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Some(b) = bind {
+        cfg.server.bind = b;
+        if let Err(e) = cfg.validate() {
+            eprintln!("error: --bind: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_IO);
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(&cfg.server.bind).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot bind {}: {e}", cfg.server.bind);
+                return ExitCode::from(EXIT_UNAVAILABLE);
+            }
+        };
+        let source = format!("{:?}", cfg.source.kind).to_lowercase();
+        let running = match dexpulse::app::start(cfg, listener, true) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_IO);
+            }
+        };
+        tracing::info!(addr = %running.addr, source = %source, "listening: ws://{}/v1/ws, http://{}/v1/pairs", running.addr, running.addr);
+        let token = running.shutdown_token();
+        tokio::select! {
+            _ = shutdown_signal() => tracing::info!("shutting down"),
+            _ = token.cancelled() => {}
+        }
+        match running.shutdown().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_IO)
+            }
+        }
+    })
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
     }
 }
 

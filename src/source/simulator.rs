@@ -674,74 +674,138 @@ pub struct SimSummary {
     pub pairs: u64,
 }
 
+/// One thing the simulation does, in time order: a poll's response, or a tick.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SimRecord {
+    Poll {
+        t_ms: i64,
+        request: String,
+        body: String,
+    },
+    Tick {
+        t_ms: i64,
+    },
+}
+
+impl SimRecord {
+    pub fn t_ms(&self) -> i64 {
+        match self {
+            SimRecord::Poll { t_ms, .. } | SimRecord::Tick { t_ms } => *t_ms,
+        }
+    }
+}
+
+/// The simulation as a lazy sequence of records, so that a live source can pace it in real
+/// time and `simulate` can write it as a tape; both see the same records.
+pub struct Simulation {
+    batches: Vec<Batch>,
+    opts: SimOptions,
+    end: i64,
+    next_tick: i64,
+}
+
+impl Simulation {
+    pub fn new(scenarios: &[Scenario], opts: &SimOptions) -> Simulation {
+        let mut batches: Vec<Batch> = Vec::new();
+        for &sc in scenarios {
+            if sc == Scenario::Irregular {
+                let mut regular = batch(sc, opts);
+                let mut irregular = batch(sc, opts);
+                // Same market, another address, other polls.
+                let mut p = irregular.pools.remove(0);
+                p.key.address = format!("{}01", sc.address_prefix());
+                p.symbol = "IRR1".to_string();
+                irregular.pools.push(p);
+                irregular.polling = Polling::Irregular {
+                    min_ms: 10_000,
+                    max_ms: 300_000,
+                    gaps: vec![
+                        (opts.start_ms + 30 * MIN, opts.start_ms + 50 * MIN),
+                        (opts.start_ms + 300 * MIN, opts.start_ms + 320 * MIN),
+                    ],
+                };
+                irregular.rng = ChaCha8Rng::seed_from_u64(mix(opts.seed, 4242, 1));
+                regular.pools.truncate(1);
+                batches.push(regular);
+                batches.push(irregular);
+            } else {
+                batches.push(batch(sc, opts));
+            }
+        }
+        Simulation {
+            batches,
+            opts: opts.clone(),
+            end: opts.start_ms + (opts.hours * HOUR as f64) as i64,
+            next_tick: opts.start_ms + opts.tick_ms,
+        }
+    }
+
+    pub fn pair_count(&self) -> usize {
+        self.batches.iter().map(|b| b.pools.len()).sum()
+    }
+}
+
+impl Iterator for Simulation {
+    type Item = SimRecord;
+
+    fn next(&mut self) -> Option<SimRecord> {
+        // The next thing to happen: a poll of some batch, or a tick.
+        let (bi, t_poll) = self
+            .batches
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (i, b.next_poll_ms))
+            .min_by_key(|(i, t)| (*t, *i))?;
+        if self.next_tick <= t_poll && self.next_tick < self.end {
+            let t_ms = self.next_tick;
+            self.next_tick += self.opts.tick_ms;
+            return Some(SimRecord::Tick { t_ms });
+        }
+        if t_poll >= self.end {
+            return None;
+        }
+        let (request, body) = poll(&mut self.batches[bi], t_poll, &self.opts);
+        Some(SimRecord::Poll {
+            t_ms: t_poll,
+            request,
+            body,
+        })
+    }
+}
+
 /// Runs the scenarios and writes their tape.
 pub fn simulate<W: Write>(
     scenarios: &[Scenario],
     opts: &SimOptions,
     out: &mut TapeWriter<W>,
 ) -> io::Result<SimSummary> {
-    let mut batches: Vec<Batch> = Vec::new();
-    for &sc in scenarios {
-        if sc == Scenario::Irregular {
-            let mut regular = batch(sc, opts);
-            let mut irregular = batch(sc, opts);
-            // Same market, another address, other polls.
-            let mut p = irregular.pools.remove(0);
-            p.key.address = format!("{}01", sc.address_prefix());
-            p.symbol = "IRR1".to_string();
-            irregular.pools.push(p);
-            irregular.polling = Polling::Irregular {
-                min_ms: 10_000,
-                max_ms: 300_000,
-                gaps: vec![
-                    (opts.start_ms + 30 * MIN, opts.start_ms + 50 * MIN),
-                    (opts.start_ms + 300 * MIN, opts.start_ms + 320 * MIN),
-                ],
-            };
-            irregular.rng = ChaCha8Rng::seed_from_u64(mix(opts.seed, 4242, 1));
-            regular.pools.truncate(1);
-            batches.push(regular);
-            batches.push(irregular);
-        } else {
-            batches.push(batch(sc, opts));
-        }
-    }
-    let end = opts.start_ms + (opts.hours * HOUR as f64) as i64;
+    let sim = Simulation::new(scenarios, opts);
     let mut summary = SimSummary {
-        pairs: batches.iter().map(|b| b.pools.len() as u64).sum(),
+        pairs: sim.pair_count() as u64,
         ..SimSummary::default()
     };
-    let mut next_tick = opts.start_ms + opts.tick_ms;
-    // The next thing to happen: a poll of some batch, or a tick.
-    while let Some((bi, t_poll)) = batches
-        .iter()
-        .enumerate()
-        .map(|(i, b)| (i, b.next_poll_ms))
-        .min_by_key(|(i, t)| (*t, *i))
-    {
-        if next_tick <= t_poll && next_tick < end {
-            out.write_tick(next_tick)?;
-            summary.ticks += 1;
-            next_tick += opts.tick_ms;
-            continue;
+    for rec in sim {
+        match rec {
+            SimRecord::Tick { t_ms } => {
+                out.write_tick(t_ms)?;
+                summary.ticks += 1;
+            }
+            SimRecord::Poll {
+                t_ms,
+                request,
+                body,
+            } => {
+                out.write_response(t_ms, Source::Simulator, &request, 200, body.as_bytes())?;
+                summary.responses += 1;
+            }
         }
-        if t_poll >= end {
-            break;
-        }
-        let b = &mut batches[bi];
-        poll(b, t_poll, opts, out, &mut summary)?;
     }
     out.flush()?;
     Ok(summary)
 }
 
-fn poll<W: Write>(
-    b: &mut Batch,
-    t: i64,
-    opts: &SimOptions,
-    out: &mut TapeWriter<W>,
-    summary: &mut SimSummary,
-) -> io::Result<()> {
+/// Polls a batch at `t`: its request path and response body.
+fn poll(b: &mut Batch, t: i64, opts: &SimOptions) -> (String, String) {
     // Schedule the next poll first, so that every branch below moves time on.
     let jitter = if opts.jitter_ms > 0 {
         b.rng.gen_range(-opts.jitter_ms..=opts.jitter_ms)
@@ -767,7 +831,6 @@ fn poll<W: Write>(
     for p in &mut b.pools {
         p.advance(t);
     }
-    let listed: Vec<&Pool> = b.pools.iter().filter(|p| p.listed_ms <= t).collect();
     let ids: Vec<&str> = b.pools.iter().map(|p| p.key.address.as_str()).collect();
     let request = format!("/latest/dex/pairs/{CHAIN}/{}", ids.join(","));
     let frozen =
@@ -782,7 +845,12 @@ fn poll<W: Write>(
                 }
                 _ => 1.0,
             };
-            let pairs: Vec<Value> = listed.iter().map(|p| p.pair_json(factor)).collect();
+            let pairs: Vec<Value> = b
+                .pools
+                .iter()
+                .filter(|p| p.listed_ms <= t)
+                .map(|p| p.pair_json(factor))
+                .collect();
             let body = if pairs.is_empty() {
                 json!({"schemaVersion": "1.0.0", "pairs": null})
             } else {
@@ -791,10 +859,8 @@ fn poll<W: Write>(
             body.to_string()
         }
     };
-    out.write_response(t, Source::Simulator, &request, 200, body.as_bytes())?;
-    b.last_body = Some(body);
-    summary.responses += 1;
-    Ok(())
+    b.last_body = Some(body.clone());
+    (request, body)
 }
 
 /// A plausible snapshot for unit tests elsewhere in the crate.
