@@ -207,7 +207,13 @@ pub async fn run_engine(
             _ = shutdown.cancelled() => break,
             m = rx.recv() => match m {
                 Some(m) => m,
-                None => break,
+                None => {
+                    // The source is done (a tape's end): keep serving what is retained.
+                    health.source_ended.store(true, Ordering::Release);
+                    tracing::info!("the source has ended; serving retained state");
+                    shutdown.cancelled().await;
+                    break;
+                }
             },
         };
         health.last_input_ms.store(now_ms(), Ordering::Release);

@@ -83,6 +83,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let max_silence_ms = (state.cfg.server.ready_max_silence_seconds * 1000.0) as i64;
     let reason = if !running {
         Some("the engine is not running")
+    } else if state.health.source_ended.load(Ordering::Acquire) {
+        Some("the source has ended")
     } else if last == 0 {
         Some("no data from the source yet")
     } else if now_ms - last > max_silence_ms {

@@ -26,6 +26,8 @@ pub struct Health {
     /// Unix ms of the last input (snapshots or tick) the engine received.
     pub last_input_ms: AtomicI64,
     pub engine_running: AtomicBool,
+    /// The source has nothing more to send (a replay reached the end of its tape).
+    pub source_ended: AtomicBool,
 }
 
 /// Connections at once, in all and per API key. A `Permit` gives its place back on drop.

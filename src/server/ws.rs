@@ -113,6 +113,20 @@ struct Final {
     notice: Option<Utf8Bytes>,
     code: u16,
     reason: &'static str,
+    /// Drop what is still queued (a slow consumer would never take it); otherwise it is sent
+    /// before the close frame.
+    discard: bool,
+}
+
+impl Final {
+    fn close(code: u16, reason: &'static str) -> Final {
+        Final {
+            notice: None,
+            code,
+            reason,
+            discard: false,
+        }
+    }
 }
 
 struct Sub {
@@ -209,11 +223,11 @@ where
         tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled() => {
-                last_words = Some(Final { notice: None, code: close::GOING_AWAY, reason: "server shutting down" });
+                last_words = Some(Final::close(close::GOING_AWAY, "server shutting down"));
                 break;
             }
             _ = async { tokio::time::sleep_until(stall_deadline.unwrap_or_else(Instant::now)).await }, if stall_deadline.is_some() => {
-                last_words = Some(Final { notice: st.lagged_notice(), code: close::SLOW_CONSUMER, reason: "slow consumer" });
+                last_words = Some(Final { notice: st.lagged_notice(), code: close::SLOW_CONSUMER, reason: "slow consumer", discard: true });
                 break;
             }
             msg = stream.next() => {
@@ -223,7 +237,7 @@ where
                     Some(Err(e)) => {
                         let text = e.to_string();
                         if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
-                            last_words = Some(Final { notice: None, code: close::TOO_BIG, reason: "message too big" });
+                            last_words = Some(Final::close(close::TOO_BIG, "message too big"));
                         } else {
                             tracing::debug!(session = %ctx.id, error = %text, "read error");
                         }
@@ -231,14 +245,14 @@ where
                     }
                     Some(Ok(Message::Text(text))) => {
                         if !st.take_token(cfg) {
-                            last_words = Some(Final { notice: None, code: close::POLICY, reason: "rate limit exceeded" });
+                            last_words = Some(Final::close(close::POLICY, "rate limit exceeded"));
                             break;
                         }
                         st.handle(text.as_str(), &ctx, &queue);
                     }
                     Some(Ok(Message::Binary(_))) => {
                         if !st.take_token(cfg) {
-                            last_words = Some(Final { notice: None, code: close::POLICY, reason: "rate limit exceeded" });
+                            last_words = Some(Final::close(close::POLICY, "rate limit exceeded"));
                             break;
                         }
                         let e = OpError::new(None, code::BAD_REQUEST, "binary messages are not supported; send JSON text");
@@ -265,7 +279,7 @@ where
             },
             _ = ticker.tick() => {
                 if last_heard.elapsed() > heartbeat * 2 {
-                    last_words = Some(Final { notice: None, code: close::HEARTBEAT, reason: "heartbeat timeout" });
+                    last_words = Some(Final::close(close::HEARTBEAT, "heartbeat timeout"));
                     break;
                 }
                 let _ = queue.tx.try_send(Out::Ping);
@@ -545,10 +559,20 @@ async fn writer<S>(
         let _ = tokio::time::timeout(grace, sink.close()).await;
         return;
     };
-    // Nothing queued will be sent now; the notice says what was missed.
     rx.close();
-    while rx.try_recv().is_ok() {}
+    let mut rest = Vec::new();
+    while let Ok(m) = rx.try_recv() {
+        if let Out::Text(t, _) = m {
+            queued.fetch_sub(t.len(), Ordering::AcqRel);
+            if !f.discard {
+                rest.push(t);
+            }
+        }
+    }
     let bye = async {
+        for t in rest {
+            sink.feed(Message::Text(t)).await.map_err(|_| ())?;
+        }
         if let Some(n) = f.notice {
             sink.feed(Message::Text(n)).await.map_err(|_| ())?;
             metrics.lagged_notices.inc();

@@ -6,10 +6,18 @@
 //! - `scenarios`: the scenario table of SIGNALS.md 6, through simulator, tape, decoder and engine.
 //! - `properties`: proptest properties of SIGNALS.md 6.3.
 //! - `cli`: the `dexpulse` binary: simulate, replay, bad lines, exit codes.
+//! - `server`: helpers for the server tests (a server on 127.0.0.1:0, real WebSocket clients).
+//! - `ws`: WebSocket protocol v1: subscribe, filters, resume, slow consumers, bad input, auth.
+//! - `http`: /v1/pairs, /v1/signals, /healthz, /readyz, /metrics.
+//! - `pipeline`: the whole streamer fed by a tape, as a client sees it.
 
 mod cli;
 mod decode;
 mod engine;
+mod http;
+mod pipeline;
 mod properties;
 mod scenarios;
+mod server;
 mod support;
+mod ws;

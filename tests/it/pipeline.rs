@@ -1,0 +1,106 @@
+//! The whole streamer as a client sees it: a replay source (a simulator tape, as fast as the
+//! engine takes it) through the engine and the hub to a WebSocket client and the HTTP API.
+
+use dexpulse::config::SourceKind;
+use dexpulse::source::simulator::{Scenario, SimOptions};
+
+use crate::server::*;
+use crate::support::tape;
+
+#[tokio::test]
+async fn a_replayed_tape_reaches_a_subscriber_and_the_http_api() {
+    let path = std::env::temp_dir().join(format!("dexpulse-pipeline-{}.jsonl", std::process::id()));
+    let opts = SimOptions {
+        hours: 2.0,
+        noise_pairs: 2,
+        ..SimOptions::default()
+    };
+    std::fs::write(
+        &path,
+        tape(
+            &[Scenario::LpWithdrawal, Scenario::NewPair, Scenario::Noise],
+            &opts,
+        ),
+    )
+    .unwrap();
+    let mut cfg = test_config();
+    cfg.source.kind = SourceKind::Replay;
+    cfg.source.tape = Some(path.display().to_string());
+    cfg.source.speed = 0.0;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let r = dexpulse::app::start(cfg, listener, true).unwrap();
+    eventually("the tape is played", || {
+        r.hub().head_seq() >= 2 && r.hub().pair_count() >= 4
+    })
+    .await;
+
+    // A client resuming from 0 gets every event, exactly once.
+    let mut ws = connect(&r).await;
+    let w = next_json(&mut ws).await;
+    let epoch = w["epoch"].as_str().unwrap().to_string();
+    let head = w["head_seq"].as_u64().unwrap();
+    let a = ask(&mut ws, &format!(r#"{{"op":"subscribe","channel":"signals","resume_from":{{"epoch":"{epoch}","seq":0}}}}"#)).await;
+    assert_eq!(a["recovered"], true, "{a}");
+    let mut kinds = Vec::new();
+    for seq in 1..=head {
+        let m = next_json(&mut ws).await;
+        assert_eq!(m["seq"], seq);
+        assert_eq!(m["event"]["source"], "simulator");
+        kinds.push(m["event"]["kind"].as_str().unwrap().to_string());
+    }
+    assert!(
+        kinds.contains(&"rug_warning".to_string()) && kinds.contains(&"new_pair".to_string()),
+        "{kinds:?}"
+    );
+
+    // The tape is over: the server still serves, and says why it is not ready for live data.
+    eventually("the source ends", || {
+        r.state
+            .health
+            .source_ended
+            .load(std::sync::atomic::Ordering::Acquire)
+    })
+    .await;
+    let (status, body) = http_get(&r, "/readyz", &[]).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["reason"],
+        "the source has ended"
+    );
+    let (_, body) = http_get(&r, "/v1/pairs", &[]).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["source"] == "simulator" && p["chain"] == "sim"));
+    let (_, metrics) = http_get(&r, "/metrics", &[]).await;
+    assert!(
+        metrics.contains("dexpulse_events_total{kind=\"rug_warning\",direction=\"bearish\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("dexpulse_snapshots_total{verdict=\"fresh\"}"));
+    r.shutdown().await.unwrap();
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn the_simulator_source_warms_up_then_the_server_is_ready() {
+    let mut cfg = test_config();
+    cfg.source.kind = SourceKind::Simulator;
+    cfg.source.scenarios = vec!["lp_withdrawal".into()];
+    cfg.source.noise_pairs = 2;
+    // The withdrawal (minute 90) lies in the played-at-once past.
+    cfg.source.lead_minutes = 95.0;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let r = dexpulse::app::start(cfg, listener, true).unwrap();
+    eventually("the rug warning of the warm-up", || r.hub().head_seq() >= 1).await;
+    let (status, body) = http_get(&r, "/readyz", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = http_get(&r, "/v1/signals?kind=rug_warning", &[]).await;
+    assert!(
+        body.contains("\"pair_address\":\"simlpwithdrawal00\""),
+        "{body}"
+    );
+    r.shutdown().await.unwrap();
+}
