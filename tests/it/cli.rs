@@ -150,3 +150,77 @@ fn usage_errors() {
     let h = text(&help.stdout);
     assert!(h.contains("simulate") && h.contains("replay"), "{h}");
 }
+
+/// `dexpulse serve` as an operator runs it: the listening line, a client's welcome, SIGTERM,
+/// close frames (1001) and exit status 0.
+#[tokio::test]
+async fn serve_runs_until_sigterm_and_closes_sessions() {
+    use futures_util::StreamExt;
+    use std::io::{BufRead, BufReader};
+    let cfg = tmp("serve.toml");
+    std::fs::write(&cfg, "[server]\nbind = \"127.0.0.1:0\"\n[source]\nkind = \"simulator\"\nscenarios = [\"lp_withdrawal\"]\nnoise_pairs = 1\nlead_minutes = 95.0\n").unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dexpulse"))
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let addr = loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("no listening line");
+        if let Some(rest) = line.split("listening: ws://").nth(1) {
+            break rest.split('/').next().unwrap().to_string();
+        }
+    };
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws"))
+        .await
+        .unwrap();
+    let welcome = ws.next().await.unwrap().unwrap();
+    assert!(welcome.to_text().unwrap().contains("\"type\":\"welcome\""));
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let close = loop {
+        match ws.next().await {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(c))) => break c,
+            Some(Ok(_)) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|c| u16::from(c.code)), Some(1001));
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn serve_with_a_bad_config_exits_64_before_binding() {
+    let cfg = tmp("serve-bad.toml");
+    std::fs::write(&cfg, "[session]\nheartbeat_seconds = 0\n").unwrap();
+    let out = dexpulse(&["serve", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("session.heartbeat_seconds") && !err.contains("listening"),
+        "{err}"
+    );
+    let out = dexpulse(&[
+        "serve",
+        "--config",
+        "config/default.toml",
+        "--bind",
+        "not-an-address",
+    ]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(text(&out.stderr).contains("server.bind"));
+}
