@@ -89,13 +89,11 @@ async fn session(
                 ));
                 ws.send(Message::Text(subscribe.to_string().into())).await?;
             }
-            Some("subscribed") => {
-                if m["recovered"] == false {
-                    eprintln!(
-                        "could not resume: retained events start at seq {}",
-                        m["oldest_seq"]
-                    );
-                }
+            Some("subscribed") if m["recovered"] == false => {
+                eprintln!(
+                    "could not resume: retained events start at seq {}",
+                    m["oldest_seq"]
+                );
             }
             Some("signal") => {
                 let seq = m["seq"].as_u64().unwrap_or(0);
