@@ -77,7 +77,7 @@ pub fn start(cfg: Config, listener: TcpListener, with_source: bool) -> std::io::
             engine,
             rx,
             hub,
-            metrics,
+            metrics.clone(),
             health,
             shutdown.clone(),
         )));
@@ -85,6 +85,7 @@ pub fn start(cfg: Config, listener: TcpListener, with_source: bool) -> std::io::
             cfg.source.clone(),
             tx,
             shutdown.clone(),
+            metrics,
         )));
     }
     let server = tokio::spawn(server::serve(listener, state.clone()));

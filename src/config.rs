@@ -87,7 +87,11 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::from_toml_with_env(&text, &path.display().to_string(), std::env::vars())
+        Config::from_toml_with_env(
+            &text,
+            &path.display().to_string(),
+            with_aliases(std::env::vars()),
+        )
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -106,6 +110,29 @@ impl Config {
         self.source.validate()?;
         self.signal.validate()
     }
+}
+
+/// The documented short names for the upstream base URLs (to point the sources at a mirror).
+const ENV_ALIASES: [(&str, &str); 2] = [
+    (
+        "DEXPULSE_DEXSCREENER_BASE_URL",
+        "DEXPULSE_SOURCE__LIVE__DEXSCREENER__BASE_URL",
+    ),
+    (
+        "DEXPULSE_GECKOTERMINAL_BASE_URL",
+        "DEXPULSE_SOURCE__LIVE__GECKOTERMINAL__BASE_URL",
+    ),
+];
+
+/// Rewrites the short aliases to their full names (values untouched: a URL is not a TOML
+/// value, so it is read as a string).
+pub fn with_aliases(env: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
+    env.into_iter()
+        .map(|(k, v)| match ENV_ALIASES.iter().find(|(a, _)| *a == k) {
+            Some((_, full)) => (full.to_string(), v),
+            None => (k, v),
+        })
+        .collect()
 }
 
 fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<(), String> {
@@ -345,6 +372,8 @@ pub enum SourceKind {
     Simulator,
     /// A tape, at `speed` times its recorded pace.
     Replay,
+    /// DexScreener and GeckoTerminal over HTTP (`[source.live]`).
+    Live,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -366,6 +395,258 @@ pub struct SourceConfig {
     pub hours: f64,
     /// Snapshots waiting for the engine; a full channel slows the source, never drops.
     pub channel_capacity: usize,
+    /// `live`: the upstreams, the watchlist and the schedule.
+    pub live: Live,
+    /// `live`: write every upstream response to this tape (`serve --record FILE`).
+    pub record: Option<String>,
+}
+
+/// The live sources (DESIGN.md 2). Rates default to a safety margin below the documented limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Live {
+    /// Pairs to track from the start, `chain:address`; never evicted.
+    pub pairs: Vec<String>,
+    /// GeckoTerminal pools to track, `chain:address` (DexScreener chain names).
+    pub gecko_pools: Vec<String>,
+    pub max_pairs: usize,
+    /// Discovery (profiles, boosts, new and trending pools) adds pairs on these chains.
+    pub discovery: bool,
+    pub discovery_chains: Vec<String>,
+    pub discovery_interval_seconds: f64,
+    /// A discovered pair needs this much liquidity to be tracked, and is evicted below a tenth.
+    pub min_liquidity_usd: f64,
+    /// Misses (asked for, not returned) before a discovered pair is evicted.
+    pub evict_after_misses: u32,
+    /// Poll a pair at most this often (hot pairs twice as often); the budget decides the rest.
+    pub min_interval_seconds: f64,
+    /// No pair waits longer than this, whatever the priorities.
+    pub max_staleness_seconds: f64,
+    /// Wall-clock ticks for the engine's time-outs.
+    pub tick_seconds: f64,
+    pub timeout_seconds: f64,
+    pub max_in_flight: usize,
+    pub backoff_base_seconds: f64,
+    pub backoff_max_seconds: f64,
+    pub circuit_failures: u32,
+    pub circuit_open_seconds: f64,
+    /// Seed of the schedule's jitter.
+    pub seed: u64,
+    pub dexscreener: DexScreener,
+    pub geckoterminal: GeckoTerminal,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live {
+            pairs: Vec::new(),
+            gecko_pools: Vec::new(),
+            max_pairs: 2_000,
+            discovery: true,
+            discovery_chains: vec!["solana".to_string()],
+            discovery_interval_seconds: 60.0,
+            min_liquidity_usd: 10_000.0,
+            evict_after_misses: 3,
+            min_interval_seconds: 10.0,
+            max_staleness_seconds: 300.0,
+            tick_seconds: 5.0,
+            timeout_seconds: 10.0,
+            max_in_flight: 4,
+            backoff_base_seconds: 1.0,
+            backoff_max_seconds: 120.0,
+            circuit_failures: 5,
+            circuit_open_seconds: 60.0,
+            seed: 1,
+            dexscreener: DexScreener::default(),
+            geckoterminal: GeckoTerminal::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DexScreener {
+    pub enabled: bool,
+    /// Also `DEXPULSE_DEXSCREENER_BASE_URL`.
+    pub base_url: String,
+    /// Pairs, tokens, search: 300 req/min documented.
+    pub rate_per_minute: f64,
+    /// Token profiles and boosts: 60 req/min documented.
+    pub discovery_rate_per_minute: f64,
+    /// Pair ids per `/latest/dex/pairs` call. The docs disagree (30, or 1); a 4xx on a batch
+    /// halves it for the rest of the run.
+    pub pairs_batch: usize,
+}
+
+impl Default for DexScreener {
+    fn default() -> Self {
+        DexScreener {
+            enabled: true,
+            base_url: "https://api.dexscreener.com".to_string(),
+            rate_per_minute: 270.0,
+            discovery_rate_per_minute: 50.0,
+            pairs_batch: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeckoTerminal {
+    pub enabled: bool,
+    /// Also `DEXPULSE_GECKOTERMINAL_BASE_URL`.
+    pub base_url: String,
+    /// 30 calls/min documented, lower in practice.
+    pub rate_per_minute: f64,
+    /// Pools per `pools/multi` call (up to 30).
+    pub pools_batch: usize,
+    /// Responses are cached 60 s: polling a pool faster gains nothing.
+    pub min_interval_seconds: f64,
+    /// Ask new and trending pools on the discovery chains.
+    pub discovery: bool,
+}
+
+impl Default for GeckoTerminal {
+    fn default() -> Self {
+        GeckoTerminal {
+            enabled: true,
+            base_url: "https://api.geckoterminal.com/api/v2".to_string(),
+            rate_per_minute: 20.0,
+            pools_batch: 30,
+            min_interval_seconds: 60.0,
+            discovery: false,
+        }
+    }
+}
+
+impl Live {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (field, list) in [
+            ("source.live.pairs", &self.pairs),
+            ("source.live.gecko_pools", &self.gecko_pools),
+        ] {
+            for p in list {
+                if crate::source::live::parse_pair(p).is_none() {
+                    return Err(invalid(field, "must hold `chain:address` entries", p));
+                }
+            }
+        }
+        at_least_u("source.live.max_pairs", self.max_pairs as u64, 1)?;
+        in_range(
+            "source.live.discovery_interval_seconds",
+            self.discovery_interval_seconds,
+            1.0,
+            86_400.0,
+        )?;
+        in_range(
+            "source.live.min_liquidity_usd",
+            self.min_liquidity_usd,
+            0.0,
+            BIG,
+        )?;
+        at_least_u(
+            "source.live.evict_after_misses",
+            u64::from(self.evict_after_misses),
+            1,
+        )?;
+        in_range(
+            "source.live.min_interval_seconds",
+            self.min_interval_seconds,
+            0.1,
+            86_400.0,
+        )?;
+        in_range(
+            "source.live.max_staleness_seconds",
+            self.max_staleness_seconds,
+            self.min_interval_seconds,
+            86_400.0,
+        )?;
+        in_range("source.live.tick_seconds", self.tick_seconds, 0.05, 3_600.0)?;
+        in_range(
+            "source.live.timeout_seconds",
+            self.timeout_seconds,
+            0.05,
+            600.0,
+        )?;
+        at_least_u("source.live.max_in_flight", self.max_in_flight as u64, 1)?;
+        in_range(
+            "source.live.backoff_base_seconds",
+            self.backoff_base_seconds,
+            0.001,
+            3_600.0,
+        )?;
+        in_range(
+            "source.live.backoff_max_seconds",
+            self.backoff_max_seconds,
+            self.backoff_base_seconds,
+            86_400.0,
+        )?;
+        at_least_u(
+            "source.live.circuit_failures",
+            u64::from(self.circuit_failures),
+            1,
+        )?;
+        in_range(
+            "source.live.circuit_open_seconds",
+            self.circuit_open_seconds,
+            0.0,
+            86_400.0,
+        )?;
+        let d = &self.dexscreener;
+        if !(d.base_url.starts_with("http://") || d.base_url.starts_with("https://")) {
+            return Err(invalid(
+                "source.live.dexscreener.base_url",
+                "must be an http(s) URL",
+                &d.base_url,
+            ));
+        }
+        in_range(
+            "source.live.dexscreener.rate_per_minute",
+            d.rate_per_minute,
+            0.1,
+            100_000.0,
+        )?;
+        in_range(
+            "source.live.dexscreener.discovery_rate_per_minute",
+            d.discovery_rate_per_minute,
+            0.1,
+            100_000.0,
+        )?;
+        if !(1..=30).contains(&d.pairs_batch) {
+            return Err(invalid(
+                "source.live.dexscreener.pairs_batch",
+                "must be from 1 to 30",
+                d.pairs_batch,
+            ));
+        }
+        let g = &self.geckoterminal;
+        if !(g.base_url.starts_with("http://") || g.base_url.starts_with("https://")) {
+            return Err(invalid(
+                "source.live.geckoterminal.base_url",
+                "must be an http(s) URL",
+                &g.base_url,
+            ));
+        }
+        in_range(
+            "source.live.geckoterminal.rate_per_minute",
+            g.rate_per_minute,
+            0.1,
+            100_000.0,
+        )?;
+        if !(1..=30).contains(&g.pools_batch) {
+            return Err(invalid(
+                "source.live.geckoterminal.pools_batch",
+                "must be from 1 to 30",
+                g.pools_batch,
+            ));
+        }
+        in_range(
+            "source.live.geckoterminal.min_interval_seconds",
+            g.min_interval_seconds,
+            0.0,
+            86_400.0,
+        )
+    }
 }
 
 impl Default for SourceConfig {
@@ -380,6 +661,8 @@ impl Default for SourceConfig {
             lead_minutes: 90.8,
             hours: 24.0,
             channel_capacity: 1_024,
+            live: Live::default(),
+            record: None,
         }
     }
 }
@@ -390,6 +673,7 @@ impl SourceConfig {
         in_range("source.lead_minutes", self.lead_minutes, 0.0, 100_000.0)?;
         in_range("source.hours", self.hours, 0.01, 24.0 * 365.0)?;
         at_least_u("source.channel_capacity", self.channel_capacity as u64, 1)?;
+        self.live.validate()?;
         if self.kind == SourceKind::Replay && self.tape.as_deref().is_none_or(str::is_empty) {
             return Err(invalid(
                 "source.tape",

@@ -16,6 +16,7 @@ pub mod hub;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod poller;
 pub mod protocol;
 pub mod replay;
 pub mod server;

@@ -58,6 +58,9 @@ enum Command {
         /// Listen address; overrides [server] bind.
         #[arg(long)]
         bind: Option<String>,
+        /// Live sources: write every upstream response to this tape, for `dexpulse replay`.
+        #[arg(long)]
+        record: Option<PathBuf>,
     },
     /// Run the market simulator and write its polls as a tape (everything says "source":"simulator").
     Simulate {
@@ -107,8 +110,13 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve {
         config: PathBuf::from("config/default.toml"),
         bind: None,
+        record: None,
     }) {
-        Command::Serve { config, bind } => run_serve(&config, bind),
+        Command::Serve {
+            config,
+            bind,
+            record,
+        } => run_serve(&config, bind, record),
         Command::Simulate {
             scenario,
             seed,
@@ -124,7 +132,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_serve(config: &std::path::Path, bind: Option<String>) -> ExitCode {
+fn run_serve(config: &std::path::Path, bind: Option<String>, record: Option<PathBuf>) -> ExitCode {
     let mut cfg = match Config::load_with_env(config) {
         Ok(c) => c,
         Err(e) => {
@@ -138,6 +146,9 @@ fn run_serve(config: &std::path::Path, bind: Option<String>) -> ExitCode {
             eprintln!("error: --bind: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
+    }
+    if let Some(r) = record {
+        cfg.source.record = Some(r.display().to_string());
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

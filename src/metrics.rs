@@ -30,6 +30,16 @@ pub struct Metrics {
     /// From the hub's publish to the session's flush, seconds.
     pub publish_to_send: Histogram,
     pub pairs_tracked: Gauge,
+    /// Live sources: requests by endpoint class and status ("error" for no response).
+    pub upstream_requests: Family<Labels, Counter>,
+    pub rate_limited: Counter,
+    pub backoff_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// Requests in the last minute as a percentage of the configured rate, by class.
+    pub budget_used_pct: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub watchlist: Gauge,
+    pub circuit_open: Gauge,
+    /// Seconds since each tracked pair was last asked for, sampled every tick.
+    pub staleness: Histogram,
 }
 
 impl Default for Metrics {
@@ -114,8 +124,57 @@ impl Metrics {
             "Pairs with a latest state",
             pairs_tracked.clone(),
         );
+        let upstream_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "upstream_requests",
+            "Upstream requests by endpoint class and status",
+            upstream_requests.clone(),
+        );
+        let rate_limited = Counter::default();
+        registry.register(
+            "upstream_rate_limited",
+            "Upstream 429 answers",
+            rate_limited.clone(),
+        );
+        let backoff_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "upstream_backoff_seconds",
+            "Time spent backing off after upstream failures",
+            backoff_seconds.clone(),
+        );
+        let budget_used_pct = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "upstream_budget_used_percent",
+            "Requests in the last minute as a percentage of the configured rate",
+            budget_used_pct.clone(),
+        );
+        let watchlist = Gauge::default();
+        registry.register(
+            "watchlist_pairs",
+            "Pairs the live sources track",
+            watchlist.clone(),
+        );
+        let circuit_open = Gauge::default();
+        registry.register(
+            "upstream_circuit_open",
+            "1 while an upstream circuit is open",
+            circuit_open.clone(),
+        );
+        let staleness = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        registry.register(
+            "pair_staleness_seconds",
+            "Seconds since each tracked pair was last asked for",
+            staleness.clone(),
+        );
         Metrics {
             registry,
+            upstream_requests,
+            rate_limited,
+            backoff_seconds,
+            budget_used_pct,
+            watchlist,
+            circuit_open,
+            staleness,
             snapshots,
             source_problems,
             events,
@@ -163,6 +222,21 @@ impl Metrics {
         self.rejected_upgrades
             .get_or_create(&vec![("status", status.to_string())])
             .inc();
+    }
+
+    pub fn upstream_request(&self, class: &str, status: &str) {
+        self.upstream_requests
+            .get_or_create(&vec![
+                ("class", class.to_string()),
+                ("status", status.to_string()),
+            ])
+            .inc();
+    }
+
+    pub fn budget_used(&self, class: &str, pct: f64) {
+        self.budget_used_pct
+            .get_or_create(&vec![("class", class.to_string())])
+            .set(pct);
     }
 
     /// The text exposition format.

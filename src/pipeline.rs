@@ -62,10 +62,28 @@ fn decoded_input(d: Result<Decoded, DecodeError>, what: &str) -> Input {
 }
 
 /// Runs the configured source until it ends or shutdown.
-pub async fn run_source(cfg: SourceConfig, tx: mpsc::Sender<Input>, shutdown: CancellationToken) {
+pub async fn run_source(
+    cfg: SourceConfig,
+    tx: mpsc::Sender<Input>,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+) {
     match cfg.kind {
         SourceKind::Simulator => run_simulator(cfg, tx, shutdown).await,
         SourceKind::Replay => run_replay(cfg, tx, shutdown).await,
+        SourceKind::Live => {
+            let recorder = match cfg.record.as_deref().map(std::fs::File::create) {
+                None => None,
+                Some(Ok(f)) => Some(crate::source::tape::TapeWriter::new(
+                    std::io::BufWriter::new(f),
+                )),
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "cannot create the recording; not recording");
+                    None
+                }
+            };
+            crate::source::live::run(cfg.live, tx, shutdown, metrics, recorder).await
+        }
     }
 }
 

@@ -85,6 +85,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         Some("the engine is not running")
     } else if state.health.source_ended.load(Ordering::Acquire) {
         Some("the source has ended")
+    } else if state.metrics.circuit_open.get() > 0 {
+        Some("an upstream circuit is open (repeated failures)")
     } else if last == 0 {
         Some("no data from the source yet")
     } else if now_ms - last > max_silence_ms {

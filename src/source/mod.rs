@@ -9,6 +9,7 @@
 
 pub mod dexscreener;
 pub mod geckoterminal;
+pub mod live;
 pub mod simulator;
 pub mod tape;
 
