@@ -10,14 +10,18 @@
 //! - `ws`: WebSocket protocol v1: subscribe, filters, resume, slow consumers, bad input, auth.
 //! - `http`: /v1/pairs, /v1/signals, /healthz, /readyz, /metrics.
 //! - `pipeline`: the whole streamer fed by a tape, as a client sees it.
+//! - `upstream`: a fake DexScreener/GeckoTerminal: recorded payloads, rate limits, faults.
+//! - `live`: the live sources against it: values, events, 429s, faults, fallback, recording.
 
 mod cli;
 mod decode;
 mod engine;
 mod http;
+mod live;
 mod pipeline;
 mod properties;
 mod scenarios;
 mod server;
 mod support;
+mod upstream;
 mod ws;
