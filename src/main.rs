@@ -161,6 +161,13 @@ fn run_serve(config: &std::path::Path, bind: Option<String>, record: Option<Path
         }
     };
     runtime.block_on(async move {
+        let signalled = match shutdown_signal() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot install signal handlers: {e}");
+                return ExitCode::from(EXIT_IO);
+            }
+        };
         let listener = match tokio::net::TcpListener::bind(&cfg.server.bind).await {
             Ok(l) => l,
             Err(e) => {
@@ -179,7 +186,7 @@ fn run_serve(config: &std::path::Path, bind: Option<String>, record: Option<Path
         tracing::info!(addr = %running.addr, source = %source, "listening: ws://{}/v1/ws, http://{}/v1/pairs", running.addr, running.addr);
         let token = running.shutdown_token();
         tokio::select! {
-            _ = shutdown_signal() => tracing::info!("shutting down"),
+            _ = signalled => tracing::info!("shutting down"),
             _ = token.cancelled() => {}
         }
         match running.shutdown().await {
@@ -192,26 +199,27 @@ fn run_serve(config: &std::path::Path, bind: Option<String>, record: Option<Path
     })
 }
 
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT or SIGTERM. The handlers are installed when this is called, not when it is first
+/// polled: a signal that arrives right after start-up must not meet the default action (which
+/// would kill the process without close frames).
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 

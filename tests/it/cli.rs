@@ -18,6 +18,16 @@ fn tmp(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// Kills the child process when dropped, so that a failing test never leaves a server behind.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -162,10 +172,12 @@ async fn serve_runs_until_sigterm_and_closes_sessions() {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dexpulse"))
         .args(["serve", "--config", cfg.to_str().unwrap()])
         .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
+    let mut child = Reap(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -188,7 +200,7 @@ async fn serve_runs_until_sigterm_and_closes_sessions() {
     let welcome = ws.next().await.unwrap().unwrap();
     assert!(welcome.to_text().unwrap().contains("\"type\":\"welcome\""));
     let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -200,7 +212,7 @@ async fn serve_runs_until_sigterm_and_closes_sessions() {
         }
     };
     assert_eq!(close.map(|c| u16::from(c.code)), Some(1001));
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(child.0.wait().unwrap().code(), Some(0));
 }
 
 #[test]
@@ -223,4 +235,83 @@ fn serve_with_a_bad_config_exits_64_before_binding() {
     ]);
     assert_eq!(out.status.code(), Some(64));
     assert!(text(&out.stderr).contains("server.bind"));
+}
+
+/// The issue's check: with the two base URL variables pointing at a local server serving
+/// recorded payloads, `dexpulse serve` tracks the configured pairs and shows their values.
+/// (Multi-threaded: the test blocks on the child while the fake upstream serves.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_polls_a_mirror_named_by_the_base_url_variables() {
+    use std::io::{BufRead, BufReader};
+    let up = crate::upstream::Upstream::start().await;
+    let cfg = tmp("live.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nbind = \"127.0.0.1:0\"\n[source]\nkind = \"live\"\n[source.live]\ndiscovery = false\nmin_interval_seconds = 0.2\n\
+         pairs = [\"solana:BCDdHonby65iduz3Ev3c9v5XjNkzyu5e56KRFHpBM4T9\"]\ngecko_pools = [\"monad-testnet:0xc0ce32eee0eb8bf24fa2b00923a78abc5002f91e\"]\n\
+         [source.live.geckoterminal]\nmin_interval_seconds = 0.2\n",
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dexpulse"))
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .env("DEXPULSE_DEXSCREENER_BASE_URL", up.url())
+        .env("DEXPULSE_GECKOTERMINAL_BASE_URL", up.url())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut child = Reap(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("no listening line");
+        if let Some(rest) = line.split("listening: ws://").nth(1) {
+            break rest.split('/').next().unwrap().to_string();
+        }
+    };
+    let get = |path: &str| {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        use std::io::{Read, Write};
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out.split_once("\r\n\r\n").unwrap().1.to_string()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let pairs = loop {
+        let v: serde_json::Value = serde_json::from_str(&get("/v1/pairs")).unwrap();
+        if v["count"] == 2 {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pairs not polled: {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let ds = pairs["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["source"] == "dexscreener")
+        .unwrap();
+    assert_eq!(ds["price_usd"], "0.9993");
+    assert_eq!(ds["price_change_pct"]["m5"], serde_json::Value::Null);
+    assert!(up.served("200") >= 2);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status();
+    assert_eq!(child.0.wait().unwrap().code(), Some(0));
 }

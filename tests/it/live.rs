@@ -274,3 +274,85 @@ async fn recording_writes_a_tape_that_replays() {
         .any(|l| l.contains("\"request\":\"/latest/dex/pairs/solana/")));
     let _ = std::fs::remove_file(path);
 }
+
+#[tokio::test]
+async fn discovery_adds_eligible_pairs_and_dead_ones_are_evicted() {
+    let up = Upstream::start().await;
+    let usd1 = "USD1ttGY1N17NEEHLmELoaybftRBUSErhqYiQzvEmuB";
+    up.with(|i| i.profiles = Some(json!([{"chainId":"solana","tokenAddress":usd1},{"chainId":"base","tokenAddress":"0xnotours"}])));
+    // Which recorded pairs qualify: Solana, liquidity at least $10k.
+    let eligible: Vec<String> = up.with(|i| {
+        i.pairs
+            .iter()
+            .filter(|(_, st)| {
+                st[0]["liquidity"]["usd"]
+                    .as_f64()
+                    .is_some_and(|l| l >= 10_000.0)
+            })
+            .map(|(a, _)| a.clone())
+            .collect()
+    });
+    assert!(
+        eligible.len() >= 10 && eligible.len() < 30,
+        "{}",
+        eligible.len()
+    );
+    let mut cfg = live_config(&up);
+    cfg.source.live.pairs.clear();
+    cfg.source.live.gecko_pools.clear();
+    cfg.source.live.discovery = true;
+    cfg.source.live.discovery_interval_seconds = 1.0;
+    cfg.source.live.dexscreener.discovery_rate_per_minute = 600.0;
+    let r = start_live(cfg).await;
+    let waited = tokio::time::timeout(WAIT, async {
+        while metric(&r, "dexpulse_watchlist_pairs") as usize != eligible.len() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        waited.is_ok(),
+        "tracked {} of {}: {:?}",
+        metric(&r, "dexpulse_watchlist_pairs"),
+        eligible.len(),
+        up.with(|i| i.served.clone())
+    );
+    // One of them dies: its liquidity is pulled to almost nothing and stays there.
+    let victim = eligible[0].clone();
+    up.with(|i| {
+        let mut dead = i.pairs[&victim][0].clone();
+        dead["liquidity"] = json!({"usd": 10.0, "base": 1.0, "quote": 1.0});
+        i.pairs.get_mut(&victim).unwrap().push_back(dead);
+    });
+    eventually("the dead pair is evicted", || {
+        metric(&r, "dexpulse_watchlist_pairs") as usize == eligible.len() - 1
+    })
+    .await;
+    r.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_open_circuit_makes_the_server_not_ready() {
+    let up = Upstream::start().await;
+    up.with(|i| {
+        i.faults
+            .extend(std::iter::repeat_n(Fault::Status(500), 1000))
+    });
+    let mut cfg = live_config(&up);
+    cfg.source.live.gecko_pools.clear();
+    cfg.source.live.circuit_failures = 3;
+    cfg.source.live.circuit_open_seconds = 30.0;
+    let r = start_live(cfg).await;
+    eventually("the circuit opens", || {
+        metric(&r, "dexpulse_upstream_circuit_open") >= 1.0
+    })
+    .await;
+    let (status, body) = http_get(&r, "/readyz", &[]).await;
+    assert_eq!(status, 503);
+    assert!(body.contains("circuit"), "{body}");
+    // While open, upstream is left alone.
+    let asked = up.served("500");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(up.served("500"), asked);
+    r.shutdown().await.unwrap();
+}

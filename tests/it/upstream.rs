@@ -55,6 +55,8 @@ pub struct Inner {
     pub seen: HashMap<&'static str, VecDeque<Instant>>,
     pub served: HashMap<String, u64>,
     pub pair_refreshes: u64,
+    /// Replaces the recorded token-profiles feed.
+    pub profiles: Option<Value>,
 }
 
 #[derive(Clone)]
@@ -96,10 +98,7 @@ impl Upstream {
         let app = Router::new()
             .route("/latest/dex/pairs/{chain}/{ids}", get(dex_pairs))
             .route("/tokens/v1/{chain}/{addrs}", get(dex_tokens))
-            .route(
-                "/token-profiles/latest/v1",
-                get(|| async { axum::Json(fixture("dexscreener-token-profiles-latest-v1.json")) }),
-            )
+            .route("/token-profiles/latest/v1", get(profiles))
             .route(
                 "/token-boosts/latest/v1",
                 get(|| async { axum::Json(fixture("dexscreener-token-boosts-latest-v1.json")) }),
@@ -318,11 +317,27 @@ async fn dex_tokens(
             .filter_map(|st| st.front())
             .filter(|p| {
                 p["chainId"] == json!(chain)
-                    && want.iter().any(|a| p["baseToken"]["address"] == json!(a))
+                    // A token's pairs have it on either side.
+                    && want.iter().any(|a| p["baseToken"]["address"] == json!(a) || p["quoteToken"]["address"] == json!(a))
             })
             .cloned()
             .collect();
         finish(&mut inner, Value::Array(found), "200")
+    };
+    deliver(planned).await
+}
+
+async fn profiles(State(s): State<Arc<Mutex<Inner>>>) -> Response {
+    let planned = {
+        let mut inner = s.lock().unwrap();
+        if let Some(r) = gate(&mut inner, "/token-profiles") {
+            return r;
+        }
+        let body = inner
+            .profiles
+            .clone()
+            .unwrap_or_else(|| fixture("dexscreener-token-profiles-latest-v1.json"));
+        finish(&mut inner, body, "200")
     };
     deliver(planned).await
 }
