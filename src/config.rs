@@ -1491,6 +1491,8 @@ mod tests {
         assert_eq!(cfg.signal, SignalConfig::default());
         assert_eq!(cfg.hub, Hub::default());
         assert_eq!(cfg.session, Session::default());
+        assert_eq!(cfg.source.kind, SourceKind::Live);
+        assert_eq!(cfg.source.live, Live::default());
         let demo = include_str!("../config/demo.toml");
         let demo = Config::from_toml_str(demo, "config/demo.toml").unwrap();
         assert_eq!(demo.source.kind, SourceKind::Simulator);
