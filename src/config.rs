@@ -432,6 +432,12 @@ pub struct Live {
     pub circuit_open_seconds: f64,
     /// Seed of the schedule's jitter.
     pub seed: u64,
+    /// A pair is hot (polled twice as often) while its last snapshot shows this much activity:
+    /// trades in 5 minutes, or an absolute 5-minute price change in %.
+    pub hot_txns_m5: u64,
+    pub hot_abs_pc_m5: f64,
+    /// DexScreener search queries run with discovery (`/latest/dex/search?q=`; 30 results).
+    pub search_queries: Vec<String>,
     pub dexscreener: DexScreener,
     pub geckoterminal: GeckoTerminal,
 }
@@ -457,6 +463,9 @@ impl Default for Live {
             circuit_failures: 5,
             circuit_open_seconds: 60.0,
             seed: 1,
+            hot_txns_m5: 10,
+            hot_abs_pc_m5: 3.0,
+            search_queries: Vec::new(),
             dexscreener: DexScreener::default(),
             geckoterminal: GeckoTerminal::default(),
         }
@@ -592,6 +601,14 @@ impl Live {
             0.0,
             86_400.0,
         )?;
+        in_range("source.live.hot_abs_pc_m5", self.hot_abs_pc_m5, 0.0, 1e6)?;
+        if self.search_queries.iter().any(|q| q.trim().is_empty()) {
+            return Err(invalid(
+                "source.live.search_queries",
+                "must not hold empty queries",
+                "\"\"",
+            ));
+        }
         let d = &self.dexscreener;
         if !(d.base_url.starts_with("http://") || d.base_url.starts_with("https://")) {
             return Err(invalid(

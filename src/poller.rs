@@ -206,6 +206,10 @@ pub enum Request {
     },
     DexProfiles,
     DexBoosts,
+    /// `/latest/dex/search?q=` (pairs class).
+    DexSearch {
+        query: String,
+    },
     /// `/networks/{net}/pools/multi/{addrs}` (chain as DexScreener names it)
     GeckoPools {
         chain: String,
@@ -222,7 +226,9 @@ pub enum Request {
 impl Request {
     pub fn class(&self) -> Class {
         match self {
-            Request::DexPairs { .. } | Request::DexTokens { .. } => Class::DexPairs,
+            Request::DexPairs { .. } | Request::DexTokens { .. } | Request::DexSearch { .. } => {
+                Class::DexPairs
+            }
             Request::DexProfiles | Request::DexBoosts => Class::DexDiscovery,
             Request::GeckoPools { .. }
             | Request::GeckoNewPools { .. }
@@ -287,6 +293,7 @@ pub struct Settings {
     pub evict_after_misses: u32,
     pub discovery_chains: Vec<String>,
     pub gecko_discovery: bool,
+    pub search_queries: Vec<String>,
     pub seed: u64,
 }
 
@@ -585,6 +592,9 @@ impl Scheduler {
 
     fn discovery_feeds(&self) -> Vec<Request> {
         let mut feeds = vec![Request::DexProfiles, Request::DexBoosts];
+        for q in &self.s.search_queries {
+            feeds.push(Request::DexSearch { query: q.clone() });
+        }
         if self.s.gecko_discovery {
             for c in &self.s.discovery_chains {
                 feeds.push(Request::GeckoNewPools { chain: c.clone() });
@@ -753,6 +763,7 @@ mod tests {
             evict_after_misses: 3,
             discovery_chains: vec!["solana".into()],
             gecko_discovery: false,
+            search_queries: Vec::new(),
             seed: 1,
         }
     }

@@ -42,6 +42,7 @@ pub fn path(req: &Request) -> String {
         Request::DexTokens { chain, tokens } => format!("/tokens/v1/{chain}/{}", tokens.join(",")),
         Request::DexProfiles => "/token-profiles/latest/v1".to_string(),
         Request::DexBoosts => "/token-boosts/latest/v1".to_string(),
+        Request::DexSearch { query } => format!("/latest/dex/search?q={}", encode_query(query)),
         Request::GeckoPools { chain, addresses } => {
             format!(
                 "/networks/{}/pools/multi/{}",
@@ -56,6 +57,18 @@ pub fn path(req: &Request) -> String {
             format!("/networks/{}/trending_pools", network_of_chain(chain))
         }
     }
+}
+
+/// Percent-encodes a query value (unreserved characters pass).
+fn encode_query(q: &str) -> String {
+    q.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn source_of(req: &Request) -> Source {
@@ -179,6 +192,7 @@ fn settings(cfg: &Live) -> Settings {
         evict_after_misses: cfg.evict_after_misses,
         discovery_chains: cfg.discovery_chains.clone(),
         gecko_discovery: cfg.geckoterminal.enabled && cfg.geckoterminal.discovery,
+        search_queries: cfg.search_queries.clone(),
         seed: cfg.seed,
     }
 }
@@ -341,6 +355,13 @@ async fn handle(
                             }
                         }
                         if tracked || sched.is_tracked(&s.key) {
+                            // Activity is this source's view of "where signals happen": those
+                            // pairs are polled twice as often (bounded staleness keeps the rest).
+                            let hot = s.txns.m5.is_some_and(|t| t.total() >= cfg.hot_txns_m5)
+                                || s.price_change_pct
+                                    .m5
+                                    .is_some_and(|p| p.abs() >= cfg.hot_abs_pc_m5);
+                            sched.set_hot(&s.key, hot);
                             keep.push(s);
                         }
                     }
@@ -386,4 +407,54 @@ async fn handle(
         .any(|c| sched.circuit_open(*c, now));
     metrics.circuit_open.set(i64::from(open));
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_paths() {
+        let check = |req: Request, want: &str| assert_eq!(path(&req), want);
+        check(
+            Request::DexPairs {
+                chain: "solana".into(),
+                ids: vec!["A".into(), "b".into()],
+            },
+            "/latest/dex/pairs/solana/A,b",
+        );
+        check(
+            Request::DexTokens {
+                chain: "bsc".into(),
+                tokens: vec!["0x1".into()],
+            },
+            "/tokens/v1/bsc/0x1",
+        );
+        check(
+            Request::DexSearch {
+                query: "USD1/USDC x".into(),
+            },
+            "/latest/dex/search?q=USD1%2FUSDC%20x",
+        );
+        check(
+            Request::GeckoPools {
+                chain: "ethereum".into(),
+                addresses: vec!["0xa".into(), "0xb".into()],
+            },
+            "/networks/eth/pools/multi/0xa,0xb",
+        );
+        check(
+            Request::GeckoTrending {
+                chain: "polygon".into(),
+            },
+            "/networks/polygon_pos/trending_pools",
+        );
+        assert_eq!(
+            parse_pair("solana:AbC"),
+            Some(PairKey::new("solana", "AbC"))
+        );
+        assert_eq!(parse_pair("solana"), None);
+        assert_eq!(parse_pair(":x"), None);
+        assert_eq!(parse_pair("a:b:c"), None);
+    }
 }

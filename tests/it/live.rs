@@ -356,3 +356,40 @@ async fn an_open_circuit_makes_the_server_not_ready() {
     assert_eq!(up.served("500"), asked);
     r.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn search_queries_feed_the_watchlist() {
+    let up = Upstream::start().await;
+    up.with(|i| i.profiles = Some(json!([])));
+    let search = crate::upstream::fixture("dexscreener-search-usd1-usdc-multichain.json");
+    let eligible = search["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["chainId"] == "solana"
+                && p["liquidity"]["usd"]
+                    .as_f64()
+                    .is_some_and(|l| l >= 10_000.0)
+        })
+        .count();
+    assert!(eligible > 0);
+    let mut cfg = live_config(&up);
+    cfg.source.live.pairs.clear();
+    cfg.source.live.gecko_pools.clear();
+    cfg.source.live.discovery = true;
+    cfg.source.live.discovery_interval_seconds = 1.0;
+    cfg.source.live.dexscreener.discovery_rate_per_minute = 600.0;
+    cfg.source.live.search_queries = vec!["USD1/USDC".into()];
+    let r = start_live(cfg).await;
+    eventually("the search's eligible pairs are tracked", || {
+        metric(&r, "dexpulse_watchlist_pairs") as usize == eligible
+    })
+    .await;
+    assert!(
+        up.served("search?q=USD1%2FUSDC") >= 1,
+        "{:?}",
+        up.with(|i| i.served.clone())
+    );
+    r.shutdown().await.unwrap();
+}

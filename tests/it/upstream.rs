@@ -98,6 +98,7 @@ impl Upstream {
         let app = Router::new()
             .route("/latest/dex/pairs/{chain}/{ids}", get(dex_pairs))
             .route("/tokens/v1/{chain}/{addrs}", get(dex_tokens))
+            .route("/latest/dex/search", get(search))
             .route("/token-profiles/latest/v1", get(profiles))
             .route(
                 "/token-boosts/latest/v1",
@@ -323,6 +324,29 @@ async fn dex_tokens(
             .cloned()
             .collect();
         finish(&mut inner, Value::Array(found), "200")
+    };
+    deliver(planned).await
+}
+
+/// The recorded search (any query), counting queries.
+async fn search(
+    State(s): State<Arc<Mutex<Inner>>>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> Response {
+    let planned = {
+        let mut inner = s.lock().unwrap();
+        if let Some(r) = gate(&mut inner, "/latest/dex/search") {
+            return r;
+        }
+        *inner
+            .served
+            .entry(format!("search?{}", q.unwrap_or_default()))
+            .or_default() += 1;
+        finish(
+            &mut inner,
+            fixture("dexscreener-search-usd1-usdc-multichain.json"),
+            "200",
+        )
     };
     deliver(planned).await
 }
