@@ -19,8 +19,8 @@ use tokio::sync::broadcast;
 
 use crate::config;
 use crate::model::{
-    format_ms, Direction, Kind, PairKey, SignalEvent, Snapshot, Source, TokenRef, TxnPair,
-    TxnWindows, Windows,
+    format_ms, Direction, Kind, PairKey, SignalEvent, Snapshot, Source, TokenRef, TxnWindows,
+    Windows,
 };
 use crate::signal::kinds::Features;
 
@@ -85,35 +85,18 @@ fn r4(x: Option<f64>) -> Option<f64> {
 
 impl<'a> PairView<'a> {
     pub fn new(s: &'a Snapshot, f: &Features, open_signals: Vec<Kind>) -> PairView<'a> {
-        let tp = |x: Option<crate::model::Txns>| {
-            x.map(|x| TxnPair {
-                buys: x.buys,
-                sells: x.sells,
-            })
-        };
         PairView {
             chain: &s.key.chain,
             pair_address: &s.key.address,
             dex_id: s.dex_id.as_deref(),
-            base_token: TokenRef {
-                address: s.base_token.address.clone(),
-                symbol: s.base_token.symbol.clone(),
-            },
-            quote_token: TokenRef {
-                address: s.quote_token.address.clone(),
-                symbol: s.quote_token.symbol.clone(),
-            },
+            base_token: TokenRef::from(&s.base_token),
+            quote_token: TokenRef::from(&s.quote_token),
             source: s.source,
             observed_at: format_ms(s.observed_at_ms),
             price_usd: s.price_usd.as_ref().map(|p| p.raw.as_str()),
             price_change_pct: s.price_change_pct,
             volume_usd: s.volume_usd,
-            txns: TxnWindows {
-                m5: tp(s.txns.m5),
-                h1: tp(s.txns.h1),
-                h6: tp(s.txns.h6),
-                h24: tp(s.txns.h24),
-            },
+            txns: TxnWindows::from(&s.txns),
             liquidity_usd: s.liquidity_usd,
             fdv_usd: s.fdv_usd,
             market_cap_usd: s.market_cap_usd,

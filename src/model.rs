@@ -421,6 +421,15 @@ pub struct TokenRef {
     pub symbol: Option<String>,
 }
 
+impl From<&Token> for TokenRef {
+    fn from(t: &Token) -> TokenRef {
+        TokenRef {
+            address: t.address.clone(),
+            symbol: t.symbol.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TxnPair {
     pub buys: u64,
@@ -433,6 +442,24 @@ pub struct TxnWindows {
     pub h1: Option<TxnPair>,
     pub h6: Option<TxnPair>,
     pub h24: Option<TxnPair>,
+}
+
+impl From<&Windows<Txns>> for TxnWindows {
+    /// Buys and sells per window (unique wallets are not part of events).
+    fn from(w: &Windows<Txns>) -> TxnWindows {
+        let tp = |x: Option<Txns>| {
+            x.map(|x| TxnPair {
+                buys: x.buys,
+                sells: x.sells,
+            })
+        };
+        TxnWindows {
+            m5: tp(w.m5),
+            h1: tp(w.h1),
+            h6: tp(w.h6),
+            h24: tp(w.h24),
+        }
+    }
 }
 
 /// The metrics an event was computed from. Ratios are rounded to 4 decimals, percents and USD

@@ -768,6 +768,16 @@ mod tests {
         }
     }
 
+    /// The next request, waiting as the scheduler says.
+    fn next_request(s: &mut Scheduler, now: &mut i64) -> Request {
+        loop {
+            match s.next(*now) {
+                Next::Send(r) => return r,
+                Next::WaitUntil(t) => *now = t,
+            }
+        }
+    }
+
     fn key(i: usize) -> PairKey {
         PairKey::new("solana", format!("P{i:04}"))
     }
@@ -889,12 +899,7 @@ mod tests {
         s.report(&req, &Outcome::ClientError { status: 400 }, 0);
         assert_eq!(s.dex_batch(), 15);
         let mut now = 0;
-        let req = loop {
-            match s.next(now) {
-                Next::Send(r) => break r,
-                Next::WaitUntil(t) => now = t,
-            }
-        };
+        let req = next_request(&mut s, &mut now);
         assert!(matches!(req, Request::DexPairs { ids, .. } if ids.len() == 15));
     }
 
@@ -906,12 +911,7 @@ mod tests {
         let mut now = 0;
         let mut evicted = Vec::new();
         for _ in 0..6 {
-            let req = loop {
-                match s.next(now) {
-                    Next::Send(r) => break r,
-                    Next::WaitUntil(t) => now = t,
-                }
-            };
+            let req = next_request(&mut s, &mut now);
             evicted.extend(s.report(&req, &Outcome::Ok { found: vec![] }, now).evicted);
         }
         assert_eq!(evicted, [key(1)]);

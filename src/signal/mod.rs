@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::config::SignalConfig;
 use crate::model::{
     format_ms, CloseReason, Components, Direction, EngineInfo, Kind, Metrics, PairKey, Phase,
-    Severity, SignalEvent, Snapshot, Source, TokenRef, TxnPair, TxnWindows, Windows, EVENT_SCHEMA,
+    Severity, SignalEvent, Snapshot, Source, TokenRef, TxnWindows, Windows, EVENT_SCHEMA,
     NUMERIC_FIELDS,
 };
 
@@ -871,13 +871,6 @@ fn build(
         }],
         _ => kinds::reasons(e.kind, e.dir, f, cfg),
     };
-    let t = snap.txns;
-    let tp = |x: Option<crate::model::Txns>| {
-        x.map(|x| TxnPair {
-            buys: x.buys,
-            sells: x.sells,
-        })
-    };
     SignalEvent {
         schema: EVENT_SCHEMA.to_string(),
         event_id,
@@ -894,26 +887,15 @@ fn build(
         chain: chain.clone(),
         pair_address: pair.clone(),
         dex_id: snap.dex_id.clone(),
-        base_token: TokenRef {
-            address: snap.base_token.address.clone(),
-            symbol: snap.base_token.symbol.clone(),
-        },
-        quote_token: TokenRef {
-            address: snap.quote_token.address.clone(),
-            symbol: snap.quote_token.symbol.clone(),
-        },
+        base_token: TokenRef::from(&snap.base_token),
+        quote_token: TokenRef::from(&snap.quote_token),
         source: snap.source,
         snapshot_fingerprint: snap.fingerprint(),
         metrics: Metrics {
             price_usd: snap.price_usd.as_ref().map(|p| p.raw.clone()),
             price_change_pct: round_windows(snap.price_change_pct, 2),
             volume_usd: round_windows(snap.volume_usd, 2),
-            txns: TxnWindows {
-                m5: tp(t.m5),
-                h1: tp(t.h1),
-                h6: tp(t.h6),
-                h24: tp(t.h24),
-            },
+            txns: TxnWindows::from(&snap.txns),
             liquidity_usd: round_to(snap.liquidity_usd, 2),
             fdv_usd: round_to(snap.fdv_usd, 2),
             market_cap_usd: round_to(snap.market_cap_usd, 2),

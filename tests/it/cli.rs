@@ -28,6 +28,51 @@ impl Drop for Reap {
     }
 }
 
+/// Starts `dexpulse serve` with a config text and environment; returns the process (killed on
+/// drop) and the address from its "listening" line.
+fn spawn_serve(name: &str, config_text: &str, env: &[(&str, String)]) -> (Reap, String) {
+    use std::io::{BufRead, BufReader};
+    let cfg = tmp(name);
+    std::fs::write(&cfg, config_text).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dexpulse"));
+    cmd.args(["serve", "--config", cfg.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let child = Reap(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Reads the whole log, so that the child never blocks on a full pipe.
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("no listening line");
+        if let Some(rest) = line.split("listening: ws://").nth(1) {
+            break rest.split('/').next().unwrap().to_string();
+        }
+    };
+    (child, addr)
+}
+
+/// SIGTERM, then the exit code.
+fn sigterm(child: &mut Reap) -> Option<i32> {
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    child.0.wait().unwrap().code()
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -166,44 +211,17 @@ fn usage_errors() {
 #[tokio::test]
 async fn serve_runs_until_sigterm_and_closes_sessions() {
     use futures_util::StreamExt;
-    use std::io::{BufRead, BufReader};
-    let cfg = tmp("serve.toml");
-    std::fs::write(&cfg, "[server]\nbind = \"127.0.0.1:0\"\n[source]\nkind = \"simulator\"\nscenarios = [\"lp_withdrawal\"]\nnoise_pairs = 1\nlead_minutes = 95.0\n").unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dexpulse"))
-        .args(["serve", "--config", cfg.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut child = Reap(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let addr = loop {
-        let line = rx
-            .recv_timeout(std::time::Duration::from_secs(20))
-            .expect("no listening line");
-        if let Some(rest) = line.split("listening: ws://").nth(1) {
-            break rest.split('/').next().unwrap().to_string();
-        }
-    };
+    let (mut child, addr) = spawn_serve(
+        "serve.toml",
+        "[server]\nbind = \"127.0.0.1:0\"\n[source]\nkind = \"simulator\"\nscenarios = [\"lp_withdrawal\"]\nnoise_pairs = 1\nlead_minutes = 95.0\n",
+        &[],
+    );
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws"))
         .await
         .unwrap();
     let welcome = ws.next().await.unwrap().unwrap();
     assert!(welcome.to_text().unwrap().contains("\"type\":\"welcome\""));
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || sigterm(&mut child));
     let close = loop {
         match ws.next().await {
             Some(Ok(tokio_tungstenite::tungstenite::Message::Close(c))) => break c,
@@ -212,7 +230,7 @@ async fn serve_runs_until_sigterm_and_closes_sessions() {
         }
     };
     assert_eq!(close.map(|c| u16::from(c.code)), Some(1001));
-    assert_eq!(child.0.wait().unwrap().code(), Some(0));
+    assert_eq!(exit.await.unwrap(), Some(0));
 }
 
 #[test]
@@ -242,44 +260,17 @@ fn serve_with_a_bad_config_exits_64_before_binding() {
 /// (Multi-threaded: the test blocks on the child while the fake upstream serves.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_polls_a_mirror_named_by_the_base_url_variables() {
-    use std::io::{BufRead, BufReader};
     let up = crate::upstream::Upstream::start().await;
-    let cfg = tmp("live.toml");
-    std::fs::write(
-        &cfg,
+    let (mut child, addr) = spawn_serve(
+        "live.toml",
         "[server]\nbind = \"127.0.0.1:0\"\n[source]\nkind = \"live\"\n[source.live]\ndiscovery = false\nmin_interval_seconds = 0.2\n\
          pairs = [\"solana:BCDdHonby65iduz3Ev3c9v5XjNkzyu5e56KRFHpBM4T9\"]\ngecko_pools = [\"monad-testnet:0xc0ce32eee0eb8bf24fa2b00923a78abc5002f91e\"]\n\
          [source.live.geckoterminal]\nmin_interval_seconds = 0.2\n",
-    )
-    .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dexpulse"))
-        .args(["serve", "--config", cfg.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .env("DEXPULSE_DEXSCREENER_BASE_URL", up.url())
-        .env("DEXPULSE_GECKOTERMINAL_BASE_URL", up.url())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut child = Reap(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let addr = loop {
-        let line = rx
-            .recv_timeout(std::time::Duration::from_secs(20))
-            .expect("no listening line");
-        if let Some(rest) = line.split("listening: ws://").nth(1) {
-            break rest.split('/').next().unwrap().to_string();
-        }
-    };
+        &[("DEXPULSE_DEXSCREENER_BASE_URL", up.url()), ("DEXPULSE_GECKOTERMINAL_BASE_URL", up.url())],
+    );
     let get = |path: &str| {
-        let mut s = std::net::TcpStream::connect(&addr).unwrap();
         use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
         write!(
             s,
             "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -310,8 +301,5 @@ async fn serve_polls_a_mirror_named_by_the_base_url_variables() {
     assert_eq!(ds["price_usd"], "0.9993");
     assert_eq!(ds["price_change_pct"]["m5"], serde_json::Value::Null);
     assert!(up.served("200") >= 2);
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status();
-    assert_eq!(child.0.wait().unwrap().code(), Some(0));
+    assert_eq!(sigterm(&mut child), Some(0));
 }
