@@ -70,7 +70,14 @@ pub fn start(cfg: Config, listener: TcpListener, with_source: bool) -> std::io::
         shutdown.clone(),
     );
     let mut tasks = Vec::new();
-    if with_source {
+    if with_source && cfg.source.kind == crate::config::SourceKind::Bench {
+        tasks.push(tokio::spawn(pipeline::run_bench(
+            cfg.source.clone(),
+            hub,
+            health,
+            shutdown.clone(),
+        )));
+    } else if with_source {
         let (tx, rx) = mpsc::channel(cfg.source.channel_capacity);
         let engine = Engine::new(cfg.signal.clone());
         tasks.push(tokio::spawn(pipeline::run_engine(

@@ -374,6 +374,9 @@ pub enum SourceKind {
     Replay,
     /// DexScreener and GeckoTerminal over HTTP (`[source.live]`).
     Live,
+    /// Synthetic events straight into the hub at `bench_events_per_second`, labelled
+    /// `"source":"bench"`: measures fan-out apart from the engine (config/bench.toml).
+    Bench,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -399,6 +402,9 @@ pub struct SourceConfig {
     pub live: Live,
     /// `live`: write every upstream response to this tape (`serve --record FILE`).
     pub record: Option<String>,
+    /// `bench`: events published per second, and over how many synthetic pairs.
+    pub bench_events_per_second: f64,
+    pub bench_pairs: usize,
 }
 
 /// The live sources (DESIGN.md 2). Rates default to a safety margin below the documented limits.
@@ -680,6 +686,8 @@ impl Default for SourceConfig {
             channel_capacity: 1_024,
             live: Live::default(),
             record: None,
+            bench_events_per_second: 1_000.0,
+            bench_pairs: 100,
         }
     }
 }
@@ -690,6 +698,13 @@ impl SourceConfig {
         in_range("source.lead_minutes", self.lead_minutes, 0.0, 100_000.0)?;
         in_range("source.hours", self.hours, 0.01, 24.0 * 365.0)?;
         at_least_u("source.channel_capacity", self.channel_capacity as u64, 1)?;
+        in_range(
+            "source.bench_events_per_second",
+            self.bench_events_per_second,
+            0.001,
+            1e7,
+        )?;
+        at_least_u("source.bench_pairs", self.bench_pairs as u64, 1)?;
         self.live.validate()?;
         if self.kind == SourceKind::Replay && self.tape.as_deref().is_none_or(str::is_empty) {
             return Err(invalid(

@@ -112,6 +112,16 @@ impl<'a> PairView<'a> {
     }
 }
 
+/// What filters read of an event.
+#[derive(Debug, Clone, Copy)]
+pub struct Meta<'a> {
+    pub chain: &'a str,
+    pub pair_address: &'a str,
+    pub kind: Kind,
+    pub direction: Direction,
+    pub score: u8,
+}
+
 /// What `resume_from` finds in the ring.
 #[derive(Debug)]
 pub struct Since {
@@ -185,46 +195,56 @@ impl Hub {
     }
 
     /// Publishes events in order: one seq each, serialized once, retained, broadcast. Only the
-    /// engine task publishes, so seq order is event order.
+    /// engine task (or the bench source) publishes, so seq order is event order.
     pub fn publish(&self, events: &[SignalEvent]) -> Vec<Arc<Frame>> {
         let mut out = Vec::with_capacity(events.len());
         for e in events {
-            let body = match serde_json::to_string(e) {
-                Ok(b) => b,
-                Err(err) => {
-                    tracing::error!(error = %err, "event not serializable; dropped");
-                    continue;
-                }
-            };
-            let published_at_us = now_us();
-            let mut ring = self.ring();
-            let seq = self.head.load(Ordering::Relaxed) + 1;
-            let text = format!(
-                "{{\"type\":\"signal\",\"seq\":{seq},\"published_at_us\":{published_at_us},\"event\":{body}}}"
-            );
-            let frame = Arc::new(Frame {
-                seq,
-                published_at_us,
-                chain: e.chain.clone(),
-                pair: format!("{}:{}", e.chain, e.pair_address),
-                kind: e.kind,
-                direction: e.direction,
-                score: e.score,
-                text: Utf8Bytes::from(text),
-            });
-            ring.push_back(frame.clone());
-            self.evict(&mut ring, published_at_us);
-            // Head moves while the ring lock is held, so a reader never sees a head its ring
-            // snapshot lacks.
-            self.head.store(seq, Ordering::Release);
-            drop(ring);
-            self.last_publish_us
-                .store(published_at_us, Ordering::Relaxed);
-            // No receiver is not an error: nobody is listening yet.
-            let _ = self.signals.send(frame.clone());
-            out.push(frame);
+            match serde_json::to_string(e) {
+                Ok(body) => out.push(self.publish_raw(
+                    Meta {
+                        chain: &e.chain,
+                        pair_address: &e.pair_address,
+                        kind: e.kind,
+                        direction: e.direction,
+                        score: e.score,
+                    },
+                    &body,
+                )),
+                Err(err) => tracing::error!(error = %err, "event not serializable; dropped"),
+            }
         }
         out
+    }
+
+    /// Publishes an event already serialized as JSON, with what filters read.
+    pub fn publish_raw(&self, meta: Meta<'_>, event_json: &str) -> Arc<Frame> {
+        let published_at_us = now_us();
+        let mut ring = self.ring();
+        let seq = self.head.load(Ordering::Relaxed) + 1;
+        let text = format!(
+            "{{\"type\":\"signal\",\"seq\":{seq},\"published_at_us\":{published_at_us},\"event\":{event_json}}}"
+        );
+        let frame = Arc::new(Frame {
+            seq,
+            published_at_us,
+            chain: meta.chain.to_string(),
+            pair: format!("{}:{}", meta.chain, meta.pair_address),
+            kind: meta.kind,
+            direction: meta.direction,
+            score: meta.score,
+            text: Utf8Bytes::from(text),
+        });
+        ring.push_back(frame.clone());
+        self.evict(&mut ring, published_at_us);
+        // Head moves while the ring lock is held, so a reader never sees a head its ring
+        // snapshot lacks.
+        self.head.store(seq, Ordering::Release);
+        drop(ring);
+        self.last_publish_us
+            .store(published_at_us, Ordering::Relaxed);
+        // No receiver is not an error: nobody is listening yet.
+        let _ = self.signals.send(frame.clone());
+        frame
     }
 
     fn evict(&self, ring: &mut VecDeque<Arc<Frame>>, now_us: i64) {

@@ -71,6 +71,8 @@ pub async fn run_source(
     match cfg.kind {
         SourceKind::Simulator => run_simulator(cfg, tx, shutdown).await,
         SourceKind::Replay => run_replay(cfg, tx, shutdown).await,
+        // Publishes straight into the hub; started by `app` instead of this.
+        SourceKind::Bench => {}
         SourceKind::Live => {
             let recorder = match cfg.record.as_deref().map(std::fs::File::create) {
                 None => None,
@@ -259,6 +261,73 @@ pub async fn run_engine(
                 metrics.event(e.kind.as_str(), e.direction.as_str());
             }
             hub.publish(&events);
+        }
+    }
+    health.engine_running.store(false, Ordering::Release);
+}
+
+/// The bench source: synthetic events of about 300 bytes, straight into the hub at a fixed
+/// rate (in 1 ms slices), labelled `"source":"bench"`, rotating over pairs, kinds, directions
+/// and scores so that filters have work.
+pub async fn run_bench(
+    cfg: SourceConfig,
+    hub: Arc<Hub>,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) {
+    use crate::hub::Meta;
+    use crate::model::{Direction, Kind};
+    health.engine_running.store(true, Ordering::Release);
+    let kinds = [
+        Kind::VolumeSurge,
+        Kind::MomentumUp,
+        Kind::BuyPressure,
+        Kind::PumpReversal,
+    ];
+    let directions = [Direction::Bullish, Direction::Bearish];
+    let pairs: Vec<String> = (0..cfg.bench_pairs)
+        .map(|i| format!("bench{i:05}"))
+        .collect();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let start = tokio::time::Instant::now();
+    let mut sent: u64 = 0;
+    let mut body = String::with_capacity(400);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let due = (start.elapsed().as_secs_f64() * cfg.bench_events_per_second) as u64;
+        health.last_input_ms.store(now_ms(), Ordering::Release);
+        while sent < due {
+            let i = sent as usize;
+            let (kind, direction) = (
+                kinds[i % kinds.len()],
+                directions[(i / 7) % directions.len()],
+            );
+            let score = 40 + (i % 61) as u8;
+            let pair = &pairs[i % pairs.len()];
+            body.clear();
+            use std::fmt::Write;
+            let _ = write!(
+                body,
+                "{{\"schema\":\"dexpulse.event/v1\",\"event_id\":\"{sent:032x}\",\"phase\":\"opened\",\"kind\":\"{}\",\"direction\":\"{}\",\"score\":{score},\"chain\":\"bench\",\"pair_address\":\"{pair}\",\"source\":\"bench\",\"observed_at_ms\":{}}}",
+                kind.as_str(),
+                direction.as_str(),
+                now_ms()
+            );
+            hub.publish_raw(
+                Meta {
+                    chain: "bench",
+                    pair_address: pair,
+                    kind,
+                    direction,
+                    score,
+                },
+                &body,
+            );
+            sent += 1;
         }
     }
     health.engine_running.store(false, Ordering::Release);
