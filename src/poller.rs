@@ -224,6 +224,21 @@ pub enum Request {
 }
 
 impl Request {
+    /// The pairs a polling request asks for (none for lookups and feeds).
+    pub fn pairs(&self) -> Vec<PairKey> {
+        match self {
+            Request::DexPairs { chain, ids: addrs }
+            | Request::GeckoPools {
+                chain,
+                addresses: addrs,
+            } => addrs
+                .iter()
+                .map(|a| PairKey::new(chain.clone(), a.clone()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     pub fn class(&self) -> Class {
         match self {
             Request::DexPairs { .. } | Request::DexTokens { .. } | Request::DexSearch { .. } => {
@@ -553,11 +568,7 @@ impl Scheduler {
         if dex_ready <= now_ms {
             if let Some((chain, keys)) = self.batch(Via::Dex, self.dex_batch, now_ms) {
                 if self.take(Class::DexPairs, now_ms) {
-                    for k in &keys {
-                        if let Some(t) = self.pairs.get_mut(k) {
-                            t.last_polled_ms = now_ms;
-                        }
-                    }
+                    self.mark_polled(&keys, now_ms);
                     let ids = keys.into_iter().map(|k| k.address).collect();
                     return Next::Send(Request::DexPairs { chain, ids });
                 }
@@ -576,11 +587,7 @@ impl Scheduler {
         if gecko_ready <= now_ms {
             if let Some((chain, keys)) = self.batch(Via::Gecko, self.s.gecko_batch.max(1), now_ms) {
                 if self.take(Class::Gecko, now_ms) {
-                    for k in &keys {
-                        if let Some(t) = self.pairs.get_mut(k) {
-                            t.last_polled_ms = now_ms;
-                        }
-                    }
+                    self.mark_polled(&keys, now_ms);
                     let addresses = keys.into_iter().map(|k| k.address).collect();
                     return Next::Send(Request::GeckoPools { chain, addresses });
                 }
@@ -652,17 +659,7 @@ impl Scheduler {
                 c.backoff.succeed();
                 c.circuit.succeed();
                 c.bucket.recover();
-                let asked: Vec<PairKey> = match req {
-                    Request::DexPairs { chain, ids } => ids
-                        .iter()
-                        .map(|a| PairKey::new(chain.clone(), a.clone()))
-                        .collect(),
-                    Request::GeckoPools { chain, addresses } => addresses
-                        .iter()
-                        .map(|a| PairKey::new(chain.clone(), a.clone()))
-                        .collect(),
-                    _ => Vec::new(),
-                };
+                let asked = req.pairs();
                 let found: BTreeSet<&PairKey> = found.iter().collect();
                 for k in asked {
                     let Some(t) = self.pairs.get_mut(&k) else {
@@ -711,29 +708,22 @@ impl Scheduler {
         }
     }
 
-    /// Pairs of a request that did not succeed are due again (at their old urgency).
+    /// Pairs of a request that did not succeed are due again (at their old urgency); token
+    /// lookups go back to the queue.
     fn retry_soon(&mut self, req: &Request) {
-        let keys: Vec<PairKey> = match req {
-            Request::DexPairs { chain, ids } => ids
-                .iter()
-                .map(|a| PairKey::new(chain.clone(), a.clone()))
-                .collect(),
-            Request::GeckoPools { chain, addresses } => addresses
-                .iter()
-                .map(|a| PairKey::new(chain.clone(), a.clone()))
-                .collect(),
-            Request::DexTokens { chain, tokens } => {
-                self.pending_tokens
-                    .entry(chain.clone())
-                    .or_default()
-                    .extend(tokens.iter().cloned());
-                Vec::new()
-            }
-            _ => Vec::new(),
-        };
+        if let Request::DexTokens { chain, tokens } = req {
+            self.pending_tokens
+                .entry(chain.clone())
+                .or_default()
+                .extend(tokens.iter().cloned());
+        }
+        self.mark_polled(&req.pairs(), i64::MIN / 2);
+    }
+
+    fn mark_polled(&mut self, keys: &[PairKey], at_ms: i64) {
         for k in keys {
-            if let Some(t) = self.pairs.get_mut(&k) {
-                t.last_polled_ms = i64::MIN / 2;
+            if let Some(t) = self.pairs.get_mut(k) {
+                t.last_polled_ms = at_ms;
             }
         }
     }
