@@ -68,6 +68,20 @@ pub fn authenticate(
     }
 }
 
+/// The data routes (`/v1/pairs`, `/v1/signals`) need a key when keys are configured; health
+/// and metrics do not. The WebSocket upgrade authenticates itself (it also counts per key).
+pub async fn require_key(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match authenticate(&state, req.headers(), &q) {
+        Ok(_) => next.run(req).await,
+        Err(r) => r.into_response(),
+    }
+}
+
 pub async fn index() -> &'static str {
     "dexpulse: WebSocket at /v1/ws; HTTP: /v1/pairs, /v1/signals, /healthz, /readyz, /metrics\n"
 }
@@ -125,14 +139,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-pub async fn pairs(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if let Err(r) = authenticate(&state, &headers, &q) {
-        return r.into_response();
-    }
+pub async fn pairs(State(state): State<AppState>) -> Response {
     let all = state.hub.pairs();
     let mut body = format!("{{\"count\":{},\"pairs\":[", all.len());
     for (i, p) in all.iter().enumerate() {
@@ -193,12 +200,8 @@ fn signals_query(q: &HashMap<String, String>) -> Result<SignalsQuery<'_>, String
 /// messages after `since`, oldest first, at most `limit` (default 100, at most 1,000).
 pub async fn signals(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = authenticate(&state, &headers, &q) {
-        return r.into_response();
-    }
     let sq = match signals_query(&q) {
         Ok(sq) => sq,
         Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", &m),

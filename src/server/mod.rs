@@ -139,11 +139,17 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    let data = Router::new()
+        .route("/v1/pairs", get(http::pairs))
+        .route("/v1/signals", get(http::signals))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            http::require_key,
+        ));
     Router::new()
         .route("/", get(http::index))
         .route("/v1/ws", get(ws::upgrade))
-        .route("/v1/pairs", get(http::pairs))
-        .route("/v1/signals", get(http::signals))
+        .merge(data)
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
         .route("/metrics", get(http::metrics))

@@ -7,7 +7,7 @@ use dexpulse::model::{Discovered, PairKey, Snapshot, Source, Txns};
 use dexpulse::source::{decode_bytes, DecodeError, Decoded};
 use serde_json::{json, Value};
 
-use crate::support::{fixture, fixture_json};
+use crate::support::{fixture, fixture_json, tx};
 
 const T: i64 = 1_795_000_000_000;
 
@@ -28,15 +28,6 @@ fn find<'a>(d: &'a Decoded, address: &str) -> &'a Snapshot {
         .iter()
         .find(|s| s.key.address == address)
         .unwrap_or_else(|| panic!("no snapshot for {address}"))
-}
-
-fn tx(buys: u64, sells: u64) -> Option<Txns> {
-    Some(Txns {
-        buys,
-        sells,
-        buyers: None,
-        sellers: None,
-    })
 }
 
 fn tx4(buys: u64, sells: u64, buyers: u64, sellers: u64) -> Option<Txns> {

@@ -4,21 +4,14 @@
 use dexpulse::config::SignalConfig;
 use dexpulse::model::{
     CloseReason, Direction, Kind, PairKey, Phase, Price, Severity, SignalEvent, Snapshot, Source,
-    Token, Txns, Windows,
+    Token, Windows,
 };
 use dexpulse::signal::{Engine, Verdict};
 
+use crate::support::tx;
+
 const MIN: i64 = 60_000;
 const T0: i64 = 1_795_000_000_000;
-
-fn tx(buys: u64, sells: u64) -> Option<Txns> {
-    Some(Txns {
-        buys,
-        sells,
-        buyers: None,
-        sellers: None,
-    })
-}
 
 /// The snapshot of the worked example (SIGNALS.md 5.7), observed at `t`, pair aged 400 min at T0.
 fn example(t: i64) -> Snapshot {

@@ -37,6 +37,17 @@ fn live_config(up: &Upstream) -> Config {
     c
 }
 
+/// Nothing configured: every pair comes from discovery, asked for every second.
+fn discovery_config(up: &Upstream) -> Config {
+    let mut cfg = live_config(up);
+    cfg.source.live.pairs.clear();
+    cfg.source.live.gecko_pools.clear();
+    cfg.source.live.discovery = true;
+    cfg.source.live.discovery_interval_seconds = 1.0;
+    cfg.source.live.dexscreener.discovery_rate_per_minute = 600.0;
+    cfg
+}
+
 async fn start_live(cfg: Config) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     dexpulse::app::start(cfg, listener, true).unwrap()
@@ -297,12 +308,7 @@ async fn discovery_adds_eligible_pairs_and_dead_ones_are_evicted() {
         "{}",
         eligible.len()
     );
-    let mut cfg = live_config(&up);
-    cfg.source.live.pairs.clear();
-    cfg.source.live.gecko_pools.clear();
-    cfg.source.live.discovery = true;
-    cfg.source.live.discovery_interval_seconds = 1.0;
-    cfg.source.live.dexscreener.discovery_rate_per_minute = 600.0;
+    let cfg = discovery_config(&up);
     let r = start_live(cfg).await;
     let waited = tokio::time::timeout(WAIT, async {
         while metric(&r, "dexpulse_watchlist_pairs") as usize != eligible.len() {
@@ -374,12 +380,7 @@ async fn search_queries_feed_the_watchlist() {
         })
         .count();
     assert!(eligible > 0);
-    let mut cfg = live_config(&up);
-    cfg.source.live.pairs.clear();
-    cfg.source.live.gecko_pools.clear();
-    cfg.source.live.discovery = true;
-    cfg.source.live.discovery_interval_seconds = 1.0;
-    cfg.source.live.dexscreener.discovery_rate_per_minute = 600.0;
+    let mut cfg = discovery_config(&up);
     cfg.source.live.search_queries = vec!["USD1/USDC".into()];
     let r = start_live(cfg).await;
     eventually("the search's eligible pairs are tracked", || {

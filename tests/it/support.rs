@@ -133,3 +133,13 @@ pub fn trace(tape: &[u8], cfg: SignalConfig) -> (Vec<Step>, Engine) {
     }
     (steps, engine)
 }
+
+/// A window's trade counts without unique-wallet counts (DexScreener's shape).
+pub fn tx(buys: u64, sells: u64) -> Option<dexpulse::model::Txns> {
+    Some(dexpulse::model::Txns {
+        buys,
+        sells,
+        buyers: None,
+        sellers: None,
+    })
+}
