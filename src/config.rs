@@ -261,7 +261,7 @@ pub struct Session {
     /// about 135 KiB per idle connection).
     pub read_buffer_bytes: usize,
     pub write_buffer_bytes: usize,
-    /// Frames written before one flush.
+    /// Frames taken from the hub per wake-up; they are written with one flush.
     pub flush_batch: usize,
 }
 
@@ -276,7 +276,7 @@ impl Default for Session {
             inbound_per_second: 20.0,
             inbound_burst: 40.0,
             max_subscriptions: 32,
-            read_buffer_bytes: 4 * 1024,
+            read_buffer_bytes: 1024,
             write_buffer_bytes: 8 * 1024,
             flush_batch: 64,
         }

@@ -1,16 +1,19 @@
-//! A WebSocket session: the upgrade (auth and limits before it), then one `select!` loop over
-//! client messages, hub frames, the heartbeat, the stall timer and shutdown. A writer task owns
-//! the socket's sink and drains a bounded queue (messages and bytes), feeding every queued
-//! frame and flushing once per batch.
+//! A WebSocket session: the upgrade (auth and limits before it), then one task per session
+//! running one `select!` loop over the outbox's writes, hub frames, client messages, the
+//! heartbeat, the stall timer and shutdown.
 //!
-//! The session never blocks the hub: frames go into its queue with `try_send`; what does not fit
-//! is dropped for this session only, the client is told with `lagged` (the seq range) when the
-//! queue has room again, and a queue that stays full past `stall_close_seconds` ends the session
-//! with `lagged` then close 4008. Written against `Sink`/`Stream`, so it runs on any transport.
+//! The session never blocks the hub and never waits on its client while holding frames back
+//! from the others: frames go into the session's own outbox (bounded in messages and bytes);
+//! what does not fit is dropped for this session only, the client is told with `lagged` (the
+//! seq range) when the outbox has room again, and an outbox that stays full past
+//! `stall_close_seconds` ends the session with `lagged` then close 4008. A wake-up takes every
+//! frame the hub has ready, so a busy session writes many frames per flush (one syscall).
+//! Written against `Sink`/`Stream`, so it runs on any transport.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -18,7 +21,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -102,12 +105,6 @@ pub struct SessionCtx {
     pub shutdown: CancellationToken,
 }
 
-enum Out {
-    /// A message and, for hub frames, when the hub published it.
-    Text(Utf8Bytes, Option<i64>),
-    Ping,
-}
-
 /// The session's last words: an optional notice, then the close frame.
 struct Final {
     notice: Option<Utf8Bytes>,
@@ -135,33 +132,139 @@ struct Sub {
     filter: Filter,
 }
 
-/// The outgoing queue's producer side: bounded in messages (the channel) and bytes.
-struct Queue {
-    tx: mpsc::Sender<Out>,
-    bytes: Arc<AtomicUsize>,
-    max_bytes: usize,
+enum Out {
+    /// A message and, for hub frames, when the hub published it.
+    Text(Utf8Bytes, Option<i64>),
+    Ping,
 }
 
-impl Queue {
-    /// Enqueues unless the queue is full; never waits.
-    fn try_push(&self, text: Utf8Bytes, published_at_us: Option<i64>) -> bool {
+/// What waits to be written, bounded in messages and bytes. Frames share the hub's bytes, so
+/// a queued frame costs a reference count, not a copy.
+struct Outbox {
+    items: VecDeque<Out>,
+    bytes: usize,
+    max_messages: usize,
+    max_bytes: usize,
+    /// Frames were handed to the sink since its last flush.
+    unflushed: bool,
+}
+
+impl Outbox {
+    fn new(max_messages: usize, max_bytes: usize) -> Outbox {
+        Outbox {
+            items: VecDeque::new(),
+            bytes: 0,
+            max_messages,
+            max_bytes,
+            unflushed: false,
+        }
+    }
+
+    /// Enqueues unless the outbox is full; never waits.
+    fn try_push(&mut self, text: Utf8Bytes, published_at_us: Option<i64>) -> bool {
         let len = text.len();
-        if self.bytes.load(Ordering::Acquire) + len > self.max_bytes {
+        if self.items.len() >= self.max_messages || self.bytes + len > self.max_bytes {
             return false;
         }
-        self.bytes.fetch_add(len, Ordering::AcqRel);
-        if self.tx.try_send(Out::Text(text, published_at_us)).is_err() {
-            self.bytes.fetch_sub(len, Ordering::AcqRel);
-            return false;
-        }
+        self.bytes += len;
+        self.items.push_back(Out::Text(text, published_at_us));
         true
+    }
+
+    /// Enqueues past the limits: the session's last word is owed.
+    fn push_owed(&mut self, text: Utf8Bytes) {
+        self.bytes += text.len();
+        self.items.push_back(Out::Text(text, None));
+    }
+
+    fn ping(&mut self) {
+        self.items.push_back(Out::Ping);
+    }
+
+    fn has_work(&self) -> bool {
+        !self.items.is_empty() || self.unflushed
+    }
+
+    /// Drops what is queued (a stalled client's backlog).
+    fn discard(&mut self) {
+        self.items.clear();
+        self.bytes = 0;
+    }
+
+    /// Hands queued messages to the sink while it is ready, then flushes once. Cancel-safe:
+    /// its state is the outbox and the sink, so a `select!` may drop it at any `Pending`.
+    /// `Err` means the peer is gone.
+    fn poll_drive<S>(
+        &mut self,
+        cx: &mut Context<'_>,
+        sink: &mut S,
+        metrics: &Metrics,
+    ) -> Poll<Result<(), ()>>
+    where
+        S: Sink<Message> + Unpin,
+    {
+        let mut sent = 0u64;
+        let mut oldest: Option<i64> = None;
+        let result = loop {
+            if self.items.is_empty() {
+                if !self.unflushed {
+                    break Poll::Ready(Ok(()));
+                }
+                match Pin::new(&mut *sink).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.unflushed = false;
+                        break Poll::Ready(Ok(()));
+                    }
+                    Poll::Ready(Err(_)) => break Poll::Ready(Err(())),
+                    Poll::Pending => break Poll::Pending,
+                }
+            }
+            match Pin::new(&mut *sink).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => break Poll::Ready(Err(())),
+                Poll::Pending => break Poll::Pending,
+            }
+            let msg = match self.items.pop_front() {
+                Some(Out::Text(t, published)) => {
+                    self.bytes -= t.len();
+                    if oldest.is_none() {
+                        oldest = published;
+                    }
+                    sent += 1;
+                    Message::Text(t)
+                }
+                Some(Out::Ping) => Message::Ping(bytes::Bytes::new()),
+                None => continue,
+            };
+            if Pin::new(&mut *sink).start_send(msg).is_err() {
+                break Poll::Ready(Err(()));
+            }
+            self.unflushed = true;
+        };
+        if sent > 0 {
+            metrics.messages_sent.inc_by(sent);
+        }
+        if let Some(p) = oldest {
+            metrics
+                .publish_to_send
+                .observe((now_us() - p).max(0) as f64 / 1e6);
+        }
+        result
+    }
+
+    /// Writes everything queued and flushes.
+    async fn drain<S>(&mut self, sink: &mut S, metrics: &Metrics) -> Result<(), ()>
+    where
+        S: Sink<Message> + Unpin,
+    {
+        std::future::poll_fn(|cx| self.poll_drive(cx, sink, metrics)).await
     }
 }
 
 /// Runs one session to its end. `permit` holds the connection's place until then.
-pub async fn run_session<S, R, E>(sink: S, mut stream: R, ctx: SessionCtx, permit: Permit)
+pub async fn run_session<S, R, E>(mut sink: S, mut stream: R, ctx: SessionCtx, permit: Permit)
 where
-    S: Sink<Message> + Send + Unpin + 'static,
+    S: Sink<Message> + Unpin,
     R: Stream<Item = Result<Message, E>> + Unpin,
     E: std::fmt::Display,
 {
@@ -169,28 +272,7 @@ where
     let cfg = &ctx.cfg;
     ctx.metrics.sessions.inc();
     ctx.metrics.sessions_opened.inc();
-    // Subscribe before the welcome: every event after `head_seq` reaches this receiver, so a
-    // resume can stitch the ring and the live stream with no gap.
-    let mut signals = ctx.hub.subscribe_signals();
-    let mut pairs = ctx.hub.subscribe_pairs();
-
-    let (tx, rx) = mpsc::channel(cfg.queue_max_messages);
-    let bytes = Arc::new(AtomicUsize::new(0));
-    let (final_tx, final_rx) = oneshot::channel::<Final>();
-    let writer = tokio::spawn(writer(
-        sink,
-        rx,
-        final_rx,
-        bytes.clone(),
-        ctx.metrics.clone(),
-        cfg.flush_batch,
-        ctx.grace,
-    ));
-    let queue = Queue {
-        tx,
-        bytes,
-        max_bytes: cfg.queue_max_bytes,
-    };
+    let mut out = Outbox::new(cfg.queue_max_messages, cfg.queue_max_bytes);
 
     let heartbeat = Duration::from_secs_f64(cfg.heartbeat_seconds);
     let welcome = ServerMsg::Welcome {
@@ -203,6 +285,8 @@ where
     }
     .to_json();
     let mut st = Session {
+        signals: None,
+        pairs: None,
         subs: Vec::new(),
         next_sub: 1,
         last_seq: ctx.hub.head_seq(),
@@ -211,25 +295,69 @@ where
         tokens: cfg.inbound_burst,
         refilled: Instant::now(),
     };
-    queue.try_push(welcome.into(), None);
+    out.try_push(welcome.into(), None);
 
     let mut last_heard = Instant::now();
     let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
     let stall_limit = Duration::from_secs_f64(cfg.stall_close_seconds);
+    // A child token has its own waiter list: thousands of sessions polling the server's token
+    // would contend on its lock at every wake-up.
+    let shutdown = ctx.shutdown.child_token();
+    let stopped = shutdown.cancelled();
+    tokio::pin!(stopped);
     let mut last_words: Option<Final> = None;
 
     loop {
         let stall_deadline = st.stall_since.map(|s| s + stall_limit);
+        let writing = out.has_work();
+        // Writes come before new frames, so that a steady stream cannot starve the socket.
         tokio::select! {
             biased;
-            _ = ctx.shutdown.cancelled() => {
+            _ = &mut stopped => {
                 last_words = Some(Final::close(close::GOING_AWAY, "server shutting down"));
                 break;
             }
-            _ = async { tokio::time::sleep_until(stall_deadline.unwrap_or_else(Instant::now)).await }, if stall_deadline.is_some() => {
-                last_words = Some(Final { notice: st.lagged_notice(), code: close::SLOW_CONSUMER, reason: "slow consumer", discard: true });
-                break;
+            w = std::future::poll_fn(|cx| out.poll_drive(cx, &mut sink, &ctx.metrics)), if writing => {
+                if w.is_err() {
+                    // The peer is gone: nobody is left to say anything to.
+                    ctx.metrics.sessions.dec();
+                    return;
+                }
             }
+            r = recv(&mut st.signals), if st.signals.is_some() => {
+                let mut next = Some(r);
+                let mut taken = 0;
+                while let Some(r) = next.take() {
+                    match r {
+                        Ok(frame) => st.on_signal(&frame, &mut out, &ctx.metrics),
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            // This session fell behind the hub's channel itself: the next frame
+                            // it gets tells where the gap ends.
+                            tracing::debug!(session = %ctx.id, skipped = n, "behind the hub");
+                            st.note_missed(st.last_seq + 1, st.last_seq + n, &ctx.metrics);
+                            st.last_seq += n;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => {
+                            st.signals = None;
+                            break;
+                        }
+                    }
+                    taken += 1;
+                    // Take what else is ready: one flush (one syscall) for the lot.
+                    if taken < cfg.flush_batch {
+                        next = match st.signals.as_mut().map(|rx| rx.try_recv()) {
+                            Some(Ok(f)) => Some(Ok(f)),
+                            Some(Err(broadcast::error::TryRecvError::Lagged(n))) => Some(Err(broadcast::error::RecvError::Lagged(n))),
+                            _ => None,
+                        };
+                    }
+                }
+            }
+            r = recv(&mut st.pairs), if st.pairs.is_some() => match r {
+                Ok(p) => st.on_pair(&p, &mut out, &ctx.metrics),
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
             msg = stream.next() => {
                 last_heard = Instant::now();
                 match msg {
@@ -248,7 +376,7 @@ where
                             last_words = Some(Final::close(close::POLICY, "rate limit exceeded"));
                             break;
                         }
-                        st.handle(text.as_str(), &ctx, &queue);
+                        st.handle(text.as_str(), &ctx, &mut out);
                     }
                     Some(Ok(Message::Binary(_))) => {
                         if !st.take_token(cfg) {
@@ -256,50 +384,70 @@ where
                             break;
                         }
                         let e = OpError::new(None, code::BAD_REQUEST, "binary messages are not supported; send JSON text");
-                        queue.try_push(protocol::error_json(&e).into(), None);
+                        out.try_push(protocol::error_json(&e).into(), None);
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 }
             }
-            r = signals.recv() => match r {
-                Ok(frame) => st.on_signal(&frame, &queue, &ctx.metrics),
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    // This session fell behind the hub's channel itself: the next frame it
-                    // gets tells where the gap ends.
-                    tracing::debug!(session = %ctx.id, skipped = n, "behind the hub");
-                    st.note_missed(st.last_seq + 1, st.last_seq + n, &ctx.metrics);
-                    st.last_seq += n;
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
-            },
-            r = pairs.recv() => match r {
-                Ok(p) => st.on_pair(&p, &queue, &ctx.metrics),
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => break,
-            },
+            _ = async { tokio::time::sleep_until(stall_deadline.unwrap_or_else(Instant::now)).await }, if stall_deadline.is_some() => {
+                last_words = Some(Final { notice: st.lagged_notice(), code: close::SLOW_CONSUMER, reason: "slow consumer", discard: true });
+                break;
+            }
             _ = ticker.tick() => {
                 if last_heard.elapsed() > heartbeat * 2 {
                     last_words = Some(Final::close(close::HEARTBEAT, "heartbeat timeout"));
                     break;
                 }
-                let _ = queue.tx.try_send(Out::Ping);
+                out.ping();
             }
         }
     }
 
-    if let Some(f) = last_words {
-        ctx.metrics.close(f.code);
-        tracing::debug!(session = %ctx.id, code = f.code, reason = f.reason, "closing");
-        let _ = final_tx.send(f);
-    } else {
-        drop(final_tx);
+    match last_words {
+        Some(f) => {
+            ctx.metrics.close(f.code);
+            tracing::debug!(session = %ctx.id, code = f.code, reason = f.reason, "closing");
+            let bye = async {
+                if f.discard {
+                    out.discard();
+                }
+                if let Some(n) = f.notice {
+                    out.push_owed(n);
+                    ctx.metrics.lagged_notices.inc();
+                }
+                out.drain(&mut sink, &ctx.metrics).await?;
+                sink.send(Message::Close(Some(CloseFrame {
+                    code: f.code,
+                    reason: f.reason.into(),
+                })))
+                .await
+                .map_err(|_| ())?;
+                sink.close().await.map_err(|_| ())
+            };
+            let _ = tokio::time::timeout(ctx.grace, bye).await;
+        }
+        None => {
+            let _ = tokio::time::timeout(ctx.grace, sink.close()).await;
+        }
     }
-    drop(queue);
-    let _ = writer.await;
     ctx.metrics.sessions.dec();
 }
 
+/// A hub receiver, or forever pending without one (`select!` disables that branch anyway).
+async fn recv<T: Clone>(
+    rx: &mut Option<broadcast::Receiver<T>>,
+) -> Result<T, broadcast::error::RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 struct Session {
+    /// The hub's channels, joined at the first subscription to each and left with the last:
+    /// a session that wants nothing from a channel is never woken by it.
+    signals: Option<broadcast::Receiver<Arc<Frame>>>,
+    pairs: Option<broadcast::Receiver<Arc<PairFrame>>>,
     subs: Vec<Sub>,
     next_sub: u64,
     /// The highest seq this session has delivered, dropped or skipped: frames at or below it
@@ -323,6 +471,29 @@ impl Session {
             true
         } else {
             false
+        }
+    }
+
+    /// Joins a hub channel at its first subscription. Receiver first, then the head: every
+    /// event after that head reaches the receiver, and the ring holds the ones before, so a
+    /// resume stitches the two with no gap (duplicates are dropped by seq).
+    fn join(&mut self, channel: Channel, hub: &Hub) {
+        match channel {
+            Channel::Signals if self.signals.is_none() => {
+                self.signals = Some(hub.subscribe_signals());
+                self.last_seq = self.last_seq.max(hub.head_seq());
+            }
+            Channel::Pairs if self.pairs.is_none() => self.pairs = Some(hub.subscribe_pairs()),
+            _ => {}
+        }
+    }
+
+    fn leave_unused_channels(&mut self) {
+        if !self.subs.iter().any(|s| s.channel == Channel::Signals) {
+            self.signals = None;
+        }
+        if !self.subs.iter().any(|s| s.channel == Channel::Pairs) {
+            self.pairs = None;
         }
     }
 
@@ -356,10 +527,10 @@ impl Session {
     }
 
     /// Queues a frame this session wants, after any pending `lagged` notice.
-    fn deliver(&mut self, frame: &Frame, queue: &Queue, metrics: &Metrics) {
+    fn deliver(&mut self, frame: &Frame, out: &mut Outbox, metrics: &Metrics) {
         if self.missed.is_some() {
             if let Some(notice) = self.lagged_notice() {
-                if !queue.try_push(notice, None) {
+                if !out.try_push(notice, None) {
                     self.note_missed(frame.seq, frame.seq, metrics);
                     self.stall_since.get_or_insert_with(Instant::now);
                     return;
@@ -368,7 +539,7 @@ impl Session {
                 self.missed = None;
             }
         }
-        if queue.try_push(frame.text.clone(), Some(frame.published_at_us)) {
+        if out.try_push(frame.text.clone(), Some(frame.published_at_us)) {
             self.stall_since = None;
         } else {
             self.note_missed(frame.seq, frame.seq, metrics);
@@ -376,52 +547,53 @@ impl Session {
         }
     }
 
-    fn on_signal(&mut self, frame: &Frame, queue: &Queue, metrics: &Metrics) {
+    fn on_signal(&mut self, frame: &Frame, out: &mut Outbox, metrics: &Metrics) {
         if frame.seq <= self.last_seq {
             return;
         }
         self.last_seq = frame.seq;
         if self.signal_subs().any(|s| s.filter.matches_signal(frame)) {
-            self.deliver(frame, queue, metrics);
+            self.deliver(frame, out, metrics);
         }
     }
 
-    fn on_pair(&mut self, p: &PairFrame, queue: &Queue, metrics: &Metrics) {
+    fn on_pair(&mut self, p: &PairFrame, out: &mut Outbox, metrics: &Metrics) {
         let wanted = self
             .subs
             .iter()
             .any(|s| s.channel == Channel::Pairs && s.filter.matches_pair(p));
         // Pair states supersede each other: one that does not fit is dropped, not owed.
-        if wanted && !queue.try_push(p.text.clone(), None) {
+        if wanted && !out.try_push(p.text.clone(), None) {
             metrics.queue_drops.inc();
         }
     }
 
-    fn reply(&self, queue: &Queue, json: String) {
+    fn reply(&self, out: &mut Outbox, json: String) {
         // A control reply that does not fit is lost like a frame: the stall timer will close a
         // session that stays full.
-        queue.try_push(json.into(), None);
+        out.try_push(json.into(), None);
     }
 
-    fn handle(&mut self, text: &str, ctx: &SessionCtx, queue: &Queue) {
+    fn handle(&mut self, text: &str, ctx: &SessionCtx, out: &mut Outbox) {
         match protocol::parse(text) {
-            Err(e) => self.reply(queue, protocol::error_json(&e)),
+            Err(e) => self.reply(out, protocol::error_json(&e)),
             Ok(ClientOp::Ping { id }) => {
-                self.reply(queue, ServerMsg::Pong { id: id.as_ref() }.to_json())
+                self.reply(out, ServerMsg::Pong { id: id.as_ref() }.to_json())
             }
             Ok(ClientOp::Unsubscribe { id, subscription }) => {
                 let before = self.subs.len();
                 self.subs.retain(|s| s.id != subscription);
+                self.leave_unused_channels();
                 if self.subs.len() == before {
                     let e = OpError::new(
                         id,
                         code::UNKNOWN_SUBSCRIPTION,
                         format!("no subscription `{subscription}`"),
                     );
-                    self.reply(queue, protocol::error_json(&e));
+                    self.reply(out, protocol::error_json(&e));
                 } else {
                     self.reply(
-                        queue,
+                        out,
                         ServerMsg::Unsubscribed {
                             id: id.as_ref(),
                             subscription: &subscription,
@@ -442,10 +614,11 @@ impl Session {
                         code::TOO_MANY_SUBSCRIPTIONS,
                         format!("at most {} subscriptions", ctx.cfg.max_subscriptions),
                     );
-                    return self.reply(queue, protocol::error_json(&e));
+                    return self.reply(out, protocol::error_json(&e));
                 }
                 let sub_id = format!("s{}", self.next_sub);
                 self.next_sub += 1;
+                self.join(channel, &ctx.hub);
                 let head = ctx.hub.head_seq();
                 let mut replay = Vec::new();
                 let (recovered, oldest) = match &resume_from {
@@ -461,7 +634,7 @@ impl Session {
                     }
                 };
                 self.reply(
-                    queue,
+                    out,
                     ServerMsg::Subscribed {
                         id: id.as_ref(),
                         subscription: &sub_id,
@@ -487,103 +660,9 @@ impl Session {
                     filter,
                 });
                 for f in &wanted {
-                    self.deliver(f, queue, &ctx.metrics);
+                    self.deliver(f, out, &ctx.metrics);
                 }
             }
         }
     }
-}
-
-/// Owns the sink: feeds every queued message and flushes once per batch; on the final word,
-/// discards what is still queued and sends the notice and the close frame.
-async fn writer<S>(
-    mut sink: S,
-    mut rx: mpsc::Receiver<Out>,
-    mut final_rx: oneshot::Receiver<Final>,
-    queued: Arc<AtomicUsize>,
-    metrics: Arc<Metrics>,
-    batch: usize,
-    grace: Duration,
-) where
-    S: Sink<Message> + Unpin,
-{
-    let last_words = loop {
-        let first = tokio::select! {
-            biased;
-            f = &mut final_rx => break f.ok(),
-            m = rx.recv() => match m {
-                Some(m) => m,
-                None => break (&mut final_rx).await.ok(),
-            },
-        };
-        let work = async {
-            let mut n = 0u64;
-            let mut oldest: Option<i64> = None;
-            let mut next = Some(first);
-            while let Some(item) = next.take() {
-                let msg = match item {
-                    Out::Text(t, published) => {
-                        queued.fetch_sub(t.len(), Ordering::AcqRel);
-                        if oldest.is_none() {
-                            oldest = published;
-                        }
-                        n += 1;
-                        Message::Text(t)
-                    }
-                    Out::Ping => Message::Ping(bytes::Bytes::new()),
-                };
-                sink.feed(msg).await.map_err(|_| ())?;
-                if (n as usize) < batch {
-                    next = rx.try_recv().ok();
-                }
-            }
-            sink.flush().await.map_err(|_| ())?;
-            Ok::<_, ()>((n, oldest))
-        };
-        tokio::select! {
-            biased;
-            f = &mut final_rx => break f.ok(),
-            r = work => match r {
-                Ok((n, oldest)) => {
-                    metrics.messages_sent.inc_by(n);
-                    if let Some(p) = oldest {
-                        metrics.publish_to_send.observe((now_us() - p).max(0) as f64 / 1e6);
-                    }
-                }
-                // The peer is gone.
-                Err(()) => return,
-            },
-        }
-    };
-    let Some(f) = last_words else {
-        let _ = tokio::time::timeout(grace, sink.close()).await;
-        return;
-    };
-    rx.close();
-    let mut rest = Vec::new();
-    while let Ok(m) = rx.try_recv() {
-        if let Out::Text(t, _) = m {
-            queued.fetch_sub(t.len(), Ordering::AcqRel);
-            if !f.discard {
-                rest.push(t);
-            }
-        }
-    }
-    let bye = async {
-        for t in rest {
-            sink.feed(Message::Text(t)).await.map_err(|_| ())?;
-        }
-        if let Some(n) = f.notice {
-            sink.feed(Message::Text(n)).await.map_err(|_| ())?;
-            metrics.lagged_notices.inc();
-        }
-        sink.send(Message::Close(Some(CloseFrame {
-            code: f.code,
-            reason: f.reason.into(),
-        })))
-        .await
-        .map_err(|_| ())?;
-        sink.close().await.map_err(|_| ())
-    };
-    let _ = tokio::time::timeout(grace, bye).await;
 }
