@@ -165,6 +165,10 @@ pub struct Server {
     pub shutdown_grace_seconds: f64,
     /// `/readyz` fails when the source has sent nothing for this long.
     pub ready_max_silence_seconds: f64,
+    /// SO_SNDBUF of accepted connections (0: the kernel's autotuning, up to several MiB).
+    /// Bounded, a stalled client's backlog moves into its session queue soon, where it is
+    /// counted, dropped with `lagged` and closed with 4008, instead of sitting in the kernel.
+    pub send_buffer_bytes: usize,
 }
 
 impl Default for Server {
@@ -174,6 +178,7 @@ impl Default for Server {
             max_connections: 10_000,
             shutdown_grace_seconds: 5.0,
             ready_max_silence_seconds: 120.0,
+            send_buffer_bytes: 256 * 1024,
         }
     }
 }
@@ -188,6 +193,13 @@ impl Server {
             ));
         }
         at_least_u("server.max_connections", self.max_connections as u64, 1)?;
+        if self.send_buffer_bytes != 0 && !(4096..=64 << 20).contains(&self.send_buffer_bytes) {
+            return Err(invalid(
+                "server.send_buffer_bytes",
+                "must be 0 (the kernel's autotuning) or between 4096 and 67108864",
+                self.send_buffer_bytes.to_string(),
+            ));
+        }
         in_range(
             "server.shutdown_grace_seconds",
             self.shutdown_grace_seconds,
@@ -271,7 +283,7 @@ impl Default for Session {
             heartbeat_seconds: 25.0,
             queue_max_messages: 4_096,
             queue_max_bytes: 1 << 20,
-            stall_close_seconds: 5.0,
+            stall_close_seconds: 4.0,
             max_message_bytes: 64 * 1024,
             inbound_per_second: 20.0,
             inbound_burst: 40.0,
@@ -1462,6 +1474,11 @@ mod tests {
     #[test]
     fn server_sections_validate() {
         check("[server]\nbind = \"nowhere\"\n", Some("server.bind"));
+        check(
+            "[server]\nsend_buffer_bytes = 100\n",
+            Some("server.send_buffer_bytes"),
+        );
+        check("[server]\nsend_buffer_bytes = 0\n", None);
         check(
             "[session]\nqueue_max_bytes = 10\n",
             Some("session.queue_max_bytes"),

@@ -185,6 +185,11 @@ impl Hub {
         self.signals.subscribe()
     }
 
+    /// Sessions that receive signal frames (those with a signals subscription).
+    pub fn signal_receivers(&self) -> usize {
+        self.signals.receiver_count()
+    }
+
     pub fn subscribe_pairs(&self) -> broadcast::Receiver<Arc<PairFrame>> {
         self.pair_updates.subscribe()
     }

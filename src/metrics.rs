@@ -25,6 +25,8 @@ pub struct Metrics {
     /// Events a session could not take (its queue was full).
     pub queue_drops: Counter,
     pub lagged_notices: Counter,
+    /// From a session's outbox filling (its first refused frame) to its 4008 close.
+    pub stall_to_close: Histogram,
     pub closes: Family<Labels, Counter>,
     pub rejected_upgrades: Family<Labels, Counter>,
     /// From the hub's publish to the session's flush, seconds.
@@ -98,6 +100,13 @@ impl Metrics {
             "lagged_notices",
             "Lagged notices sent",
             lagged_notices.clone(),
+        );
+        // 0.25 s to about 21 s.
+        let stall_to_close = Histogram::new(exponential_buckets(0.25, 1.5, 12));
+        registry.register(
+            "stall_to_close_seconds",
+            "From a session's outbox filling to its close as a slow consumer (4008)",
+            stall_to_close.clone(),
         );
         let closes = Family::<Labels, Counter>::default();
         registry.register(
@@ -183,6 +192,7 @@ impl Metrics {
             messages_sent,
             queue_drops,
             lagged_notices,
+            stall_to_close,
             closes,
             rejected_upgrades,
             publish_to_send,

@@ -44,6 +44,10 @@ struct Args {
     /// Fraction of clients that stop reading after subscribing (slow consumers).
     #[arg(long, default_value_t = 0.0)]
     slow_fraction: f64,
+    /// SO_RCVBUF for the slow consumers, in bytes (0: the system's default). A small one makes
+    /// their backlog reach the server's queue soon, as a stalled client over a WAN would.
+    #[arg(long, default_value_t = 0)]
+    slow_rcvbuf: u32,
     /// Source addresses 127.0.0.1 to 127.0.0.K, used round robin (each gives ~28k ports).
     #[arg(long, default_value_t = 0)]
     source_addresses: u8,
@@ -132,6 +136,7 @@ async fn main() {
             tokio::time::sleep_until(due.into()).await;
         }
         let slow = slow_every > 0 && i % slow_every == 0;
+        let slow_rcvbuf = args.slow_rcvbuf;
         let source = if args.source_addresses > 0 {
             Some(IpAddr::V4(Ipv4Addr::new(
                 127,
@@ -161,6 +166,9 @@ async fn main() {
                 totals.failed.fetch_add(1, Ordering::Relaxed);
                 return;
             };
+            if slow && slow_rcvbuf > 0 {
+                let _ = socket.set_recv_buffer_size(slow_rcvbuf);
+            }
             if let Some(ip) = source {
                 if socket.bind(SocketAddr::new(ip, 0)).is_err() {
                     totals.failed.fetch_add(1, Ordering::Relaxed);

@@ -162,14 +162,21 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
     let shutdown = state.shutdown.clone();
     let sessions = state.sessions.clone();
     let grace = std::time::Duration::from_secs_f64(state.cfg.server.shutdown_grace_seconds);
+    let send_buffer = state.cfg.server.send_buffer_bytes;
     let app = router(state);
     // Frames are small and latency is the product: Nagle would hold a frame back until the
     // previous one is acknowledged (up to a delayed ACK, 40 ms).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY");
-        }
-    });
+    let listener =
+        axum::serve::ListenerExt::tap_io(listener, move |tcp: &mut tokio::net::TcpStream| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY");
+            }
+            if send_buffer > 0 {
+                if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer) {
+                    tracing::debug!(error = %e, "SO_SNDBUF");
+                }
+            }
+        });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;

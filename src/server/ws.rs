@@ -390,6 +390,9 @@ where
                 }
             }
             _ = async { tokio::time::sleep_until(stall_deadline.unwrap_or_else(Instant::now)).await }, if stall_deadline.is_some() => {
+                if let Some(since) = st.stall_since {
+                    ctx.metrics.stall_to_close.observe(since.elapsed().as_secs_f64());
+                }
                 last_words = Some(Final { notice: st.lagged_notice(), code: close::SLOW_CONSUMER, reason: "slow consumer", discard: true });
                 break;
             }

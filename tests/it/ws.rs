@@ -25,7 +25,11 @@ async fn welcome_subscribe_and_receive() {
     assert_eq!(w["head_seq"], 0);
     assert_eq!(w["heartbeat_s"], 25.0);
     assert!(w["server"].as_str().unwrap().starts_with("dexpulse/"));
+    // A session joins the hub's signal channel with its first subscription, not before: until
+    // then no event wakes it.
+    assert_eq!(r.hub().signal_receivers(), 0);
     let a = ask(&mut ws, r#"{"op":"subscribe","id":1,"channel":"signals"}"#).await;
+    assert_eq!(r.hub().signal_receivers(), 1);
     assert_eq!(
         (
             a["type"].as_str(),
@@ -56,6 +60,11 @@ async fn welcome_subscribe_and_receive() {
     )
     .await;
     assert_eq!(u["type"], "unsubscribed");
+    assert_eq!(
+        r.hub().signal_receivers(),
+        0,
+        "the last one out leaves the channel"
+    );
     r.hub().publish(&plain(1));
     // Unsubscribed: the next message is the pong, not the event.
     assert_eq!(ask(&mut ws, r#"{"op":"ping"}"#).await["type"], "pong");
@@ -343,6 +352,9 @@ async fn a_client_that_never_reads_gets_lagged_then_4008_while_others_get_everyt
     }
     assert_eq!(r.hub().head_seq(), published);
     assert!(metric(&r, "dexpulse_queue_drops_total") > 0.0);
+    // Closed after its queue had been full for `stall_close_seconds`, not sooner.
+    assert_eq!(metric(&r, "dexpulse_stall_to_close_seconds_count"), 1.0);
+    assert!(metric(&r, "dexpulse_stall_to_close_seconds_sum") >= 0.3);
     // Everything the good client got is every seq, in order.
     r.hub().publish(&plain(1));
     assert_eq!(next_json(&mut good).await["seq"], published + 1);
