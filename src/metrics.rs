@@ -25,6 +25,8 @@ pub struct Metrics {
     /// Events a session could not take (its queue was full).
     pub queue_drops: Counter,
     pub lagged_notices: Counter,
+    /// Flushes of session sockets: messages_sent / flushes is the frames per flush.
+    pub flushes: Counter,
     /// From a session's outbox filling (its first refused frame) to its 4008 close.
     pub stall_to_close: Histogram,
     pub closes: Family<Labels, Counter>,
@@ -94,6 +96,12 @@ impl Metrics {
             "queue_drops",
             "Events dropped for a session whose queue was full",
             queue_drops.clone(),
+        );
+        let flushes = Counter::default();
+        registry.register(
+            "session_flushes",
+            "Flushes of session sockets (messages_sent / this = frames per flush)",
+            flushes.clone(),
         );
         let lagged_notices = Counter::default();
         registry.register(
@@ -192,6 +200,7 @@ impl Metrics {
             messages_sent,
             queue_drops,
             lagged_notices,
+            flushes,
             stall_to_close,
             closes,
             rejected_upgrades,

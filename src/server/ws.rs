@@ -213,6 +213,7 @@ impl Outbox {
                 match Pin::new(&mut *sink).poll_flush(cx) {
                     Poll::Ready(Ok(())) => {
                         self.unflushed = false;
+                        metrics.flushes.inc();
                         break Poll::Ready(Ok(()));
                     }
                     Poll::Ready(Err(_)) => break Poll::Ready(Err(())),
