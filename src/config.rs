@@ -225,8 +225,12 @@ pub struct Hub {
     pub retain_seconds: f64,
     /// Hard cap on retained events, whatever their age.
     pub retain_max_events: usize,
-    /// The in-process broadcast channel between hub and sessions (frames).
+    /// The in-process broadcast channel between hub and sessions (frames) for sessions that
+    /// take every event.
     pub broadcast_capacity: usize,
+    /// The same for each distinct filter set (sessions sharing a filter set share a channel).
+    /// Smaller: every distinct filter set allocates its channel (about 40 bytes a slot).
+    pub topic_capacity: usize,
 }
 
 impl Default for Hub {
@@ -236,6 +240,7 @@ impl Default for Hub {
             retain_seconds: 120.0,
             retain_max_events: 100_000,
             broadcast_capacity: 8_192,
+            topic_capacity: 1_024,
         }
     }
 }
@@ -249,7 +254,8 @@ impl Hub {
             self.retain_max_events as u64,
             self.retain_events as u64,
         )?;
-        at_least_u("hub.broadcast_capacity", self.broadcast_capacity as u64, 16)
+        at_least_u("hub.broadcast_capacity", self.broadcast_capacity as u64, 16)?;
+        at_least_u("hub.topic_capacity", self.topic_capacity as u64, 16)
     }
 }
 

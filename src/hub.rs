@@ -22,6 +22,7 @@ use crate::model::{
     format_ms, Direction, Kind, PairKey, SignalEvent, Snapshot, Source, TokenRef, TxnWindows,
     Windows,
 };
+use crate::protocol::Filter;
 use crate::signal::kinds::Features;
 
 /// One published signal: the message every matching session sends as is, and what filters
@@ -133,12 +134,20 @@ pub struct Since {
     pub complete: bool,
 }
 
+struct Topic {
+    /// The sessions' signal subscriptions' filters; a frame matching any of them is sent.
+    filters: Vec<Filter>,
+    tx: broadcast::Sender<Arc<Frame>>,
+}
+
 pub struct Hub {
     epoch: String,
     cfg: config::Hub,
     head: AtomicU64,
     ring: Mutex<VecDeque<Arc<Frame>>>,
-    signals: broadcast::Sender<Arc<Frame>>,
+    /// One channel per distinct filter set: a session is woken only by frames it wants, and
+    /// the hub matches each frame once per filter set, not once per session.
+    topics: Mutex<Vec<Topic>>,
     pair_updates: broadcast::Sender<Arc<PairFrame>>,
     pairs: DashMap<PairKey, Arc<PairFrame>>,
     last_publish_us: AtomicI64,
@@ -158,14 +167,13 @@ impl Hub {
         // The epoch names this process's numbering: start time and pid make it unique enough
         // that a client holding an old seq can tell it cannot resume.
         let epoch = format!("{:x}-{:x}", now_us(), std::process::id());
-        let (signals, _) = broadcast::channel(cfg.broadcast_capacity);
         let (pair_updates, _) = broadcast::channel(cfg.broadcast_capacity);
         Hub {
             epoch,
             cfg,
             head: AtomicU64::new(0),
             ring: Mutex::new(VecDeque::new()),
-            signals,
+            topics: Mutex::new(Vec::new()),
             pair_updates,
             pairs: DashMap::new(),
             last_publish_us: AtomicI64::new(0),
@@ -181,13 +189,39 @@ impl Hub {
         self.head.load(Ordering::Acquire)
     }
 
-    pub fn subscribe_signals(&self) -> broadcast::Receiver<Arc<Frame>> {
-        self.signals.subscribe()
+    /// A receiver of the frames that match any of `filters` (a session's signal
+    /// subscriptions), shared with every session subscribed the same way.
+    pub fn subscribe_signals(&self, filters: &[Filter]) -> broadcast::Receiver<Arc<Frame>> {
+        let mut topics = self.topics();
+        if let Some(t) = topics.iter().find(|t| t.filters == filters) {
+            return t.tx.subscribe();
+        }
+        let everything = filters.iter().any(Filter::matches_everything);
+        let (tx, rx) = broadcast::channel(if everything {
+            self.cfg.broadcast_capacity
+        } else {
+            self.cfg.topic_capacity
+        });
+        topics.push(Topic {
+            filters: filters.to_vec(),
+            tx,
+        });
+        rx
     }
 
     /// Sessions that receive signal frames (those with a signals subscription).
     pub fn signal_receivers(&self) -> usize {
-        self.signals.receiver_count()
+        self.topics().iter().map(|t| t.tx.receiver_count()).sum()
+    }
+
+    /// Distinct filter sets among the sessions (one channel each).
+    pub fn topics_open(&self) -> usize {
+        self.topics().len()
+    }
+
+    fn topics(&self) -> MutexGuard<'_, Vec<Topic>> {
+        // Sends and pushes only: a panic while holding the lock leaves it consistent.
+        self.topics.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn subscribe_pairs(&self) -> broadcast::Receiver<Arc<PairFrame>> {
@@ -247,8 +281,17 @@ impl Hub {
         drop(ring);
         self.last_publish_us
             .store(published_at_us, Ordering::Relaxed);
-        // No receiver is not an error: nobody is listening yet.
-        let _ = self.signals.send(frame.clone());
+        // After the ring and the head: a session joining a topic reads the head after
+        // subscribing, so every frame past that head reaches it (DESIGN 5.3, no gap).
+        let mut topics = self.topics();
+        topics.retain(|t| t.tx.receiver_count() > 0);
+        for t in topics.iter() {
+            if t.filters.iter().any(|f| f.matches_signal(&frame)) {
+                // A receiver that left since the retain is not an error.
+                let _ = t.tx.send(frame.clone());
+            }
+        }
+        drop(topics);
         frame
     }
 
@@ -348,8 +391,9 @@ mod tests {
             retain_seconds: 0.0,
             retain_max_events: 3,
             broadcast_capacity: 16,
+            topic_capacity: 16,
         });
-        let mut rx = hub.subscribe_signals();
+        let mut rx = hub.subscribe_signals(&[Filter::default()]);
         let frames = hub.publish(&events(5));
         assert_eq!(
             frames.iter().map(|f| f.seq).collect::<Vec<_>>(),
@@ -379,12 +423,47 @@ mod tests {
     }
 
     #[test]
+    fn frames_go_only_to_the_filter_sets_that_match_them() {
+        let hub = Hub::new(config::Hub::default());
+        let only = |chain: &str| Filter {
+            chains: Some(vec![chain.to_string()]),
+            ..Filter::default()
+        };
+        let mut all = hub.subscribe_signals(&[Filter::default()]);
+        let mut sim_a = hub.subscribe_signals(&[only("sim")]);
+        let mut sim_b = hub.subscribe_signals(&[only("sim")]);
+        let mut base = hub.subscribe_signals(&[only("base")]);
+        let mut either = hub.subscribe_signals(&[only("base"), only("sim")]);
+        assert_eq!(
+            hub.topics_open(),
+            4,
+            "the same filter set shares one channel"
+        );
+        assert_eq!(hub.signal_receivers(), 5);
+        hub.publish(&events(2));
+        for rx in [&mut all, &mut sim_a, &mut sim_b, &mut either] {
+            assert_eq!(rx.try_recv().unwrap().seq, 1);
+            assert_eq!(rx.try_recv().unwrap().seq, 2);
+        }
+        assert!(
+            base.try_recv().is_err(),
+            "no frame for a filter that matches none"
+        );
+        drop((sim_a, sim_b, base));
+        hub.publish(&events(1));
+        assert_eq!(hub.topics_open(), 2, "a channel nobody holds is closed");
+        assert_eq!(all.try_recv().unwrap().seq, 3);
+        assert_eq!(either.try_recv().unwrap().seq, 3);
+    }
+
+    #[test]
     fn retention_keeps_recent_events_beyond_the_count() {
         let hub = Hub::new(config::Hub {
             retain_events: 2,
             retain_seconds: 3600.0,
             retain_max_events: 100,
             broadcast_capacity: 16,
+            topic_capacity: 16,
         });
         hub.publish(&events(5));
         assert_eq!(hub.retained().len(), 5, "all younger than retain_seconds");

@@ -70,6 +70,11 @@ impl Filter {
             && self.min_score.is_none_or(|m| u32::from(f.score) >= m)
     }
 
+    /// No field set: every event matches.
+    pub fn matches_everything(&self) -> bool {
+        *self == Filter::default()
+    }
+
     pub fn matches_pair(&self, p: &PairFrame) -> bool {
         self.chains.as_ref().is_none_or(|c| c.contains(&p.chain))
             && self.pairs.as_ref().is_none_or(|ps| ps.contains(&p.pair))

@@ -292,6 +292,7 @@ where
         next_sub: 1,
         last_seq: ctx.hub.head_seq(),
         missed: None,
+        behind_after: None,
         stall_since: None,
         tokens: cfg.inbound_burst,
         refilled: Instant::now(),
@@ -335,8 +336,7 @@ where
                             // This session fell behind the hub's channel itself: the next frame
                             // it gets tells where the gap ends.
                             tracing::debug!(session = %ctx.id, skipped = n, "behind the hub");
-                            st.note_missed(st.last_seq + 1, st.last_seq + n, &ctx.metrics);
-                            st.last_seq += n;
+                            st.behind_hub();
                         }
                         Err(broadcast::error::RecvError::Closed) => {
                             st.signals = None;
@@ -449,7 +449,8 @@ async fn recv<T: Clone>(
 
 struct Session {
     /// The hub's channels, joined at the first subscription to each and left with the last:
-    /// a session that wants nothing from a channel is never woken by it.
+    /// a session that wants nothing from a channel is never woken by it. The signals channel
+    /// is the one for this session's filter set, so it carries only frames the session wants.
     signals: Option<broadcast::Receiver<Arc<Frame>>>,
     pairs: Option<broadcast::Receiver<Arc<PairFrame>>>,
     subs: Vec<Sub>,
@@ -459,6 +460,9 @@ struct Session {
     last_seq: u64,
     /// Seq range dropped since the last `lagged` notice.
     missed: Option<(u64, u64)>,
+    /// The session fell behind its hub channel after this seq: the next frame it gets ends the
+    /// gap (a filtered channel's seqs are not contiguous, so the gap's end is not known before).
+    behind_after: Option<u64>,
     stall_since: Option<Instant>,
     tokens: f64,
     refilled: Instant,
@@ -481,24 +485,44 @@ impl Session {
     /// Joins a hub channel at its first subscription. Receiver first, then the head: every
     /// event after that head reaches the receiver, and the ring holds the ones before, so a
     /// resume stitches the two with no gap (duplicates are dropped by seq).
-    fn join(&mut self, channel: Channel, hub: &Hub) {
-        match channel {
-            Channel::Signals if self.signals.is_none() => {
-                self.signals = Some(hub.subscribe_signals());
-                self.last_seq = self.last_seq.max(hub.head_seq());
+    /// Moves the session to the hub channel of `filters` (its signal subscriptions' filters
+    /// after a subscribe or unsubscribe; none: it leaves) without losing or repeating a frame
+    /// that the subscriptions it already had want.
+    ///
+    /// New receiver first, then the head H: every frame after H reaches the new receiver.
+    /// Frames up to H that the old subscriptions want are in the old receiver, or, if they were
+    /// being published during the switch, at the ring's tail: both are read in seq order
+    /// before the session continues from H on the new receiver.
+    fn switch_signals(&mut self, filters: &[Filter], hub: &Hub, out: &mut Outbox, m: &Metrics) {
+        let new = (!filters.is_empty()).then(|| hub.subscribe_signals(filters));
+        let head = hub.head_seq();
+        if let Some(mut old) = self.signals.take() {
+            loop {
+                match old.try_recv() {
+                    Ok(f) if f.seq <= head => self.on_signal(&f, out, m),
+                    Ok(_) => {}
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => self.behind_hub(),
+                    Err(_) => break,
+                }
             }
-            Channel::Pairs if self.pairs.is_none() => self.pairs = Some(hub.subscribe_pairs()),
-            _ => {}
+            if self.last_seq < head {
+                for f in hub.since(self.last_seq).frames {
+                    if f.seq <= head {
+                        self.on_signal(&f, out, m);
+                    }
+                }
+            }
         }
+        self.last_seq = self.last_seq.max(head);
+        self.signals = new;
     }
 
-    fn leave_unused_channels(&mut self) {
-        if !self.subs.iter().any(|s| s.channel == Channel::Signals) {
-            self.signals = None;
-        }
-        if !self.subs.iter().any(|s| s.channel == Channel::Pairs) {
-            self.pairs = None;
-        }
+    fn signal_filters(&self) -> Vec<Filter> {
+        self.signal_subs().map(|s| s.filter.clone()).collect()
+    }
+
+    fn behind_hub(&mut self) {
+        self.behind_after.get_or_insert(self.last_seq);
     }
 
     fn signal_subs(&self) -> impl Iterator<Item = &Sub> {
@@ -555,6 +579,9 @@ impl Session {
         if frame.seq <= self.last_seq {
             return;
         }
+        if let Some(after) = self.behind_after.take() {
+            self.note_missed(after + 1, frame.seq - 1, metrics);
+        }
         self.last_seq = frame.seq;
         if self.signal_subs().any(|s| s.filter.matches_signal(frame)) {
             self.deliver(frame, out, metrics);
@@ -586,8 +613,17 @@ impl Session {
             }
             Ok(ClientOp::Unsubscribe { id, subscription }) => {
                 let before = self.subs.len();
+                let was_signals = self
+                    .subs
+                    .iter()
+                    .any(|s| s.id == subscription && s.channel == Channel::Signals);
                 self.subs.retain(|s| s.id != subscription);
-                self.leave_unused_channels();
+                if was_signals {
+                    self.switch_signals(&self.signal_filters(), &ctx.hub, out, &ctx.metrics);
+                }
+                if !self.subs.iter().any(|s| s.channel == Channel::Pairs) {
+                    self.pairs = None;
+                }
                 if self.subs.len() == before {
                     let e = OpError::new(
                         id,
@@ -622,7 +658,18 @@ impl Session {
                 }
                 let sub_id = format!("s{}", self.next_sub);
                 self.next_sub += 1;
-                self.join(channel, &ctx.hub);
+                match channel {
+                    Channel::Signals => {
+                        let mut filters = self.signal_filters();
+                        filters.push(filter.clone());
+                        self.switch_signals(&filters, &ctx.hub, out, &ctx.metrics);
+                    }
+                    Channel::Pairs => {
+                        if self.pairs.is_none() {
+                            self.pairs = Some(ctx.hub.subscribe_pairs());
+                        }
+                    }
+                }
                 let head = ctx.hub.head_seq();
                 let mut replay = Vec::new();
                 let (recovered, oldest) = match &resume_from {
@@ -668,5 +715,154 @@ impl Session {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Meta;
+    use crate::model::{Direction, Kind};
+
+    fn session() -> Session {
+        Session {
+            signals: None,
+            pairs: None,
+            subs: Vec::new(),
+            next_sub: 1,
+            last_seq: 0,
+            missed: None,
+            behind_after: None,
+            stall_since: None,
+            tokens: 1.0,
+            refilled: Instant::now(),
+        }
+    }
+
+    fn chain(c: &str) -> Filter {
+        Filter {
+            chains: Some(vec![c.to_string()]),
+            ..Filter::default()
+        }
+    }
+
+    fn subscribe(st: &mut Session, c: &str, hub: &Hub, out: &mut Outbox, m: &Metrics) {
+        let mut filters = st.signal_filters();
+        filters.push(chain(c));
+        st.switch_signals(&filters, hub, out, m);
+        st.subs.push(Sub {
+            id: format!("s{}", st.subs.len() + 1),
+            channel: Channel::Signals,
+            filter: chain(c),
+        });
+    }
+
+    fn publish(hub: &Hub, c: &str) {
+        let meta = Meta {
+            chain: c,
+            pair_address: "p",
+            kind: Kind::VolumeSurge,
+            direction: Direction::Bullish,
+            score: 70,
+        };
+        hub.publish_raw(meta, "{}");
+    }
+
+    /// What the session takes from its hub channel now, then the seqs in its outbox.
+    fn delivered(st: &mut Session, out: &mut Outbox, m: &Metrics) -> Vec<u64> {
+        while let Some(r) = st.signals.as_mut().map(|rx| rx.try_recv()) {
+            match r {
+                Ok(f) => st.on_signal(&f, out, m),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => st.behind_hub(),
+                Err(_) => break,
+            }
+        }
+        out.items
+            .iter()
+            .filter_map(|o| match o {
+                Out::Text(t, _) => serde_json::from_str::<serde_json::Value>(t.as_str()).ok(),
+                Out::Ping => None,
+            })
+            .filter_map(|v| v["seq"].as_u64())
+            .collect()
+    }
+
+    #[test]
+    fn a_switch_keeps_what_the_old_channel_still_held() {
+        let (hub, m) = (Hub::new(config::Hub::default()), Metrics::new());
+        let (mut st, mut out) = (session(), Outbox::new(100, 1 << 20));
+        subscribe(&mut st, "sim", &hub, &mut out, &m);
+        for c in ["sim", "base", "sim"] {
+            publish(&hub, c);
+        }
+        // 1 and 3 wait in the old channel, unread, when the session subscribes to more.
+        subscribe(&mut st, "base", &hub, &mut out, &m);
+        publish(&hub, "base");
+        publish(&hub, "sim");
+        assert_eq!(delivered(&mut st, &mut out, &m), [1, 3, 4, 5]);
+        assert_eq!(hub.topics_open(), 1, "the old channel was left");
+    }
+
+    #[test]
+    fn a_frame_published_during_the_switch_comes_from_the_ring() {
+        let (hub, m) = (Hub::new(config::Hub::default()), Metrics::new());
+        let (mut st, mut out) = (session(), Outbox::new(100, 1 << 20));
+        subscribe(&mut st, "sim", &hub, &mut out, &m);
+        // As if 1 had reached the ring and the head but not yet the old channel when the
+        // session switched: a channel joined after it was sent never gets it.
+        st.signals = None;
+        publish(&hub, "sim");
+        st.signals = Some(hub.subscribe_signals(&[chain("sim")]));
+        subscribe(&mut st, "base", &hub, &mut out, &m);
+        publish(&hub, "sim");
+        assert_eq!(delivered(&mut st, &mut out, &m), [1, 2]);
+    }
+
+    #[test]
+    fn leaving_a_subscription_keeps_the_others_frames_and_drops_its_own() {
+        let (hub, m) = (Hub::new(config::Hub::default()), Metrics::new());
+        let (mut st, mut out) = (session(), Outbox::new(100, 1 << 20));
+        subscribe(&mut st, "sim", &hub, &mut out, &m);
+        subscribe(&mut st, "base", &hub, &mut out, &m);
+        for c in ["sim", "base", "sim", "base"] {
+            publish(&hub, c);
+        }
+        st.subs.retain(|s| s.id != "s2");
+        st.switch_signals(&st.signal_filters(), &hub, &mut out, &m);
+        publish(&hub, "base");
+        publish(&hub, "sim");
+        assert_eq!(delivered(&mut st, &mut out, &m), [1, 3, 6]);
+        st.subs.clear();
+        st.switch_signals(&[], &hub, &mut out, &m);
+        assert!(st.signals.is_none());
+        publish(&hub, "sim");
+        assert_eq!(hub.signal_receivers(), 0);
+    }
+
+    #[test]
+    fn falling_behind_a_filtered_channel_reports_the_gap_up_to_the_next_frame() {
+        let cfg = config::Hub {
+            topic_capacity: 16,
+            ..config::Hub::default()
+        };
+        let (hub, m) = (Hub::new(cfg), Metrics::new());
+        let (mut st, mut out) = (session(), Outbox::new(100, 1 << 20));
+        subscribe(&mut st, "sim", &hub, &mut out, &m);
+        for i in 0..40 {
+            publish(&hub, if i % 2 == 0 { "sim" } else { "base" });
+        }
+        let got = delivered(&mut st, &mut out, &m);
+        assert_eq!(got.len(), 16, "the channel kept its last 16");
+        // The notice goes before the first frame after the gap: from the seq after the last
+        // one the session had (none: 1) to the one before that frame.
+        let first: serde_json::Value = match &out.items[0] {
+            Out::Text(t, _) => serde_json::from_str(t.as_str()).unwrap(),
+            Out::Ping => panic!("a ping"),
+        };
+        assert_eq!(first["type"], "lagged");
+        assert_eq!(
+            (first["missed_from"].as_u64(), first["missed_to"].as_u64()),
+            (Some(1), Some(got[0] - 1))
+        );
     }
 }

@@ -158,6 +158,143 @@ async fn two_subscribers_get_identical_bytes_and_overlapping_subscriptions_get_e
     r.shutdown().await.unwrap();
 }
 
+/// Sends a request while events flow: collects the signals that arrive before its reply.
+async fn request(ws: &mut Ws, text: &str, got: &mut Vec<Value>) -> Value {
+    send(ws, text).await;
+    loop {
+        let m = next_json(ws).await;
+        if m["type"] == "signal" {
+            got.push(m);
+        } else {
+            return m;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_subscriptions_while_events_flow_loses_and_repeats_nothing() {
+    // Each session's filter set has its own hub channel, so every subscribe and unsubscribe
+    // moves the session from one channel to another while frames are being published.
+    let mut cfg = test_config();
+    cfg.hub.retain_events = 100_000;
+    cfg.hub.retain_max_events = 100_000;
+    // Room for everything: this test is about the switches, not about slow consumers.
+    cfg.hub.topic_capacity = 8192;
+    cfg.session.queue_max_bytes = 64 << 20;
+    let r = start(cfg).await;
+    let chains = ["solana", "base", "eth"];
+    let batches: Vec<_> = (0..300)
+        .map(|b| {
+            events(10, |i, e| {
+                let c = chains[(b * 10 + i) % 3];
+                set(e, c, Kind::VolumeSurge, Direction::Bullish, 70)
+            })
+        })
+        .collect();
+    let chain_of = |seq: u64| chains[((seq - 1) % 3) as usize];
+    let mut ws = connect(&r).await;
+    let epoch = next_json(&mut ws).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut got = Vec::new();
+    let a = request(
+        &mut ws,
+        r#"{"op":"subscribe","channel":"signals","filter":{"chains":["solana"]}}"#,
+        &mut got,
+    )
+    .await;
+    let head_a = a["head_seq"].as_u64().unwrap();
+
+    let hub = r.hub().clone();
+    let publisher = tokio::spawn(async move {
+        for batch in &batches {
+            hub.publish(batch);
+            tokio::task::yield_now().await;
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let b = request(
+        &mut ws,
+        r#"{"op":"subscribe","channel":"signals","filter":{"chains":["base"]}}"#,
+        &mut got,
+    )
+    .await;
+    let head_b = b["head_seq"].as_u64().unwrap();
+    let u = request(
+        &mut ws,
+        r#"{"op":"unsubscribe","subscription":"s1"}"#,
+        &mut got,
+    )
+    .await;
+    assert_eq!(u["type"], "unsubscribed");
+    // Solana events published after this point must not come: the ping is answered after the
+    // unsubscribe took effect.
+    let p = request(&mut ws, r#"{"op":"ping"}"#, &mut got).await;
+    assert_eq!(p["type"], "pong");
+    let after_unsub = r.hub().head_seq();
+    let resume = head_a + 1;
+    let c = request(&mut ws, &format!(r#"{{"op":"subscribe","channel":"signals","filter":{{"chains":["eth"]}},"resume_from":{{"epoch":"{epoch}","seq":{resume}}}}}"#), &mut got).await;
+    assert_eq!(c["recovered"], true, "{c}");
+    publisher.await.unwrap();
+    let last = r.hub().head_seq();
+    assert_eq!(last, 3000);
+    // The last base and eth events: read until both have come.
+    let want_end = |got: &Vec<Value>| {
+        let max = |ch: &str| {
+            got.iter()
+                .filter(|m| m["event"]["chain"] == ch)
+                .map(|m| m["seq"].as_u64().unwrap())
+                .max()
+                .unwrap_or(0)
+        };
+        max("base") >= 2999 && max("eth") >= 3000
+    };
+    while !want_end(&got) {
+        let m = next_json(&mut ws).await;
+        assert_eq!(m["type"], "signal", "{m}");
+        got.push(m);
+    }
+    for m in &got {
+        assert_eq!(m["event"]["chain"], chain_of(m["seq"].as_u64().unwrap()));
+    }
+    // Each subscription's stream (one chain each here) is in order; a resumed one replays the
+    // past after the live frames the others already had, so the connection's seqs are not.
+    for ch in chains {
+        let s: Vec<u64> = got
+            .iter()
+            .filter(|m| m["event"]["chain"] == ch)
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect();
+        assert!(
+            s.windows(2).all(|w| w[0] < w[1]),
+            "{ch}: in order, each once"
+        );
+    }
+    let mut seen = seqs(&got);
+    seen.sort_unstable();
+    let n = seen.len();
+    seen.dedup();
+    assert_eq!(seen.len(), n, "each event once");
+    let has = |s: u64| seen.binary_search(&s).is_ok();
+    for s in 1..=last {
+        let wanted = match chain_of(s) {
+            // Subscribed from head_a until the unsubscribe (which the switch kept whole).
+            "solana" => s > head_a && s <= head_b,
+            "base" => s > head_b,
+            // Resumed from `resume`: everything after it.
+            _ => s > resume,
+        };
+        if wanted {
+            assert!(has(s), "seq {s} ({}) missing", chain_of(s));
+        }
+        if chain_of(s) == "solana" && s > after_unsub {
+            assert!(!has(s), "seq {s} came after its subscription ended");
+        }
+    }
+    r.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn resume_inside_the_window_is_exact_then_live() {
     let r = start(test_config()).await;
