@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 ulimit -n 200000 2>/dev/null || ulimit -n 65536 2>/dev/null || true
 cargo build --release --quiet --bin dexpulse --bin loadgen
 mkdir -p bench/results
-DEX=target/release/dexpulse
+DEX=${DEX:-target/release/dexpulse}   # DEX=path/to/another/build compares servers with the same load generator
 LOAD=target/release/loadgen
 PORT=${BENCH_PORT:-18700}
 URL=ws://127.0.0.1:$PORT/v1/ws
@@ -43,7 +43,7 @@ for p in "${points[@]}"; do
   case $p in
   p1)
     : >bench/results/p1.json
-    for rate in 50 100 250 500 750 1000 1500 2000 4000 8000; do
+    for rate in 50 100 250 350 450 550 650 750 1000 1500 2000 4000 8000; do
       start_server "$rate"
       out=$("$LOAD" --url "$URL" --connections 1000 --ramp-per-sec 2000 --subscribe "$SUB" --duration 10 --source-addresses 4)
       stop_server
