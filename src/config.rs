@@ -231,6 +231,9 @@ pub struct Hub {
     /// The same for each distinct filter set (sessions sharing a filter set share a channel).
     /// Smaller: every distinct filter set allocates its channel (about 40 bytes a slot).
     pub topic_capacity: usize,
+    /// Distinct filter sets with a channel of their own; sessions with further sets share the
+    /// channel of every event and filter for themselves (bounds what clients can allocate).
+    pub max_filter_sets: usize,
 }
 
 impl Default for Hub {
@@ -241,6 +244,7 @@ impl Default for Hub {
             retain_max_events: 100_000,
             broadcast_capacity: 8_192,
             topic_capacity: 1_024,
+            max_filter_sets: 1_024,
         }
     }
 }
@@ -255,7 +259,8 @@ impl Hub {
             self.retain_events as u64,
         )?;
         at_least_u("hub.broadcast_capacity", self.broadcast_capacity as u64, 16)?;
-        at_least_u("hub.topic_capacity", self.topic_capacity as u64, 16)
+        at_least_u("hub.topic_capacity", self.topic_capacity as u64, 16)?;
+        at_least_u("hub.max_filter_sets", self.max_filter_sets as u64, 1)
     }
 }
 

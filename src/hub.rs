@@ -190,14 +190,30 @@ impl Hub {
     }
 
     /// A receiver of the frames that match any of `filters` (a session's signal
-    /// subscriptions), shared with every session subscribed the same way.
+    /// subscriptions), shared with every session subscribed the same way. It may carry more
+    /// than that (the session filters again): a set with a match-all filter, and any new set
+    /// once `max_filter_sets` are open, share the channel of every event, so that clients
+    /// cannot make the hub allocate without bound.
     pub fn subscribe_signals(&self, filters: &[Filter]) -> broadcast::Receiver<Arc<Frame>> {
+        let everything = [Filter::default()];
         let mut topics = self.topics();
+        let filters = if filters.iter().any(Filter::matches_everything) {
+            &everything[..]
+        } else {
+            filters
+        };
         if let Some(t) = topics.iter().find(|t| t.filters == filters) {
             return t.tx.subscribe();
         }
-        let everything = filters.iter().any(Filter::matches_everything);
-        let (tx, rx) = broadcast::channel(if everything {
+        let filters = if filters != everything && topics.len() >= self.cfg.max_filter_sets {
+            if let Some(t) = topics.iter().find(|t| t.filters == everything) {
+                return t.tx.subscribe();
+            }
+            &everything[..]
+        } else {
+            filters
+        };
+        let (tx, rx) = broadcast::channel(if filters == everything {
             self.cfg.broadcast_capacity
         } else {
             self.cfg.topic_capacity
@@ -392,6 +408,7 @@ mod tests {
             retain_max_events: 3,
             broadcast_capacity: 16,
             topic_capacity: 16,
+            max_filter_sets: 16,
         });
         let mut rx = hub.subscribe_signals(&[Filter::default()]);
         let frames = hub.publish(&events(5));
@@ -457,6 +474,35 @@ mod tests {
     }
 
     #[test]
+    fn filter_sets_are_bounded_and_a_match_all_set_is_the_everything_channel() {
+        let hub = Hub::new(config::Hub {
+            max_filter_sets: 2,
+            ..config::Hub::default()
+        });
+        let only = |chain: &str| Filter {
+            chains: Some(vec![chain.to_string()]),
+            ..Filter::default()
+        };
+        let mut wide = hub.subscribe_signals(&[only("base"), Filter::default()]);
+        let _base = hub.subscribe_signals(&[only("base")]);
+        assert_eq!(
+            hub.topics_open(),
+            2,
+            "a set with a match-all filter is every event"
+        );
+        // A third distinct set is over the cap: it shares the channel of every event.
+        let mut third = hub.subscribe_signals(&[only("eth")]);
+        assert_eq!(hub.topics_open(), 2);
+        hub.publish(&events(1));
+        assert_eq!(wide.try_recv().unwrap().seq, 1);
+        assert_eq!(
+            third.try_recv().unwrap().seq,
+            1,
+            "more than it asked for, never less"
+        );
+    }
+
+    #[test]
     fn retention_keeps_recent_events_beyond_the_count() {
         let hub = Hub::new(config::Hub {
             retain_events: 2,
@@ -464,6 +510,7 @@ mod tests {
             retain_max_events: 100,
             broadcast_capacity: 16,
             topic_capacity: 16,
+            max_filter_sets: 16,
         });
         hub.publish(&events(5));
         assert_eq!(hub.retained().len(), 5, "all younger than retain_seconds");

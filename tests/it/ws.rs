@@ -73,7 +73,17 @@ async fn welcome_subscribe_and_receive() {
 
 #[tokio::test]
 async fn filters_select_by_chain_pair_kind_direction_and_score() {
-    let r = start(test_config()).await;
+    // With a hub channel per filter set, and with one only (every other set then shares the
+    // channel of every event, and the sessions filter for themselves): the same answers.
+    for (max_filter_sets, channels) in [(1024, 5), (1, 1)] {
+        let mut cfg = test_config();
+        cfg.hub.max_filter_sets = max_filter_sets;
+        filters_select(cfg, channels).await;
+    }
+}
+
+async fn filters_select(cfg: dexpulse::config::Config, channels: usize) {
+    let r = start(cfg).await;
     let shapes = [
         ("solana", Kind::VolumeSurge, Direction::Bullish, 70),
         ("solana", Kind::VolumeSurge, Direction::Bullish, 50),
@@ -111,6 +121,7 @@ async fn filters_select_by_chain_pair_kind_direction_and_score() {
         assert_eq!(a["type"], "subscribed", "{filter}: {a}");
         clients.push(ws);
     }
+    assert_eq!(r.hub().topics_open(), channels);
     r.hub().publish(&evs);
     for ((filter, want), ws) in cases.iter().zip(clients.iter_mut()) {
         let mut got = Vec::new();
