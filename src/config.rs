@@ -1014,6 +1014,10 @@ pub struct Fsm {
     pub data_gap_close_minutes: f64,
     pub rug_cooldown_hours: f64,
     pub min_emit_score: u8,
+    /// A pair not observed at all for this long, with nothing open, pending or cooling down,
+    /// is forgotten (its state freed); if it comes back it starts afresh. Bounds the engine's
+    /// memory under discovery.
+    pub forget_idle_hours: f64,
 }
 
 impl Default for Fsm {
@@ -1029,6 +1033,7 @@ impl Default for Fsm {
             data_gap_close_minutes: 15.0,
             rug_cooldown_hours: 24.0,
             min_emit_score: 40,
+            forget_idle_hours: 48.0,
         }
     }
 }
@@ -1381,6 +1386,12 @@ impl SignalConfig {
             "signal.fsm.rug_cooldown_hours",
             f.rug_cooldown_hours,
             0.0,
+            8760.0,
+        )?;
+        in_range(
+            "signal.fsm.forget_idle_hours",
+            f.forget_idle_hours,
+            1.0,
             8760.0,
         )?;
         in_range(

@@ -359,6 +359,12 @@ impl Hub {
         let _ = self.pair_updates.send(frame);
     }
 
+    /// Drops a pair's latest state (the engine forgot the pair: it has not been seen for
+    /// `signal.fsm.forget_idle_hours`).
+    pub fn forget_pair(&self, key: &PairKey) {
+        self.pairs.remove(key);
+    }
+
     /// Every pair's latest state, ordered by pair key.
     pub fn pairs(&self) -> Vec<Arc<PairFrame>> {
         let mut all: Vec<(PairKey, Arc<PairFrame>)> = self

@@ -239,7 +239,12 @@ pub async fn run_engine(
         health.last_input_ms.store(now_ms(), Ordering::Release);
         events.clear();
         match input {
-            Input::Tick(t) => events.extend(engine.tick(t)),
+            Input::Tick(t) => {
+                events.extend(engine.tick(t));
+                for key in engine.take_forgotten() {
+                    hub.forget_pair(&key);
+                }
+            }
             Input::Problem(p) => {
                 metrics.source_problems.inc();
                 tracing::warn!(problem = %p, "source data skipped");

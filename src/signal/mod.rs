@@ -55,6 +55,8 @@ pub struct EngineStats {
     pub suspect: u64,
     pub other_source: u64,
     pub events: u64,
+    /// Pairs whose state was freed after `forget_idle_hours` without any snapshot.
+    pub forgotten: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -106,6 +108,8 @@ struct PairState {
     highs: VecDeque<(i64, f64)>,
     kinds: [KindState; 9],
     rug_until_ms: i64,
+    /// The latest snapshot of any verdict: a pair still being polled is never forgotten.
+    last_seen_ms: i64,
 }
 
 /// One event to build, decided by the state machine.
@@ -129,6 +133,7 @@ pub struct Engine {
     /// Fx, not SipHash: hashing the key was a sixth of `observe`. Deterministic (no random
     /// seed), and nothing depends on its order: `tick` sorts what it emits.
     pairs: FxHashMap<PairKey, PairState>,
+    forgotten: Vec<PairKey>,
     stats: EngineStats,
 }
 
@@ -141,6 +146,7 @@ impl Engine {
             cfg,
             params_hash,
             pairs: FxHashMap::default(),
+            forgotten: Vec::new(),
             stats: EngineStats::default(),
         }
     }
@@ -201,6 +207,7 @@ impl Engine {
             self.stats.other_source += 1;
             return Verdict::OtherSource;
         }
+        st.last_seen_ms = st.last_seen_ms.max(snap.observed_at_ms);
         if st.last_fields == fields {
             self.stats.stale += 1;
             return Verdict::Stale;
@@ -296,11 +303,44 @@ impl Engine {
         }
         out.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
         self.stats.events += out.len() as u64;
+        let idle = (self.cfg.fsm.forget_idle_hours * 60.0 * MIN_MS) as i64;
+        let before = self.pairs.len();
+        let forgotten = &mut self.forgotten;
+        self.pairs.retain(|key, st| {
+            let keep = now_ms - st.last_seen_ms < idle || st.busy(now_ms);
+            if !keep {
+                forgotten.push(key.clone());
+            }
+            keep
+        });
+        self.stats.forgotten += (before - self.pairs.len()) as u64;
         out
+    }
+
+    /// Pairs forgotten by `tick` since the last call, for whoever keeps per-pair state beside
+    /// the engine (the hub's pair states).
+    pub fn take_forgotten(&mut self) -> Vec<PairKey> {
+        let mut keys = std::mem::take(&mut self.forgotten);
+        keys.sort_unstable();
+        keys
+    }
+
+    /// Pairs the engine holds state for.
+    pub fn pairs_tracked(&self) -> usize {
+        self.pairs.len()
     }
 }
 
 impl PairState {
+    /// Something is open, pending or cooling down: forgetting it would change what comes next.
+    fn busy(&self, now_ms: i64) -> bool {
+        now_ms < self.rug_until_ms
+            || self
+                .kinds
+                .iter()
+                .any(|k| k.active.is_some() || k.pending_n > 0 || now_ms < k.cooldown_until_ms)
+    }
+
     fn new(snap: &Snapshot, cfg: &SignalConfig) -> PairState {
         // The config is validated at start-up; the default only covers a caller that skipped it.
         let ew =
@@ -324,6 +364,7 @@ impl PairState {
             highs: VecDeque::new(),
             kinds: [KindState::default(); 9],
             rug_until_ms: i64::MIN,
+            last_seen_ms: snap.observed_at_ms,
         }
     }
 }

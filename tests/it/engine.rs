@@ -400,3 +400,63 @@ fn a_pair_keeps_its_first_source() {
         Source::Dexscreener
     );
 }
+
+#[test]
+fn an_idle_pair_is_forgotten_unless_something_is_open_or_cooling_down() {
+    let mut cfg = SignalConfig::default();
+    cfg.fsm.forget_idle_hours = 2.0;
+    let mut engine = Engine::new(cfg);
+    const H: i64 = 60 * MIN;
+    // Quiet: seen once, then never again.
+    let mut quiet = example(T0);
+    quiet.key.address = "Quiet".into();
+    engine.observe(&quiet);
+    // Rugged: one rug warning, so a 24 h cooldown.
+    assert_eq!(
+        engine
+            .observe(&pool(T0, 1e9, 100_000.0, Some(200_000.0)))
+            .len(),
+        0
+    );
+    let rug = engine.observe(&pool(T0 + MIN, 2e8, 20_000.0, Some(40_000.0)));
+    assert_eq!(rug[0].kind, Kind::RugWarning);
+    let rugged = rug[0].pair_address.clone();
+    // Polled: still observed every 30 min, though nothing changes.
+    let mut polled = example(T0);
+    polled.key.address = "Polled".into();
+    for i in 0..=6 {
+        polled.observed_at_ms = T0 + i * 30 * MIN;
+        engine.observe(&polled);
+    }
+    assert_eq!(engine.pairs_tracked(), 3);
+
+    engine.tick(T0 + 3 * H);
+    let gone = engine.take_forgotten();
+    assert_eq!(
+        gone,
+        [PairKey::new("solana", "Quiet")],
+        "idle 3 h, nothing open"
+    );
+    assert_eq!(
+        engine.pairs_tracked(),
+        2,
+        "the rugged pair cools down, the polled one is seen"
+    );
+    assert!(engine.take_forgotten().is_empty(), "taken once");
+
+    engine.tick(T0 + 26 * H);
+    assert_eq!(
+        engine
+            .take_forgotten()
+            .iter()
+            .map(|k| k.address.as_str())
+            .collect::<Vec<_>>(),
+        [rugged.as_str(), "Polled"],
+        "after the cooldown, and once polling stopped"
+    );
+    assert_eq!(engine.stats().forgotten, 3);
+    // A forgotten pair that comes back starts afresh.
+    quiet.observed_at_ms = T0 + 27 * H;
+    assert_eq!(engine.observe_into(&quiet, &mut Vec::new()), Verdict::Fresh);
+    assert_eq!(engine.pairs_tracked(), 1);
+}
