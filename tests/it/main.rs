@@ -12,12 +12,14 @@
 //! - `pipeline`: the whole streamer fed by a tape, as a client sees it.
 //! - `upstream`: a fake DexScreener/GeckoTerminal: recorded payloads, rate limits, faults.
 //! - `live`: the live sources against it: values, events, 429s, faults, fallback, recording.
+//! - `loadgen`: the load generator against a server that is not dexpulse, and against dexpulse.
 
 mod cli;
 mod decode;
 mod engine;
 mod http;
 mod live;
+mod loadgen;
 mod pipeline;
 mod properties;
 mod scenarios;
