@@ -107,9 +107,14 @@ fn cpu_seconds() -> f64 {
 async fn main() {
     let args = Args::parse();
     let totals = Arc::new(Totals::default());
-    let hist = Arc::new(Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
-    ));
+    // 1 µs to 10 minutes at 3 significant figures.
+    let hist = match Histogram::<u64>::new_with_bounds(1, 600_000_000, 3) {
+        Ok(h) => Arc::new(Mutex::new(h)),
+        Err(e) => {
+            eprintln!("histogram: {e}");
+            std::process::exit(70);
+        }
+    };
     let closes = Arc::new(Mutex::new(std::collections::BTreeMap::<u16, u64>::new()));
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop = tokio_util::sync::CancellationToken::new();
