@@ -182,6 +182,15 @@ async fn request(ws: &mut Ws, text: &str, got: &mut Vec<Value>) -> Value {
     }
 }
 
+/// Subscribes to one chain's signals while events flow; the answer's `head_seq`.
+async fn subscribe_chain(ws: &mut Ws, chain: &str, got: &mut Vec<Value>) -> u64 {
+    let op =
+        format!(r#"{{"op":"subscribe","channel":"signals","filter":{{"chains":["{chain}"]}}}}"#);
+    let a = request(ws, &op, got).await;
+    assert_eq!(a["type"], "subscribed", "{a}");
+    a["head_seq"].as_u64().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changing_subscriptions_while_events_flow_loses_and_repeats_nothing() {
     // Each session's filter set has its own hub channel, so every subscribe and unsubscribe
@@ -209,13 +218,7 @@ async fn changing_subscriptions_while_events_flow_loses_and_repeats_nothing() {
         .unwrap()
         .to_string();
     let mut got = Vec::new();
-    let a = request(
-        &mut ws,
-        r#"{"op":"subscribe","channel":"signals","filter":{"chains":["solana"]}}"#,
-        &mut got,
-    )
-    .await;
-    let head_a = a["head_seq"].as_u64().unwrap();
+    let head_a = subscribe_chain(&mut ws, "solana", &mut got).await;
 
     let hub = r.hub().clone();
     let publisher = tokio::spawn(async move {
@@ -225,13 +228,7 @@ async fn changing_subscriptions_while_events_flow_loses_and_repeats_nothing() {
         }
     });
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    let b = request(
-        &mut ws,
-        r#"{"op":"subscribe","channel":"signals","filter":{"chains":["base"]}}"#,
-        &mut got,
-    )
-    .await;
-    let head_b = b["head_seq"].as_u64().unwrap();
+    let head_b = subscribe_chain(&mut ws, "base", &mut got).await;
     let u = request(
         &mut ws,
         r#"{"op":"unsubscribe","subscription":"s1"}"#,
