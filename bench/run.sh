@@ -28,7 +28,7 @@ points=("$@")
 server_pid=""
 start_server() { # rate [extra env...]
   local rate=$1; shift
-  env DEXPULSE_SOURCE__BENCH_EVENTS_PER_SECOND="$rate" RUST_LOG=warn "$@" \
+  env DEXPULSE_SOURCE__BENCH__EVENTS_PER_SECOND="$rate" RUST_LOG=warn "$@" \
     "$DEX" serve --config config/bench.toml --bind 127.0.0.1:$PORT >/dev/null 2>&1 &
   server_pid=$!
   for _ in $(seq 100); do curl -sf http://127.0.0.1:$PORT/healthz >/dev/null 2>&1 && return; sleep 0.05; done

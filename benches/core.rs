@@ -1,6 +1,7 @@
 //! criterion benches of the hot paths: engine `observe` in the steady state (and allocations
 //! per snapshot, counted by an instrumented global allocator), the decoders on the recorded
-//! payloads (bytes per second), event serialization, and filter matching.
+//! payloads (bytes per second), event serialization, filter matching, and reads of a full
+//! history (100,000 frames): a resume's chunk and a `/v1/signals` page.
 //!
 //!     cargo bench --bench core
 
@@ -8,12 +9,12 @@ use std::alloc::System;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use dexpulse::config::SignalConfig;
-use dexpulse::hub::Hub;
-use dexpulse::model::{Snapshot, Source};
-use dexpulse::protocol::Filter;
-use dexpulse::signal::Engine;
+use dexpulse::hub::{self, Hub};
+use dexpulse::model::{Direction, EventMeta, Kind, PairKey, Snapshot, Source};
+use dexpulse::protocol::{Filter, FilterLimits, RawFilter};
+use dexpulse::signal::{Engine, Params};
 use dexpulse::source::simulator::{Scenario, SimOptions, SimRecord, Simulation};
+use dexpulse::time::Clock;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
@@ -54,7 +55,7 @@ fn engine(c: &mut Criterion) {
     g.bench_function("observe_steady_state", |b| {
         b.iter_batched(
             || {
-                let mut e = Engine::new(SignalConfig::default());
+                let mut e = Engine::new(Params::default());
                 let mut out = Vec::new();
                 for s in warm {
                     e.observe_into(s, &mut out);
@@ -74,7 +75,7 @@ fn engine(c: &mut Criterion) {
     g.finish();
 
     // Allocations per snapshot in the steady state, printed for BENCHMARKS.md.
-    let mut e = Engine::new(SignalConfig::default());
+    let mut e = Engine::new(Params::default());
     let mut out = Vec::with_capacity(64);
     for s in warm {
         out.clear();
@@ -143,7 +144,7 @@ fn events_and_filters(c: &mut Criterion) {
         noise_pairs: 0,
         ..SimOptions::default()
     };
-    let mut e = Engine::new(SignalConfig::default());
+    let mut e = Engine::new(Params::default());
     let mut events = Vec::new();
     for rec in Simulation::new(&Scenario::ALL, &opts) {
         match rec {
@@ -177,20 +178,102 @@ fn events_and_filters(c: &mut Criterion) {
             }
         })
     });
-    let hub = Hub::new(dexpulse::config::Hub::default());
+    let hub = Hub::new(hub::Settings::default(), Clock::System);
     let frames = hub.publish(&events);
-    let filter: Filter = serde_json::from_str(r#"{"chains":["solana","sim"],"kinds":["volume_surge","momentum_up","rug_warning"],"directions":["bullish","bearish"],"min_score":60}"#).unwrap();
+    let raw: RawFilter = serde_json::from_str(r#"{"chains":["solana","sim"],"kinds":["volume_surge","momentum_up","rug_warning"],"directions":["bullish","bearish"],"min_score":60}"#).unwrap();
+    let filter = Filter::compile(raw, &FilterLimits::default()).unwrap();
     g.throughput(Throughput::Elements(frames.len() as u64));
     g.bench_function("filter_match", |b| {
         b.iter(|| {
             frames
                 .iter()
-                .filter(|f| filter.matches_signal(black_box(f)))
+                .filter(|f| filter.matches(black_box(&f.meta)))
                 .count()
         })
     });
     g.finish();
 }
 
-criterion_group!(benches, engine, decoders, events_and_filters);
+/// A hub whose history holds 100,000 frames of ~300 bytes on 100 pairs.
+fn full_hub() -> Hub {
+    let settings = hub::Settings {
+        retain_events: 100_000,
+        retain_max_events: 100_000,
+        ..hub::Settings::default()
+    };
+    let hub = Hub::new(settings, Clock::System);
+    let kinds = [
+        Kind::VolumeSurge,
+        Kind::MomentumUp,
+        Kind::BuyPressure,
+        Kind::RugWarning,
+    ];
+    for chunk in 0..100 {
+        let batch = (0..1000)
+            .map(|i| {
+                let n = chunk * 1000 + i;
+                (
+                    EventMeta {
+                        pair: PairKey::new(
+                            if n % 10 == 0 { "base" } else { "sim" },
+                            format!("p{}", n % 100),
+                        ),
+                        kind: kinds[n % 4],
+                        direction: Direction::Bullish,
+                        score: 40 + (n % 61) as u8,
+                    },
+                    format!("{{\"pad\":\"{}\"}}", "x".repeat(250)),
+                )
+            })
+            .collect();
+        hub.publish_serialized(batch);
+    }
+    hub
+}
+
+fn history(c: &mut Criterion) {
+    let hub = full_hub();
+    let mut g = c.benchmark_group("history_100k");
+    // A resumed session reads the history a chunk at a time (its outbox's size, at most 1,024).
+    g.throughput(Throughput::Elements(1024));
+    g.bench_function("since_chunk_from_the_middle", |b| {
+        b.iter(|| black_box(hub.since(black_box(50_000), 1024)).frames.len())
+    });
+    // The whole resume: every chunk from the oldest to the head.
+    g.throughput(Throughput::Elements(100_000));
+    g.bench_function("since_all_in_chunks", |b| {
+        b.iter(|| {
+            let (mut after, mut n) = (0, 0);
+            loop {
+                let s = hub.since(after, 1024);
+                let Some(last) = s.frames.last() else { break };
+                after = last.seq;
+                n += s.frames.len();
+            }
+            n
+        })
+    });
+    // A `/v1/signals?chain=base&limit=1000` page that has to look through 10,000 frames.
+    g.throughput(Throughput::Elements(10_000));
+    g.bench_function("signals_page_chain_filter", |b| {
+        b.iter(|| {
+            let mut picked = 0;
+            let mut after = 0;
+            while picked < 1000 {
+                let s = hub.since(after, 1024);
+                let Some(last) = s.frames.last() else { break };
+                after = last.seq;
+                picked += s
+                    .frames
+                    .iter()
+                    .filter(|f| f.meta.pair.chain == "base")
+                    .count();
+            }
+            picked
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, engine, decoders, events_and_filters, history);
 criterion_main!(benches);

@@ -1,4 +1,4 @@
-//! The scheduler against a rate-enforcing fake DexScreener on 127.0.0.1 (DESIGN.md 2's 300
+//! The scheduler against a rate-enforcing fake DexScreener on 127.0.0.1 (the documented 300
 //! requests a minute, 429 beyond, `Retry-After: 1`), with 2,000 tracked pairs and the default
 //! live configuration (270 requests a minute, batches of 30). Prints one JSON line: pair
 //! refreshes per minute, as a fraction of the theoretical budget (rate × batch), and the 429s.
@@ -12,7 +12,7 @@ mod upstream;
 
 use std::time::{Duration, Instant};
 
-use dexpulse::config::{Config, SourceKind};
+use dexpulse::app::settings::{Config, RawConfig, SourceKind};
 use upstream::{Limit, Upstream};
 
 #[tokio::main]
@@ -37,7 +37,7 @@ async fn main() {
             },
         );
     });
-    let mut cfg = Config::default();
+    let mut cfg = RawConfig::default();
     cfg.source.kind = SourceKind::Live;
     let live = &mut cfg.source.live;
     live.dexscreener.base_url = up.url();
@@ -47,7 +47,8 @@ async fn main() {
     let rate = live.dexscreener.rate_per_minute;
     let batch = live.dexscreener.pairs_batch;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let running = dexpulse::app::start(cfg, listener, true).unwrap();
+    let cfg = Config::parse(&cfg).unwrap();
+    let running = dexpulse::app::start(cfg, listener, dexpulse::app::Options::default()).unwrap();
 
     let start = Instant::now();
     let (r0, l0) = up.with(|i| (i.pair_refreshes, i.served.get("429").copied().unwrap_or(0)));

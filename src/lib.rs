@@ -1,24 +1,20 @@
 //! dexpulse turns DEX pair snapshots into trading signals and streams them over WebSocket.
 //!
-//! Reading order, following the data: [`config`] (validated settings), [`model`] (pair keys,
-//! snapshots, events), [`source`] (upstream bytes into snapshots: DexScreener, GeckoTerminal,
-//! tapes, the simulator), [`signal`] (the sans-IO engine: `observe(snapshot)` and `tick(now)`
-//! into events), [`replay`] (a tape through the decoders and the engine: the backtest),
-//! [`pipeline`] (source and engine tasks), [`hub`] (seq, serialize once, retained ring,
-//! fan-out), [`protocol`] (WebSocket protocol v1, pure), [`server`] (HTTP and WebSocket),
-//! [`metrics`], [`app`] (wiring and shutdown).
-//! Data flows one way: source, engine, hub, sessions; no module reaches back up.
+//! The pure core lives in the `dexpulse-core` crate, re-exported here: [`model`],
+//! [`settings`], [`signal`], [`source`], [`schedule`], [`protocol`], [`replay`]. This crate adds
+//! what does I/O, bottom up: [`time`] (the only wall-clock read), [`metrics`], [`health`]
+//! (what `/readyz` reads), [`hub`] (history, fan-out, pair states), [`live`] (the only HTTP to
+//! upstream), [`server`] (HTTP and WebSocket sessions), and [`app`], the composition root, the
+//! only module that imports everything. A module imports only from below it in this list;
+//! `tests/it/tidy.rs` checks it, and ARCHITECTURE.md draws it.
 #![forbid(unsafe_code)]
 
+pub use dexpulse_core::{model, protocol, replay, schedule, settings, signal, source};
+
 pub mod app;
-pub mod config;
+pub mod health;
 pub mod hub;
+pub mod live;
 pub mod metrics;
-pub mod model;
-pub mod pipeline;
-pub mod poller;
-pub mod protocol;
-pub mod replay;
 pub mod server;
-pub mod signal;
-pub mod source;
+pub mod time;

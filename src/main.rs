@@ -1,41 +1,54 @@
-//! The `dexpulse` binary: parses the command line, loads the configuration (exit 64 on an
-//! invalid one, naming the field), sets up tracing, runs the subcommand and maps its result to
-//! an exit code. All logic lives in the library.
+//! The `dexpulse` binary: parses the command line (a usage error exits 64, as every other bad
+//! argument or setting does), composes the configuration the same way for every command
+//! (defaults < file < environment < flags), sets up tracing, runs the command and maps its
+//! result to an exit code. All logic lives in the library.
 #![forbid(unsafe_code)]
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use dexpulse::config::Config;
+use dexpulse::app::settings::{load, Layers};
+use dexpulse::app::{self, RunError, SourceSettings, StartError};
 use dexpulse::replay::{replay_to_writer, Problem};
 use dexpulse::signal::Engine;
-use dexpulse::source::simulator::{simulate, Scenario, SimOptions};
+use dexpulse::source::simulator::{simulate, DEFAULT_START_MS};
 use dexpulse::source::tape::TapeWriter;
 
 /// EX_USAGE (sysexits.h): bad arguments or configuration.
 const EXIT_CONFIG: u8 = 64;
 /// EX_NOINPUT: an input file could not be opened.
 const EXIT_NOINPUT: u8 = 66;
-/// EX_IOERR: writing the output failed.
-const EXIT_IO: u8 = 74;
 /// EX_UNAVAILABLE: the listen address cannot be bound.
 const EXIT_UNAVAILABLE: u8 = 69;
+/// EX_SOFTWARE: a task failed while running (the log and `/readyz` name it).
+const EXIT_SOFTWARE: u8 = 70;
+/// EX_CANTCREAT: an output file cannot be created.
+const EXIT_CANTCREAT: u8 = 73;
+/// EX_IOERR: reading or writing failed.
+const EXIT_IO: u8 = 74;
 
 #[derive(Parser)]
 #[command(
     name = "dexpulse",
     version,
     about = "Real-time DEX pair signals: momentum, volume surges, buy/sell pressure and liquidity risk",
-    long_about = "dexpulse turns DEX pair snapshots (DexScreener, GeckoTerminal) into signal events.\n\n\
+    long_about = "dexpulse turns DEX pair snapshots (DexScreener, GeckoTerminal) into signal events \
+        and streams them over WebSocket.\n\n\
+        Every command reads its settings the same way: the built-in defaults, then the config file \
+        (--config), then DEXPULSE_* environment variables (DEXPULSE_SERVER__BIND=0.0.0.0:8080; \
+        levels separated by a double underscore), then the command's flags.\n\n\
         Offline workflow: `simulate` writes a tape (JSON lines of upstream-shaped responses) from a \
         seeded market simulator; `replay` feeds any tape through the decoders and the signal engine \
         and prints the events as JSON lines on stdout. Replaying the same tape twice gives \
         byte-identical output, so a replay is a backtest: change thresholds in a config file and \
-        compare."
+        compare.\n\n\
+        Exit codes: 0 success, 64 bad arguments or configuration, 66 an input file cannot be \
+        opened, 69 the listen address cannot be bound, 70 a task failed while running, 73 an \
+        output file cannot be created, 74 an I/O error."
 )]
 struct Cli {
     /// Without a subcommand, dexpulse serves with config/default.toml.
@@ -48,38 +61,41 @@ enum Command {
     /// Run the streamer: the configured source, the signal engine, and WebSocket (/v1/ws) plus
     /// HTTP (/v1/pairs, /v1/signals, /healthz, /readyz, /metrics) on one port.
     ///
-    /// Every config value can be overridden from the environment, e.g.
-    /// DEXPULSE_SERVER__BIND=0.0.0.0:8080 (levels separated by a double underscore).
     /// SIGINT or SIGTERM closes every session (1001) and exits 0.
     Serve {
         /// Configuration file (TOML).
         #[arg(long, default_value = "config/default.toml")]
         config: PathBuf,
-        /// Listen address; overrides [server] bind.
+        /// Listen address; sets server.bind.
         #[arg(long)]
         bind: Option<String>,
-        /// Live sources: write every upstream response to this tape, for `dexpulse replay`.
+        /// Live sources: write every upstream response to this tape; sets
+        /// source.live.record.
         #[arg(long)]
         record: Option<PathBuf>,
     },
-    /// Run the market simulator and write its polls as a tape (everything says "source":"simulator").
+    /// Run the market simulator and write its polls as a tape (everything says
+    /// "source":"simulator"). The flags set [source.simulator] values.
     Simulate {
-        /// A scenario name, or `all`: noise, breakout, pump_dump, lp_withdrawal, sell_crash,
-        /// wash, honeypot, stale, irregular, outlier, new_pair.
-        #[arg(long, default_value = "all")]
-        scenario: String,
+        /// Configuration file (TOML); the built-in defaults when absent.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// A scenario name, `all`, or several separated by commas: noise, breakout, pump_dump,
+        /// lp_withdrawal, sell_crash, wash, honeypot, stale, irregular, outlier, new_pair.
+        #[arg(long)]
+        scenario: Option<String>,
         /// The seed: the same seed gives the same tape, byte for byte.
-        #[arg(long, default_value_t = 7)]
-        seed: u64,
+        #[arg(long)]
+        seed: Option<u64>,
         /// Where to write the tape.
         #[arg(long)]
         out: PathBuf,
         /// How many simulated hours to poll (scripted events happen in the first three).
-        #[arg(long, default_value_t = 8.0)]
-        hours: f64,
+        #[arg(long)]
+        hours: Option<f64>,
         /// Number of pairs of the `noise` scenario.
-        #[arg(long, default_value_t = 10)]
-        noise_pairs: usize,
+        #[arg(long)]
+        noise_pairs: Option<usize>,
     },
     /// Replay a tape through the decoders and the signal engine; print events as JSON lines.
     ///
@@ -106,7 +122,17 @@ fn main() -> ExitCode {
         .with_writer(io::stderr)
         .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match cli.command.unwrap_or(Command::Serve {
         config: PathBuf::from("config/default.toml"),
         bind: None,
@@ -118,37 +144,63 @@ fn main() -> ExitCode {
             record,
         } => run_serve(&config, bind, record),
         Command::Simulate {
+            config,
             scenario,
             seed,
             out,
             hours,
             noise_pairs,
-        } => run_simulate(&scenario, seed, &out, hours, noise_pairs),
+        } => {
+            let mut layers = Layers::with_process_env(config.as_deref());
+            if let Some(s) = scenario {
+                let list: Vec<toml::Value> = s
+                    .split(',')
+                    .map(|x| toml::Value::String(x.trim().to_string()))
+                    .collect();
+                layers = layers.flag("--scenario", "source.simulator.scenarios", list);
+            }
+            if let Some(s) = seed {
+                let seed = i64::try_from(s).unwrap_or(i64::MAX);
+                layers = layers.flag("--seed", "source.simulator.seed", seed);
+            }
+            if let Some(h) = hours {
+                layers = layers.flag("--hours", "source.simulator.hours", h);
+            }
+            if let Some(n) = noise_pairs {
+                let n = i64::try_from(n).unwrap_or(i64::MAX);
+                layers = layers.flag("--noise-pairs", "source.simulator.noise_pairs", n);
+            }
+            // `simulate` always runs the simulator, whatever source the file configures.
+            layers = layers.flag("simulate", "source.kind", "simulator");
+            run_simulate(&layers, &out)
+        }
         Command::Replay {
             file,
             config,
             quiet,
-        } => run_replay(&file, config.as_deref(), quiet),
+        } => run_replay(&file, &Layers::with_process_env(config.as_deref()), quiet),
     }
 }
 
-fn run_serve(config: &std::path::Path, bind: Option<String>, record: Option<PathBuf>) -> ExitCode {
-    let mut cfg = match Config::load_with_env(config) {
+fn run_serve(config: &Path, bind: Option<String>, record: Option<PathBuf>) -> ExitCode {
+    let mut layers = Layers::with_process_env(Some(config));
+    if let Some(b) = bind {
+        layers = layers.flag("--bind", "server.bind", b);
+    }
+    let recording = record.is_some();
+    if let Some(r) = record {
+        layers = layers.flag("--record", "source.live.record", r.display().to_string());
+    }
+    let cfg = match load(&layers) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Some(b) = bind {
-        cfg.server.bind = b;
-        if let Err(e) = cfg.validate() {
-            eprintln!("error: --bind: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    }
-    if let Some(r) = record {
-        cfg.source.record = Some(r.display().to_string());
+    if recording && !matches!(cfg.source.kind, SourceSettings::Live(_)) {
+        eprintln!("error: --record records the live sources, and source.kind is not \"live\"");
+        return ExitCode::from(EXIT_CONFIG);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -168,29 +220,42 @@ fn run_serve(config: &std::path::Path, bind: Option<String>, record: Option<Path
                 return ExitCode::from(EXIT_IO);
             }
         };
-        let listener = match tokio::net::TcpListener::bind(&cfg.server.bind).await {
+        let listener = match tokio::net::TcpListener::bind(cfg.server.bind).await {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("error: cannot bind {}: {e}", cfg.server.bind);
                 return ExitCode::from(EXIT_UNAVAILABLE);
             }
         };
-        let source = format!("{:?}", cfg.source.kind).to_lowercase();
-        let running = match dexpulse::app::start(cfg, listener, true) {
+        let source = match &cfg.source.kind {
+            SourceSettings::Simulator(_) => "simulator",
+            SourceSettings::Replay(_) => "replay",
+            SourceSettings::Live(_) => "live",
+            SourceSettings::Bench(_) => "bench",
+        };
+        let running = match app::start(cfg, listener, app::Options::default()) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("error: {e}");
-                return ExitCode::from(EXIT_IO);
+                return ExitCode::from(match e {
+                    StartError::Tape { .. } => EXIT_NOINPUT,
+                    StartError::Record { .. } => EXIT_CANTCREAT,
+                    StartError::Io(_) => EXIT_IO,
+                });
             }
         };
-        tracing::info!(addr = %running.addr, source = %source, "listening: ws://{}/v1/ws, http://{}/v1/pairs", running.addr, running.addr);
+        tracing::info!(addr = %running.addr, source, "listening: ws://{}/v1/ws, http://{}/v1/pairs", running.addr, running.addr);
         let token = running.shutdown_token();
         tokio::select! {
-            _ = signalled => tracing::info!("shutting down"),
+            s = signalled => tracing::info!(signal = s, "shutting down"),
             _ = token.cancelled() => {}
         }
         match running.shutdown().await {
             Ok(()) => ExitCode::SUCCESS,
+            Err(e @ RunError::TaskFailed { .. }) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_SOFTWARE)
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(EXIT_IO)
@@ -199,19 +264,22 @@ fn run_serve(config: &std::path::Path, bind: Option<String>, record: Option<Path
     })
 }
 
-/// SIGINT or SIGTERM. The handlers are installed when this is called, not when it is first
-/// polled: a signal that arrives right after start-up must not meet the default action (which
-/// would kill the process without close frames).
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+/// SIGINT, SIGTERM or SIGHUP (there is no reload: a hang-up ends the process like a
+/// termination, with close frames, rather than killing it without them). The handlers are
+/// installed when this is called, not when it is first polled: a signal that arrives right
+/// after start-up must not meet the default action.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = &'static str>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
         Ok(async move {
             tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+                _ = hup.recv() => "SIGHUP",
             }
         })
     }
@@ -219,55 +287,32 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     {
         Ok(async {
             let _ = tokio::signal::ctrl_c().await;
+            "ctrl-c"
         })
     }
 }
 
-fn run_simulate(
-    scenario: &str,
-    seed: u64,
-    out: &std::path::Path,
-    hours: f64,
-    noise_pairs: usize,
-) -> ExitCode {
-    let scenarios: Vec<Scenario> = if scenario == "all" {
-        Scenario::ALL.to_vec()
-    } else {
-        match scenario
-            .split(',')
-            .map(|s| Scenario::parse(s.trim()).ok_or(s))
-            .collect::<Result<Vec<_>, _>>()
-        {
-            Ok(s) => s,
-            Err(bad) => {
-                let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
-                eprintln!(
-                    "error: --scenario: unknown scenario `{bad}`; expected `all` or one of {}",
-                    names.join(", ")
-                );
-                return ExitCode::from(EXIT_CONFIG);
-            }
+fn run_simulate(layers: &Layers, out: &Path) -> ExitCode {
+    let cfg = match load(layers) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if !(hours.is_finite() && hours > 0.0 && hours <= 24.0 * 30.0) {
-        eprintln!("error: --hours must be in (0, 720] (got {hours})");
+    let SourceSettings::Simulator(sim) = cfg.source.kind else {
+        eprintln!("error: the simulator settings did not apply");
         return ExitCode::from(EXIT_CONFIG);
-    }
+    };
     let file = match File::create(out) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("error: cannot create {}: {e}", out.display());
-            return ExitCode::from(EXIT_IO);
+            return ExitCode::from(EXIT_CANTCREAT);
         }
     };
-    let opts = SimOptions {
-        seed,
-        hours,
-        noise_pairs,
-        ..SimOptions::default()
-    };
     let mut writer = TapeWriter::new(BufWriter::new(file));
-    match simulate(&scenarios, &opts, &mut writer) {
+    match simulate(&sim.scenarios, &sim.options(DEFAULT_START_MS), &mut writer) {
         Ok(s) => {
             tracing::info!(
                 responses = s.responses,
@@ -285,16 +330,13 @@ fn run_simulate(
     }
 }
 
-fn run_replay(file: &std::path::Path, config: Option<&std::path::Path>, quiet: bool) -> ExitCode {
-    let cfg = match config {
-        Some(path) => match Config::load(path) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        },
-        None => Config::default(),
+fn run_replay(file: &Path, layers: &Layers, quiet: bool) -> ExitCode {
+    let cfg = match load(layers) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
     };
     let input = match File::open(file) {
         Ok(f) => BufReader::new(f),

@@ -8,8 +8,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::signal::Verdict;
-
 type Labels = Vec<(&'static str, String)>;
 
 pub struct Metrics {
@@ -22,8 +20,11 @@ pub struct Metrics {
     pub sessions: Gauge,
     pub sessions_opened: Counter,
     pub messages_sent: Counter,
-    /// Events a session could not take (its queue was full).
+    /// Frames a session had queued and discarded (a slow consumer's backlog at its 4008 close).
     pub queue_drops: Counter,
+    /// Seqs reported to sessions in `lagged` notices (no longer in the history when the session
+    /// came to read them, or undelivered at a 4008 close).
+    pub missed_seqs: Counter,
     pub lagged_notices: Counter,
     /// Flushes of session sockets: messages_sent / flushes is the frames per flush.
     pub flushes: Counter,
@@ -41,6 +42,8 @@ pub struct Metrics {
     /// Requests in the last minute as a percentage of the configured rate, by class.
     pub budget_used_pct: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub watchlist: Gauge,
+    /// Pairs that left the watchlist, by reason (not_found, dead, refused).
+    pub watchlist_drops: Family<Labels, Counter>,
     pub circuit_open: Gauge,
     /// Seconds since each tracked pair was last asked for, sampled every tick.
     pub staleness: Histogram,
@@ -96,6 +99,12 @@ impl Metrics {
             "queue_drops",
             "Events dropped for a session whose queue was full",
             queue_drops.clone(),
+        );
+        let missed_seqs = Counter::default();
+        registry.register(
+            "missed_seqs",
+            "Seqs reported missing to sessions in lagged notices",
+            missed_seqs.clone(),
         );
         let flushes = Counter::default();
         registry.register(
@@ -171,6 +180,12 @@ impl Metrics {
             "Pairs the live sources track",
             watchlist.clone(),
         );
+        let watchlist_drops = Family::<Labels, Counter>::default();
+        registry.register(
+            "watchlist_drops",
+            "Pairs that left the watchlist, by reason",
+            watchlist_drops.clone(),
+        );
         let circuit_open = Gauge::default();
         registry.register(
             "upstream_circuit_open",
@@ -190,6 +205,7 @@ impl Metrics {
             backoff_seconds,
             budget_used_pct,
             watchlist,
+            watchlist_drops,
             circuit_open,
             staleness,
             snapshots,
@@ -199,6 +215,7 @@ impl Metrics {
             sessions_opened,
             messages_sent,
             queue_drops,
+            missed_seqs,
             lagged_notices,
             flushes,
             stall_to_close,
@@ -209,26 +226,21 @@ impl Metrics {
         }
     }
 
-    pub fn snapshot(&self, v: Verdict) {
-        let name = match v {
-            Verdict::Fresh => "fresh",
-            Verdict::Stale => "stale",
-            Verdict::Invalid(_) => "invalid",
-            Verdict::Suspect => "suspect",
-            Verdict::OtherSource => "other_source",
-        };
+    /// The counter of snapshots with this engine verdict (bind once, count without lookups).
+    pub fn snapshots_counter(&self, verdict: &str) -> Counter {
         self.snapshots
-            .get_or_create(&vec![("verdict", name.to_string())])
-            .inc();
+            .get_or_create(&vec![("verdict", verdict.to_string())])
+            .clone()
     }
 
-    pub fn event(&self, kind: &str, direction: &str) {
+    /// The counter of events of a kind and direction (bind once, count without lookups).
+    pub fn events_counter(&self, kind: &str, direction: &str) -> Counter {
         self.events
             .get_or_create(&vec![
                 ("kind", kind.to_string()),
                 ("direction", direction.to_string()),
             ])
-            .inc();
+            .clone()
     }
 
     pub fn close(&self, code: u16) {
@@ -249,6 +261,12 @@ impl Metrics {
                 ("class", class.to_string()),
                 ("status", status.to_string()),
             ])
+            .inc();
+    }
+
+    pub fn watchlist_drop(&self, reason: &str) {
+        self.watchlist_drops
+            .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
     }
 
@@ -274,9 +292,10 @@ mod tests {
     #[test]
     fn renders_counters_with_labels() {
         let m = Metrics::new();
-        m.snapshot(Verdict::Fresh);
-        m.snapshot(Verdict::Fresh);
-        m.event("rug_warning", "bearish");
+        let fresh = m.snapshots_counter("fresh");
+        fresh.inc();
+        fresh.inc();
+        m.events_counter("rug_warning", "bearish").inc();
         m.publish_to_send.observe(0.001);
         let text = m.render();
         assert!(

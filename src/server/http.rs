@@ -1,70 +1,49 @@
-//! HTTP routes: `/v1/pairs`, `/v1/signals` (from the hub's retained ring), `/healthz`,
-//! `/readyz`, `/metrics`. Responses are assembled from the hub's already serialized frames;
-//! nothing is serialized twice.
+//! HTTP routes: `/v1/pairs`, `/v1/signals` (from the hub's history), `/healthz`, `/readyz`,
+//! `/metrics`. Responses are assembled from the hub's already serialized frames; nothing is
+//! serialized twice. `/v1/signals` reads the history in chunks and filters outside its lock.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
-use crate::model::{Direction, Kind};
+use dexpulse_core::model::{Direction, Kind};
 
-fn json(status: StatusCode, body: String) -> Response {
+use super::auth::{self, Refusal};
+use super::AppState;
+
+pub fn json(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
     let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
     json(status, body)
 }
 
-/// The API key a request carries: `Authorization: Bearer KEY` or `?token=KEY`.
-pub fn presented_key<'a>(
-    headers: &'a HeaderMap,
-    query: &'a HashMap<String, String>,
-) -> Option<&'a str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .or_else(|| query.get("token").map(String::as_str))
-}
-
-/// A refused request: 401 with the reason.
-pub struct Unauthorized(&'static str);
-
-impl IntoResponse for Unauthorized {
-    fn into_response(self) -> Response {
-        error(StatusCode::UNAUTHORIZED, "unauthorized", self.0)
-    }
-}
-
-/// `Ok(Some((key, its connection limit)))` for a valid key, `Ok(None)` when no keys are
-/// configured, `Err` (401) otherwise.
-pub fn authenticate(
-    state: &AppState,
-    headers: &HeaderMap,
-    query: &HashMap<String, String>,
-) -> Result<Option<(String, usize)>, Unauthorized> {
-    let keys = &state.cfg.auth.keys;
-    if keys.is_empty() {
-        return Ok(None);
-    }
-    let presented = presented_key(headers, query);
-    match presented.and_then(|p| keys.iter().find(|k| k.key == p)) {
-        Some(k) => Ok(Some((k.key.clone(), k.max_connections))),
-        None => {
-            state.metrics.rejected(401);
-            Err(Unauthorized(if presented.is_some() {
+/// The answer to a request refused before it was served.
+pub fn refused(r: Refusal) -> Response {
+    match r {
+        Refusal::Unauthorized { presented } => error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            if presented {
                 "unknown API key"
             } else {
                 "an API key is required"
-            }))
-        }
+            },
+        ),
+        Refusal::KeyLimit => error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections",
+            "too many connections for this API key",
+        ),
+        Refusal::Full => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_full",
+            "the server is at max_connections",
+        ),
     }
 }
 
@@ -76,9 +55,9 @@ pub async fn require_key(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match authenticate(&state, req.headers(), &q) {
+    match auth::authenticate(&state.auth, req.headers(), &q) {
         Ok(_) => next.run(req).await,
-        Err(r) => r.into_response(),
+        Err(r) => refused(r),
     }
 }
 
@@ -91,32 +70,16 @@ pub async fn healthz() -> &'static str {
 }
 
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let now_ms = crate::hub::now_us() / 1000;
-    let last = state.health.last_input_ms.load(Ordering::Acquire);
-    let running = state.health.engine_running.load(Ordering::Acquire);
-    let max_silence_ms = (state.cfg.server.ready_max_silence_seconds * 1000.0) as i64;
-    let reason = if !running {
-        Some("the engine is not running")
-    } else if state.health.source_ended.load(Ordering::Acquire) {
-        Some("the source has ended")
-    } else if state.metrics.circuit_open.get() > 0 {
-        Some("an upstream circuit is open (repeated failures)")
-    } else if last == 0 {
-        Some("no data from the source yet")
-    } else if now_ms - last > max_silence_ms {
-        Some("the source has been silent too long")
-    } else {
-        None
-    };
+    let r = state.health.readiness(state.settings.ready_max_silence);
     let body = serde_json::json!({
-        "ready": reason.is_none(),
-        "reason": reason,
-        "last_input_age_ms": (last > 0).then(|| now_ms - last),
+        "ready": r.ready(),
+        "reason": r.reason,
+        "last_data_age_ms": r.last_data_age_ms,
         "head_seq": state.hub.head_seq(),
-        "pairs": state.hub.pair_count(),
+        "pairs": state.hub.pairs().len(),
     })
     .to_string();
-    let status = if reason.is_none() {
+    let status = if r.ready() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -128,7 +91,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     state
         .metrics
         .pairs_tracked
-        .set(state.hub.pair_count() as i64);
+        .set(i64::try_from(state.hub.pairs().len()).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,
@@ -140,13 +103,13 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 pub async fn pairs(State(state): State<AppState>) -> Response {
-    let all = state.hub.pairs();
+    let all = state.hub.pairs().render_all();
     let mut body = format!("{{\"count\":{},\"pairs\":[", all.len());
     for (i, p) in all.iter().enumerate() {
         if i > 0 {
             body.push(',');
         }
-        body.push_str(&p.view);
+        body.push_str(p);
     }
     body.push_str("]}");
     json(StatusCode::OK, body)
@@ -161,6 +124,9 @@ struct SignalsQuery<'a> {
     kind: Option<Kind>,
     direction: Option<Direction>,
 }
+
+/// The most `/v1/signals` returns at once.
+pub const SIGNALS_MAX_LIMIT: u64 = 1000;
 
 fn signals_query(q: &HashMap<String, String>) -> Result<SignalsQuery<'_>, String> {
     for k in q.keys() {
@@ -181,9 +147,9 @@ fn signals_query(q: &HashMap<String, String>) -> Result<SignalsQuery<'_>, String
         }
     };
     Ok(SignalsQuery {
-        since: num("since", 0, u64::MAX)?,
-        limit: num("limit", 100, 1000)? as usize,
-        min_score: num("min_score", 0, 100)? as u8,
+        since: num("since", 0, u64::MAX - 1)?,
+        limit: usize::try_from(num("limit", 100, SIGNALS_MAX_LIMIT)?).unwrap_or(100),
+        min_score: u8::try_from(num("min_score", 0, 100)?).unwrap_or(100),
         chain: q.get("chain"),
         kind: q
             .get("kind")
@@ -206,25 +172,46 @@ pub async fn signals(
         Ok(sq) => sq,
         Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", &m),
     };
-    let frames = state.hub.retained();
-    let head = state.hub.head_seq();
-    let oldest = frames.first().map_or(head + 1, |f| f.seq);
+    const CHUNK: usize = 1024;
+    let mut after = sq.since;
+    let mut picked = Vec::with_capacity(sq.limit.min(CHUNK));
+    let mut oldest = None;
+    let mut head;
+    // Chunk by chunk: the history's lock is held only to copy a chunk's `Arc`s.
+    loop {
+        let chunk = state.hub.since(after, CHUNK);
+        oldest.get_or_insert(chunk.oldest_seq);
+        head = chunk.head;
+        let n = chunk.frames.len();
+        for f in chunk.frames {
+            after = f.seq;
+            let m = &f.meta;
+            if m.score >= sq.min_score
+                && sq.kind.is_none_or(|k| m.kind == k)
+                && sq.direction.is_none_or(|d| m.direction == d)
+                && sq.chain.is_none_or(|c| *c == m.pair.chain)
+            {
+                picked.push(f);
+                if picked.len() == sq.limit {
+                    break;
+                }
+            }
+        }
+        if picked.len() == sq.limit || n < CHUNK {
+            break;
+        }
+    }
+    let oldest = oldest.unwrap_or(head + 1);
     let mut body = format!(
         "{{\"epoch\":{},\"head_seq\":{head},\"oldest_seq\":{oldest},\"signals\":[",
         serde_json::Value::from(state.hub.epoch()),
     );
-    let matching = frames.iter().filter(|f| {
-        f.seq > sq.since
-            && f.score >= sq.min_score
-            && sq.kind.is_none_or(|k| f.kind == k)
-            && sq.direction.is_none_or(|d| f.direction == d)
-            && sq.chain.is_none_or(|c| *c == f.chain)
-    });
-    for (i, f) in matching.take(sq.limit).enumerate() {
+    for (i, f) in picked.iter().enumerate() {
         if i > 0 {
             body.push(',');
         }
-        body.push_str(f.text.as_str());
+        // The hub's frames are UTF-8 by construction.
+        body.push_str(&String::from_utf8_lossy(&f.text));
     }
     body.push_str("]}");
     json(StatusCode::OK, body)

@@ -1,133 +1,160 @@
-//! The server: HTTP routes and WebSocket sessions on one listener. It owns authentication and
-//! connection limits; it never does signal logic and never publishes (the engine task does).
-//! It takes an already-bound listener and a shutdown token, so tests bind 127.0.0.1:0 and pull
-//! their own trigger.
+//! The server: HTTP routes and WebSocket sessions on one listener. It owns authentication,
+//! connection limits and the WebSocket handshake; it never does signal logic, never polls an
+//! upstream and never publishes (the engine task does). It takes an already-bound listener and
+//! a shutdown token, so tests bind 127.0.0.1:0 and pull their own trigger.
 
+pub mod auth;
 pub mod http;
-pub mod ws;
+pub mod session;
+pub mod upgrade;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use dexpulse_core::settings::{at_least, seconds, FieldError};
+
+use crate::health::Health;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::time::Clock;
 
-/// What `/readyz` reads: the pipeline's liveness, written by the engine task.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// Unix ms of the last input (snapshots or tick) the engine received.
-    pub last_input_ms: AtomicI64,
-    pub engine_running: AtomicBool,
-    /// The source has nothing more to send (a replay reached the end of its tape).
-    pub source_ended: AtomicBool,
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSettings {
+    /// Address for WebSocket and HTTP (one port).
+    pub bind: String,
+    /// Sessions at once, over all keys; more get 503 before the upgrade.
+    pub max_connections: usize,
+    /// How long shutdown waits for sessions to take their close frames.
+    pub shutdown_grace_seconds: f64,
+    /// `/readyz` fails when the source has delivered no data for this long.
+    pub ready_max_silence_seconds: f64,
+    /// SO_SNDBUF of accepted connections (0: the kernel's autotuning, up to several MiB).
+    /// Bounded, a stalled client's backlog moves into its session queue soon, where it is
+    /// counted and closed with 4008, instead of sitting in the kernel.
+    pub send_buffer_bytes: usize,
 }
 
-/// Connections at once, in all and per API key. A `Permit` gives its place back on drop.
-#[derive(Debug, Default)]
-pub struct Limits {
-    total: AtomicUsize,
-    per_key: Mutex<HashMap<String, usize>>,
-}
-
-#[derive(Debug)]
-pub struct Permit {
-    limits: Arc<Limits>,
-    key: Option<String>,
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        self.limits.total.fetch_sub(1, Ordering::AcqRel);
-        if let Some(k) = &self.key {
-            let mut map = self
-                .limits
-                .per_key
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = map.get_mut(k) {
-                *n = n.saturating_sub(1);
-            }
+impl Default for RawSettings {
+    fn default() -> Self {
+        RawSettings {
+            bind: "127.0.0.1:8080".to_string(),
+            max_connections: 10_000,
+            shutdown_grace_seconds: 5.0,
+            ready_max_silence_seconds: 120.0,
+            send_buffer_bytes: 256 * 1024,
         }
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// Over the key's own limit (429).
-    KeyLimit,
-    /// Over `max_connections` (503).
-    Full,
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub bind: SocketAddr,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+    pub ready_max_silence: Duration,
+    /// `None`: the kernel's autotuning.
+    pub send_buffer_bytes: Option<usize>,
 }
 
-impl Limits {
-    pub fn acquire(
-        self: &Arc<Self>,
-        key: Option<&str>,
-        key_max: usize,
-        total_max: usize,
-    ) -> Result<Permit, Refusal> {
-        if self.total.fetch_add(1, Ordering::AcqRel) >= total_max {
-            self.total.fetch_sub(1, Ordering::AcqRel);
-            return Err(Refusal::Full);
-        }
-        if let Some(k) = key {
-            let mut map = self.per_key.lock().unwrap_or_else(|p| p.into_inner());
-            let n = map.entry(k.to_string()).or_insert(0);
-            if *n >= key_max {
-                drop(map);
-                self.total.fetch_sub(1, Ordering::AcqRel);
-                return Err(Refusal::KeyLimit);
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::parse(&RawSettings::default()).unwrap_or_else(|e| unreachable!("defaults: {e}"))
+    }
+}
+
+impl Settings {
+    /// Field names are relative to `[server]`.
+    pub fn parse(raw: &RawSettings) -> Result<Settings, FieldError> {
+        let bind = raw.bind.parse::<SocketAddr>().map_err(|_| {
+            FieldError::new(
+                "bind",
+                "is not an address like 127.0.0.1:8080",
+                format!("{:?}", raw.bind),
+            )
+        })?;
+        let send_buffer_bytes = match raw.send_buffer_bytes {
+            0 => None,
+            n if (4096..=64 << 20).contains(&n) => Some(n),
+            n => {
+                return Err(FieldError::new(
+                    "send_buffer_bytes",
+                    "must be 0 (the kernel's autotuning) or between 4096 and 67108864",
+                    n,
+                ))
             }
-            *n += 1;
-        }
-        Ok(Permit {
-            limits: self.clone(),
-            key: key.map(str::to_string),
+        };
+        Ok(Settings {
+            bind,
+            max_connections: at_least("max_connections", raw.max_connections, 1)?,
+            shutdown_grace: seconds(
+                "shutdown_grace_seconds",
+                raw.shutdown_grace_seconds,
+                0.0,
+                600.0,
+            )?,
+            ready_max_silence: seconds(
+                "ready_max_silence_seconds",
+                raw.ready_max_silence_seconds,
+                1.0,
+                86_400.0,
+            )?,
+            send_buffer_bytes,
         })
-    }
-
-    pub fn total(&self) -> usize {
-        self.total.load(Ordering::Acquire)
     }
 }
 
 /// Everything a handler needs. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    pub cfg: Arc<Config>,
+    pub settings: Arc<Settings>,
+    pub session: Arc<session::Settings>,
+    pub auth: Arc<auth::Settings>,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
-    pub limits: Arc<Limits>,
+    pub clock: Clock,
+    pub limits: Arc<auth::Limits>,
     pub shutdown: CancellationToken,
     /// Every session task, so that shutdown can wait for their close frames.
     pub sessions: TaskTracker,
     next_session: Arc<AtomicU64>,
 }
 
+/// What the server is built from.
+pub struct Parts {
+    pub settings: Settings,
+    pub session: session::Settings,
+    pub auth: auth::Settings,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub clock: Clock,
+    pub shutdown: CancellationToken,
+}
+
 impl AppState {
-    pub fn new(
-        cfg: Arc<Config>,
-        hub: Arc<Hub>,
-        metrics: Arc<Metrics>,
-        health: Arc<Health>,
-        shutdown: CancellationToken,
-    ) -> AppState {
+    pub fn new(p: Parts) -> AppState {
         AppState {
-            cfg,
-            hub,
-            metrics,
-            health,
-            limits: Arc::new(Limits::default()),
-            shutdown,
+            settings: Arc::new(p.settings),
+            session: Arc::new(p.session),
+            auth: Arc::new(p.auth),
+            hub: p.hub,
+            metrics: p.metrics,
+            health: p.health,
+            clock: p.clock,
+            limits: Arc::new(auth::Limits::default()),
+            shutdown: p.shutdown,
             sessions: TaskTracker::new(),
             next_session: Arc::new(AtomicU64::new(1)),
         }
@@ -148,7 +175,7 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .route("/", get(http::index))
-        .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/ws", get(upgrade::upgrade))
         .merge(data)
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
@@ -161,8 +188,8 @@ pub fn router(state: AppState) -> Router {
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();
     let sessions = state.sessions.clone();
-    let grace = std::time::Duration::from_secs_f64(state.cfg.server.shutdown_grace_seconds);
-    let send_buffer = state.cfg.server.send_buffer_bytes;
+    let grace = state.settings.shutdown_grace;
+    let send_buffer = state.settings.send_buffer_bytes;
     let app = router(state);
     // Frames are small and latency is the product: Nagle would hold a frame back until the
     // previous one is acknowledged (up to a delayed ACK, 40 ms).
@@ -171,8 +198,8 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "TCP_NODELAY");
             }
-            if send_buffer > 0 {
-                if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer) {
+            if let Some(n) = send_buffer {
+                if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(n) {
                     tracing::debug!(error = %e, "SO_SNDBUF");
                 }
             }
@@ -192,17 +219,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn limits_count_and_give_back() {
-        let l = Arc::new(Limits::default());
-        let a = l.acquire(Some("k"), 1, 3).unwrap();
-        assert_eq!(l.acquire(Some("k"), 1, 3).unwrap_err(), Refusal::KeyLimit);
-        let b = l.acquire(None, 1, 3).unwrap();
-        let c = l.acquire(Some("j"), 1, 3).unwrap();
-        assert_eq!(l.acquire(None, 1, 3).unwrap_err(), Refusal::Full);
-        drop(a);
-        assert_eq!(l.total(), 2);
-        let _d = l.acquire(Some("k"), 1, 3).unwrap();
-        drop((b, c));
-        assert_eq!(l.total(), 1);
+    fn settings_parse_the_address_and_the_buffer() {
+        let s = Settings::default();
+        assert_eq!(s.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.send_buffer_bytes, Some(256 * 1024));
+        let bad = |f: fn(&mut RawSettings)| {
+            let mut raw = RawSettings::default();
+            f(&mut raw);
+            Settings::parse(&raw).unwrap_err().field
+        };
+        assert_eq!(bad(|r| r.bind = "nowhere".into()), "bind");
+        assert_eq!(bad(|r| r.send_buffer_bytes = 100), "send_buffer_bytes");
+        assert_eq!(bad(|r| r.max_connections = 0), "max_connections");
+        let raw = RawSettings {
+            send_buffer_bytes: 0,
+            ..RawSettings::default()
+        };
+        assert_eq!(Settings::parse(&raw).unwrap().send_buffer_bytes, None);
     }
 }

@@ -213,7 +213,7 @@ async fn serve_runs_until_sigterm_and_closes_sessions() {
     use futures_util::StreamExt;
     let (mut child, addr) = spawn_serve(
         "serve.toml",
-        "[server]\nbind = \"127.0.0.1:0\"\n[source]\nkind = \"simulator\"\nscenarios = [\"lp_withdrawal\"]\nnoise_pairs = 1\nlead_minutes = 95.0\n",
+        "[server]\nbind = \"127.0.0.1:0\"\n[source]\nkind = \"simulator\"\n[source.simulator]\nscenarios = [\"lp_withdrawal\"]\nnoise_pairs = 1\nlead_minutes = 95.0\n",
         &[],
     );
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws"))

@@ -1,11 +1,11 @@
 //! The engine through its public inputs (`observe`, `tick`): the worked example of SIGNALS.md
 //! 5.7, and the state machine's rules one by one, on hand-built snapshots.
 
-use dexpulse::config::SignalConfig;
 use dexpulse::model::{
     CloseReason, Direction, Kind, PairKey, Phase, Price, Severity, SignalEvent, Snapshot, Source,
     Token, Windows,
 };
+use dexpulse::signal::Params;
 use dexpulse::signal::{Engine, Verdict};
 
 use crate::support::tx;
@@ -77,7 +77,7 @@ fn find(events: &[SignalEvent], kind: Kind, phase: Phase) -> Option<&SignalEvent
 
 #[test]
 fn worked_example_scores_54() {
-    let mut engine = Engine::new(SignalConfig::default());
+    let mut engine = Engine::new(Params::default());
     warm_up(&mut engine, T0);
     let events = engine.observe(&example(T0));
     let e = find(&events, Kind::VolumeSurge, Phase::Opened).expect("volume_surge opened");
@@ -107,7 +107,7 @@ fn worked_example_scores_54() {
     assert_eq!(e.episode_started_at, e.observed_at);
     assert_eq!(e.event_id.len(), 32);
     assert_ne!(e.event_id, e.episode_id);
-    assert_eq!(e.engine.params_hash, SignalConfig::default().params_hash());
+    assert_eq!(e.engine.params_hash, Params::default().hash());
 
     // The example also qualifies as momentum (P_h1 18.4, P_m5 6.1): same instant, own episode.
     let mo = find(&events, Kind::MomentumUp, Phase::Opened).expect("momentum_up opened");
@@ -117,7 +117,7 @@ fn worked_example_scores_54() {
 #[test]
 fn ids_are_deterministic_and_the_json_has_the_schema_order() {
     let run = || {
-        let mut engine = Engine::new(SignalConfig::default());
+        let mut engine = Engine::new(Params::default());
         warm_up(&mut engine, T0);
         engine.observe(&example(T0))
     };
@@ -161,7 +161,7 @@ fn ids_are_deterministic_and_the_json_has_the_schema_order() {
 
 #[test]
 fn confirmation_needs_two_fresh_snapshots_a_minute_apart() {
-    let mut engine = Engine::new(SignalConfig::default());
+    let mut engine = Engine::new(Params::default());
     let mut a = example(T0);
     a.volume_usd.m5 = Some(18000.0);
     assert!(engine.observe(&a).is_empty());
@@ -178,7 +178,7 @@ fn confirmation_needs_two_fresh_snapshots_a_minute_apart() {
 
 #[test]
 fn a_duplicate_snapshot_is_stale_and_changes_nothing() {
-    let mut engine = Engine::new(SignalConfig::default());
+    let mut engine = Engine::new(Params::default());
     assert_eq!(
         engine.observe_into(&example(T0), &mut Vec::new()),
         Verdict::Fresh
@@ -200,7 +200,7 @@ fn a_duplicate_snapshot_is_stale_and_changes_nothing() {
 
 #[test]
 fn data_gap_closes_open_episodes_at_the_deadline_then_cools_down() {
-    let mut engine = Engine::new(SignalConfig::default());
+    let mut engine = Engine::new(Params::default());
     warm_up(&mut engine, T0 + 1);
     let opened = engine.observe(&example(T0 + 1));
     assert!(find(&opened, Kind::VolumeSurge, Phase::Opened).is_some());
@@ -236,7 +236,7 @@ fn data_gap_closes_open_episodes_at_the_deadline_then_cools_down() {
 
 #[test]
 fn a_snapshot_arriving_after_a_gap_closes_first_with_the_old_metrics() {
-    let mut engine = Engine::new(SignalConfig::default());
+    let mut engine = Engine::new(Params::default());
     warm_up(&mut engine, T0 + 1);
     engine.observe(&example(T0 + 1));
     let mut late = example(T0 + 40 * MIN);
@@ -273,7 +273,7 @@ fn pool(t: i64, base: f64, quote: f64, liquidity: Option<f64>) -> Snapshot {
 
 #[test]
 fn lp_withdrawal_is_one_rug_warning_and_no_drain() {
-    let mut engine = Engine::new(SignalConfig::default());
+    let mut engine = Engine::new(Params::default());
     assert!(engine
         .observe(&pool(T0, 1e9, 100_000.0, Some(200_000.0)))
         .is_empty());
@@ -293,7 +293,7 @@ fn lp_withdrawal_is_one_rug_warning_and_no_drain() {
 
 #[test]
 fn missing_liquidity_never_warns() {
-    let mut engine = Engine::new(SignalConfig::default());
+    let mut engine = Engine::new(Params::default());
     engine.observe(&pool(T0, 1e9, 100_000.0, Some(200_000.0)));
     // Liquidity vanishes from the response (DexScreener omits the key): unknown, not drained.
     let mut s = pool(T0 + MIN, 1e9, 100_000.0, None);
@@ -304,7 +304,7 @@ fn missing_liquidity_never_warns() {
 
 #[test]
 fn a_partial_drain_opens_liquidity_drain_and_it_closes_when_the_pool_holds() {
-    let mut engine = Engine::new(SignalConfig::default());
+    let mut engine = Engine::new(Params::default());
     engine.observe(&pool(T0, 1e9, 100_000.0, Some(200_000.0)));
     let ev = engine.observe(&pool(T0 + MIN, 6e8, 60_000.0, Some(120_000.0)));
     let e = find(&ev, Kind::LiquidityDrain, Phase::Opened).expect("drain");
@@ -327,7 +327,7 @@ fn a_partial_drain_opens_liquidity_drain_and_it_closes_when_the_pool_holds() {
 
 #[test]
 fn an_outlier_price_waits_for_confirmation() {
-    let mut engine = Engine::new(SignalConfig::default());
+    let mut engine = Engine::new(Params::default());
     engine.observe(&pool(T0, 1e9, 100_000.0, Some(200_000.0)));
     let mut spike = pool(T0 + MIN, 1e9, 100_000.0, Some(200_000.0));
     spike.price_usd = Price::parse("0.0061725");
@@ -348,7 +348,7 @@ fn an_outlier_price_waits_for_confirmation() {
 
 #[test]
 fn inconsistent_windows_are_invalid() {
-    let mut engine = Engine::new(SignalConfig::default());
+    let mut engine = Engine::new(Params::default());
     let mut s = example(T0);
     s.volume_usd.m5 = Some(70000.0); // more than V_h1
     assert_eq!(
@@ -366,7 +366,7 @@ fn inconsistent_windows_are_invalid() {
 
 #[test]
 fn no_bullish_event_for_a_pair_younger_than_an_hour() {
-    let mut engine = Engine::new(SignalConfig::default());
+    let mut engine = Engine::new(Params::default());
     let mut events = Vec::new();
     for i in 0..5 {
         let mut s = example(T0 + i * MIN);
@@ -382,7 +382,7 @@ fn no_bullish_event_for_a_pair_younger_than_an_hour() {
 
 #[test]
 fn a_pair_keeps_its_first_source() {
-    let mut engine = Engine::new(SignalConfig::default());
+    let mut engine = Engine::new(Params::default());
     assert_eq!(
         engine.observe_into(&example(T0), &mut Vec::new()),
         Verdict::Fresh
@@ -403,9 +403,9 @@ fn a_pair_keeps_its_first_source() {
 
 #[test]
 fn an_idle_pair_is_forgotten_unless_something_is_open_or_cooling_down() {
-    let mut cfg = SignalConfig::default();
-    cfg.fsm.forget_idle_hours = 2.0;
-    let mut engine = Engine::new(cfg);
+    let mut raw = dexpulse::signal::RawParams::default();
+    raw.fsm.forget_idle_hours = 2.0;
+    let mut engine = Engine::new(Params::parse(&raw).unwrap());
     const H: i64 = 60 * MIN;
     // Quiet: seen once, then never again.
     let mut quiet = example(T0);

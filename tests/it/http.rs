@@ -59,7 +59,7 @@ async fn signals_from_the_retained_ring_with_filters() {
     }
     // The messages are the WebSocket frames, byte for byte.
     let (_, body) = http_get(&r, "/v1/signals?limit=1", &[]).await;
-    let first = r.hub().retained()[0].text.as_str().to_string();
+    let first = String::from_utf8(r.hub().since(0, 1).frames[0].text.to_vec()).unwrap();
     assert!(body.contains(&first));
     r.shutdown().await.unwrap();
 }
@@ -70,17 +70,17 @@ async fn pairs_health_readiness_and_metrics() {
     let (status, body) = http_get(&r, "/healthz", &[]).await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
     let (status, body) = http_get(&r, "/readyz", &[]).await;
-    assert_eq!(status, 503, "no engine in this test server: {body}");
+    assert_eq!(status, 503, "no source in this test server: {body}");
     assert_eq!(json(&body)["ready"], false);
     let (status, body) = http_get(&r, "/v1/pairs", &[]).await;
     assert_eq!((status, json(&body)["count"].as_u64()), (200, Some(0)));
 
-    let mut engine = dexpulse::signal::Engine::new(dexpulse::config::SignalConfig::default());
+    let mut engine = dexpulse::signal::Engine::new(dexpulse::signal::Params::default());
     let mut snap = dexpulse::source::simulator::example_snapshot();
     snap.market_cap_usd = None;
     engine.observe(&snap);
-    let (s, f) = engine.latest(&snap.key).unwrap();
-    r.hub().update_pair(s, f, vec![]);
+    let (s, m, open) = engine.pair_view(&snap.key).unwrap();
+    r.hub().pairs().update(s, m, open);
     let (_, body) = http_get(&r, "/v1/pairs", &[]).await;
     let v = json(&body);
     assert_eq!(v["count"], 1);
@@ -103,7 +103,7 @@ async fn pairs_health_readiness_and_metrics() {
 #[tokio::test]
 async fn api_keys_guard_the_data_routes_not_health() {
     let mut cfg = test_config();
-    cfg.auth.keys = vec![dexpulse::config::ApiKey {
+    cfg.auth.keys = vec![dexpulse::server::auth::RawKey {
         key: "secret-key-1".into(),
         max_connections: 5,
     }];

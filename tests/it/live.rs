@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use dexpulse::app::settings::{RawConfig as Config, SourceKind};
 use dexpulse::app::Running;
-use dexpulse::config::{Config, SourceKind};
 use serde_json::{json, Value};
 
 use crate::server::*;
@@ -49,8 +49,7 @@ fn discovery_config(up: &Upstream) -> Config {
 }
 
 async fn start_live(cfg: Config) -> Running {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    dexpulse::app::start(cfg, listener, true).unwrap()
+    start_sourced(cfg).await
 }
 
 fn pairs_json(body: &str) -> Vec<Value> {
@@ -64,7 +63,7 @@ fn pairs_json(body: &str) -> Vec<Value> {
 async fn tracked_pairs_show_upstream_values_and_unknown_stays_null() {
     let up = Upstream::start().await;
     let r = start_live(live_config(&up)).await;
-    eventually("three pairs polled", || r.hub().pair_count() >= 3).await;
+    eventually("three pairs polled", || r.hub().pairs().len() >= 3).await;
     let (status, body) = http_get(&r, "/v1/pairs", &[]).await;
     assert_eq!(status, 200);
     let pairs = pairs_json(&body);
@@ -180,7 +179,7 @@ async fn junk_and_faults_never_crash_and_never_make_events() {
         up.with(|i| i.faults.is_empty())
     })
     .await;
-    eventually("good data again", || r.hub().pair_count() >= 2).await;
+    eventually("good data again", || r.hub().pairs().len() >= 2).await;
     assert_eq!(r.hub().head_seq(), 0, "no event from junk");
     let m = |s: &str| metric(&r, s);
     assert!(
@@ -251,7 +250,7 @@ async fn a_refused_batch_falls_back_to_smaller_batches() {
     cfg.source.live.pairs = addrs.iter().map(|a| format!("solana:{a}")).collect();
     let r = start_live(cfg).await;
     eventually("all 30 pairs polled despite the refusals", || {
-        r.hub().pair_count() >= 30
+        r.hub().pairs().len() >= 30
     })
     .await;
     assert!(up.served("400") >= 1);
@@ -263,15 +262,15 @@ async fn recording_writes_a_tape_that_replays() {
     let up = Upstream::start().await;
     let path = std::env::temp_dir().join(format!("dexpulse-record-{}.jsonl", std::process::id()));
     let mut cfg = live_config(&up);
-    cfg.source.record = Some(path.display().to_string());
+    cfg.source.live.record = Some(path.clone());
     let r = start_live(cfg).await;
     eventually("some polls", || {
-        r.hub().pair_count() >= 3 && up.served("200") >= 6
+        r.hub().pairs().len() >= 3 && up.served("200") >= 6
     })
     .await;
     r.shutdown().await.unwrap();
     let tape = std::fs::read(&path).unwrap();
-    let run = crate::support::replay_bytes(&tape, dexpulse::config::SignalConfig::default());
+    let run = crate::support::replay_bytes(&tape, dexpulse::signal::Params::default());
     assert!(run.problems.is_empty(), "{:?}", run.problems);
     assert!(run.stats.responses >= 6, "{:?}", run.stats);
     assert!(run.stats.snapshots >= 6);

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use dexpulse::config::SourceKind;
+use dexpulse::app::settings::SourceKind;
 use futures_util::SinkExt;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
@@ -80,9 +80,8 @@ async fn the_load_generator_measures_any_server_that_stamps_published_at_us() {
 async fn the_load_generator_against_the_bench_source_counts_every_delivery_and_no_gap() {
     let mut cfg = test_config();
     cfg.source.kind = SourceKind::Bench;
-    cfg.source.bench_events_per_second = 200.0;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let r = dexpulse::app::start(cfg, listener, true).unwrap();
+    cfg.source.bench.events_per_second = 200.0;
+    let r = start_sourced(cfg).await;
     let url = url(&r, "/v1/ws");
     let s = loadgen(args(
         &url,

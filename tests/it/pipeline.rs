@@ -1,7 +1,7 @@
 //! The whole streamer as a client sees it: a replay source (a simulator tape, as fast as the
 //! engine takes it) through the engine and the hub to a WebSocket client and the HTTP API.
 
-use dexpulse::config::SourceKind;
+use dexpulse::app::settings::SourceKind;
 use dexpulse::source::simulator::{Scenario, SimOptions};
 
 use crate::server::*;
@@ -25,12 +25,11 @@ async fn a_replayed_tape_reaches_a_subscriber_and_the_http_api() {
     .unwrap();
     let mut cfg = test_config();
     cfg.source.kind = SourceKind::Replay;
-    cfg.source.tape = Some(path.display().to_string());
-    cfg.source.speed = 0.0;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let r = dexpulse::app::start(cfg, listener, true).unwrap();
+    cfg.source.replay.tape = Some(path.clone());
+    cfg.source.replay.speed = 0.0;
+    let r = start_sourced(cfg).await;
     eventually("the tape is played", || {
-        r.hub().head_seq() >= 2 && r.hub().pair_count() >= 4
+        r.hub().head_seq() >= 2 && r.hub().pairs().len() >= 4
     })
     .await;
 
@@ -57,8 +56,10 @@ async fn a_replayed_tape_reaches_a_subscriber_and_the_http_api() {
     eventually("the source ends", || {
         r.state
             .health
-            .source_ended
-            .load(std::sync::atomic::Ordering::Acquire)
+            .readiness(std::time::Duration::from_secs(3600))
+            .reason
+            .as_deref()
+            == Some("the source has ended")
     })
     .await;
     let (status, body) = http_get(&r, "/readyz", &[]).await;
@@ -88,12 +89,11 @@ async fn a_replayed_tape_reaches_a_subscriber_and_the_http_api() {
 async fn the_simulator_source_warms_up_then_the_server_is_ready() {
     let mut cfg = test_config();
     cfg.source.kind = SourceKind::Simulator;
-    cfg.source.scenarios = vec!["lp_withdrawal".into()];
-    cfg.source.noise_pairs = 2;
+    cfg.source.simulator.scenarios = vec!["lp_withdrawal".into()];
+    cfg.source.simulator.noise_pairs = 2;
     // The withdrawal (minute 90) lies in the played-at-once past.
-    cfg.source.lead_minutes = 95.0;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let r = dexpulse::app::start(cfg, listener, true).unwrap();
+    cfg.source.simulator.lead_minutes = 95.0;
+    let r = start_sourced(cfg).await;
     eventually("the rug warning of the warm-up", || r.hub().head_seq() >= 1).await;
     let (status, body) = http_get(&r, "/readyz", &[]).await;
     assert_eq!(status, 200, "{body}");

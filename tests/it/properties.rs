@@ -5,10 +5,10 @@
 
 use std::sync::OnceLock;
 
-use dexpulse::config::SignalConfig;
 use dexpulse::model::{Direction, Kind, PairKey, SignalEvent, Snapshot};
 use dexpulse::signal::kinds::{self, Features, RiskFlags};
 use dexpulse::signal::Engine;
+use dexpulse::signal::Params;
 use dexpulse::source::simulator::{Scenario, SimOptions};
 use dexpulse::source::tape::{Body, TapeReader, TapeRecord};
 use proptest::prelude::*;
@@ -52,7 +52,7 @@ fn snapshots() -> &'static [Snapshot] {
 }
 
 fn run(snaps: &[Snapshot]) -> Vec<SignalEvent> {
-    let mut engine = Engine::new(SignalConfig::default());
+    let mut engine = Engine::new(Params::default());
     let mut out = Vec::new();
     for s in snaps {
         engine.observe_into(s, &mut out);
@@ -169,7 +169,7 @@ proptest! {
 
     #[test]
     fn score_is_in_0_100(f in features(), kind in 0usize..9, dir in direction(), consecutive in 0u32..10) {
-        let cfg = SignalConfig::default();
+        let cfg = Params::default();
         let (flags, penalty) = kinds::risk(&f, &cfg);
         let (score, e, q, _) = kinds::score(Kind::ALL[kind], dir, &f, &cfg, consecutive, flags, penalty);
         prop_assert!(score <= 100);
@@ -179,7 +179,7 @@ proptest! {
 
     #[test]
     fn raising_p_h1_never_lowers_a_momentum_score(f in features(), bump in 0.0f64..500.0) {
-        let cfg = SignalConfig::default();
+        let cfg = Params::default();
         let Some(p1) = f.pc[1] else { return Ok(()) };
         for (kind, sign) in [(Kind::MomentumUp, 1.0), (Kind::MomentumDown, -1.0)] {
             let mut lo = f;
@@ -245,15 +245,15 @@ proptest! {
     fn the_same_tape_gives_the_same_bytes(seed in 0u64..1000) {
         let opts = SimOptions { seed, hours: 2.5, noise_pairs: 2, ..SimOptions::default() };
         let t = tape(&[Scenario::Breakout, Scenario::Noise], &opts);
-        let a = to_lines(&replay_bytes(&t, SignalConfig::default()).events);
-        let b = to_lines(&replay_bytes(&t, SignalConfig::default()).events);
+        let a = to_lines(&replay_bytes(&t, Params::default()).events);
+        let b = to_lines(&replay_bytes(&t, Params::default()).events);
         prop_assert_eq!(a, b);
     }
 
     #[test]
     fn missing_liquidity_never_raises_a_drain_or_rug(drops in proptest::collection::vec(0.0f64..1.0, 5..40)) {
         let base = snapshots().iter().find(|s| s.key.address == "simlpwithdrawal00").unwrap().clone();
-        let mut engine = Engine::new(SignalConfig::default());
+        let mut engine = Engine::new(Params::default());
         let mut out = Vec::new();
         for (i, d) in drops.iter().enumerate() {
             let mut s = base.clone();

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use dexpulse::config::SignalConfig;
 use dexpulse::model::{CloseReason, Direction, Kind, Phase, SignalEvent};
+use dexpulse::signal::Params;
 use dexpulse::signal::{kinds, Verdict};
 use dexpulse::source::simulator::{Scenario, SimOptions, DEFAULT_START_MS};
 
@@ -35,9 +35,9 @@ fn all() -> &'static All {
     static ALL: OnceLock<All> = OnceLock::new();
     ALL.get_or_init(|| {
         let bytes = tape(&Scenario::ALL, &opts());
-        let run = replay_bytes(&bytes, SignalConfig::default());
+        let run = replay_bytes(&bytes, Params::default());
         assert!(run.problems.is_empty(), "{:?}", run.problems);
-        let (steps, _) = trace(&bytes, SignalConfig::default());
+        let (steps, _) = trace(&bytes, Params::default());
         let mut by_scenario: BTreeMap<Scenario, Vec<SignalEvent>> = BTreeMap::new();
         for e in &run.events {
             let s = Scenario::of_address(&e.pair_address)
@@ -147,7 +147,7 @@ fn many_pair_hours_of_flat_noise_give_no_bullish_event() {
         poll_ms: 30_000,
         ..SimOptions::default()
     };
-    let run = replay_bytes(&tape(&[Scenario::Noise], &opts), SignalConfig::default());
+    let run = replay_bytes(&tape(&[Scenario::Noise], &opts), Params::default());
     assert!(run.stats.snapshots > 140_000, "{:?}", run.stats);
     let bullish: Vec<_> = run
         .events
@@ -338,7 +338,7 @@ fn a_honeypot_is_flagged_and_never_bullish_above_40() {
     let engine = &all().run.engine;
     let key = dexpulse::model::PairKey::new("sim", "simhoneypot00");
     let (_, f) = engine.latest(&key).unwrap();
-    let (flags, penalty) = kinds::risk(f, &SignalConfig::default());
+    let (flags, penalty) = kinds::risk(f, &Params::default());
     assert!(flags.names().contains(&"sell_side_absent".to_string()) && penalty >= 30);
 }
 
@@ -449,7 +449,7 @@ fn the_same_tape_gives_the_same_bytes() {
     let a = tape(&Scenario::ALL, &opts());
     let b = tape(&Scenario::ALL, &opts());
     assert_eq!(a, b, "the simulator is seeded");
-    let first = to_lines(&replay_bytes(&a, SignalConfig::default()).events);
+    let first = to_lines(&replay_bytes(&a, Params::default()).events);
     assert_eq!(first, to_lines(&all().run.events));
     assert!(first.len() > 1000);
 }

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use dexpulse::app::settings::{Config, RawConfig};
 use dexpulse::app::{self, Running};
-use dexpulse::config::{Config, SignalConfig};
 use dexpulse::model::{Direction, Kind, SignalEvent};
-use dexpulse::signal::Engine;
+use dexpulse::signal::{Engine, Params};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -16,17 +16,35 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A config for tests: small limits so that limits are reachable.
-pub fn test_config() -> Config {
-    let mut c = Config::default();
+/// A config for tests, as a file would spell it (the tests change what they need).
+pub fn test_config() -> RawConfig {
+    let mut c = RawConfig::default();
     c.server.bind = "127.0.0.1:0".into();
     c.server.shutdown_grace_seconds = 3.0;
     c
 }
 
-pub async fn start(cfg: Config) -> Running {
+/// A server on 127.0.0.1:0 with nothing feeding the engine: the test publishes.
+pub async fn start(cfg: RawConfig) -> Running {
+    start_with(
+        cfg,
+        app::Options {
+            no_source: true,
+            ..app::Options::default()
+        },
+    )
+    .await
+}
+
+pub async fn start_with(cfg: RawConfig, opts: app::Options) -> Running {
+    let cfg = Config::parse(&cfg).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    app::start(cfg, listener, false).unwrap()
+    app::start(cfg, listener, opts).unwrap()
+}
+
+/// A server fed by its configured source.
+pub async fn start_sourced(cfg: RawConfig) -> Running {
+    start_with(cfg, app::Options::default()).await
 }
 
 pub fn url(r: &Running, path: &str) -> String {
@@ -92,7 +110,7 @@ pub async fn ask(ws: &mut Ws, text: &str) -> serde_json::Value {
 /// `n` real events from the engine (rug warnings on distinct pairs), then reshaped per index
 /// by `shape` so that filters have something to tell apart.
 pub fn events(n: usize, shape: impl Fn(usize, &mut SignalEvent)) -> Vec<SignalEvent> {
-    let mut engine = Engine::new(SignalConfig::default());
+    let mut engine = Engine::new(Params::default());
     let mut out = Vec::new();
     for i in 0..n {
         let mut s = dexpulse::source::simulator::example_snapshot();

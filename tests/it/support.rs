@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-use dexpulse::config::SignalConfig;
 use dexpulse::model::SignalEvent;
 use dexpulse::replay::{replay, Problem, ReplayStats};
 use dexpulse::signal::Engine;
+use dexpulse::signal::Params;
 use dexpulse::source::simulator::{simulate, Scenario, SimOptions};
 use dexpulse::source::tape::TapeWriter;
 
@@ -39,7 +39,7 @@ pub struct Run {
 }
 
 /// Replays tape bytes through a fresh engine.
-pub fn replay_bytes(tape: &[u8], cfg: SignalConfig) -> Run {
+pub fn replay_bytes(tape: &[u8], cfg: Params) -> Run {
     let mut engine = Engine::new(cfg);
     let mut events = Vec::new();
     let mut problems = Vec::new();
@@ -82,7 +82,7 @@ pub struct Step {
 }
 
 /// Replays a tape snapshot by snapshot, recording what the engine saw at each one.
-pub fn trace(tape: &[u8], cfg: SignalConfig) -> (Vec<Step>, Engine) {
+pub fn trace(tape: &[u8], cfg: Params) -> (Vec<Step>, Engine) {
     use dexpulse::model::Kind;
     use dexpulse::signal::{kinds, Verdict};
     use dexpulse::source::tape::{Body, TapeReader, TapeRecord};

@@ -27,9 +27,9 @@ async fn welcome_subscribe_and_receive() {
     assert!(w["server"].as_str().unwrap().starts_with("dexpulse/"));
     // A session joins the hub's signal channel with its first subscription, not before: until
     // then no event wakes it.
-    assert_eq!(r.hub().signal_receivers(), 0);
+    assert_eq!(r.hub().fanout().subscriptions(), 0);
     let a = ask(&mut ws, r#"{"op":"subscribe","id":1,"channel":"signals"}"#).await;
-    assert_eq!(r.hub().signal_receivers(), 1);
+    assert_eq!(r.hub().fanout().subscriptions(), 1);
     assert_eq!(
         (
             a["type"].as_str(),
@@ -61,7 +61,7 @@ async fn welcome_subscribe_and_receive() {
     .await;
     assert_eq!(u["type"], "unsubscribed");
     assert_eq!(
-        r.hub().signal_receivers(),
+        r.hub().fanout().subscriptions(),
         0,
         "the last one out leaves the channel"
     );
@@ -82,7 +82,7 @@ async fn filters_select_by_chain_pair_kind_direction_and_score() {
     }
 }
 
-async fn filters_select(cfg: dexpulse::config::Config, channels: usize) {
+async fn filters_select(cfg: dexpulse::app::settings::RawConfig, channels: usize) {
     let r = start(cfg).await;
     let shapes = [
         ("solana", Kind::VolumeSurge, Direction::Bullish, 70),
@@ -121,7 +121,7 @@ async fn filters_select(cfg: dexpulse::config::Config, channels: usize) {
         assert_eq!(a["type"], "subscribed", "{filter}: {a}");
         clients.push(ws);
     }
-    assert_eq!(r.hub().topics_open(), channels);
+    assert_eq!(r.hub().fanout().channels(), channels);
     r.hub().publish(&evs);
     for ((filter, want), ws) in cases.iter().zip(clients.iter_mut()) {
         let mut got = Vec::new();
@@ -565,7 +565,7 @@ async fn shutdown_sends_close_frames() {
 #[tokio::test]
 async fn api_keys_401_429_and_max_connections_503() {
     let mut cfg = test_config();
-    cfg.auth.keys = vec![dexpulse::config::ApiKey {
+    cfg.auth.keys = vec![dexpulse::server::auth::RawKey {
         key: "k-123456789".into(),
         max_connections: 1,
     }];
@@ -643,13 +643,15 @@ async fn the_pairs_channel_streams_pair_states() {
     .await;
     assert_eq!(a["channel"], "pairs");
     let snap = dexpulse::source::simulator::example_snapshot();
-    let mut engine = dexpulse::signal::Engine::new(dexpulse::config::SignalConfig::default());
+    let mut engine = dexpulse::signal::Engine::new(dexpulse::signal::Params::default());
     engine.observe(&snap);
-    let (s, f) = engine.latest(&snap.key).unwrap();
+    let (s, m, _) = engine.pair_view(&snap.key).unwrap();
     let mut other = s.clone();
     other.key.address = "elsewhere".into();
-    r.hub().update_pair(&other, f, vec![]);
-    r.hub().update_pair(s, f, vec![Kind::VolumeSurge]);
+    r.hub().pairs().update(&other, m, Default::default());
+    r.hub()
+        .pairs()
+        .update(s, m, [Kind::VolumeSurge].into_iter().collect());
     let m = next_json(&mut ws).await;
     assert_eq!(m["type"], "pair");
     assert_eq!(m["pair"]["pair_address"], "simexample00");

@@ -1,41 +1,110 @@
-//! WebSocket protocol v1 (DESIGN.md 5): client operations parsed and validated from JSON text,
-//! server control messages encoded, and subscription filters. Pure: no I/O, no clock, so every
-//! rule here is unit-tested with strings.
+//! WebSocket protocol v1 (docs/protocol.md): client operations parsed and validated from JSON
+//! text, server messages encoded, the error and close codes, subscription filters
+//! ([`filter`]) and pair views ([`view`]). Pure: no I/O, no clock, so every rule here is
+//! unit-tested with strings.
 //!
 //! Bad input is an `error` message with a code, never a panic: invalid JSON, JSON that is not
 //! an object, an unknown `op` or channel, a wrong type, an unknown filter field.
+
+pub mod filter;
+pub mod view;
 
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::hub::{Frame, PairFrame};
-use crate::model::{Direction, Kind};
+pub use filter::{Filter, FilterLimits, FilterSet, RawFilter};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// Error codes of `error` messages.
-pub mod code {
-    pub const INVALID_JSON: &str = "invalid_json";
-    pub const BAD_REQUEST: &str = "bad_request";
-    pub const UNKNOWN_OP: &str = "unknown_op";
-    pub const UNKNOWN_CHANNEL: &str = "unknown_channel";
-    pub const UNKNOWN_SUBSCRIPTION: &str = "unknown_subscription";
-    pub const TOO_MANY_SUBSCRIPTIONS: &str = "too_many_subscriptions";
+/// The codes of `error` messages. The connection stays up after every one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidJson,
+    BadRequest,
+    UnknownOp,
+    UnknownChannel,
+    UnknownSubscription,
+    TooManySubscriptions,
 }
 
-/// Close codes the server uses.
-pub mod close {
-    /// Server shutting down.
-    pub const GOING_AWAY: u16 = 1001;
-    /// The client floods: over the inbound rate limit.
-    pub const POLICY: u16 = 1008;
-    /// A client message over the size limit.
-    pub const TOO_BIG: u16 = 1009;
-    /// The client answered no ping for two heartbeat intervals.
-    pub const HEARTBEAT: u16 = 4000;
-    /// The session's outgoing queue stayed full: a slow consumer.
-    pub const SLOW_CONSUMER: u16 = 4008;
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 6] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::BadRequest,
+        ErrorCode::UnknownOp,
+        ErrorCode::UnknownChannel,
+        ErrorCode::UnknownSubscription,
+        ErrorCode::TooManySubscriptions,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownOp => "unknown_op",
+            ErrorCode::UnknownChannel => "unknown_channel",
+            ErrorCode::UnknownSubscription => "unknown_subscription",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+        }
+    }
+}
+
+/// The close codes the server sends, each with its reason text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseCode {
+    /// 1001: the server is shutting down.
+    GoingAway,
+    /// 1002: the client broke the WebSocket protocol (a bad frame, a control frame over 125
+    /// bytes, an unmasked frame).
+    Protocol,
+    /// 1007: a text message that is not UTF-8.
+    InvalidData,
+    /// 1008: the client sent faster than the inbound rate limit.
+    Policy,
+    /// 1009: a client message over the size limit.
+    TooBig,
+    /// 4000: the client answered no ping for two heartbeat intervals.
+    Heartbeat,
+    /// 4008: the session's outgoing queue stayed full: a slow consumer.
+    SlowConsumer,
+}
+
+impl CloseCode {
+    pub const ALL: [CloseCode; 7] = [
+        CloseCode::GoingAway,
+        CloseCode::Protocol,
+        CloseCode::InvalidData,
+        CloseCode::Policy,
+        CloseCode::TooBig,
+        CloseCode::Heartbeat,
+        CloseCode::SlowConsumer,
+    ];
+
+    pub fn code(self) -> u16 {
+        match self {
+            CloseCode::GoingAway => 1001,
+            CloseCode::Protocol => 1002,
+            CloseCode::InvalidData => 1007,
+            CloseCode::Policy => 1008,
+            CloseCode::TooBig => 1009,
+            CloseCode::Heartbeat => 4000,
+            CloseCode::SlowConsumer => 4008,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            CloseCode::GoingAway => "server shutting down",
+            CloseCode::Protocol => "protocol error",
+            CloseCode::InvalidData => "invalid UTF-8",
+            CloseCode::Policy => "rate limit exceeded",
+            CloseCode::TooBig => "message too big",
+            CloseCode::Heartbeat => "heartbeat timeout",
+            CloseCode::SlowConsumer => "slow consumer",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,50 +112,6 @@ pub mod close {
 pub enum Channel {
     Signals,
     Pairs,
-}
-
-/// A subscription filter. Every field is optional; an absent field matches all.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Filter {
-    pub chains: Option<Vec<String>>,
-    /// `chain:address`.
-    pub pairs: Option<Vec<String>>,
-    pub kinds: Option<Vec<Kind>>,
-    pub directions: Option<Vec<Direction>>,
-    /// 0 to 100 (checked after parsing, so that the error names the field).
-    pub min_score: Option<u32>,
-}
-
-impl Filter {
-    pub fn matches_signal(&self, f: &Frame) -> bool {
-        self.chains.as_ref().is_none_or(|c| c.contains(&f.chain))
-            && self.pairs.as_ref().is_none_or(|p| p.contains(&f.pair))
-            && self.kinds.as_ref().is_none_or(|k| k.contains(&f.kind))
-            && self
-                .directions
-                .as_ref()
-                .is_none_or(|d| d.contains(&f.direction))
-            && self.min_score.is_none_or(|m| u32::from(f.score) >= m)
-    }
-
-    /// No field set: every event matches.
-    pub fn matches_everything(&self) -> bool {
-        *self == Filter::default()
-    }
-
-    pub fn matches_pair(&self, p: &PairFrame) -> bool {
-        self.chains.as_ref().is_none_or(|c| c.contains(&p.chain))
-            && self.pairs.as_ref().is_none_or(|ps| ps.contains(&p.pair))
-    }
-
-    /// The fields a `pairs` subscription accepts.
-    fn check_pairs_channel(&self) -> Result<(), String> {
-        if self.kinds.is_some() || self.directions.is_some() || self.min_score.is_some() {
-            return Err("the pairs channel filters on `chains` and `pairs` only".to_string());
-        }
-        Ok(())
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -117,17 +142,27 @@ pub enum ClientOp {
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpError {
     pub id: Option<Value>,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl OpError {
-    pub fn new(id: Option<Value>, code: &'static str, message: impl Into<String>) -> OpError {
+    pub fn new(id: Option<Value>, code: ErrorCode, message: impl Into<String>) -> OpError {
         OpError {
             id,
             code,
             message: message.into(),
         }
+    }
+
+    /// The `error` message.
+    pub fn to_json(&self) -> String {
+        ServerMsg::Error {
+            id: self.id.as_ref(),
+            code: self.code,
+            message: &self.message,
+        }
+        .to_json()
     }
 }
 
@@ -178,18 +213,18 @@ fn clean(e: &serde_json::Error) -> String {
 }
 
 /// Parses one client text message.
-pub fn parse(text: &str) -> Result<ClientOp, OpError> {
+pub fn parse(text: &str, limits: &FilterLimits) -> Result<ClientOp, OpError> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
         OpError::new(
             None,
-            code::INVALID_JSON,
+            ErrorCode::InvalidJson,
             format!("invalid JSON: {}", clean(&e)),
         )
     })?;
     let Value::Object(obj) = &value else {
         return Err(OpError::new(
             None,
-            code::BAD_REQUEST,
+            ErrorCode::BadRequest,
             "a message must be a JSON object",
         ));
     };
@@ -198,17 +233,23 @@ pub fn parse(text: &str) -> Result<ClientOp, OpError> {
         if !(idv.is_u64() || idv.is_i64() || idv.is_string()) {
             return Err(OpError::new(
                 None,
-                code::BAD_REQUEST,
+                ErrorCode::BadRequest,
                 "`id` must be a number or a string",
             ));
         }
     }
     let op = match obj.get("op") {
         Some(Value::String(op)) => op.as_str(),
-        Some(_) => return Err(OpError::new(id, code::BAD_REQUEST, "`op` must be a string")),
-        None => return Err(OpError::new(id, code::BAD_REQUEST, "missing `op`")),
+        Some(_) => {
+            return Err(OpError::new(
+                id,
+                ErrorCode::BadRequest,
+                "`op` must be a string",
+            ))
+        }
+        None => return Err(OpError::new(id, ErrorCode::BadRequest, "missing `op`")),
     };
-    let bad = |e: serde_json::Error| OpError::new(id.clone(), code::BAD_REQUEST, clean(&e));
+    let bad = |e: serde_json::Error| OpError::new(id.clone(), ErrorCode::BadRequest, clean(&e));
     match op {
         "subscribe" => {
             let raw: SubscribeRaw = serde_json::from_value(value.clone()).map_err(bad)?;
@@ -218,36 +259,35 @@ pub fn parse(text: &str) -> Result<ClientOp, OpError> {
                 other => {
                     return Err(OpError::new(
                         id,
-                        code::UNKNOWN_CHANNEL,
+                        ErrorCode::UnknownChannel,
                         format!("unknown channel `{other}`; expected `signals` or `pairs`"),
                     ))
                 }
             };
-            let filter: Filter = match raw.filter {
-                None | Some(Value::Null) => Filter::default(),
+            let raw_filter: RawFilter = match raw.filter {
+                None | Some(Value::Null) => RawFilter::default(),
                 Some(v) => serde_json::from_value(v).map_err(|e| {
                     OpError::new(
                         id.clone(),
-                        code::BAD_REQUEST,
+                        ErrorCode::BadRequest,
                         format!("filter: {}", clean(&e)),
                     )
                 })?,
             };
-            if filter.min_score.is_some_and(|m| m > 100) {
-                return Err(OpError::new(
-                    id,
-                    code::BAD_REQUEST,
-                    "filter: `min_score` must be from 0 to 100",
-                ));
-            }
+            let filter = Filter::compile(raw_filter, limits)
+                .map_err(|m| OpError::new(id.clone(), ErrorCode::BadRequest, m))?;
             if channel == Channel::Pairs {
-                filter
-                    .check_pairs_channel()
-                    .map_err(|m| OpError::new(id.clone(), code::BAD_REQUEST, m))?;
+                if filter.reads_signal_fields() {
+                    return Err(OpError::new(
+                        id,
+                        ErrorCode::BadRequest,
+                        "the pairs channel filters on `chains` and `pairs` only",
+                    ));
+                }
                 if raw.resume_from.is_some() {
                     return Err(OpError::new(
                         id,
-                        code::BAD_REQUEST,
+                        ErrorCode::BadRequest,
                         "`resume_from` is for the signals channel",
                     ));
                 }
@@ -272,7 +312,7 @@ pub fn parse(text: &str) -> Result<ClientOp, OpError> {
         }
         other => Err(OpError::new(
             id,
-            code::UNKNOWN_OP,
+            ErrorCode::UnknownOp,
             format!("unknown op `{other}`; expected subscribe, unsubscribe or ping"),
         )),
     }
@@ -317,7 +357,7 @@ pub enum ServerMsg<'a> {
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a Value>,
-        code: &'a str,
+        code: ErrorCode,
         message: &'a str,
     },
 }
@@ -329,21 +369,20 @@ impl ServerMsg<'_> {
     }
 }
 
-pub fn error_json(e: &OpError) -> String {
-    ServerMsg::Error {
-        id: e.id.as_ref(),
-        code: e.code,
-        message: &e.message,
-    }
-    .to_json()
+/// The `signal` message: `{"type":"signal","seq":…,"published_at_us":…,"event":{…}}` around an
+/// event already serialized, built once per event and sent as is to every subscriber.
+pub fn signal_message(seq: u64, published_at_us: i64, event_json: &str) -> String {
+    format!(
+        "{{\"type\":\"signal\",\"seq\":{seq},\"published_at_us\":{published_at_us},\"event\":{event_json}}}"
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn check(text: &str, want: Result<&str, (&str, &str)>) {
-        match (parse(text), want) {
+    fn check(text: &str, want: Result<&str, (ErrorCode, &str)>) {
+        match (parse(text, &FilterLimits::default()), want) {
             (Ok(op), Ok(dbg)) => assert!(format!("{op:?}").contains(dbg), "{op:?} / {dbg}"),
             (Err(e), Err((code, frag))) => {
                 assert_eq!(e.code, code, "{text}: {e:?}");
@@ -365,6 +404,10 @@ mod tests {
             Ok("seq: 1234"),
         );
         check(
+            r#"{"op":"subscribe","id":1,"channel":"signals","filter":{"pairs":["solana"]}}"#,
+            Err((ErrorCode::BadRequest, "not a pair")),
+        );
+        check(
             r#"{"op":"subscribe","id":2,"channel":"pairs","filter":{"pairs":["solana:P"]}}"#,
             Ok("Pairs"),
         );
@@ -376,63 +419,83 @@ mod tests {
 
     #[test]
     fn bad_input_gets_a_code() {
-        check("{", Err((code::INVALID_JSON, "invalid JSON")));
-        check("", Err((code::INVALID_JSON, "invalid JSON")));
-        check("[1]", Err((code::BAD_REQUEST, "JSON object")));
-        check("\"ping\"", Err((code::BAD_REQUEST, "JSON object")));
-        check(r#"{"id":1}"#, Err((code::BAD_REQUEST, "missing `op`")));
+        check("{", Err((ErrorCode::InvalidJson, "invalid JSON")));
+        check("", Err((ErrorCode::InvalidJson, "invalid JSON")));
+        check("[1]", Err((ErrorCode::BadRequest, "JSON object")));
+        check("\"ping\"", Err((ErrorCode::BadRequest, "JSON object")));
+        check(r#"{"id":1}"#, Err((ErrorCode::BadRequest, "missing `op`")));
         check(
             r#"{"op":5}"#,
-            Err((code::BAD_REQUEST, "`op` must be a string")),
+            Err((ErrorCode::BadRequest, "`op` must be a string")),
         );
-        check(r#"{"op":"dance"}"#, Err((code::UNKNOWN_OP, "dance")));
+        check(r#"{"op":"dance"}"#, Err((ErrorCode::UnknownOp, "dance")));
         check(
             r#"{"op":"subscribe","channel":"trades"}"#,
-            Err((code::UNKNOWN_CHANNEL, "trades")),
+            Err((ErrorCode::UnknownChannel, "trades")),
         );
         check(
             r#"{"op":"subscribe"}"#,
-            Err((code::BAD_REQUEST, "missing field `channel`")),
+            Err((ErrorCode::BadRequest, "missing field `channel`")),
         );
         check(
             r#"{"op":"subscribe","channel":"signals","filter":{"chian":["x"]}}"#,
-            Err((code::BAD_REQUEST, "unknown field `chian`")),
+            Err((ErrorCode::BadRequest, "unknown field `chian`")),
         );
         check(
             r#"{"op":"subscribe","channel":"signals","filter":{"min_score":"high"}}"#,
-            Err((code::BAD_REQUEST, "invalid type")),
+            Err((ErrorCode::BadRequest, "invalid type")),
         );
         check(
             r#"{"op":"subscribe","channel":"signals","filter":{"min_score":300}}"#,
-            Err((code::BAD_REQUEST, "min_score")),
+            Err((ErrorCode::BadRequest, "min_score")),
         );
         check(
             r#"{"op":"subscribe","channel":"signals","filter":{"kinds":["moon"]}}"#,
-            Err((code::BAD_REQUEST, "unknown variant `moon`")),
+            Err((ErrorCode::BadRequest, "unknown variant `moon`")),
         );
         check(
             r#"{"op":"subscribe","channel":"signals","filter":[]}"#,
-            Err((code::BAD_REQUEST, "filter")),
+            Err((ErrorCode::BadRequest, "filter")),
         );
         check(
             r#"{"op":"subscribe","channel":"signals","extra":1}"#,
-            Err((code::BAD_REQUEST, "unknown field `extra`")),
+            Err((ErrorCode::BadRequest, "unknown field `extra`")),
         );
         check(
             r#"{"op":"subscribe","channel":"signals","resume_from":{"seq":-1,"epoch":"e"}}"#,
-            Err((code::BAD_REQUEST, "invalid value")),
+            Err((ErrorCode::BadRequest, "invalid value")),
         );
         check(
             r#"{"op":"subscribe","channel":"pairs","filter":{"kinds":["new_pair"]}}"#,
-            Err((code::BAD_REQUEST, "chains")),
+            Err((ErrorCode::BadRequest, "chains")),
         );
         check(
             r#"{"op":"unsubscribe"}"#,
-            Err((code::BAD_REQUEST, "subscription")),
+            Err((ErrorCode::BadRequest, "subscription")),
         );
         check(
             r#"{"op":"ping","id":{"a":1}}"#,
-            Err((code::BAD_REQUEST, "`id`")),
+            Err((ErrorCode::BadRequest, "`id`")),
+        );
+    }
+
+    #[test]
+    fn codes_are_distinct_and_spelled_as_documented() {
+        let names: std::collections::HashSet<_> =
+            ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
+        for c in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+        }
+        let codes: std::collections::HashSet<_> = CloseCode::ALL.iter().map(|c| c.code()).collect();
+        assert_eq!(codes.len(), CloseCode::ALL.len());
+        assert_eq!(CloseCode::SlowConsumer.code(), 4008);
+        assert_eq!(CloseCode::SlowConsumer.reason(), "slow consumer");
+        let m: serde_json::Value =
+            serde_json::from_str(&signal_message(3, 9, "{\"a\":1}")).unwrap();
+        assert_eq!(
+            m,
+            serde_json::json!({"type":"signal","seq":3,"published_at_us":9,"event":{"a":1}})
         );
     }
 
@@ -454,11 +517,11 @@ mod tests {
         );
         let e = OpError::new(
             Some(Value::from(1)),
-            code::BAD_REQUEST,
+            ErrorCode::BadRequest,
             "unknown field `chian`",
         );
         assert_eq!(
-            error_json(&e),
+            e.to_json(),
             r#"{"type":"error","id":1,"code":"bad_request","message":"unknown field `chian`"}"#
         );
     }

@@ -5,6 +5,7 @@
 //! "the provider did not say".
 
 use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +29,27 @@ impl PairKey {
 impl fmt::Display for PairKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.chain, self.address)
+    }
+}
+
+/// `chain:address` that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a pair: expected `chain:address`")]
+pub struct BadPairKey(pub String);
+
+impl FromStr for PairKey {
+    type Err = BadPairKey;
+
+    /// `chain:address`, both non-empty, one colon; the address keeps its case.
+    fn from_str(s: &str) -> Result<PairKey, BadPairKey> {
+        match s.split_once(':') {
+            Some((chain, address))
+                if !chain.is_empty() && !address.is_empty() && !address.contains(':') =>
+            {
+                Ok(PairKey::new(chain, address))
+            }
+            _ => Err(BadPairKey(s.to_string())),
+        }
     }
 }
 
@@ -338,6 +360,40 @@ impl Kind {
     }
 }
 
+/// A set of kinds as a bit mask: asking which kinds are open allocates nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KindSet(u16);
+
+impl KindSet {
+    pub const ALL: KindSet = KindSet((1 << Kind::ALL.len()) - 1);
+
+    pub fn insert(&mut self, k: Kind) {
+        self.0 |= 1 << k.index();
+    }
+
+    pub fn contains(self, k: Kind) -> bool {
+        self.0 & (1 << k.index()) != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Kind> {
+        Kind::ALL.into_iter().filter(move |k| self.contains(*k))
+    }
+}
+
+impl FromIterator<Kind> for KindSet {
+    fn from_iter<I: IntoIterator<Item = Kind>>(iter: I) -> KindSet {
+        let mut s = KindSet::default();
+        for k in iter {
+            s.insert(k);
+        }
+        s
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
@@ -411,21 +467,6 @@ impl Severity {
             40..=59 => Severity::Medium,
             60..=79 => Severity::High,
             _ => Severity::VeryHigh,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TokenRef {
-    pub address: String,
-    pub symbol: Option<String>,
-}
-
-impl From<&Token> for TokenRef {
-    fn from(t: &Token) -> TokenRef {
-        TokenRef {
-            address: t.address.clone(),
-            symbol: t.symbol.clone(),
         }
     }
 }
@@ -520,8 +561,8 @@ pub struct SignalEvent {
     pub chain: String,
     pub pair_address: String,
     pub dex_id: Option<String>,
-    pub base_token: TokenRef,
-    pub quote_token: TokenRef,
+    pub base_token: Token,
+    pub quote_token: Token,
     pub source: Source,
     pub snapshot_fingerprint: String,
     pub metrics: Metrics,
@@ -537,8 +578,40 @@ pub struct SignalEvent {
 
 pub const EVENT_SCHEMA: &str = "dexpulse.event/v1";
 
+/// What subscription filters read of an event, kept beside its serialized frame so that
+/// matching never parses JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventMeta {
+    pub pair: PairKey,
+    pub kind: Kind,
+    pub direction: Direction,
+    pub score: u8,
+}
+
+/// A pair's derived metrics as the engine last computed them (rounded as in events; unknown is
+/// `None`): the plain output that pair views are rendered from.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PairMetrics {
+    pub age_minutes: Option<i64>,
+    pub r5: Option<f64>,
+    pub r60: Option<f64>,
+    pub bp_h1: Option<f64>,
+    pub bp_m5: Option<f64>,
+    pub lvr: Option<f64>,
+    pub lp_removed: Option<f64>,
+}
+
 impl SignalEvent {
-    /// The deterministic output order of SIGNALS.md 5.7.
+    pub fn meta(&self) -> EventMeta {
+        EventMeta {
+            pair: PairKey::new(self.chain.clone(), self.pair_address.clone()),
+            kind: self.kind,
+            direction: self.direction,
+            score: self.score,
+        }
+    }
+
+    /// The deterministic output order of docs/signals.md ("Event order").
     pub fn order_key(&self) -> (i64, &str, &str, Phase, Kind) {
         (
             self.observed_at_ms,

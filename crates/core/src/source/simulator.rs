@@ -14,14 +14,17 @@
 //! polling (stale caches, irregular polls, an outlier price).
 
 use std::io::{self, Write};
+use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Exp, LogNormal, StandardNormal};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::tape::TapeWriter;
 use crate::model::{PairKey, Price, Snapshot, Source, Token, Txns, Windows};
+use crate::settings::{in_range, minutes, FieldError};
 
 const MIN: i64 = 60_000;
 const HOUR: i64 = 60 * MIN;
@@ -95,6 +98,98 @@ impl Scenario {
                 .strip_prefix(&s.address_prefix())
                 .is_some_and(|rest| rest.len() == 2 && rest.bytes().all(|b| b.is_ascii_digit()))
         })
+    }
+}
+
+/// `[source.simulator]`: the simulated market the server (and `simulate`) plays.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSettings {
+    /// Scenario names, or `all`.
+    pub scenarios: Vec<String>,
+    /// The same seed gives the same market, byte for byte.
+    pub seed: u64,
+    /// Pairs of the `noise` scenario.
+    pub noise_pairs: usize,
+    /// How many simulated minutes lie before now when the server starts. The past is played
+    /// at once (it warms the engine up), the rest in real time. Scripted events start at minute
+    /// 90.
+    pub lead_minutes: f64,
+    /// Simulated hours in all (afterwards the source idles).
+    pub hours: f64,
+}
+
+impl Default for RawSettings {
+    fn default() -> Self {
+        RawSettings {
+            scenarios: vec!["all".to_string()],
+            seed: 7,
+            noise_pairs: 20,
+            lead_minutes: 90.8,
+            hours: 24.0,
+        }
+    }
+}
+
+/// The simulator's settings, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub scenarios: Vec<Scenario>,
+    pub seed: u64,
+    pub noise_pairs: usize,
+    pub lead: Duration,
+    pub hours: f64,
+}
+
+impl Settings {
+    /// Field names are relative to `[source.simulator]`.
+    pub fn parse(raw: &RawSettings) -> Result<Settings, FieldError> {
+        let mut scenarios = Vec::new();
+        for name in &raw.scenarios {
+            if name == "all" {
+                scenarios.extend(Scenario::ALL);
+            } else {
+                let sc = Scenario::parse(name).ok_or_else(|| {
+                    let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+                    FieldError::new(
+                        "scenarios",
+                        format!(
+                            "names an unknown scenario; expected `all` or one of {}",
+                            names.join(", ")
+                        ),
+                        format!("{name:?}"),
+                    )
+                })?;
+                scenarios.push(sc);
+            }
+        }
+        scenarios.sort_unstable();
+        scenarios.dedup();
+        if scenarios.is_empty() {
+            return Err(FieldError::new(
+                "scenarios",
+                "must name at least one scenario",
+                "[]",
+            ));
+        }
+        Ok(Settings {
+            scenarios,
+            seed: raw.seed,
+            noise_pairs: raw.noise_pairs,
+            lead: minutes("lead_minutes", raw.lead_minutes, 0.0, 100_000.0)?,
+            hours: in_range("hours", raw.hours, 0.01, 24.0 * 365.0)?,
+        })
+    }
+
+    /// The run these settings describe, starting at `start_ms`.
+    pub fn options(&self, start_ms: i64) -> SimOptions {
+        SimOptions {
+            seed: self.seed,
+            start_ms,
+            hours: self.hours,
+            noise_pairs: self.noise_pairs,
+            ..SimOptions::default()
+        }
     }
 }
 

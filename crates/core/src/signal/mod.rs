@@ -13,6 +13,7 @@
 
 pub mod features;
 pub mod kinds;
+pub mod params;
 
 use std::collections::VecDeque;
 
@@ -20,12 +21,12 @@ use rustc_hash::FxHashMap;
 
 use sha2::{Digest, Sha256};
 
-use crate::config::SignalConfig;
 use crate::model::{
-    format_ms, CloseReason, Components, Direction, EngineInfo, Kind, Metrics, PairKey, Phase,
-    Severity, SignalEvent, Snapshot, Source, TokenRef, TxnWindows, Windows, EVENT_SCHEMA,
+    format_ms, CloseReason, Components, Direction, EngineInfo, Kind, KindSet, Metrics, PairKey,
+    PairMetrics, Phase, Severity, SignalEvent, Snapshot, Source, TxnWindows, Windows, EVENT_SCHEMA,
     NUMERIC_FIELDS,
 };
+pub use params::{Params, RawParams};
 
 use features::{buy_pressure, cascade, count_z, price_segments, volume_ratio, EwStats};
 use kinds::{Features, RiskFlags};
@@ -128,7 +129,7 @@ struct Emit {
 }
 
 pub struct Engine {
-    cfg: SignalConfig,
+    cfg: Params,
     params_hash: String,
     /// Fx, not SipHash: hashing the key was a sixth of `observe`. Deterministic (no random
     /// seed), and nothing depends on its order: `tick` sorts what it emits.
@@ -138,10 +139,10 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// The configuration is assumed validated ([`SignalConfig::validate`]); an invalid half-life
+    /// The configuration is assumed validated ([`Params::validate`]); an invalid half-life
     /// is replaced by the default rather than panicking.
-    pub fn new(cfg: SignalConfig) -> Engine {
-        let params_hash = cfg.params_hash();
+    pub fn new(cfg: Params) -> Engine {
+        let params_hash = cfg.hash().to_string();
         Engine {
             cfg,
             params_hash,
@@ -151,20 +152,12 @@ impl Engine {
         }
     }
 
-    pub fn config(&self) -> &SignalConfig {
-        &self.cfg
-    }
-
     pub fn params_hash(&self) -> &str {
         &self.params_hash
     }
 
     pub fn stats(&self) -> EngineStats {
         self.stats
-    }
-
-    pub fn pair_count(&self) -> usize {
-        self.pairs.len()
     }
 
     /// The last fresh snapshot of a pair and its features.
@@ -176,13 +169,29 @@ impl Engine {
     }
 
     /// The kinds with an open episode for a pair.
-    pub fn open_kinds(&self, key: &PairKey) -> Vec<Kind> {
-        self.pairs.get(key).map_or_else(Vec::new, |s| {
+    pub fn open_kinds(&self, key: &PairKey) -> KindSet {
+        self.pairs.get(key).map_or_else(KindSet::default, |s| {
             Kind::ALL
                 .into_iter()
                 .filter(|k| s.kinds[k.index()].active.is_some())
                 .collect()
         })
+    }
+
+    /// A pair's last fresh snapshot, its derived metrics (rounded as in events) and its open
+    /// kinds: what a pair view shows. Allocates nothing.
+    pub fn pair_view(&self, key: &PairKey) -> Option<(&Snapshot, PairMetrics, KindSet)> {
+        let (snap, f) = self.latest(key)?;
+        let metrics = PairMetrics {
+            age_minutes: f.age_min.map(|a| a.floor() as i64),
+            r5: round_to(f.r5, 4),
+            r60: round_to(f.r60, 4),
+            bp_h1: round_to(f.bp_h1, 4),
+            bp_m5: round_to(f.bp_m5, 4),
+            lvr: round_to(f.lvr, 4),
+            lp_removed: round_to(f.lp_removed, 4),
+        };
+        Some((snap, metrics, self.open_kinds(key)))
     }
 
     pub fn observe(&mut self, snap: &Snapshot) -> Vec<SignalEvent> {
@@ -222,8 +231,7 @@ impl Engine {
         let price = snap.price_usd.as_ref().map(|p| p.value);
         if let (Some(p), Some(last)) = (price, st.last_price) {
             let factor = cfg.freshness.price_jump_suspect_factor;
-            let recent =
-                (t - st.last_fresh_ms) as f64 <= cfg.freshness.price_jump_window_minutes * MIN_MS;
+            let recent = t - st.last_fresh_ms <= cfg.ms.price_jump_window;
             let jump = p >= last * factor || p * factor <= last;
             if recent && jump {
                 // Confirmed when the next fresh snapshot stays near the jumped-to price.
@@ -241,7 +249,7 @@ impl Engine {
         if let Some(v) = snap.volume_usd.m5.filter(|v| *v > 0.0) {
             match st.m5_since {
                 Some((bits, since)) if bits == v.to_bits() => {
-                    if (t - since) as f64 >= cfg.freshness.stale_m5_proof_minutes * MIN_MS {
+                    if t - since >= cfg.ms.stale_m5_proof {
                         self.stats.stale += 1;
                         return Verdict::Stale;
                     }
@@ -303,7 +311,7 @@ impl Engine {
         }
         out.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
         self.stats.events += out.len() as u64;
-        let idle = (self.cfg.fsm.forget_idle_hours * 60.0 * MIN_MS) as i64;
+        let idle = self.cfg.ms.forget_idle;
         let before = self.pairs.len();
         let forgotten = &mut self.forgotten;
         self.pairs.retain(|key, st| {
@@ -341,10 +349,9 @@ impl PairState {
                 .any(|k| k.active.is_some() || k.pending_n > 0 || now_ms < k.cooldown_until_ms)
     }
 
-    fn new(snap: &Snapshot, cfg: &SignalConfig) -> PairState {
+    fn new(snap: &Snapshot, cfg: &Params) -> PairState {
         // The config is validated at start-up; the default only covers a caller that skipped it.
-        let ew =
-            EwStats::try_new(cfg.volume_surge.z_half_life_minutes * MIN_MS).unwrap_or_default();
+        let ew = EwStats::try_new(cfg.ms.z_half_life as f64).unwrap_or_default();
         PairState {
             source: snap.source,
             last_fields: [0; NUMERIC_FIELDS],
@@ -369,7 +376,7 @@ impl PairState {
     }
 }
 
-fn validate(snap: &Snapshot, st: &PairState, cfg: &SignalConfig) -> Result<(), &'static str> {
+fn validate(snap: &Snapshot, st: &PairState, cfg: &Params) -> Result<(), &'static str> {
     if st.has_fresh && snap.observed_at_ms < st.last_fresh_ms {
         return Err("observed before the pair's last fresh snapshot");
     }
@@ -406,7 +413,7 @@ fn prune(q: &mut VecDeque<(i64, f64)>, cutoff: i64) {
     }
 }
 
-fn is_concentrated(labels: &[String], cfg: &SignalConfig) -> bool {
+fn is_concentrated(labels: &[String], cfg: &Params) -> bool {
     labels.iter().any(|l| {
         cfg.liquidity
             .concentrated_labels
@@ -416,7 +423,7 @@ fn is_concentrated(labels: &[String], cfg: &SignalConfig) -> bool {
 }
 
 /// The features of a fresh, valid snapshot; folds it into the pair's histories.
-fn compute_features(snap: &Snapshot, st: &mut PairState, cfg: &SignalConfig) -> Features {
+fn compute_features(snap: &Snapshot, st: &mut PairState, cfg: &Params) -> Features {
     let t = snap.observed_at_ms;
     let age_min = snap
         .pair_created_at_ms
@@ -433,17 +440,13 @@ fn compute_features(snap: &Snapshot, st: &mut PairState, cfg: &SignalConfig) -> 
     // Volume z-score against the state before this observation.
     let z_vol = vol[0].and_then(|v| {
         let x = (1.0 + v / 5.0).ln();
-        let z = st.ew.z(
-            x,
-            cfg.volume_surge.z_min_obs,
-            (cfg.volume_surge.z_min_span_minutes * MIN_MS) as i64,
-        );
+        let z = st.ew.z(x, cfg.volume_surge.z_min_obs, cfg.ms.z_min_span);
         st.ew.update(t, x);
         z
     });
 
     // Pool depth: K = sqrt(base·quote) for constant-product pools, USD liquidity otherwise.
-    let lookback = (cfg.liquidity.drain_lookback_minutes * MIN_MS) as i64;
+    let lookback = cfg.ms.drain_lookback;
     let k = match (snap.liquidity_base, snap.liquidity_quote) {
         (Some(b), Some(q)) if b > 0.0 && q > 0.0 && !is_concentrated(&snap.labels, cfg) => {
             Some(((b * q).sqrt(), false))
@@ -487,10 +490,7 @@ fn compute_features(snap: &Snapshot, st: &mut PairState, cfg: &SignalConfig) -> 
             st.highs.push_back((t, p));
         }
     }
-    prune(
-        &mut st.highs,
-        t - (pr.high_lookback_minutes * MIN_MS) as i64,
-    );
+    prune(&mut st.highs, t - cfg.ms.high_lookback);
     let dd30 = price.and_then(|p| {
         let high = st.highs.iter().map(|(_, h)| *h).fold(0.0, f64::max);
         (high > 0.0).then(|| (1.0 - p / high).max(0.0))
@@ -553,13 +553,12 @@ fn compute_features(snap: &Snapshot, st: &mut PairState, cfg: &SignalConfig) -> 
 }
 
 /// Time-outs at `now`: data-gap closes of open episodes, expiry of stale confirmations.
-fn expire(st: &mut PairState, now: i64, cfg: &SignalConfig, emits: &mut Vec<Emit>) {
+fn expire(st: &mut PairState, now: i64, cfg: &Params, emits: &mut Vec<Emit>) {
     if !st.has_fresh {
         return;
     }
-    let gap = (cfg.fsm.data_gap_close_minutes * MIN_MS) as i64;
-    let deadline = st.last_fresh_ms + gap;
-    let pending_timeout = (cfg.fsm.pending_timeout_minutes * MIN_MS) as i64;
+    let deadline = st.last_fresh_ms + cfg.ms.data_gap_close;
+    let pending_timeout = cfg.ms.pending_timeout;
     for kind in Kind::ALL {
         let ks = &mut st.kinds[kind.index()];
         if ks.pending_n > 0 && now - ks.pending_last_ms > pending_timeout {
@@ -581,13 +580,13 @@ fn close(
     kind: Kind,
     at_ms: i64,
     reason: CloseReason,
-    cfg: &SignalConfig,
+    cfg: &Params,
 ) -> Emit {
     ks.active = None;
     ks.exit_n = 0;
     ks.exit_since_ms = None;
     ks.pending_n = 0;
-    ks.cooldown_until_ms = at_ms + (cfg.fsm.cooldown_minutes * MIN_MS) as i64;
+    ks.cooldown_until_ms = at_ms + cfg.ms.cooldown;
     ks.closed_score = ep.last_score;
     Emit {
         kind,
@@ -629,13 +628,13 @@ const STEP_ORDER: [Kind; 9] = [
 ];
 
 /// The state machine of SIGNALS.md 5.6 for every kind, on one fresh, valid snapshot.
-fn step(st: &mut PairState, f: &Features, cfg: &SignalConfig, emits: &mut Vec<Emit>) {
+fn step(st: &mut PairState, f: &Features, cfg: &Params, emits: &mut Vec<Emit>) {
     let t = f.t_ms;
     let (flags, penalty) = kinds::risk(f, cfg);
     let fsm = &cfg.fsm;
-    let confirm_span = (fsm.confirm_min_seconds * 1000.0) as i64;
-    let pending_timeout = (fsm.pending_timeout_minutes * MIN_MS) as i64;
-    let esc_span = (fsm.escalation_min_seconds * 1000.0) as i64;
+    let confirm_span = cfg.ms.confirm_min;
+    let pending_timeout = cfg.ms.pending_timeout;
+    let esc_span = cfg.ms.escalation_min;
     let bearish_ok = kinds::gate_bearish(f, cfg);
     let mut opened: [bool; 9] = [false; 9];
 
@@ -666,7 +665,7 @@ fn step(st: &mut PairState, f: &Features, cfg: &SignalConfig, emits: &mut Vec<Em
             }
             Kind::NewPair => {
                 let g = &cfg.gates;
-                let young = |a: Option<f64>| a.is_some_and(|a| a <= g.new_pair_max_age_minutes);
+                let young = |a: Option<f64>| a.is_some_and(|a| a <= cfg.ms.new_pair_max_age_min);
                 if !young(st.first_age_min) || !young(f.age_min) {
                     st.new_pair_done = true;
                 }
@@ -717,7 +716,7 @@ fn step(st: &mut PairState, f: &Features, cfg: &SignalConfig, emits: &mut Vec<Em
                 });
                 if held {
                     let since = *ks.exit_since_ms.get_or_insert(t);
-                    (t - since) as f64 >= cfg.liquidity.drain_exit_minutes * MIN_MS
+                    t - since >= cfg.ms.drain_exit_after
                 } else {
                     ks.exit_since_ms = None;
                     false
@@ -788,7 +787,7 @@ fn step(st: &mut PairState, f: &Features, cfg: &SignalConfig, emits: &mut Vec<Em
                 // Never auto-closes: one warning, then quiet for the rug cooldown.
                 ks.active = None;
                 ks.pending_n = 0;
-                st.rug_until_ms = t + (fsm.rug_cooldown_hours * 60.0 * MIN_MS) as i64;
+                st.rug_until_ms = t + cfg.ms.rug_cooldown;
             }
             Kind::NewPair => {
                 ks.active = None;
@@ -873,13 +872,7 @@ fn round_windows(w: Windows<f64>, decimals: i32) -> Windows<f64> {
     }
 }
 
-fn build(
-    e: &Emit,
-    snap: &Snapshot,
-    f: &Features,
-    cfg: &SignalConfig,
-    params_hash: &str,
-) -> SignalEvent {
+fn build(e: &Emit, snap: &Snapshot, f: &Features, cfg: &Params, params_hash: &str) -> SignalEvent {
     let chain = &snap.key.chain;
     let pair = &snap.key.address;
     let start = e.start_ms.to_string();
@@ -908,7 +901,7 @@ fn build(
         Phase::Closed => vec![match e.close_reason {
             Some(CloseReason::DataGap) => format!(
                 "no fresh snapshot for {} min",
-                cfg.fsm.data_gap_close_minutes
+                crate::settings::as_minutes(cfg.fsm.data_gap_close)
             ),
             Some(CloseReason::Superseded) => "superseded by the opposite signal".to_string(),
             Some(CloseReason::FamilyFlip) => "volume surge changed direction".to_string(),
@@ -932,8 +925,8 @@ fn build(
         chain: chain.clone(),
         pair_address: pair.clone(),
         dex_id: snap.dex_id.clone(),
-        base_token: TokenRef::from(&snap.base_token),
-        quote_token: TokenRef::from(&snap.quote_token),
+        base_token: snap.base_token.clone(),
+        quote_token: snap.quote_token.clone(),
         source: snap.source,
         snapshot_fingerprint: snap.fingerprint(),
         metrics: Metrics {

@@ -9,13 +9,23 @@
 
 pub mod dexscreener;
 pub mod geckoterminal;
-pub mod live;
 pub mod simulator;
 pub mod tape;
 
 use serde_json::Value;
 
 use crate::model::{Discovered, Snapshot, Source};
+
+/// What a source hands the engine, in order.
+#[derive(Debug)]
+pub enum Input {
+    Snapshots(Vec<Snapshot>),
+    /// The time now: the engine's time-outs fire on ticks, so a replay fires them exactly as
+    /// they fired live.
+    Tick(i64),
+    /// A response or line with no usable data (counted and logged, never fatal).
+    Problem(String),
+}
 
 /// One OHLCV bar (GeckoTerminal): not a snapshot, kept for charts and back-fills.
 #[derive(Debug, Clone, Copy, PartialEq)]

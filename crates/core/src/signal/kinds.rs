@@ -3,7 +3,7 @@
 //! configuration. No state lives here (the state machine is in `signal::mod`), and nothing
 //! allocates except [`reasons`] and [`RiskFlags::names`], which run only when an event is built.
 
-use crate::config::SignalConfig;
+use super::params::Params;
 use crate::model::{Direction, Kind};
 
 use super::features::ramp;
@@ -113,7 +113,7 @@ impl RiskFlags {
 }
 
 /// The flags of a snapshot and the penalty points they cost bullish and neutral events.
-pub fn risk(f: &Features, cfg: &SignalConfig) -> (RiskFlags, u32) {
+pub fn risk(f: &Features, cfg: &Params) -> (RiskFlags, u32) {
     let r = &cfg.risk;
     let mut flags = RiskFlags::default();
     let mut p = 0;
@@ -172,18 +172,18 @@ pub fn risk(f: &Features, cfg: &SignalConfig) -> (RiskFlags, u32) {
 }
 
 /// Bullish (and neutral) gate: liquidity, age, activity; missing data fails it.
-pub fn gate_bullish(f: &Features, cfg: &SignalConfig) -> bool {
+pub fn gate_bullish(f: &Features, cfg: &Params) -> bool {
     let g = &cfg.gates;
     f.price.is_some()
         && f.liquidity
             .is_some_and(|l| l >= g.min_liquidity_usd_bullish)
-        && f.age_min.is_some_and(|a| a >= g.min_age_minutes_bullish)
+        && f.age_min.is_some_and(|a| a >= cfg.ms.min_age_bullish_min)
         && f.n_h1().is_some_and(|n| n >= g.min_txns_h1)
         && f.vol[1].is_some_and(|v| v >= g.min_volume_h1_usd)
 }
 
 /// Bearish gate: reference liquidity and a little activity.
-pub fn gate_bearish(f: &Features, cfg: &SignalConfig) -> bool {
+pub fn gate_bearish(f: &Features, cfg: &Params) -> bool {
     let g = &cfg.gates;
     f.liquidity_ref
         .is_some_and(|l| l >= g.min_liquidity_ref_usd_bearish)
@@ -191,9 +191,8 @@ pub fn gate_bearish(f: &Features, cfg: &SignalConfig) -> bool {
 }
 
 /// Momentum, volume and pressure kinds need a full h1 window behind them, in both directions.
-fn old_enough(f: &Features, cfg: &SignalConfig) -> bool {
-    f.age_min
-        .is_some_and(|a| a >= cfg.gates.min_age_minutes_bullish)
+fn old_enough(f: &Features, cfg: &Params) -> bool {
+    f.age_min.is_some_and(|a| a >= cfg.ms.min_age_bullish_min)
 }
 
 fn ge(x: Option<f64>, t: f64) -> bool {
@@ -205,7 +204,7 @@ fn le(x: Option<f64>, t: f64) -> bool {
 }
 
 /// The direction a volume surge takes from price and flow.
-pub fn surge_direction(f: &Features, cfg: &SignalConfig) -> Direction {
+pub fn surge_direction(f: &Features, cfg: &Params) -> Direction {
     let d = cfg.volume_surge.direction_pc_m5;
     match (f.pc[0], f.bp_m5) {
         (Some(p), Some(bp)) if p > d && bp >= 0.5 => Direction::Bullish,
@@ -214,7 +213,7 @@ pub fn surge_direction(f: &Features, cfg: &SignalConfig) -> Direction {
     }
 }
 
-fn surging(f: &Features, cfg: &SignalConfig) -> bool {
+fn surging(f: &Features, cfg: &Params) -> bool {
     let v = &cfg.volume_surge;
     let broad_m5 = ge(f.count_z_m5, v.min_count_z);
     let broad_h1 = ge(f.count_z_h1, v.min_count_z);
@@ -225,7 +224,7 @@ fn surging(f: &Features, cfg: &SignalConfig) -> bool {
 
 /// The entry condition of the state-machine kinds (liquidity kinds and `new_pair` are decided
 /// in `signal::mod`, which holds the history they need). `Some(direction)` when it holds.
-pub fn enter(kind: Kind, f: &Features, cfg: &SignalConfig, flags: RiskFlags) -> Option<Direction> {
+pub fn enter(kind: Kind, f: &Features, cfg: &Params, flags: RiskFlags) -> Option<Direction> {
     let m = &cfg.momentum;
     let b = &cfg.buy_pressure;
     let pr = &cfg.pump_reversal;
@@ -292,7 +291,7 @@ pub fn kind_direction(kind: Kind) -> Direction {
 }
 
 /// The (looser) exit condition of an open episode. Unknown data never exits.
-pub fn exit(kind: Kind, f: &Features, cfg: &SignalConfig) -> bool {
+pub fn exit(kind: Kind, f: &Features, cfg: &Params) -> bool {
     let m = &cfg.momentum;
     match kind {
         Kind::MomentumUp => f.pc[1].is_some_and(|p| p < m.exit_pc_h1) || le(f.pc[0], m.exit_pc_m5),
@@ -316,13 +315,7 @@ pub fn exit(kind: Kind, f: &Features, cfg: &SignalConfig) -> bool {
 
 /// `E ∈ [0, 1]`: the excess over the entry threshold. `consecutive` counts the consecutive
 /// fresh snapshots on which the entry held (for `volume_surge`).
-pub fn excess(
-    kind: Kind,
-    dir: Direction,
-    f: &Features,
-    cfg: &SignalConfig,
-    consecutive: u32,
-) -> f64 {
+pub fn excess(kind: Kind, f: &Features, cfg: &Params, consecutive: u32) -> f64 {
     let abs = |x: Option<f64>| x.map_or(0.0, f64::abs);
     let e = match kind {
         Kind::MomentumUp | Kind::MomentumDown => {
@@ -395,7 +388,6 @@ pub fn excess(
                 + 0.3 * f.ur_h1.map_or(0.5, |u| u.clamp(0.0, 1.0))
         }
     };
-    let _ = dir;
     e.clamp(0.0, 1.0)
 }
 
@@ -423,12 +415,12 @@ pub fn score(
     kind: Kind,
     dir: Direction,
     f: &Features,
-    cfg: &SignalConfig,
+    cfg: &Params,
     consecutive: u32,
     flags: RiskFlags,
     penalty: u32,
 ) -> (u8, f64, f64, u32) {
-    let e = excess(kind, dir, f, cfg, consecutive);
+    let e = excess(kind, f, cfg, consecutive);
     let q = quality(dir, f);
     let p = if dir == Direction::Bearish {
         0
@@ -452,7 +444,7 @@ fn num(x: Option<f64>, prec: usize) -> String {
 }
 
 /// Human-readable reasons for an opened or escalated event.
-pub fn reasons(kind: Kind, dir: Direction, f: &Features, cfg: &SignalConfig) -> Vec<String> {
+pub fn reasons(kind: Kind, dir: Direction, f: &Features, cfg: &Params) -> Vec<String> {
     let m = &cfg.momentum;
     let v = &cfg.volume_surge;
     let b = &cfg.buy_pressure;

@@ -1,172 +1,27 @@
-//! The polling schedule (sans-IO): which pairs to ask for next, within each endpoint class's
-//! rate budget, in full batches, with priority for active pairs and bounded staleness for all;
-//! backoff on 429 (`Retry-After` first), 5xx and time-outs; a circuit per endpoint class;
-//! batch-size fallback when a batch call fails with a 4xx; the watchlist with eviction.
+//! The polling schedule (sans-IO; docs/sources.md, "The schedule"): which pairs to ask for
+//! next, within each endpoint class's rate budget, in full batches, with priority for active
+//! pairs and bounded staleness for all; backoff on 429 (`Retry-After` first), 5xx, time-outs
+//! and refused access; a circuit per endpoint class; batch-size fallback when a batch is
+//! refused, and recovery when batches succeed again. [`watchlist`] holds the pairs and the
+//! policy that adopts, drops and heats them; [`budget`] the rate and failure arithmetic.
 //!
-//! Time is an argument everywhere (as linkerd's EWMA and backoff); jitter comes from a seeded
-//! RNG. The async driver in `source::live` does the I/O and reports outcomes back here. This
-//! module never parses and never does signal logic.
+//! Time is an argument everywhere; jitter comes from a seeded RNG. The async driver in the
+//! `live` module does the I/O and reports outcomes back here. This module never parses and
+//! never does signal logic.
+
+pub mod budget;
+pub mod watchlist;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::model::PairKey;
+use crate::model::{PairKey, Snapshot};
 
-/// A token bucket: `rate` tokens per minute, at most `burst`. `slow_down` lowers the rate after
-/// a 429 (the documented limit is not the real one); it recovers gradually on success.
-#[derive(Debug, Clone)]
-pub struct TokenBucket {
-    rate_per_min: f64,
-    burst: f64,
-    tokens: f64,
-    last_ms: i64,
-    factor: f64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("a token bucket needs a positive rate and a burst of at least 1")]
-pub struct BadBucket;
-
-impl TokenBucket {
-    pub fn try_new(rate_per_min: f64, burst: f64, now_ms: i64) -> Result<TokenBucket, BadBucket> {
-        if !(rate_per_min.is_finite() && rate_per_min > 0.0 && burst.is_finite() && burst >= 1.0) {
-            return Err(BadBucket);
-        }
-        Ok(TokenBucket {
-            rate_per_min,
-            burst,
-            // Start with one token, not a full burst: a restart must not spike upstream.
-            tokens: 1.0,
-            last_ms: now_ms,
-            factor: 1.0,
-        })
-    }
-
-    fn refill(&mut self, now_ms: i64) {
-        let dt = (now_ms - self.last_ms).max(0) as f64;
-        self.last_ms = self.last_ms.max(now_ms);
-        self.tokens = (self.tokens + dt * self.effective_rate() / 60_000.0).min(self.burst);
-    }
-
-    pub fn effective_rate(&self) -> f64 {
-        self.rate_per_min * self.factor
-    }
-
-    pub fn try_take(&mut self, now_ms: i64) -> bool {
-        self.refill(now_ms);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// When the next token will be there.
-    pub fn ready_at(&self, now_ms: i64) -> i64 {
-        let mut b = self.clone();
-        b.refill(now_ms);
-        if b.tokens >= 1.0 {
-            now_ms
-        } else {
-            now_ms + ((1.0 - b.tokens) * 60_000.0 / b.effective_rate()).ceil() as i64
-        }
-    }
-
-    pub fn slow_down(&mut self) {
-        self.factor = (self.factor * 0.7).max(0.1);
-        self.tokens = self.tokens.min(0.0);
-    }
-
-    pub fn recover(&mut self) {
-        self.factor = (self.factor * 1.02).min(1.0);
-    }
-}
-
-/// Exponential backoff with full jitter, capped.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base_ms: i64,
-    max_ms: i64,
-    attempt: u32,
-    until_ms: i64,
-}
-
-impl Backoff {
-    pub fn new(base_ms: i64, max_ms: i64) -> Backoff {
-        Backoff {
-            base_ms: base_ms.max(1),
-            max_ms: max_ms.max(base_ms.max(1)),
-            attempt: 0,
-            until_ms: i64::MIN,
-        }
-    }
-
-    /// Backs off after a failure; `retry_after_ms` (from the server) wins when given.
-    pub fn fail(&mut self, now_ms: i64, retry_after_ms: Option<i64>, rng: &mut impl Rng) -> i64 {
-        self.attempt = self.attempt.saturating_add(1);
-        let wait = match retry_after_ms {
-            Some(r) => r.clamp(0, self.max_ms * 10),
-            None => {
-                let cap = (self.base_ms.saturating_mul(1 << self.attempt.min(20))).min(self.max_ms);
-                // Full jitter, but at least half: never hammer right back.
-                rng.gen_range(cap / 2..=cap)
-            }
-        };
-        self.until_ms = self.until_ms.max(now_ms + wait);
-        wait
-    }
-
-    pub fn succeed(&mut self) {
-        self.attempt = 0;
-    }
-
-    pub fn blocked_until(&self) -> i64 {
-        self.until_ms
-    }
-}
-
-/// Opens after `threshold` consecutive failures, for `open_ms`; then lets one try through.
-#[derive(Debug, Clone)]
-pub struct Circuit {
-    threshold: u32,
-    open_ms: i64,
-    failures: u32,
-    open_until: i64,
-}
-
-impl Circuit {
-    pub fn new(threshold: u32, open_ms: i64) -> Circuit {
-        Circuit {
-            threshold: threshold.max(1),
-            open_ms,
-            failures: 0,
-            open_until: i64::MIN,
-        }
-    }
-
-    pub fn fail(&mut self, now_ms: i64) {
-        self.failures += 1;
-        if self.failures >= self.threshold {
-            self.open_until = now_ms + self.open_ms;
-        }
-    }
-
-    pub fn succeed(&mut self) {
-        self.failures = 0;
-        self.open_until = i64::MIN;
-    }
-
-    pub fn is_open(&self, now_ms: i64) -> bool {
-        now_ms < self.open_until
-    }
-
-    pub fn open_until(&self) -> i64 {
-        self.open_until
-    }
-}
+pub use budget::{Backoff, BadBucket, Circuit, TokenBucket};
+use watchlist::Tracked;
+pub use watchlist::{Change, DropReason, Policy, Via, Watchlist};
 
 /// The endpoint classes, each with its own budget, backoff and circuit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -259,31 +114,20 @@ pub enum Outcome {
     Ok { found: Vec<PairKey> },
     /// 429, with `Retry-After` in ms when the server sent one.
     RateLimited { retry_after_ms: Option<i64> },
-    /// 4xx other than 429 (a batch the endpoint refuses, a bad address).
+    /// 4xx other than 429: access refused (401, 403, 407, 451: the class backs off like a
+    /// failure), or a request refused (a batch the endpoint will not take, a bad address: the
+    /// pairs back off, and one refused alone again and again is dropped).
     ClientError { status: u16 },
     /// 5xx, a time-out, a connection error, or a body that did not decode.
     Failed,
 }
 
-/// Which upstream polls a pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Via {
-    Dex,
-    Gecko,
+/// Whether a 4xx refuses access (the class is blocked), rather than the request.
+pub fn access_refused(status: u16) -> bool {
+    matches!(status, 401 | 403 | 407 | 451)
 }
 
-#[derive(Debug, Clone)]
-struct Tracked {
-    via: Via,
-    last_polled_ms: i64,
-    /// Pinned pairs come from configuration and are never evicted.
-    pinned: bool,
-    /// Open episodes or high activity: polled more often.
-    hot: bool,
-    misses: u32,
-}
-
-/// The scheduler's settings (validated in `config`).
+/// The scheduler's settings (checked by the live sources' settings).
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub dex_rate_per_min: f64,
@@ -303,10 +147,12 @@ pub struct Settings {
     pub backoff_max_ms: i64,
     pub circuit_failures: u32,
     pub circuit_open_ms: i64,
-    pub max_pairs: usize,
-    /// Misses (asked for, not returned) before a discovered pair is evicted.
-    pub evict_after_misses: u32,
-    pub discovery_chains: Vec<String>,
+    /// A refused batch halves the batch size; this many successful batches in a row double it
+    /// again, up to `dex_batch` (the docs disagree about batching; a refusal may have been one
+    /// bad address, not the size).
+    pub batch_recover_after: u32,
+    /// The watchlist's rules (its discovery chains also choose the discovery feeds).
+    pub policy: Policy,
     pub gecko_discovery: bool,
     pub search_queries: Vec<String>,
     pub seed: u64,
@@ -322,20 +168,26 @@ struct ClassState {
 }
 
 /// What `Scheduler::report` changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Report {
-    /// Pairs evicted as not found upstream.
-    pub evicted: Vec<PairKey>,
+    /// Pairs that left the watchlist (not found, refused).
+    pub changes: Vec<Change>,
     /// How long the class now backs off (0 when it does not).
     pub backoff_ms: i64,
+    /// The DexScreener batch size changed (a refused batch, or batches succeeding again).
+    pub batch_size: Option<usize>,
+    /// The class's circuit opened with this report.
+    pub circuit_opened: bool,
 }
 
 pub struct Scheduler {
     s: Settings,
-    pairs: BTreeMap<PairKey, Tracked>,
+    watch: Watchlist,
     classes: BTreeMap<Class, ClassState>,
     /// The batch size in force for DexScreener pairs (halved after a 4xx on a batch).
     dex_batch: usize,
+    /// Successful DexScreener batches since the batch size last changed.
+    batch_successes: u32,
     /// Tokens discovered and waiting for a lookup, by chain.
     pending_tokens: BTreeMap<String, BTreeSet<String>>,
     next_discovery_ms: i64,
@@ -376,7 +228,8 @@ impl Scheduler {
             next_discovery_ms: now_ms,
             discovery_turn: 0,
             pending_tokens: BTreeMap::new(),
-            pairs: BTreeMap::new(),
+            watch: Watchlist::new(s.policy.clone()),
+            batch_successes: 0,
             classes,
             s,
         })
@@ -384,47 +237,22 @@ impl Scheduler {
 
     /// Adds a pair to the watchlist; `false` when the list is full (pinned pairs always fit).
     pub fn track(&mut self, key: PairKey, via: Via, pinned: bool) -> bool {
-        if self.pairs.contains_key(&key) {
-            return true;
-        }
-        if !pinned && self.pairs.len() >= self.s.max_pairs {
-            return false;
-        }
-        self.pairs.insert(
-            key,
-            Tracked {
-                via,
-                last_polled_ms: i64::MIN / 2,
-                pinned,
-                hot: false,
-                misses: 0,
-            },
-        );
-        true
+        self.watch.track(key, via, pinned)
     }
 
-    pub fn untrack(&mut self, key: &PairKey) -> bool {
-        self.pairs.remove(key).is_some()
+    pub fn watchlist(&self) -> &Watchlist {
+        &self.watch
     }
 
-    pub fn tracked(&self) -> usize {
-        self.pairs.len()
-    }
-
-    pub fn is_tracked(&self, key: &PairKey) -> bool {
-        self.pairs.contains_key(key)
-    }
-
-    /// Marks a pair hot (open episodes, high activity) or not.
-    pub fn set_hot(&mut self, key: &PairKey, hot: bool) {
-        if let Some(t) = self.pairs.get_mut(key) {
-            t.hot = hot;
-        }
+    /// A snapshot upstream returned: the watchlist's policy decides whether it is for a tracked
+    /// pair (adopting an eligible discovered one), drops a dead one, and marks activity.
+    pub fn observe(&mut self, s: &Snapshot, via: Via) -> (bool, Option<Change>) {
+        self.watch.observe(s, via)
     }
 
     /// Discovered token addresses to look up on DexScreener.
     pub fn add_tokens(&mut self, chain: &str, tokens: impl IntoIterator<Item = String>) {
-        if !self.s.discovery_chains.iter().any(|c| c == chain) {
+        if !self.s.policy.discovery_chains.iter().any(|c| c == chain) {
             return;
         }
         self.pending_tokens
@@ -435,7 +263,8 @@ impl Scheduler {
 
     /// Seconds since each tracked pair was last asked for (for the staleness histogram).
     pub fn staleness_ms(&self, now_ms: i64) -> impl Iterator<Item = i64> + '_ {
-        self.pairs
+        self.watch
+            .pairs
             .values()
             .filter(|t| t.last_polled_ms > i64::MIN / 2)
             .map(move |t| now_ms - t.last_polled_ms)
@@ -483,7 +312,7 @@ impl Scheduler {
             interval
         };
         let age = now_ms - t.last_polled_ms;
-        if age < interval {
+        if age < interval || now_ms < t.blocked_until_ms {
             return None;
         }
         let weight = if t.hot { 2 } else { 1 };
@@ -499,6 +328,7 @@ impl Scheduler {
     /// urgent pair, up to `batch` of its due pairs, most urgent first.
     fn batch(&self, via: Via, batch: usize, now_ms: i64) -> Option<(String, Vec<PairKey>)> {
         let mut due: Vec<(i64, &PairKey)> = self
+            .watch
             .pairs
             .iter()
             .filter(|(_, t)| t.via == via)
@@ -520,7 +350,8 @@ impl Scheduler {
 
     /// The earliest time some tracked pair of `via` becomes due.
     fn next_due(&self, via: Via, now_ms: i64) -> i64 {
-        self.pairs
+        self.watch
+            .pairs
             .values()
             .filter(|t| t.via == via)
             .map(|t| {
@@ -534,7 +365,9 @@ impl Scheduler {
                 } else {
                     interval
                 };
-                t.last_polled_ms.saturating_add(interval)
+                t.last_polled_ms
+                    .saturating_add(interval)
+                    .max(t.blocked_until_ms)
             })
             .min()
             .unwrap_or(i64::MAX)
@@ -603,7 +436,7 @@ impl Scheduler {
             feeds.push(Request::DexSearch { query: q.clone() });
         }
         if self.s.gecko_discovery {
-            for c in &self.s.discovery_chains {
+            for c in &self.s.policy.discovery_chains {
                 feeds.push(Request::GeckoNewPools { chain: c.clone() });
                 feeds.push(Request::GeckoTrending { chain: c.clone() });
             }
@@ -649,63 +482,64 @@ impl Scheduler {
     /// Reports how a request ended.
     pub fn report(&mut self, req: &Request, outcome: &Outcome, now_ms: i64) -> Report {
         let class = req.class();
-        let mut evicted = Vec::new();
-        let mut backoff_ms = 0;
+        let mut r = Report::default();
         let Some(c) = self.classes.get_mut(&class) else {
-            return Report::default();
+            return r;
+        };
+        let was_open = c.circuit.is_open(now_ms);
+        let fail = |c: &mut ClassState, retry_after: Option<i64>, rng: &mut ChaCha8Rng| {
+            c.circuit.fail(now_ms);
+            c.backoff.fail(now_ms, retry_after, rng)
         };
         match outcome {
             Outcome::Ok { found } => {
                 c.backoff.succeed();
                 c.circuit.succeed();
                 c.bucket.recover();
-                let asked = req.pairs();
-                let found: BTreeSet<&PairKey> = found.iter().collect();
-                for k in asked {
-                    let Some(t) = self.pairs.get_mut(&k) else {
-                        continue;
-                    };
-                    if found.contains(&k) {
-                        t.misses = 0;
-                    } else {
-                        t.misses += 1;
-                        if !t.pinned && t.misses >= self.s.evict_after_misses {
-                            self.pairs.remove(&k);
-                            evicted.push(k);
-                        }
+                r.changes = self.watch.found(&req.pairs(), found);
+                if matches!(req, Request::DexPairs { .. }) && self.dex_batch < self.s.dex_batch {
+                    self.batch_successes += 1;
+                    if self.batch_successes >= self.s.batch_recover_after {
+                        self.dex_batch = (self.dex_batch * 2).min(self.s.dex_batch);
+                        self.batch_successes = 0;
+                        r.batch_size = Some(self.dex_batch);
                     }
                 }
             }
             Outcome::RateLimited { retry_after_ms } => {
                 c.bucket.slow_down();
-                backoff_ms = c.backoff.fail(now_ms, *retry_after_ms, &mut self.rng);
+                // A 429 is the budget's fault, not the upstream's: it slows the class, and opens
+                // no circuit.
+                r.backoff_ms = c.backoff.fail(now_ms, *retry_after_ms, &mut self.rng);
+                self.retry_soon(req);
+            }
+            Outcome::ClientError { status } if access_refused(*status) => {
+                r.backoff_ms = fail(c, None, &mut self.rng);
                 self.retry_soon(req);
             }
             Outcome::ClientError { status } => {
-                // A batch the endpoint refuses: smaller batches from now on (the docs disagree
-                // about batching; remember what works).
                 if let Request::DexPairs { ids, .. } = req {
                     if ids.len() > 1 && *status != 404 {
                         self.dex_batch = (ids.len() / 2).max(1);
-                        tracing::warn!(
-                            status,
-                            batch = self.dex_batch,
-                            "pairs batch refused; smaller batches from now on"
-                        );
+                        self.batch_successes = 0;
+                        r.batch_size = Some(self.dex_batch);
                     }
                 }
-                self.retry_soon(req);
+                r.changes = self
+                    .watch
+                    .refused(&req.pairs(), *status, now_ms, &mut self.rng);
             }
             Outcome::Failed => {
-                c.circuit.fail(now_ms);
-                backoff_ms = c.backoff.fail(now_ms, None, &mut self.rng);
+                r.backoff_ms = fail(c, None, &mut self.rng);
                 self.retry_soon(req);
             }
         }
-        Report {
-            evicted,
-            backoff_ms,
-        }
+        r.circuit_opened = !was_open
+            && self
+                .classes
+                .get(&class)
+                .is_some_and(|c| c.circuit.is_open(now_ms));
+        r
     }
 
     /// Pairs of a request that did not succeed are due again (at their old urgency); token
@@ -721,11 +555,12 @@ impl Scheduler {
     }
 
     fn mark_polled(&mut self, keys: &[PairKey], at_ms: i64) {
-        for k in keys {
-            if let Some(t) = self.pairs.get_mut(k) {
-                t.last_polled_ms = at_ms;
-            }
-        }
+        self.watch.mark_polled(keys, at_ms);
+    }
+
+    /// When the class's circuit is open, how long it stays so.
+    pub fn circuit_open_until(&self, class: Class) -> Option<i64> {
+        self.classes.get(&class).map(|c| c.circuit.open_until())
     }
 }
 
@@ -749,9 +584,11 @@ mod tests {
             backoff_max_ms: 60_000,
             circuit_failures: 5,
             circuit_open_ms: 30_000,
-            max_pairs: 10_000,
-            evict_after_misses: 3,
-            discovery_chains: vec!["solana".into()],
+            batch_recover_after: 4,
+            policy: Policy {
+                max_pairs: 10_000,
+                ..Policy::default()
+            },
             gecko_discovery: false,
             search_queries: Vec::new(),
             seed: 1,
@@ -770,6 +607,20 @@ mod tests {
 
     fn key(i: usize) -> PairKey {
         PairKey::new("solana", format!("P{i:04}"))
+    }
+
+    /// Marks a pair hot the way the driver does: by showing the watchlist an active snapshot.
+    fn heat(s: &mut Scheduler, k: &PairKey) {
+        let mut snap = crate::source::simulator::example_snapshot();
+        snap.key = k.clone();
+        snap.txns.m5 = Some(crate::model::Txns {
+            buys: 20,
+            sells: 20,
+            buyers: None,
+            sellers: None,
+        });
+        s.observe(&snap, Via::Dex);
+        assert!(s.watchlist().is_hot(k));
     }
 
     /// Drives the scheduler against an upstream that answers instantly and finds everything;
@@ -831,7 +682,7 @@ mod tests {
             s.track(key(i), Via::Dex, true);
         }
         for i in 0..30 {
-            s.set_hot(&key(i), true);
+            heat(&mut s, &key(i));
         }
         let (_, polls, max_gap) = simulate(&mut s, 0, 20 * 60_000);
         let hot = polls[&key(0)];
@@ -885,12 +736,103 @@ mod tests {
         for i in 0..40 {
             s.track(key(i), Via::Dex, true);
         }
-        let Next::Send(req) = s.next(0) else { panic!() };
-        s.report(&req, &Outcome::ClientError { status: 400 }, 0);
+        let Next::Send(refused) = s.next(0) else {
+            panic!()
+        };
+        s.report(&refused, &Outcome::ClientError { status: 400 }, 0);
         assert_eq!(s.dex_batch(), 15);
+        // The refused pairs wait a moment (a second), not retried at the top of the queue at
+        // once; the other ten go first, then the refused ones in halves.
         let mut now = 0;
         let req = next_request(&mut s, &mut now);
-        assert!(matches!(req, Request::DexPairs { ids, .. } if ids.len() == 15));
+        assert_eq!(req.pairs().len(), 10);
+        assert!(req.pairs().iter().all(|k| !refused.pairs().contains(k)));
+        s.report(&req, &Outcome::Ok { found: req.pairs() }, now);
+        let req = next_request(&mut s, &mut now);
+        assert!(now >= 1_000, "{now}");
+        assert_eq!(req.pairs().len(), 15);
+    }
+
+    #[test]
+    fn a_refused_batch_recovers_after_successes() {
+        let mut s = Scheduler::try_new(settings(), 0).unwrap();
+        for i in 0..40 {
+            s.track(key(i), Via::Dex, true);
+        }
+        let mut now = 0;
+        let req = next_request(&mut s, &mut now);
+        let r = s.report(&req, &Outcome::ClientError { status: 400 }, now);
+        assert_eq!((r.batch_size, s.dex_batch()), (Some(15), 15));
+        let mut sizes = Vec::new();
+        for _ in 0..12 {
+            let req = next_request(&mut s, &mut now);
+            let found = req.pairs();
+            if let Some(b) = s.report(&req, &Outcome::Ok { found }, now).batch_size {
+                sizes.push(b);
+            }
+        }
+        assert_eq!(
+            sizes,
+            [30],
+            "doubled back after 4 successes, up to the configured 30"
+        );
+    }
+
+    #[test]
+    fn a_pair_refused_alone_is_not_retried_at_once_and_is_dropped_in_the_end() {
+        let mut cfg = settings();
+        cfg.dex_batch = 1;
+        let mut s = Scheduler::try_new(cfg, 0).unwrap();
+        s.track(key(1), Via::Dex, true);
+        s.track(key(2), Via::Dex, true);
+        let mut now = 0;
+        let mut asked = Vec::new();
+        let mut dropped = Vec::new();
+        for _ in 0..40 {
+            let req = next_request(&mut s, &mut now);
+            asked.extend(req.pairs());
+            let outcome = if req.pairs() == [key(1)] {
+                Outcome::ClientError { status: 400 }
+            } else {
+                Outcome::Ok { found: req.pairs() }
+            };
+            dropped.extend(s.report(&req, &outcome, now).changes);
+        }
+        let bad = asked.iter().filter(|k| **k == key(1)).count();
+        assert_eq!(bad, 3, "asked three times, backing off, then dropped");
+        assert!(matches!(
+            &dropped[..],
+            [Change::Dropped {
+                why: DropReason::Refused {
+                    status: 400,
+                    times: 3
+                },
+                ..
+            }]
+        ));
+        assert!(
+            asked.iter().filter(|k| **k == key(2)).count() >= 30,
+            "the budget went to the good pair"
+        );
+    }
+
+    #[test]
+    fn refused_access_backs_off_the_class_and_counts_toward_its_circuit() {
+        let mut s = Scheduler::try_new(settings(), 0).unwrap();
+        s.track(key(1), Via::Dex, true);
+        let mut now = 0;
+        let mut opened = false;
+        for _ in 0..5 {
+            let req = next_request(&mut s, &mut now);
+            let r = s.report(&req, &Outcome::ClientError { status: 403 }, now);
+            assert!(r.backoff_ms > 0);
+            opened |= r.circuit_opened;
+        }
+        assert!(opened && s.circuit_open(Class::DexPairs, now));
+        assert!(
+            s.watchlist().contains(&key(1)),
+            "a 403 is about us, not the pair"
+        );
     }
 
     #[test]
@@ -902,10 +844,17 @@ mod tests {
         let mut evicted = Vec::new();
         for _ in 0..6 {
             let req = next_request(&mut s, &mut now);
-            evicted.extend(s.report(&req, &Outcome::Ok { found: vec![] }, now).evicted);
+            evicted.extend(s.report(&req, &Outcome::Ok { found: vec![] }, now).changes);
         }
-        assert_eq!(evicted, [key(1)]);
-        assert!(s.is_tracked(&key(2)));
+        assert_eq!(
+            evicted,
+            [Change::Dropped {
+                key: key(1),
+                why: DropReason::NotFound { misses: 3 },
+                pinned: false
+            }]
+        );
+        assert!(s.watchlist().contains(&key(2)));
     }
 
     #[test]
@@ -931,16 +880,6 @@ mod tests {
             let (sent, _, _) = simulate(&mut s, 0, minutes * 60_000);
             let burst = (rate / 60.0).clamp(1.0, 5.0);
             prop_assert!(sent as f64 <= rate * minutes as f64 + burst + 1.0, "{sent} > {rate}/min");
-        }
-
-        #[test]
-        fn backoff_stays_within_its_cap(fails in 1u32..40, seed in any::<u64>()) {
-            let mut b = Backoff::new(1_000, 60_000);
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            for _ in 0..fails {
-                let w = b.fail(0, None, &mut rng);
-                prop_assert!((500..=60_000).contains(&w), "{w}");
-            }
         }
     }
 }

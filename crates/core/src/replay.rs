@@ -7,8 +7,8 @@ use std::io::{self, BufRead, Write};
 
 use crate::model::SignalEvent;
 use crate::signal::{Engine, EngineStats, Verdict};
-use crate::source::tape::{Body, LineError, TapeReader, TapeRecord};
-use crate::source::{self, DecodeError};
+use crate::source::tape::{LineError, TapeReader, TapeRecord, Unusable};
+use crate::source::DecodeError;
 
 /// Something in the tape that was not used, with where it was.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,21 +86,12 @@ pub fn replay<R: BufRead>(
             }
             TapeRecord::Response(r) => {
                 stats.responses += 1;
-                if !(200..300).contains(&r.status) {
-                    stats.problems += 1;
-                    on_problem(&Problem::Status {
-                        line,
-                        status: r.status,
-                    });
-                    continue;
-                }
-                let decoded = match &r.body {
-                    Body::Json(v) => source::decode(r.source, &r.request, v, r.t_ms),
-                    Body::Text(t) => {
-                        source::decode_bytes(r.source, &r.request, t.as_bytes(), r.t_ms)
+                match r.decode() {
+                    Err(Unusable::Status(status)) => {
+                        stats.problems += 1;
+                        on_problem(&Problem::Status { line, status });
+                        continue;
                     }
-                };
-                match decoded {
                     Ok(d) => {
                         for s in d.skipped {
                             stats.problems += 1;
@@ -115,7 +106,7 @@ pub fn replay<R: BufRead>(
                             let _: Verdict = engine.observe_into(snap, &mut events);
                         }
                     }
-                    Err(error) => {
+                    Err(Unusable::Decode(error)) => {
                         stats.problems += 1;
                         on_problem(&Problem::Decode { line, error });
                     }

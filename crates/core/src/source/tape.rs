@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use super::{DecodeError, Decoded};
 use crate::model::Source;
 
 /// One usable tape line.
@@ -47,6 +48,33 @@ pub struct Response {
 pub enum Body {
     Json(Value),
     Text(String),
+}
+
+/// Why a recorded response carries no data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unusable {
+    /// A non-2xx status (kept on the tape, it carries no data).
+    #[error("HTTP status {0}, no data")]
+    Status(u16),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+impl Response {
+    /// Decodes the recorded body with the decoder its source and request name: the one decode
+    /// of a tape record that `replay` and the server's replay source both use.
+    pub fn decode(&self) -> Result<Decoded, Unusable> {
+        if !(200..300).contains(&self.status) {
+            return Err(Unusable::Status(self.status));
+        }
+        let d = match &self.body {
+            Body::Json(v) => super::decode(self.source, &self.request, v, self.t_ms),
+            Body::Text(t) => {
+                super::decode_bytes(self.source, &self.request, t.as_bytes(), self.t_ms)
+            }
+        }?;
+        Ok(d)
+    }
 }
 
 /// A line that could not be used, by its 1-based number.

@@ -182,10 +182,6 @@ impl EwStats {
     pub fn var(&self) -> f64 {
         self.var
     }
-
-    pub fn count(&self) -> u32 {
-        self.n
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,931 @@
+//! The engine's parameters: the raw `[signal.*]` sections as a config file spells them (units
+//! in the names, the defaults of docs/signals.md), and [`Params`], the typed form the engine is
+//! built from (durations as `Duration`, every range checked once). [`Params::hash`] is the
+//! `params_hash` every event carries, so that an outcome study always knows which thresholds
+//! produced an event.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::settings::{
+    as_minutes, at_least, hours, in_range, minutes, ms as to_ms, seconds, FieldError,
+};
+
+/// The `[signal]` section and its subsections, as configured. Absent keys take the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawParams {
+    pub gates: RawGates,
+    pub momentum: RawMomentum,
+    pub volume_surge: RawVolumeSurge,
+    pub buy_pressure: RawBuyPressure,
+    pub pump_reversal: RawPumpReversal,
+    pub liquidity: RawLiquidity,
+    pub risk: RawRisk,
+    pub fsm: RawFsm,
+    pub freshness: RawFreshness,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawGates {
+    pub min_liquidity_usd_bullish: f64,
+    pub min_liquidity_ref_usd_bearish: f64,
+    pub min_age_minutes_bullish: f64,
+    pub min_txns_h1: u64,
+    pub min_volume_h1_usd: f64,
+    pub min_txns_h1_bearish: u64,
+    pub new_pair_max_age_minutes: f64,
+    pub new_pair_min_liquidity_usd: f64,
+    pub new_pair_min_txns_h1: u64,
+}
+
+impl Default for RawGates {
+    fn default() -> Self {
+        RawGates {
+            min_liquidity_usd_bullish: 10_000.0,
+            min_liquidity_ref_usd_bearish: 5_000.0,
+            min_age_minutes_bullish: 60.0,
+            min_txns_h1: 20,
+            min_volume_h1_usd: 5_000.0,
+            min_txns_h1_bearish: 5,
+            new_pair_max_age_minutes: 60.0,
+            new_pair_min_liquidity_usd: 5_000.0,
+            new_pair_min_txns_h1: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawMomentum {
+    pub enter_pc_h1: f64,
+    pub enter_pc_m5: f64,
+    pub exit_pc_h1: f64,
+    pub exit_pc_m5: f64,
+}
+
+impl Default for RawMomentum {
+    fn default() -> Self {
+        RawMomentum {
+            enter_pc_h1: 15.0,
+            enter_pc_m5: 3.0,
+            exit_pc_h1: 7.5,
+            exit_pc_m5: -3.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawVolumeSurge {
+    pub baseline_floor_usd_per_min: f64,
+    pub enter_r5: f64,
+    pub enter_r60: f64,
+    pub min_volume_m5_usd: f64,
+    pub min_volume_h1_usd: f64,
+    pub z_threshold: f64,
+    pub z_half_life_minutes: f64,
+    pub z_min_obs: u32,
+    pub z_min_span_minutes: f64,
+    pub exit_ratio: f64,
+    /// `P_m5` beyond which a surge has a direction (bullish above, bearish below minus it).
+    pub direction_pc_m5: f64,
+    /// `|P_m5|` an open surge needs to flip direction (a pump turning into a dump).
+    pub flip_pc_m5: f64,
+    /// A surge must be broad: the trade count must rise significantly too, `2·(sqrt N − sqrt μ)`
+    /// against its baseline μ at least this (a variance-stabilised Poisson z; N_m5 against the
+    /// rest of h1 for the R5 and z paths, N_h1 against the rest of h6 for R60), so that two
+    /// whale trades in a quiet pool are not a surge.
+    pub min_count_z: f64,
+}
+
+impl Default for RawVolumeSurge {
+    fn default() -> Self {
+        RawVolumeSurge {
+            baseline_floor_usd_per_min: 20.0,
+            enter_r5: 3.0,
+            enter_r60: 2.5,
+            min_volume_m5_usd: 5_000.0,
+            min_volume_h1_usd: 25_000.0,
+            z_threshold: 3.0,
+            z_half_life_minutes: 360.0,
+            z_min_obs: 30,
+            z_min_span_minutes: 360.0,
+            exit_ratio: 1.5,
+            direction_pc_m5: 1.0,
+            flip_pc_m5: 3.0,
+            min_count_z: 3.5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawBuyPressure {
+    pub prior: f64,
+    pub enter_bp_h1: f64,
+    pub exit_bp_h1: f64,
+    pub enter_bp_m5: f64,
+    pub min_txns_h1: u64,
+    pub min_txns_m5: u64,
+    pub sell_enter_bp_m5: f64,
+    /// The imbalance must also be significant: `|B_h1 − S_h1| / sqrt(N_h1)` at least this (a
+    /// binomial z-score). BP_h1 ≥ 0.62 over 60 trades is a coin-flip streak, not pressure.
+    pub min_imbalance_z: f64,
+}
+
+impl Default for RawBuyPressure {
+    fn default() -> Self {
+        RawBuyPressure {
+            prior: 5.0,
+            enter_bp_h1: 0.62,
+            exit_bp_h1: 0.56,
+            enter_bp_m5: 0.55,
+            min_txns_h1: 50,
+            min_txns_m5: 10,
+            sell_enter_bp_m5: 0.45,
+            min_imbalance_z: 3.5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawPumpReversal {
+    pub enter_pc_m5: f64,
+    pub prior_pc_h1: f64,
+    pub prior_pc_h6: f64,
+    pub drawdown: f64,
+    pub high_lookback_minutes: f64,
+    pub high_min_rise_pct: f64,
+    pub exit_pc_m5: f64,
+}
+
+impl Default for RawPumpReversal {
+    fn default() -> Self {
+        RawPumpReversal {
+            enter_pc_m5: -10.0,
+            prior_pc_h1: 30.0,
+            prior_pc_h6: 100.0,
+            drawdown: 0.25,
+            high_lookback_minutes: 30.0,
+            high_min_rise_pct: 30.0,
+            exit_pc_m5: -3.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLiquidity {
+    pub drain_lookback_minutes: f64,
+    pub drain_enter: f64,
+    pub drain_exit: f64,
+    pub drain_exit_minutes: f64,
+    pub rug_enter: f64,
+    pub rug_abs_floor_usd: f64,
+    pub rug_abs_ref_usd: f64,
+    pub rug_crash_pc_m5: f64,
+    pub rug_crash_lp_removed: f64,
+    /// Pool labels that mean concentrated liquidity, where `K = sqrt(base·quote)` does not hold
+    /// and the USD liquidity is used instead (matched case-insensitively).
+    pub concentrated_labels: Vec<String>,
+}
+
+impl Default for RawLiquidity {
+    fn default() -> Self {
+        RawLiquidity {
+            drain_lookback_minutes: 30.0,
+            drain_enter: 0.25,
+            drain_exit: 0.10,
+            drain_exit_minutes: 15.0,
+            rug_enter: 0.60,
+            rug_abs_floor_usd: 1_000.0,
+            rug_abs_ref_usd: 10_000.0,
+            rug_crash_pc_m5: -50.0,
+            rug_crash_lp_removed: 0.30,
+            concentrated_labels: ["CLMM", "DLMM", "wp", "v3", "v4", "DYN", "DYN2"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        }
+    }
+}
+
+/// Risk flags and their score penalties (docs/signals.md, "Risk flags").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRisk {
+    pub sell_side_absent_min_buys_h1: u64,
+    pub sell_side_absent_penalty: u32,
+    pub sell_side_absent_cap: u8,
+    pub wash_lvr: f64,
+    pub wash_max_abs_pc_h24: f64,
+    /// A surge on a price this flat (|P_m5| below it) with balanced flow is suspected wash
+    /// trading. The spec proposed 0.5; 1.0 is the band in which a surge has no direction, and
+    /// one arbitrage correction in a deep pool already moves the price 0.5 %.
+    pub wash_max_abs_pc_m5: f64,
+    pub wash_penalty: u32,
+    pub few_wallets_ratio: f64,
+    pub few_wallets_penalty: u32,
+    pub lvr_extreme: f64,
+    pub lvr_extreme_penalty: u32,
+    pub lvr_elevated: f64,
+    pub lvr_elevated_penalty: u32,
+    pub vertical_spike_pc_m5: f64,
+    pub vertical_spike_penalty: u32,
+    pub thin_liquidity_usd: f64,
+    pub thin_liquidity_penalty: u32,
+    pub low_float_fdv_to_liquidity: f64,
+    pub low_float_penalty: u32,
+}
+
+impl Default for RawRisk {
+    fn default() -> Self {
+        RawRisk {
+            sell_side_absent_min_buys_h1: 30,
+            sell_side_absent_penalty: 30,
+            sell_side_absent_cap: 40,
+            wash_lvr: 20.0,
+            wash_max_abs_pc_h24: 5.0,
+            wash_max_abs_pc_m5: 1.0,
+            wash_penalty: 20,
+            few_wallets_ratio: 0.15,
+            few_wallets_penalty: 15,
+            lvr_extreme: 20.0,
+            lvr_extreme_penalty: 15,
+            lvr_elevated: 10.0,
+            lvr_elevated_penalty: 5,
+            vertical_spike_pc_m5: 15.0,
+            vertical_spike_penalty: 10,
+            thin_liquidity_usd: 25_000.0,
+            thin_liquidity_penalty: 5,
+            low_float_fdv_to_liquidity: 200.0,
+            low_float_penalty: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawFsm {
+    pub confirm_snapshots: u32,
+    pub confirm_min_seconds: f64,
+    pub pending_timeout_minutes: f64,
+    pub exit_snapshots: u32,
+    pub cooldown_minutes: f64,
+    pub escalation_points: u8,
+    pub escalation_min_seconds: f64,
+    pub data_gap_close_minutes: f64,
+    pub rug_cooldown_hours: f64,
+    pub min_emit_score: u8,
+    /// A pair not observed at all for this long, with nothing open, pending or cooling down,
+    /// is forgotten (its state freed); if it comes back it starts afresh. Bounds the engine's
+    /// memory under discovery.
+    pub forget_idle_hours: f64,
+}
+
+impl Default for RawFsm {
+    fn default() -> Self {
+        RawFsm {
+            confirm_snapshots: 2,
+            confirm_min_seconds: 60.0,
+            pending_timeout_minutes: 10.0,
+            exit_snapshots: 2,
+            cooldown_minutes: 30.0,
+            escalation_points: 15,
+            escalation_min_seconds: 300.0,
+            data_gap_close_minutes: 15.0,
+            rug_cooldown_hours: 24.0,
+            min_emit_score: 40,
+            forget_idle_hours: 48.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawFreshness {
+    pub price_jump_suspect_factor: f64,
+    pub price_jump_window_minutes: f64,
+    pub window_monotonic_tolerance: f64,
+    pub stale_m5_proof_minutes: f64,
+}
+
+impl Default for RawFreshness {
+    fn default() -> Self {
+        RawFreshness {
+            price_jump_suspect_factor: 10.0,
+            price_jump_window_minutes: 10.0,
+            window_monotonic_tolerance: 0.01,
+            stale_m5_proof_minutes: 6.0,
+        }
+    }
+}
+
+const BIG: f64 = 1e15;
+
+/// Eligibility gates (docs/signals.md, "Eligibility").
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gates {
+    pub min_liquidity_usd_bullish: f64,
+    pub min_liquidity_ref_usd_bearish: f64,
+    pub min_age_bullish: Duration,
+    pub min_txns_h1: u64,
+    pub min_volume_h1_usd: f64,
+    pub min_txns_h1_bearish: u64,
+    pub new_pair_max_age: Duration,
+    pub new_pair_min_liquidity_usd: f64,
+    pub new_pair_min_txns_h1: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Momentum {
+    pub enter_pc_h1: f64,
+    pub enter_pc_m5: f64,
+    pub exit_pc_h1: f64,
+    pub exit_pc_m5: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeSurge {
+    pub baseline_floor_usd_per_min: f64,
+    pub enter_r5: f64,
+    pub enter_r60: f64,
+    pub min_volume_m5_usd: f64,
+    pub min_volume_h1_usd: f64,
+    pub z_threshold: f64,
+    pub z_half_life: Duration,
+    pub z_min_obs: u32,
+    pub z_min_span: Duration,
+    pub exit_ratio: f64,
+    pub direction_pc_m5: f64,
+    pub flip_pc_m5: f64,
+    pub min_count_z: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuyPressure {
+    pub prior: f64,
+    pub enter_bp_h1: f64,
+    pub exit_bp_h1: f64,
+    pub enter_bp_m5: f64,
+    pub min_txns_h1: u64,
+    pub min_txns_m5: u64,
+    pub sell_enter_bp_m5: f64,
+    pub min_imbalance_z: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PumpReversal {
+    pub enter_pc_m5: f64,
+    pub prior_pc_h1: f64,
+    pub prior_pc_h6: f64,
+    pub drawdown: f64,
+    pub high_lookback: Duration,
+    pub high_min_rise_pct: f64,
+    pub exit_pc_m5: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Liquidity {
+    pub drain_lookback: Duration,
+    pub drain_enter: f64,
+    pub drain_exit: f64,
+    pub drain_exit_after: Duration,
+    pub rug_enter: f64,
+    pub rug_abs_floor_usd: f64,
+    pub rug_abs_ref_usd: f64,
+    pub rug_crash_pc_m5: f64,
+    pub rug_crash_lp_removed: f64,
+    /// Lower-cased once, so that matching a pool's labels does not allocate.
+    pub concentrated_labels: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Risk {
+    pub sell_side_absent_min_buys_h1: u64,
+    pub sell_side_absent_penalty: u32,
+    pub sell_side_absent_cap: u8,
+    pub wash_lvr: f64,
+    pub wash_max_abs_pc_h24: f64,
+    pub wash_max_abs_pc_m5: f64,
+    pub wash_penalty: u32,
+    pub few_wallets_ratio: f64,
+    pub few_wallets_penalty: u32,
+    pub lvr_extreme: f64,
+    pub lvr_extreme_penalty: u32,
+    pub lvr_elevated: f64,
+    pub lvr_elevated_penalty: u32,
+    pub vertical_spike_pc_m5: f64,
+    pub vertical_spike_penalty: u32,
+    pub thin_liquidity_usd: f64,
+    pub thin_liquidity_penalty: u32,
+    pub low_float_fdv_to_liquidity: f64,
+    pub low_float_penalty: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fsm {
+    pub confirm_snapshots: u32,
+    pub confirm_min: Duration,
+    pub pending_timeout: Duration,
+    pub exit_snapshots: u32,
+    pub cooldown: Duration,
+    pub escalation_points: u8,
+    pub escalation_min: Duration,
+    pub data_gap_close: Duration,
+    pub rug_cooldown: Duration,
+    pub min_emit_score: u8,
+    pub forget_idle: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Freshness {
+    pub price_jump_suspect_factor: f64,
+    pub price_jump_window: Duration,
+    pub window_monotonic_tolerance: f64,
+    pub stale_m5_proof: Duration,
+}
+
+/// The engine's parameters, every range checked ([`Params::parse`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Params {
+    pub gates: Gates,
+    pub momentum: Momentum,
+    pub volume_surge: VolumeSurge,
+    pub buy_pressure: BuyPressure,
+    pub pump_reversal: PumpReversal,
+    pub liquidity: Liquidity,
+    pub risk: Risk,
+    pub fsm: Fsm,
+    pub freshness: Freshness,
+    hash: String,
+    /// The durations in the units the engine computes in, converted once.
+    pub(crate) ms: Millis,
+}
+
+/// The durations of [`Params`] as Unix-ms spans and ages in minutes, so that the per-snapshot
+/// path does no unit conversions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Millis {
+    pub min_age_bullish_min: f64,
+    pub new_pair_max_age_min: f64,
+    pub z_half_life: i64,
+    pub z_min_span: i64,
+    pub high_lookback: i64,
+    pub drain_lookback: i64,
+    pub drain_exit_after: i64,
+    pub confirm_min: i64,
+    pub pending_timeout: i64,
+    pub cooldown: i64,
+    pub escalation_min: i64,
+    pub data_gap_close: i64,
+    pub rug_cooldown: i64,
+    pub forget_idle: i64,
+    pub price_jump_window: i64,
+    pub stale_m5_proof: i64,
+}
+
+impl Default for Params {
+    /// The documented defaults. They are valid by construction; `defaults_parse` in the tests
+    /// below proves it, so the fallback never runs.
+    fn default() -> Self {
+        Params::parse(&RawParams::default()).unwrap_or_else(|e| unreachable!("defaults: {e}"))
+    }
+}
+
+impl Params {
+    /// Checks every range and converts units once. Field names are relative to `[signal]`.
+    pub fn parse(raw: &RawParams) -> Result<Params, FieldError> {
+        let g = &raw.gates;
+        let gates = Gates {
+            min_liquidity_usd_bullish: in_range(
+                "gates.min_liquidity_usd_bullish",
+                g.min_liquidity_usd_bullish,
+                0.0,
+                BIG,
+            )?,
+            min_liquidity_ref_usd_bearish: in_range(
+                "gates.min_liquidity_ref_usd_bearish",
+                g.min_liquidity_ref_usd_bearish,
+                0.0,
+                BIG,
+            )?,
+            min_age_bullish: minutes(
+                "gates.min_age_minutes_bullish",
+                g.min_age_minutes_bullish,
+                0.0,
+                525_600.0,
+            )?,
+            min_txns_h1: g.min_txns_h1,
+            min_volume_h1_usd: in_range("gates.min_volume_h1_usd", g.min_volume_h1_usd, 0.0, BIG)?,
+            min_txns_h1_bearish: g.min_txns_h1_bearish,
+            new_pair_max_age: minutes(
+                "gates.new_pair_max_age_minutes",
+                g.new_pair_max_age_minutes,
+                1.0,
+                1440.0,
+            )?,
+            new_pair_min_liquidity_usd: in_range(
+                "gates.new_pair_min_liquidity_usd",
+                g.new_pair_min_liquidity_usd,
+                0.0,
+                BIG,
+            )?,
+            new_pair_min_txns_h1: g.new_pair_min_txns_h1,
+        };
+
+        let m = &raw.momentum;
+        let enter_pc_h1 = in_range("momentum.enter_pc_h1", m.enter_pc_h1, 0.1, 10_000.0)?;
+        let momentum = Momentum {
+            enter_pc_h1,
+            enter_pc_m5: in_range("momentum.enter_pc_m5", m.enter_pc_m5, 0.0, 10_000.0)?,
+            exit_pc_h1: in_range("momentum.exit_pc_h1", m.exit_pc_h1, 0.0, enter_pc_h1)?,
+            exit_pc_m5: in_range("momentum.exit_pc_m5", m.exit_pc_m5, -100.0, 0.0)?,
+        };
+
+        let v = &raw.volume_surge;
+        let enter_r5 = in_range("volume_surge.enter_r5", v.enter_r5, 1.0, 1e6)?;
+        let enter_r60 = in_range("volume_surge.enter_r60", v.enter_r60, 1.0, 1e6)?;
+        let direction_pc_m5 = in_range(
+            "volume_surge.direction_pc_m5",
+            v.direction_pc_m5,
+            0.0,
+            100.0,
+        )?;
+        let volume_surge = VolumeSurge {
+            baseline_floor_usd_per_min: in_range(
+                "volume_surge.baseline_floor_usd_per_min",
+                v.baseline_floor_usd_per_min,
+                1e-6,
+                BIG,
+            )?,
+            enter_r5,
+            enter_r60,
+            min_volume_m5_usd: in_range(
+                "volume_surge.min_volume_m5_usd",
+                v.min_volume_m5_usd,
+                0.0,
+                BIG,
+            )?,
+            min_volume_h1_usd: in_range(
+                "volume_surge.min_volume_h1_usd",
+                v.min_volume_h1_usd,
+                0.0,
+                BIG,
+            )?,
+            z_threshold: in_range("volume_surge.z_threshold", v.z_threshold, 0.5, 100.0)?,
+            z_half_life: minutes(
+                "volume_surge.z_half_life_minutes",
+                v.z_half_life_minutes,
+                1.0,
+                100_000.0,
+            )?,
+            z_min_obs: at_least("volume_surge.z_min_obs", v.z_min_obs, 2)?,
+            z_min_span: minutes(
+                "volume_surge.z_min_span_minutes",
+                v.z_min_span_minutes,
+                0.0,
+                100_000.0,
+            )?,
+            exit_ratio: in_range(
+                "volume_surge.exit_ratio",
+                v.exit_ratio,
+                0.0,
+                enter_r5.min(enter_r60),
+            )?,
+            direction_pc_m5,
+            flip_pc_m5: in_range(
+                "volume_surge.flip_pc_m5",
+                v.flip_pc_m5,
+                direction_pc_m5,
+                100.0,
+            )?,
+            min_count_z: in_range("volume_surge.min_count_z", v.min_count_z, 0.0, 100.0)?,
+        };
+
+        let b = &raw.buy_pressure;
+        let enter_bp_h1 = in_range("buy_pressure.enter_bp_h1", b.enter_bp_h1, 0.5, 1.0)?;
+        let buy_pressure = BuyPressure {
+            prior: in_range("buy_pressure.prior", b.prior, 0.0, 1e6)?,
+            enter_bp_h1,
+            exit_bp_h1: in_range("buy_pressure.exit_bp_h1", b.exit_bp_h1, 0.5, enter_bp_h1)?,
+            enter_bp_m5: in_range("buy_pressure.enter_bp_m5", b.enter_bp_m5, 0.0, 1.0)?,
+            min_txns_h1: at_least("buy_pressure.min_txns_h1", b.min_txns_h1, 1)?,
+            min_txns_m5: b.min_txns_m5,
+            sell_enter_bp_m5: in_range(
+                "buy_pressure.sell_enter_bp_m5",
+                b.sell_enter_bp_m5,
+                0.0,
+                1.0,
+            )?,
+            min_imbalance_z: in_range(
+                "buy_pressure.min_imbalance_z",
+                b.min_imbalance_z,
+                0.0,
+                100.0,
+            )?,
+        };
+
+        let p = &raw.pump_reversal;
+        let enter_pc_m5 = in_range("pump_reversal.enter_pc_m5", p.enter_pc_m5, -100.0, 0.0)?;
+        let pump_reversal = PumpReversal {
+            enter_pc_m5,
+            prior_pc_h1: in_range("pump_reversal.prior_pc_h1", p.prior_pc_h1, 0.0, 1e6)?,
+            prior_pc_h6: in_range("pump_reversal.prior_pc_h6", p.prior_pc_h6, 0.0, 1e6)?,
+            drawdown: in_range("pump_reversal.drawdown", p.drawdown, 0.01, 1.0)?,
+            high_lookback: minutes(
+                "pump_reversal.high_lookback_minutes",
+                p.high_lookback_minutes,
+                1.0,
+                1440.0,
+            )?,
+            high_min_rise_pct: in_range(
+                "pump_reversal.high_min_rise_pct",
+                p.high_min_rise_pct,
+                0.0,
+                1e6,
+            )?,
+            exit_pc_m5: in_range("pump_reversal.exit_pc_m5", p.exit_pc_m5, enter_pc_m5, 0.0)?,
+        };
+
+        let l = &raw.liquidity;
+        let drain_enter = in_range("liquidity.drain_enter", l.drain_enter, 0.01, 1.0)?;
+        let rug_abs_floor_usd =
+            in_range("liquidity.rug_abs_floor_usd", l.rug_abs_floor_usd, 0.0, BIG)?;
+        let liquidity = Liquidity {
+            drain_lookback: minutes(
+                "liquidity.drain_lookback_minutes",
+                l.drain_lookback_minutes,
+                1.0,
+                1440.0,
+            )?,
+            drain_enter,
+            drain_exit: in_range("liquidity.drain_exit", l.drain_exit, 0.0, drain_enter)?,
+            drain_exit_after: minutes(
+                "liquidity.drain_exit_minutes",
+                l.drain_exit_minutes,
+                0.0,
+                1440.0,
+            )?,
+            rug_enter: in_range("liquidity.rug_enter", l.rug_enter, drain_enter, 1.0)?,
+            rug_abs_floor_usd,
+            rug_abs_ref_usd: in_range(
+                "liquidity.rug_abs_ref_usd",
+                l.rug_abs_ref_usd,
+                rug_abs_floor_usd,
+                BIG,
+            )?,
+            rug_crash_pc_m5: in_range("liquidity.rug_crash_pc_m5", l.rug_crash_pc_m5, -100.0, 0.0)?,
+            rug_crash_lp_removed: in_range(
+                "liquidity.rug_crash_lp_removed",
+                l.rug_crash_lp_removed,
+                0.0,
+                1.0,
+            )?,
+            concentrated_labels: l
+                .concentrated_labels
+                .iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect(),
+        };
+
+        let r = &raw.risk;
+        let lvr_elevated = in_range("risk.lvr_elevated", r.lvr_elevated, 0.0, 1e9)?;
+        let risk = Risk {
+            sell_side_absent_min_buys_h1: r.sell_side_absent_min_buys_h1,
+            sell_side_absent_penalty: r.sell_side_absent_penalty,
+            sell_side_absent_cap: in_range(
+                "risk.sell_side_absent_cap",
+                f64::from(r.sell_side_absent_cap),
+                0.0,
+                100.0,
+            )
+            .map(|_| r.sell_side_absent_cap)?,
+            wash_lvr: in_range("risk.wash_lvr", r.wash_lvr, 0.0, 1e9)?,
+            wash_max_abs_pc_h24: in_range(
+                "risk.wash_max_abs_pc_h24",
+                r.wash_max_abs_pc_h24,
+                0.0,
+                1e6,
+            )?,
+            wash_max_abs_pc_m5: in_range(
+                "risk.wash_max_abs_pc_m5",
+                r.wash_max_abs_pc_m5,
+                0.0,
+                1e6,
+            )?,
+            wash_penalty: r.wash_penalty,
+            few_wallets_ratio: in_range("risk.few_wallets_ratio", r.few_wallets_ratio, 0.0, 1.0)?,
+            few_wallets_penalty: r.few_wallets_penalty,
+            lvr_extreme: in_range("risk.lvr_extreme", r.lvr_extreme, lvr_elevated, 1e9)?,
+            lvr_extreme_penalty: r.lvr_extreme_penalty,
+            lvr_elevated,
+            lvr_elevated_penalty: r.lvr_elevated_penalty,
+            vertical_spike_pc_m5: in_range(
+                "risk.vertical_spike_pc_m5",
+                r.vertical_spike_pc_m5,
+                0.0,
+                1e6,
+            )?,
+            vertical_spike_penalty: r.vertical_spike_penalty,
+            thin_liquidity_usd: in_range(
+                "risk.thin_liquidity_usd",
+                r.thin_liquidity_usd,
+                0.0,
+                BIG,
+            )?,
+            thin_liquidity_penalty: r.thin_liquidity_penalty,
+            low_float_fdv_to_liquidity: in_range(
+                "risk.low_float_fdv_to_liquidity",
+                r.low_float_fdv_to_liquidity,
+                0.0,
+                1e12,
+            )?,
+            low_float_penalty: r.low_float_penalty,
+        };
+
+        let f = &raw.fsm;
+        let fsm = Fsm {
+            confirm_snapshots: at_least("fsm.confirm_snapshots", f.confirm_snapshots, 1)?,
+            confirm_min: seconds(
+                "fsm.confirm_min_seconds",
+                f.confirm_min_seconds,
+                0.0,
+                86_400.0,
+            )?,
+            pending_timeout: minutes(
+                "fsm.pending_timeout_minutes",
+                f.pending_timeout_minutes,
+                0.1,
+                1440.0,
+            )?,
+            exit_snapshots: at_least("fsm.exit_snapshots", f.exit_snapshots, 1)?,
+            cooldown: minutes("fsm.cooldown_minutes", f.cooldown_minutes, 0.0, 10_080.0)?,
+            escalation_points: at_least("fsm.escalation_points", f.escalation_points, 1)?,
+            escalation_min: seconds(
+                "fsm.escalation_min_seconds",
+                f.escalation_min_seconds,
+                0.0,
+                86_400.0,
+            )?,
+            data_gap_close: minutes(
+                "fsm.data_gap_close_minutes",
+                f.data_gap_close_minutes,
+                0.1,
+                1440.0,
+            )?,
+            rug_cooldown: hours("fsm.rug_cooldown_hours", f.rug_cooldown_hours, 0.0, 8760.0)?,
+            min_emit_score: in_range(
+                "fsm.min_emit_score",
+                f64::from(f.min_emit_score),
+                0.0,
+                100.0,
+            )
+            .map(|_| f.min_emit_score)?,
+            forget_idle: hours("fsm.forget_idle_hours", f.forget_idle_hours, 1.0, 8760.0)?,
+        };
+
+        let fr = &raw.freshness;
+        let freshness = Freshness {
+            price_jump_suspect_factor: in_range(
+                "freshness.price_jump_suspect_factor",
+                fr.price_jump_suspect_factor,
+                1.5,
+                1e6,
+            )?,
+            price_jump_window: minutes(
+                "freshness.price_jump_window_minutes",
+                fr.price_jump_window_minutes,
+                0.0,
+                1440.0,
+            )?,
+            window_monotonic_tolerance: in_range(
+                "freshness.window_monotonic_tolerance",
+                fr.window_monotonic_tolerance,
+                0.0,
+                1.0,
+            )?,
+            stale_m5_proof: minutes(
+                "freshness.stale_m5_proof_minutes",
+                fr.stale_m5_proof_minutes,
+                0.5,
+                1440.0,
+            )?,
+        };
+
+        let ms = Millis {
+            min_age_bullish_min: as_minutes(gates.min_age_bullish),
+            new_pair_max_age_min: as_minutes(gates.new_pair_max_age),
+            z_half_life: to_ms(volume_surge.z_half_life),
+            z_min_span: to_ms(volume_surge.z_min_span),
+            high_lookback: to_ms(pump_reversal.high_lookback),
+            drain_lookback: to_ms(liquidity.drain_lookback),
+            drain_exit_after: to_ms(liquidity.drain_exit_after),
+            confirm_min: to_ms(fsm.confirm_min),
+            pending_timeout: to_ms(fsm.pending_timeout),
+            cooldown: to_ms(fsm.cooldown),
+            escalation_min: to_ms(fsm.escalation_min),
+            data_gap_close: to_ms(fsm.data_gap_close),
+            rug_cooldown: to_ms(fsm.rug_cooldown),
+            forget_idle: to_ms(fsm.forget_idle),
+            price_jump_window: to_ms(freshness.price_jump_window),
+            stale_m5_proof: to_ms(freshness.stale_m5_proof),
+        };
+        Ok(Params {
+            ms,
+            gates,
+            momentum,
+            volume_surge,
+            buy_pressure,
+            pump_reversal,
+            liquidity,
+            risk,
+            fsm,
+            freshness,
+            hash: params_hash(raw),
+        })
+    }
+
+    /// `params_hash`: sha256 of the canonical JSON of the raw parameters (struct field order is
+    /// fixed, so the JSON is canonical), first 16 bytes in hex.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+}
+
+fn params_hash(raw: &RawParams) -> String {
+    use sha2::{Digest, Sha256};
+    // Serializing plain numbers, strings and lists cannot fail.
+    let json = serde_json::to_vec(raw).unwrap_or_default();
+    hex::encode(&Sha256::digest(&json)[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse() {
+        assert!(Params::parse(&RawParams::default()).is_ok());
+        let p = Params::default();
+        assert_eq!(p.fsm.cooldown, Duration::from_secs(30 * 60));
+        assert_eq!(p.fsm.rug_cooldown, Duration::from_secs(24 * 3600));
+        assert!(p
+            .liquidity
+            .concentrated_labels
+            .contains(&"clmm".to_string()));
+    }
+
+    fn check(edit: impl Fn(&mut RawParams), expect_field: Option<&str>) {
+        let mut raw = RawParams::default();
+        edit(&mut raw);
+        match (Params::parse(&raw), expect_field) {
+            (Ok(_), None) => {}
+            (Err(e), Some(field)) => assert_eq!(e.field, field, "{e}"),
+            (Ok(_), Some(field)) => panic!("accepted, expected an error naming {field}"),
+            (Err(e), None) => panic!("rejected: {e}"),
+        }
+    }
+
+    #[test]
+    fn each_range_names_its_field() {
+        check(|r| r.momentum.enter_pc_h1 = 20.0, None);
+        check(
+            |r| r.momentum.enter_pc_h1 = -1.0,
+            Some("momentum.enter_pc_h1"),
+        );
+        check(
+            |r| r.momentum.exit_pc_h1 = 99.0,
+            Some("momentum.exit_pc_h1"),
+        );
+        check(
+            |r| r.fsm.confirm_snapshots = 0,
+            Some("fsm.confirm_snapshots"),
+        );
+        check(
+            |r| r.freshness.window_monotonic_tolerance = f64::NAN,
+            Some("freshness.window_monotonic_tolerance"),
+        );
+        check(
+            |r| r.fsm.cooldown_minutes = -1.0,
+            Some("fsm.cooldown_minutes"),
+        );
+        check(|r| r.liquidity.rug_enter = 0.1, Some("liquidity.rug_enter"));
+        check(|r| r.fsm.min_emit_score = 101, Some("fsm.min_emit_score"));
+    }
+
+    #[test]
+    fn the_hash_changes_with_any_threshold() {
+        let a = Params::default();
+        let mut raw = RawParams::default();
+        raw.momentum.enter_pc_m5 = 3.5;
+        let b = Params::parse(&raw).unwrap();
+        assert_ne!(a.hash(), b.hash());
+        assert_eq!(a.hash(), Params::default().hash());
+        assert_eq!(a.hash().len(), 32);
+    }
+}

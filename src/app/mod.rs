@@ -1,0 +1,304 @@
+//! The composition root: the only module that knows the whole. It composes the settings
+//! ([`settings`]), builds the hub, metrics and health, starts the configured source
+//! ([`source`]) and the engine task ([`engine`]) and the server under one shutdown token, and
+//! supervises them: a task that fails or panics is named in the log and in `/readyz`, shuts
+//! the process down, and makes it exit non-zero, so that a supervisor restarts it.
+
+pub mod engine;
+pub mod settings;
+pub mod source;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use dexpulse_core::signal::Engine;
+
+use crate::health::Health;
+use crate::hub::Hub;
+use crate::live;
+use crate::metrics::Metrics;
+use crate::server::{self, AppState};
+use crate::time::Clock;
+
+pub use settings::{Config, SourceSettings};
+
+/// A failure before anything runs.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the tape {path}: {source}")]
+    Tape {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create the recording {path}: {source}")]
+    Record {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Why a running dexpulse ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("task `{task}` failed: {reason}")]
+    TaskFailed { task: String, reason: String },
+    #[error("the server failed: {0}")]
+    Server(std::io::Error),
+}
+
+type Task = JoinHandle<Result<(), (String, String)>>;
+
+/// A running dexpulse.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    tasks: Vec<Task>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_string())
+}
+
+/// Runs `fut` as task `name`; if it fails or panics, the health names it, the log says why,
+/// and shutdown begins.
+fn supervise<F>(name: &str, fut: F, health: Arc<Health>, shutdown: CancellationToken) -> Task
+where
+    F: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let name = name.to_string();
+    tokio::spawn(async move {
+        let reason = match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e,
+            Err(p) => format!("panicked: {}", panic_message(&*p)),
+        };
+        tracing::error!(task = %name, reason = %reason, "a task failed; shutting down");
+        health.task_failed(&name, &reason);
+        shutdown.cancel();
+        Err((name, reason))
+    })
+}
+
+impl Running {
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.state.hub
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.state.shutdown.clone()
+    }
+
+    /// Runs another task under the same supervision (the server's own tasks use this).
+    pub fn spawn<F>(&mut self, name: &str, fut: F)
+    where
+        F: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let t = supervise(
+            name,
+            fut,
+            self.state.health.clone(),
+            self.state.shutdown.clone(),
+        );
+        self.tasks.push(t);
+    }
+
+    /// Fires shutdown and waits: sources stop, sessions get close frames (1001), tasks end.
+    pub async fn shutdown(self) -> Result<(), RunError> {
+        self.state.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits until everything has ended (after someone fired the shutdown token, or a task
+    /// failed and fired it).
+    pub async fn wait(self) -> Result<(), RunError> {
+        let served = match self.server.await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        let mut failed = None;
+        for t in self.tasks {
+            if let Ok(Err((task, reason))) = t.await {
+                failed.get_or_insert(RunError::TaskFailed { task, reason });
+            }
+        }
+        match (failed, served) {
+            (Some(f), _) => Err(f),
+            (None, Err(e)) => Err(RunError::Server(e)),
+            (None, Ok(())) => Ok(()),
+        }
+    }
+}
+
+/// What `start` runs besides the server.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `false`: nothing feeds the engine (tests publish into the hub themselves).
+    pub no_source: bool,
+    pub clock: Clock,
+}
+
+/// Starts the source, the engine and the server on `listener`. Files the source needs are
+/// opened first, so that a missing tape or an impossible recording path fails here, before
+/// anything runs.
+pub fn start(cfg: Config, listener: TcpListener, opts: Options) -> Result<Running, StartError> {
+    let addr = listener.local_addr()?;
+    let clock = opts.clock;
+    let shutdown = CancellationToken::new();
+    let hub = Arc::new(Hub::new(cfg.hub.clone(), clock.clone()));
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new(clock.clone()));
+    let state = AppState::new(server::Parts {
+        settings: cfg.server.clone(),
+        session: cfg.session.clone(),
+        auth: cfg.auth.clone(),
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+        clock: clock.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let mut tasks = Vec::new();
+    type Boxed = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+    let sup = |name: &str, fut: Boxed| supervise(name, fut, health.clone(), shutdown.clone());
+    if opts.no_source {
+        health.set_engine_running(true);
+    } else if let SourceSettings::Bench(b) = &cfg.source.kind {
+        tasks.push(sup(
+            "bench",
+            Box::pin(source::bench(
+                b.clone(),
+                hub.clone(),
+                health.clone(),
+                clock.clone(),
+                shutdown.clone(),
+            )),
+        ));
+    } else {
+        let (tx, rx) = mpsc::channel(cfg.source.channel_capacity);
+        let feed: Boxed = match &cfg.source.kind {
+            SourceSettings::Simulator(s) => Box::pin(source::simulator(
+                s.clone(),
+                clock.clone(),
+                tx,
+                shutdown.clone(),
+            )),
+            SourceSettings::Replay(r) => {
+                let file = std::fs::File::open(&r.tape).map_err(|source| StartError::Tape {
+                    path: r.tape.clone(),
+                    source,
+                })?;
+                Box::pin(source::replay(
+                    r.clone(),
+                    file,
+                    clock.clone(),
+                    tx,
+                    shutdown.clone(),
+                ))
+            }
+            SourceSettings::Live(l) => {
+                let recorder =
+                    match &l.record {
+                        None => None,
+                        Some(path) => Some(live::open_recorder(path).map_err(|source| {
+                            StartError::Record {
+                                path: path.clone(),
+                                source,
+                            }
+                        })?),
+                    };
+                let ctx = live::Ctx {
+                    settings: Arc::new((**l).clone()),
+                    tx,
+                    shutdown: shutdown.clone(),
+                    metrics: metrics.clone(),
+                    health: health.clone(),
+                    clock: clock.clone(),
+                    recorder,
+                };
+                Box::pin(async move { live::run(ctx).await.map_err(|e| e.to_string()) })
+            }
+            SourceSettings::Bench(_) => Box::pin(async { Ok(()) }),
+        };
+        tasks.push(sup(
+            "engine",
+            Box::pin(engine::run(
+                Engine::new(cfg.signal.clone()),
+                rx,
+                hub.clone(),
+                metrics.clone(),
+                health.clone(),
+                shutdown.clone(),
+            )),
+        ));
+        tasks.push(sup("source", feed));
+    }
+    let server = tokio::spawn(server::serve(listener, state.clone()));
+    Ok(Running {
+        addr,
+        state,
+        tasks,
+        server,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_that_panics_is_named_and_shuts_the_process_down() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut r = start(
+            Config::defaults(),
+            listener,
+            Options {
+                no_source: true,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        let health = r.state.health.clone();
+        let token = r.shutdown_token();
+        r.spawn("doomed", async { panic!("the disk is on fire") });
+        token.cancelled().await;
+        let ready = health.readiness(std::time::Duration::from_secs(60));
+        assert_eq!(
+            ready.reason.as_deref(),
+            Some("task `doomed` failed: panicked: the disk is on fire")
+        );
+        match r.wait().await {
+            Err(RunError::TaskFailed { task, reason }) => {
+                assert_eq!(task, "doomed");
+                assert!(reason.contains("the disk is on fire"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_tape_fails_before_anything_runs() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut cfg = Config::defaults();
+        cfg.source.kind = SourceSettings::Replay(settings::Replay {
+            tape: "/nonexistent/tape.jsonl".into(),
+            speed: 1.0,
+        });
+        let e = start(cfg, listener, Options::default()).err().unwrap();
+        assert!(matches!(e, StartError::Tape { .. }), "{e}");
+        assert!(e.to_string().contains("/nonexistent/tape.jsonl"));
+    }
+}

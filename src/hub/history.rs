@@ -1,0 +1,266 @@
+//! The history room: the epoch, the head, and the retained frames that `resume_from` and
+//! `GET /v1/signals` read. [`History`] is the seam a durable log or a cluster's stream
+//! implements; [`MemoryHistory`], a ring in memory, is the first implementation.
+//!
+//! Seqs are dense (each publish takes the next one), so the ring is indexed by `seq − oldest`:
+//! a read finds its start in O(1) and copies only the frames it returns, in chunks, never the
+//! whole ring under the publisher's lock.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use dexpulse_core::model::EventMeta;
+use dexpulse_core::protocol::signal_message;
+
+use super::Settings;
+
+/// One published signal: the message every matching session sends as is (serialized once),
+/// and what filters read.
+#[derive(Debug)]
+pub struct Frame {
+    pub seq: u64,
+    pub published_at_us: i64,
+    pub meta: EventMeta,
+    /// `{"type":"signal","seq":…,"published_at_us":…,"event":{…}}`, UTF-8.
+    pub text: Bytes,
+}
+
+/// What a read of the history found.
+#[derive(Debug, Default)]
+pub struct Since {
+    /// Retained frames with `seq` greater than asked, oldest first, at most the limit.
+    pub frames: Vec<Arc<Frame>>,
+    /// The oldest retained seq (head + 1 when nothing is retained).
+    pub oldest_seq: u64,
+    /// The head when the read was made.
+    pub head: u64,
+}
+
+impl Since {
+    /// Whether every event after `after` was still retained when this was read.
+    pub fn complete_after(&self, after: u64) -> bool {
+        after.saturating_add(1) >= self.oldest_seq && after <= self.head
+    }
+}
+
+/// Where published frames are kept, in seq order.
+pub trait History: Send + Sync {
+    /// Names the lifetime of the numbering: a client holding a seq of another epoch knows it
+    /// cannot resume from it.
+    fn epoch(&self) -> &str;
+    /// The seq of the last published frame (0 before the first).
+    fn head(&self) -> u64;
+    /// Gives each event the next seq, builds its frame and keeps it. Only one publisher calls
+    /// this, so seq order is publish order. The head moves before this returns.
+    fn append(&self, published_at_us: i64, events: Vec<(EventMeta, String)>) -> Vec<Arc<Frame>>;
+    /// Frames with `seq > after`, oldest first, at most `limit`.
+    fn since(&self, after: u64, limit: usize) -> Since;
+    /// The oldest retained seq (head + 1 when nothing is retained).
+    fn oldest(&self) -> u64;
+    /// The newest `limit` frames with `seq < before` (all when `before` is `None`), oldest
+    /// first.
+    fn before(&self, before: Option<u64>, limit: usize) -> Since;
+}
+
+/// The retained ring in memory: at least `retain_events` frames and at least those younger
+/// than `retain`, never more than `retain_max_events`.
+pub struct MemoryHistory {
+    epoch: String,
+    settings: Settings,
+    head: AtomicU64,
+    ring: Mutex<VecDeque<Arc<Frame>>>,
+}
+
+impl MemoryHistory {
+    pub fn new(settings: Settings, epoch: String) -> MemoryHistory {
+        MemoryHistory {
+            epoch,
+            settings,
+            head: AtomicU64::new(0),
+            ring: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn ring(&self) -> MutexGuard<'_, VecDeque<Arc<Frame>>> {
+        // Pushes, pops and copies only: a panic under the lock leaves it consistent.
+        self.ring.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn evict(&self, ring: &mut VecDeque<Arc<Frame>>, now_us: i64) {
+        let keep_us = i64::try_from(self.settings.retain.as_micros()).unwrap_or(i64::MAX);
+        while let Some(front) = ring.front() {
+            let over_cap = ring.len() > self.settings.retain_max_events;
+            let expendable = ring.len() > self.settings.retain_events
+                && now_us.saturating_sub(front.published_at_us) > keep_us;
+            if over_cap || expendable {
+                ring.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Frames retained now.
+    pub fn len(&self) -> usize {
+        self.ring().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl History for MemoryHistory {
+    fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    fn head(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+
+    fn append(&self, published_at_us: i64, events: Vec<(EventMeta, String)>) -> Vec<Arc<Frame>> {
+        let mut out = Vec::with_capacity(events.len());
+        let mut ring = self.ring();
+        let mut seq = self.head.load(Ordering::Relaxed);
+        for (meta, json) in events {
+            seq += 1;
+            let frame = Arc::new(Frame {
+                seq,
+                published_at_us,
+                meta,
+                text: Bytes::from(signal_message(seq, published_at_us, &json)),
+            });
+            ring.push_back(frame.clone());
+            out.push(frame);
+        }
+        self.evict(&mut ring, published_at_us);
+        // The head moves while the ring lock is held: a reader never sees a head its ring
+        // lacks.
+        self.head.store(seq, Ordering::Release);
+        out
+    }
+
+    fn since(&self, after: u64, limit: usize) -> Since {
+        let ring = self.ring();
+        let head = self.head.load(Ordering::Acquire);
+        let oldest_seq = ring.front().map_or(head + 1, |f| f.seq);
+        // Dense seqs: the frame after `after` sits at `after + 1 − oldest`.
+        let start = usize::try_from(after.saturating_add(1).saturating_sub(oldest_seq))
+            .unwrap_or(usize::MAX);
+        let frames = ring
+            .range(start.min(ring.len())..)
+            .take(limit)
+            .cloned()
+            .collect();
+        Since {
+            frames,
+            oldest_seq,
+            head,
+        }
+    }
+
+    fn oldest(&self) -> u64 {
+        let ring = self.ring();
+        ring.front()
+            .map_or_else(|| self.head.load(Ordering::Acquire) + 1, |f| f.seq)
+    }
+
+    fn before(&self, before: Option<u64>, limit: usize) -> Since {
+        let ring = self.ring();
+        let head = self.head.load(Ordering::Acquire);
+        let oldest_seq = ring.front().map_or(head + 1, |f| f.seq);
+        let end = match before {
+            None => ring.len(),
+            Some(b) => usize::try_from(b.saturating_sub(oldest_seq))
+                .unwrap_or(usize::MAX)
+                .min(ring.len()),
+        };
+        let start = end.saturating_sub(limit);
+        let frames = ring.range(start..end).cloned().collect();
+        Since {
+            frames,
+            oldest_seq,
+            head,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dexpulse_core::model::{Direction, Kind, PairKey};
+    use std::time::Duration;
+
+    fn meta(i: u64) -> (EventMeta, String) {
+        (
+            EventMeta {
+                pair: PairKey::new("sim", format!("p{i}")),
+                kind: Kind::RugWarning,
+                direction: Direction::Bearish,
+                score: 90,
+            },
+            format!("{{\"n\":{i}}}"),
+        )
+    }
+
+    fn ring(retain_events: usize, retain_max_events: usize, retain: Duration) -> MemoryHistory {
+        MemoryHistory::new(
+            Settings {
+                retain_events,
+                retain,
+                retain_max_events,
+                ..Settings::default()
+            },
+            "e".into(),
+        )
+    }
+
+    fn seqs(s: &Since) -> Vec<u64> {
+        s.frames.iter().map(|f| f.seq).collect()
+    }
+
+    #[test]
+    fn seq_is_dense_and_reads_index_the_ring() {
+        let h = ring(3, 3, Duration::ZERO);
+        let frames = h.append(10, (1..=5).map(meta).collect());
+        assert_eq!(
+            frames.iter().map(|f| f.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        assert_eq!(h.head(), 5);
+        assert_eq!(h.len(), 3);
+        let s = h.since(1, 100);
+        assert_eq!((s.oldest_seq, s.head), (3, 5));
+        assert!(!s.complete_after(1), "2 is gone");
+        assert_eq!(seqs(&s), [3, 4, 5]);
+        let s = h.since(2, 100);
+        assert!(s.complete_after(2));
+        assert_eq!(seqs(&h.since(3, 1)), [4], "only what was asked for");
+        assert!(h.since(5, 10).frames.is_empty() && h.since(5, 10).complete_after(5));
+        assert!(
+            !h.since(9, 10).complete_after(9),
+            "a seq from the future is not ours"
+        );
+        assert_eq!(seqs(&h.before(None, 2)), [4, 5]);
+        assert_eq!(seqs(&h.before(Some(5), 10)), [3, 4]);
+        assert_eq!(seqs(&h.before(Some(1), 10)), Vec::<u64>::new());
+        let f = &frames[0];
+        assert_eq!(
+            std::str::from_utf8(&f.text).unwrap(),
+            "{\"type\":\"signal\",\"seq\":1,\"published_at_us\":10,\"event\":{\"n\":1}}"
+        );
+    }
+
+    #[test]
+    fn retention_keeps_recent_events_beyond_the_count() {
+        let h = ring(2, 100, Duration::from_secs(3600));
+        h.append(1_000_000, (1..=5).map(meta).collect());
+        assert_eq!(h.len(), 5, "all younger than the retention time");
+        h.append(1_000_000 + 3_601_000_000, vec![meta(6)]);
+        assert_eq!(h.len(), 2, "the old ones expired down to the count");
+    }
+}

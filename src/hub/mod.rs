@@ -1,0 +1,233 @@
+//! The hub: what sits between the engine (the one publisher) and the sessions. Three rooms:
+//! [`history`] (the epoch, the head, the retained frames; the seam a durable log implements),
+//! [`fanout`] (a broadcast channel per canonical filter set) and [`pairs`] (every pair's latest
+//! state). `publish` serializes each event once, hands the batch to the history (which numbers
+//! it), then to the fan-out; every subscriber sends those same bytes.
+//!
+//! The hub never does socket I/O, knows no web framework, and never waits for a session: a
+//! receiver that falls behind its channel lags and its session catches up from the history.
+//! No lock is held across an `.await` (there is none here), and none while matching filters.
+
+pub mod fanout;
+pub mod history;
+pub mod pairs;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use dexpulse_core::model::{EventMeta, SignalEvent};
+use dexpulse_core::protocol::FilterSet;
+use dexpulse_core::settings::{at_least, seconds, FieldError};
+
+use crate::time::Clock;
+
+pub use fanout::{Fanout, Subscription};
+pub use history::{Frame, History, MemoryHistory, Since};
+pub use pairs::{PairFrame, Pairs};
+
+/// `[hub]`: what is retained for `resume_from` and `/v1/signals`, and the channels' sizes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSettings {
+    /// Events kept at least (by count) ...
+    pub retain_events: usize,
+    /// ... and at least this long (by age); the ring keeps whichever is more.
+    pub retain_seconds: f64,
+    /// Hard cap on retained events, whatever their age.
+    pub retain_max_events: usize,
+    /// The broadcast channel for sessions that take every event.
+    pub broadcast_capacity: usize,
+    /// The same for each distinct filter set (sessions sharing a filter set share a channel).
+    /// Smaller: every distinct filter set allocates its channel (about 40 bytes a slot).
+    pub topic_capacity: usize,
+    /// Distinct filter sets with a channel of their own; sessions with further sets share the
+    /// channel of every event and filter for themselves (bounds what clients can allocate).
+    pub max_filter_sets: usize,
+}
+
+impl Default for RawSettings {
+    fn default() -> Self {
+        RawSettings {
+            retain_events: 1_000,
+            retain_seconds: 120.0,
+            retain_max_events: 100_000,
+            broadcast_capacity: 8_192,
+            topic_capacity: 1_024,
+            max_filter_sets: 1_024,
+        }
+    }
+}
+
+/// The hub's settings, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub retain_events: usize,
+    pub retain: Duration,
+    pub retain_max_events: usize,
+    pub broadcast_capacity: usize,
+    pub topic_capacity: usize,
+    pub max_filter_sets: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::parse(&RawSettings::default()).unwrap_or_else(|e| unreachable!("defaults: {e}"))
+    }
+}
+
+impl Settings {
+    /// Field names are relative to `[hub]`.
+    pub fn parse(raw: &RawSettings) -> Result<Settings, FieldError> {
+        let retain_events = at_least("retain_events", raw.retain_events, 1)?;
+        Ok(Settings {
+            retain_events,
+            retain: seconds("retain_seconds", raw.retain_seconds, 0.0, 86_400.0)?,
+            retain_max_events: at_least("retain_max_events", raw.retain_max_events, retain_events)?,
+            broadcast_capacity: at_least("broadcast_capacity", raw.broadcast_capacity, 16)?,
+            topic_capacity: at_least("topic_capacity", raw.topic_capacity, 16)?,
+            max_filter_sets: at_least("max_filter_sets", raw.max_filter_sets, 1)?,
+        })
+    }
+}
+
+pub struct Hub {
+    clock: Clock,
+    history: Box<dyn History>,
+    fanout: Arc<Fanout>,
+    pairs: Pairs,
+}
+
+impl Hub {
+    /// A hub with history in memory, in a new epoch (start time and process id: unique enough
+    /// that a client holding a seq of an earlier process knows it cannot resume from it).
+    pub fn new(settings: Settings, clock: Clock) -> Hub {
+        let epoch = format!("{:x}-{:x}", clock.now_us(), std::process::id());
+        let history = MemoryHistory::new(settings.clone(), epoch);
+        Hub::with_history(settings, clock, Box::new(history))
+    }
+
+    pub fn with_history(settings: Settings, clock: Clock, history: Box<dyn History>) -> Hub {
+        Hub {
+            clock,
+            history,
+            fanout: Arc::new(Fanout::new(
+                settings.broadcast_capacity,
+                settings.topic_capacity,
+                settings.max_filter_sets,
+            )),
+            pairs: Pairs::new(settings.broadcast_capacity),
+        }
+    }
+
+    pub fn epoch(&self) -> &str {
+        self.history.epoch()
+    }
+
+    /// The seq of the last published event (0 before the first).
+    pub fn head_seq(&self) -> u64 {
+        self.history.head()
+    }
+
+    /// Publishes events in order: serialized once each, numbered and kept by the history,
+    /// then sent to every channel that wants them. Only the engine task (or the bench source)
+    /// publishes, so seq order is event order.
+    pub fn publish(&self, events: &[SignalEvent]) -> Vec<Arc<Frame>> {
+        let batch: Vec<(EventMeta, String)> = events
+            .iter()
+            .filter_map(|e| match serde_json::to_string(e) {
+                Ok(json) => Some((e.meta(), json)),
+                Err(err) => {
+                    // Plain data serializes; this would be a bug, and it must not stop the rest.
+                    tracing::error!(error = %err, event_id = %e.event_id, "event not serializable; dropped");
+                    None
+                }
+            })
+            .collect();
+        self.publish_serialized(batch)
+    }
+
+    /// Publishes events already serialized, with what filters read.
+    pub fn publish_serialized(&self, batch: Vec<(EventMeta, String)>) -> Vec<Arc<Frame>> {
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        let frames = self.history.append(self.clock.now_us(), batch);
+        // After the history moved the head: a session joining reads the head inside the
+        // fan-out's lock, so every frame past that head reaches it (docs/protocol.md, resume).
+        self.fanout.send(&frames);
+        frames
+    }
+
+    /// Joins the channel of a session's signal filter set; the head returned is the seq after
+    /// which every matching frame reaches the subscription.
+    pub fn join_signals(&self, set: &FilterSet) -> (Option<Subscription>, u64) {
+        self.fanout.join(set, || self.history.head())
+    }
+
+    pub fn since(&self, after: u64, limit: usize) -> Since {
+        self.history.since(after, limit)
+    }
+
+    /// The oldest retained seq (head + 1 when nothing is retained).
+    pub fn oldest_seq(&self) -> u64 {
+        self.history.oldest()
+    }
+
+    pub fn before(&self, before: Option<u64>, limit: usize) -> Since {
+        self.history.before(before, limit)
+    }
+
+    pub fn fanout(&self) -> &Fanout {
+        &self.fanout
+    }
+
+    pub fn pairs(&self) -> &Pairs {
+        &self.pairs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_name_their_fields() {
+        assert_eq!(Settings::default().retain, Duration::from_secs(120));
+        let raw = RawSettings {
+            retain_max_events: 10,
+            retain_events: 20,
+            ..RawSettings::default()
+        };
+        assert_eq!(
+            Settings::parse(&raw).unwrap_err().field,
+            "retain_max_events"
+        );
+        let raw = RawSettings {
+            retain_seconds: -1.0,
+            ..RawSettings::default()
+        };
+        assert_eq!(Settings::parse(&raw).unwrap_err().field, "retain_seconds");
+    }
+
+    #[test]
+    fn a_joined_session_gets_every_frame_after_its_head() {
+        let hub = Hub::new(Settings::default(), Clock::manual(1_000));
+        let e = dexpulse_core::model::EventMeta {
+            pair: dexpulse_core::model::PairKey::new("sim", "p"),
+            kind: dexpulse_core::model::Kind::NewPair,
+            direction: dexpulse_core::model::Direction::Neutral,
+            score: 50,
+        };
+        hub.publish_serialized(vec![(e.clone(), "{}".into())]);
+        let (sub, head) = hub.join_signals(&FilterSet::Everything);
+        assert_eq!(head, 1);
+        hub.publish_serialized(vec![(e.clone(), "{}".into()), (e, "{}".into())]);
+        let mut sub = sub.unwrap();
+        assert_eq!(sub.rx.try_recv().unwrap().seq, 2);
+        assert_eq!(sub.rx.try_recv().unwrap().seq, 3);
+        assert_eq!(hub.since(head, 10).frames.len(), 2);
+        assert_eq!(hub.since(0, 10).frames[0].published_at_us, 1_000_000);
+    }
+}

@@ -1,0 +1,271 @@
+//! API keys and connection limits (docs/protocol.md, "Connecting"). With no key configured the
+//! server is open. A key is never compared byte by byte as given: both sides are hashed and the
+//! digests compared in constant time against every configured key, so neither the timing nor
+//! the length of a guess tells anything.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::http::{header, HeaderMap};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use dexpulse_core::settings::{at_least, FieldError};
+
+/// `[auth]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSettings {
+    pub keys: Vec<RawKey>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub key: String,
+    #[serde(default = "default_key_connections")]
+    pub max_connections: usize,
+}
+
+fn default_key_connections() -> usize {
+    100
+}
+
+#[derive(Clone)]
+pub struct ApiKey {
+    digest: [u8; 32],
+    pub max_connections: usize,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a key, not even in a debug dump.
+        f.debug_struct("ApiKey")
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub keys: Vec<ApiKey>,
+}
+
+fn digest(s: &str) -> [u8; 32] {
+    Sha256::digest(s.as_bytes()).into()
+}
+
+impl Settings {
+    /// Field names are relative to `[auth]`.
+    pub fn parse(raw: &RawSettings) -> Result<Settings, FieldError> {
+        let mut keys = Vec::new();
+        for k in &raw.keys {
+            if k.key.len() < 8 || k.key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(FieldError::new(
+                    "keys.key",
+                    "must be at least 8 characters, no spaces",
+                    "a short or blank key",
+                ));
+            }
+            keys.push(ApiKey {
+                digest: digest(&k.key),
+                max_connections: at_least("keys.max_connections", k.max_connections, 1)?,
+            });
+        }
+        Ok(Settings { keys })
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The index of the key `presented` is, checked against every key in constant time.
+    fn find(&self, presented: &str) -> Option<usize> {
+        let d = digest(presented);
+        let mut found = None;
+        for (i, k) in self.keys.iter().enumerate() {
+            if bool::from(k.digest.ct_eq(&d)) {
+                found = Some(i);
+            }
+        }
+        found
+    }
+}
+
+/// The API key a request carries: `Authorization: Bearer KEY` (the scheme is case-insensitive,
+/// as HTTP says) or `?token=KEY` (browsers cannot set headers on a WebSocket).
+pub fn presented_key<'a>(
+    headers: &'a HeaderMap,
+    query: &'a HashMap<String, String>,
+) -> Option<&'a str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+        .or_else(|| query.get("token").map(String::as_str))
+}
+
+/// Why a request was refused before it was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No key, or an unknown one (401).
+    Unauthorized { presented: bool },
+    /// Over the key's own connection limit (429).
+    KeyLimit,
+    /// Over `max_connections` (503).
+    Full,
+}
+
+/// Which key a request authenticated with (`None` when the server is open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Authenticated(Option<usize>);
+
+pub fn authenticate(
+    auth: &Settings,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Authenticated, Refusal> {
+    if auth.is_open() {
+        return Ok(Authenticated(None));
+    }
+    let presented = presented_key(headers, query);
+    match presented.and_then(|p| auth.find(p)) {
+        Some(i) => Ok(Authenticated(Some(i))),
+        None => Err(Refusal::Unauthorized {
+            presented: presented.is_some(),
+        }),
+    }
+}
+
+/// Sessions at once, in all and per API key. A [`Permit`] gives its place back on drop.
+#[derive(Debug, Default)]
+pub struct Limits {
+    total: AtomicUsize,
+    per_key: Mutex<HashMap<usize, usize>>,
+}
+
+#[derive(Debug)]
+pub struct Permit {
+    limits: Arc<Limits>,
+    key: Option<usize>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.limits.total.fetch_sub(1, Ordering::AcqRel);
+        if let Some(k) = self.key {
+            let mut map = self
+                .limits
+                .per_key
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(&k) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+}
+
+impl Limits {
+    pub fn acquire(
+        self: &Arc<Self>,
+        who: Authenticated,
+        auth: &Settings,
+        total_max: usize,
+    ) -> Result<Permit, Refusal> {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= total_max {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::Full);
+        }
+        if let Some(k) = who.0 {
+            let key_max = auth.keys.get(k).map_or(0, |k| k.max_connections);
+            let mut map = self.per_key.lock().unwrap_or_else(|p| p.into_inner());
+            let n = map.entry(k).or_insert(0);
+            if *n >= key_max {
+                drop(map);
+                self.total.fetch_sub(1, Ordering::AcqRel);
+                return Err(Refusal::KeyLimit);
+            }
+            *n += 1;
+        }
+        Ok(Permit {
+            limits: self.clone(),
+            key: who.0,
+        })
+    }
+
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(keys: &[(&str, usize)]) -> Settings {
+        Settings::parse(&RawSettings {
+            keys: keys
+                .iter()
+                .map(|(k, n)| RawKey {
+                    key: k.to_string(),
+                    max_connections: *n,
+                })
+                .collect(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn keys_are_found_by_header_or_query_and_bearer_is_case_insensitive() {
+        let auth = settings(&[("key-one-1", 1), ("key-two-2", 2)]);
+        let check =
+            |header: Option<&str>, token: Option<&str>, want: Result<Option<usize>, bool>| {
+                let mut h = HeaderMap::new();
+                if let Some(v) = header {
+                    h.insert(header::AUTHORIZATION, v.parse().unwrap());
+                }
+                let mut q = HashMap::new();
+                if let Some(t) = token {
+                    q.insert("token".to_string(), t.to_string());
+                }
+                let got = authenticate(&auth, &h, &q)
+                    .map(|a| a.0)
+                    .map_err(|r| matches!(r, Refusal::Unauthorized { presented: true }));
+                assert_eq!(got, want, "{header:?} {token:?}");
+            };
+        check(Some("Bearer key-two-2"), None, Ok(Some(1)));
+        check(Some("bearer key-one-1"), None, Ok(Some(0)));
+        check(Some("BEARER  key-one-1 "), None, Ok(Some(0)));
+        check(None, Some("key-two-2"), Ok(Some(1)));
+        check(Some("Bearer nope-nope"), None, Err(true));
+        check(Some("Basic key-one-1"), None, Err(false));
+        check(None, None, Err(false));
+        assert!(format!("{:?}", auth.keys[0]).find("key-one").is_none());
+    }
+
+    #[test]
+    fn limits_count_and_give_back() {
+        let auth = settings(&[("key-one-1", 1), ("key-two-2", 1)]);
+        let l = Arc::new(Limits::default());
+        let k = Authenticated(Some(0));
+        let a = l.acquire(k, &auth, 3).unwrap();
+        assert_eq!(l.acquire(k, &auth, 3).unwrap_err(), Refusal::KeyLimit);
+        let b = l.acquire(Authenticated(None), &auth, 3).unwrap();
+        let c = l.acquire(Authenticated(Some(1)), &auth, 3).unwrap();
+        assert_eq!(
+            l.acquire(Authenticated(None), &auth, 3).unwrap_err(),
+            Refusal::Full
+        );
+        drop(a);
+        assert_eq!(l.total(), 2);
+        let _d = l.acquire(k, &auth, 3).unwrap();
+        drop((b, c));
+        assert_eq!(l.total(), 1);
+    }
+}

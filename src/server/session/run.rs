@@ -1,0 +1,581 @@
+//! The session's shell: one task, one `select!` over shutdown, the outbox's writes, history
+//! reads, the hub channels, client messages, the stall timer and the heartbeat. It reads the
+//! clocks and does the I/O; every decision is the [`Session`]'s. Written against `Sink`/`Stream`
+//! of tungstenite messages, so it runs on any transport: a socket, or channels in a unit test.
+//!
+//! Writes come first in the loop, so a steady stream of frames cannot starve the socket; a
+//! wake-up takes every frame the hub has ready (up to `flush_batch`) and the outbox writes them
+//! with one flush. Read errors are classified by their type: a message over the size limit is
+//! 1009, invalid UTF-8 1007, any other protocol violation 1002; an I/O error means the peer is
+//! gone. Every server-initiated close sends what is owed, then the close frame, then reads
+//! until the client's close (the closing handshake) or `close_linger`, so that the close frame
+//! is never lost to a reset.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode as WsCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
+
+use dexpulse_core::protocol::CloseCode;
+
+use super::outbox::{Out, Outbox};
+use super::state::{Effects, HubView, Session};
+use super::Settings;
+use crate::hub::{Hub, PairFrame, Subscription};
+use crate::metrics::Metrics;
+use crate::time::Clock;
+
+/// What a session needs from the server.
+pub struct SessionCtx {
+    pub id: String,
+    pub hub: Arc<Hub>,
+    pub settings: Arc<Settings>,
+    /// How long the last messages (notices, close) may take to leave.
+    pub grace: Duration,
+    pub metrics: Arc<Metrics>,
+    /// The wall clock, for the publish-to-send latency.
+    pub clock: Clock,
+    pub shutdown: CancellationToken,
+}
+
+/// How a session ended, for the transport to finish the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The client closed, or is gone.
+    Peer,
+    /// The server closed with this code. `linger`: the closing handshake did not complete on
+    /// the WebSocket (the read side is out of step after a bad frame, or the client did not
+    /// answer), so the transport should half-close and drain the socket before dropping it.
+    Closed { code: CloseCode, linger: bool },
+}
+
+/// How a read error ends the session.
+pub fn classify(e: &WsError) -> Option<CloseCode> {
+    match e {
+        WsError::Capacity(_) => Some(CloseCode::TooBig),
+        WsError::Utf8(_) => Some(CloseCode::InvalidData),
+        WsError::Protocol(_) | WsError::AttackAttempt => Some(CloseCode::Protocol),
+        // The connection is gone (reset, closed, I/O): nobody to tell.
+        _ => None,
+    }
+}
+
+/// A text frame around bytes that are UTF-8 by construction (the hub's frames, our replies),
+/// without checking them again for every subscriber.
+fn text_frame(b: Bytes) -> Message {
+    Message::Frame(WsFrame::message(b, OpCode::Data(Data::Text), true))
+}
+
+/// The writer's side of the outbox: hands queued messages to the sink while it is ready, then
+/// flushes once. Cancel-safe: its state is the outbox and the sink, so `select!` may drop it
+/// at any `Pending`. `Err` means the peer is gone.
+struct Writer {
+    unflushed: bool,
+}
+
+impl Writer {
+    fn has_work(&self, out: &Outbox) -> bool {
+        !out.is_empty() || self.unflushed
+    }
+
+    fn poll_drive<S: Sink<Message> + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut Outbox,
+        sink: &mut S,
+        m: &Metrics,
+        clock: &Clock,
+    ) -> Poll<Result<(), ()>> {
+        let mut sent = 0u64;
+        let mut oldest: Option<i64> = None;
+        let result = loop {
+            if out.is_empty() {
+                if !self.unflushed {
+                    break Poll::Ready(Ok(()));
+                }
+                match Pin::new(&mut *sink).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.unflushed = false;
+                        m.flushes.inc();
+                        break Poll::Ready(Ok(()));
+                    }
+                    Poll::Ready(Err(_)) => break Poll::Ready(Err(())),
+                    Poll::Pending => break Poll::Pending,
+                }
+            }
+            match Pin::new(&mut *sink).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => break Poll::Ready(Err(())),
+                Poll::Pending => break Poll::Pending,
+            }
+            let msg = match out.pop() {
+                Some(Out::Frame {
+                    text,
+                    published_at_us,
+                    ..
+                }) => {
+                    oldest.get_or_insert(published_at_us);
+                    sent += 1;
+                    text_frame(text)
+                }
+                Some(Out::Text(text)) => {
+                    sent += 1;
+                    text_frame(text)
+                }
+                Some(Out::Ping) => Message::Ping(Bytes::new()),
+                None => continue,
+            };
+            if Pin::new(&mut *sink).start_send(msg).is_err() {
+                break Poll::Ready(Err(()));
+            }
+            self.unflushed = true;
+        };
+        if sent > 0 {
+            m.messages_sent.inc_by(sent);
+        }
+        if let Some(p) = oldest {
+            m.publish_to_send
+                .observe((clock.now_us() - p).max(0) as f64 / 1e6);
+        }
+        result
+    }
+}
+
+async fn recv<T: Clone>(
+    rx: Option<&mut broadcast::Receiver<T>>,
+) -> Result<T, broadcast::error::RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The last words of a session the server ends.
+struct Last {
+    code: CloseCode,
+    notice: Option<Bytes>,
+    /// The read side is out of step: the handshake cannot be completed on the WebSocket.
+    read_broken: bool,
+}
+
+impl Last {
+    fn close(code: CloseCode) -> Last {
+        Last {
+            code,
+            notice: None,
+            read_broken: false,
+        }
+    }
+}
+
+/// Runs one session to its end and hands the transport back with how it ended.
+pub async fn run<S, R>(mut sink: S, mut stream: R, ctx: SessionCtx) -> (S, R, Ending)
+where
+    S: Sink<Message> + Unpin,
+    R: Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let m = ctx.metrics.clone();
+    m.sessions.inc();
+    m.sessions_opened.inc();
+    let s = ctx.settings.clone();
+    let start = Instant::now();
+    let now = || i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
+    let hub = ctx.hub.clone();
+    let mut out = Outbox::new(s.queue_max_messages, s.queue_max_bytes);
+    let mut st = Session::new(s.clone(), hub.head_seq(), now());
+    out.push_control(st.welcome(&ctx.id, &*hub));
+    let mut writer = Writer { unflushed: false };
+    let mut link: Option<Subscription> = None;
+    let mut pairs: Option<broadcast::Receiver<Arc<PairFrame>>> = None;
+    let chunk = s.queue_max_messages.clamp(16, 1024);
+    let mut ticker = tokio::time::interval_at(start + s.heartbeat, s.heartbeat);
+    // A child token has its own waiter list: thousands of sessions polling the server's token
+    // would contend on its lock at every wake-up.
+    let shutdown = ctx.shutdown.child_token();
+    let stopped = shutdown.cancelled();
+    tokio::pin!(stopped);
+
+    let last = loop {
+        let stall_at = st
+            .stall_deadline()
+            .map(|ms| start + Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
+        let history = st.history_wanted(&out, chunk);
+        let live = st.is_live();
+        tokio::select! {
+            biased;
+            _ = &mut stopped => break Last::close(CloseCode::GoingAway),
+            w = std::future::poll_fn(|cx| writer.poll_drive(cx, &mut out, &mut sink, &m, &ctx.clock)), if writer.has_work(&out) => {
+                if w.is_err() {
+                    m.sessions.dec();
+                    return (sink, stream, Ending::Peer);
+                }
+                st.after_write(&mut out, now(), &m);
+            }
+            _ = std::future::ready(()), if history.is_some() => {
+                if let Some((after, limit)) = history {
+                    let since = hub.since(after, limit);
+                    st.on_history(since, limit, &mut out, now(), &m);
+                }
+            }
+            r = recv(link.as_mut().map(|l| &mut l.rx)), if live && link.is_some() => {
+                let mut next = Some(r);
+                let mut taken = 0;
+                while let Some(r) = next.take() {
+                    match r {
+                        Ok(frame) => st.on_live(&frame, &mut out, now()),
+                        Err(broadcast::error::RecvError::Lagged(_)) => st.on_lagged(),
+                        Err(broadcast::error::RecvError::Closed) => link = None,
+                    }
+                    taken += 1;
+                    if taken < s.flush_batch && st.is_live() {
+                        next = match link.as_mut().map(|l| l.rx.try_recv()) {
+                            Some(Ok(f)) => Some(Ok(f)),
+                            Some(Err(broadcast::error::TryRecvError::Lagged(n))) => Some(Err(broadcast::error::RecvError::Lagged(n))),
+                            _ => None,
+                        };
+                    }
+                }
+            }
+            r = recv(pairs.as_mut()), if pairs.is_some() => match r {
+                Ok(p) => st.on_pair(&p, &mut out),
+                // Pair states supersede each other: missing some is harmless.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => pairs = None,
+            },
+            msg = stream.next() => {
+                let effects = match msg {
+                    None | Some(Ok(Message::Close(_))) => {
+                        // tungstenite queued its answer to the client's close: send it.
+                        let _ = tokio::time::timeout(ctx.grace, sink.close()).await;
+                        m.sessions.dec();
+                        return (sink, stream, Ending::Peer);
+                    }
+                    Some(Err(e)) => match classify(&e) {
+                        Some(code) => break Last { code, notice: None, read_broken: true },
+                        None => {
+                            tracing::debug!(session = %ctx.id, error = %e, "read error; the client is gone");
+                            m.sessions.dec();
+                            return (sink, stream, Ending::Peer);
+                        }
+                    },
+                    Some(Ok(Message::Text(text))) => st.on_text(text.as_str(), now(), &*hub, &mut out),
+                    Some(Ok(Message::Binary(_))) => st.on_binary(now(), &mut out),
+                    Some(Ok(Message::Pong(_))) => {
+                        st.on_pong(now());
+                        Effects::default()
+                    }
+                    // tungstenite answers pings itself.
+                    Some(Ok(Message::Ping(_) | Message::Frame(_))) => Effects::default(),
+                };
+                if let Some(code) = effects.close {
+                    break Last::close(code);
+                }
+                if effects.rejoin {
+                    let (sub, head) = hub.join_signals(&st.signal_set());
+                    let mut clean = !st.is_catching_up();
+                    if let Some(old) = link.as_mut() {
+                        // What the old channel still holds up to the new head is read in order
+                        // now; anything later is on the new channel (or in the history).
+                        while st.is_live() {
+                            match old.rx.try_recv() {
+                                Ok(f) if f.seq <= head => st.on_live(&f, &mut out, now()),
+                                Ok(_) => {}
+                                Err(broadcast::error::TryRecvError::Lagged(_)) => clean = false,
+                                Err(_) => break,
+                            }
+                        }
+                        clean = clean && old.rx.is_empty();
+                    }
+                    st.joined(head, HubView::oldest(&*hub), clean);
+                    link = sub;
+                }
+                match effects.pairs {
+                    Some(true) => pairs = Some(hub.pairs().subscribe()),
+                    Some(false) => pairs = None,
+                    None => {}
+                }
+            }
+            _ = async { tokio::time::sleep_until(stall_at.unwrap_or(start)).await }, if stall_at.is_some() => {
+                if let Some(since) = st.full_since() {
+                    m.stall_to_close.observe((now() - since).max(0) as f64 / 1e3);
+                }
+                let notice = st.on_stalled(hub.head_seq(), &mut out, &m);
+                break Last { code: CloseCode::SlowConsumer, notice, read_broken: false };
+            }
+            _ = ticker.tick() => {
+                if let Err(code) = st.on_heartbeat(now(), &mut out) {
+                    break Last::close(code);
+                }
+            }
+        }
+    };
+    drop(link);
+    m.close(last.code.code());
+    tracing::debug!(session = %ctx.id, code = last.code.code(), reason = last.code.reason(), "closing");
+    let bye = async {
+        if let Some(n) = last.notice {
+            out.push_control(n);
+        }
+        std::future::poll_fn(|cx| writer.poll_drive(cx, &mut out, &mut sink, &m, &ctx.clock))
+            .await?;
+        sink.send(Message::Close(Some(CloseFrame {
+            code: WsCode::from(last.code.code()),
+            reason: last.code.reason().into(),
+        })))
+        .await
+        .map_err(|_| ())
+    };
+    let sent = matches!(tokio::time::timeout(ctx.grace, bye).await, Ok(Ok(())));
+    // The closing handshake: the client's close frame, after whatever it was still sending.
+    let mut answered = false;
+    if sent && !last.read_broken {
+        let until_close = async {
+            while let Some(msg) = stream.next().await {
+                match msg {
+                    Ok(Message::Close(_)) => return true,
+                    Ok(_) => {}
+                    Err(_) => return false,
+                }
+            }
+            false
+        };
+        answered = tokio::time::timeout(s.close_linger, until_close)
+            .await
+            .unwrap_or(false);
+    }
+    m.sessions.dec();
+    (
+        sink,
+        stream,
+        Ending::Closed {
+            code: last.code,
+            linger: sent && !answered,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub;
+    use futures_channel::mpsc;
+    use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
+
+    type ClientTx = mpsc::Sender<Result<Message, WsError>>;
+    type ClientRx = mpsc::Receiver<Message>;
+
+    struct Client {
+        tx: ClientTx,
+        rx: ClientRx,
+        task: tokio::task::JoinHandle<Ending>,
+        hub: Arc<Hub>,
+        shutdown: CancellationToken,
+    }
+
+    fn spawn(settings: Settings) -> Client {
+        let hub = Arc::new(Hub::new(hub::Settings::default(), Clock::System));
+        let (client_tx, server_rx) = mpsc::channel(1024);
+        let (server_tx, client_rx) = mpsc::channel(1024);
+        let shutdown = CancellationToken::new();
+        let ctx = SessionCtx {
+            id: "c1".into(),
+            hub: hub.clone(),
+            settings: Arc::new(settings),
+            grace: Duration::from_secs(1),
+            metrics: Arc::new(Metrics::new()),
+            clock: Clock::System,
+            shutdown: shutdown.clone(),
+        };
+        let task = tokio::spawn(async move {
+            let (_, _, ending) = run(server_tx, server_rx, ctx).await;
+            ending
+        });
+        Client {
+            tx: client_tx,
+            rx: client_rx,
+            task,
+            hub,
+            shutdown,
+        }
+    }
+
+    fn text_of(m: &Message) -> Option<String> {
+        match m {
+            Message::Text(t) => Some(t.as_str().to_string()),
+            Message::Frame(f) => std::str::from_utf8(f.payload()).ok().map(str::to_string),
+            _ => None,
+        }
+    }
+
+    impl Client {
+        async fn send(&mut self, text: &str) {
+            self.tx.send(Ok(Message::Text(text.into()))).await.unwrap();
+        }
+
+        /// The next text message (pings skipped).
+        async fn next(&mut self) -> serde_json::Value {
+            loop {
+                let m = self.rx.next().await.expect("the session ended");
+                if let Some(t) = text_of(&m) {
+                    return serde_json::from_str(&t).unwrap();
+                }
+            }
+        }
+
+        async fn close_code(&mut self) -> u16 {
+            loop {
+                match self
+                    .rx
+                    .next()
+                    .await
+                    .expect("the session ended without a close")
+                {
+                    Message::Close(Some(c)) => return u16::from(c.code),
+                    _ => continue,
+                }
+            }
+        }
+    }
+
+    fn publish(hub: &Hub, n: usize) {
+        let meta = dexpulse_core::model::EventMeta {
+            pair: dexpulse_core::model::PairKey::new("sim", "p"),
+            kind: dexpulse_core::model::Kind::NewPair,
+            direction: dexpulse_core::model::Direction::Neutral,
+            score: 50,
+        };
+        hub.publish_serialized((0..n).map(|_| (meta.clone(), "{}".to_string())).collect());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn subscribe_receive_and_shutdown_with_1001() {
+        let mut c = spawn(Settings::default());
+        assert_eq!(c.next().await["type"], "welcome");
+        c.send(r#"{"op":"subscribe","id":1,"channel":"signals"}"#)
+            .await;
+        assert_eq!(c.next().await["type"], "subscribed");
+        publish(&c.hub, 3);
+        for seq in 1..=3 {
+            assert_eq!(c.next().await["seq"], seq);
+        }
+        c.shutdown.cancel();
+        assert_eq!(c.close_code().await, 1001);
+        // The client answers the close: the handshake completes.
+        c.tx.send(Ok(Message::Close(None))).await.unwrap();
+        assert_eq!(
+            c.task.await.unwrap(),
+            Ending::Closed {
+                code: CloseCode::GoingAway,
+                linger: false
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn read_errors_close_by_their_type() {
+        for (err, code) in [
+            (
+                WsError::Capacity(CapacityError::MessageTooLong {
+                    size: 1 << 20,
+                    max_size: 1 << 16,
+                }),
+                1009,
+            ),
+            (WsError::Utf8("bad".into()), 1007),
+            (WsError::Protocol(ProtocolError::ControlFrameTooBig), 1002),
+        ] {
+            let mut c = spawn(Settings::default());
+            c.next().await;
+            c.tx.send(Err(err)).await.unwrap();
+            assert_eq!(c.close_code().await, code);
+            assert!(matches!(
+                c.task.await.unwrap(),
+                Ending::Closed { linger: true, .. }
+            ));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_gets_1008_after_what_it_was_owed_and_the_handshake_completes() {
+        let mut c = spawn(Settings {
+            inbound_burst: 3.0,
+            ..Settings::default()
+        });
+        c.next().await;
+        for _ in 0..10 {
+            c.send(r#"{"op":"ping"}"#).await;
+        }
+        for _ in 0..3 {
+            assert_eq!(c.next().await["type"], "pong");
+        }
+        assert_eq!(c.close_code().await, 1008);
+        // The client was still sending when the close came: the session reads on until the
+        // client's close instead of dropping the connection with unread data.
+        c.send(r#"{"op":"ping"}"#).await;
+        c.tx.send(Ok(Message::Close(None))).await.unwrap();
+        assert!(matches!(
+            c.task.await.unwrap(),
+            Ending::Closed {
+                code: CloseCode::Policy,
+                linger: false
+            }
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_answers_pings_is_closed_with_4000() {
+        let mut c = spawn(Settings::default());
+        c.next().await;
+        // Other messages are not pongs.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            c.send(r#"{"op":"ping"}"#).await;
+        }
+        assert_eq!(c.close_code().await, 4000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_client_is_told_what_it_missed_then_closed_with_4008() {
+        let mut c = spawn(Settings {
+            queue_max_messages: 8,
+            ..Settings::default()
+        });
+        c.next().await;
+        c.send(r#"{"op":"subscribe","channel":"signals"}"#).await;
+        c.next().await;
+        // The client stops reading: the session's sink is a bounded channel that fills, then its
+        // outbox; 4 s later it is a slow consumer. It starts reading again before the close
+        // frame's grace period is over.
+        publish(&c.hub, 3000);
+        tokio::time::sleep(Duration::from_millis(4_500)).await;
+        let mut msgs = Vec::new();
+        let code = loop {
+            match c.rx.next().await.expect("closed without a close frame") {
+                Message::Close(Some(cf)) => break u16::from(cf.code),
+                m => msgs.extend(text_of(&m)),
+            }
+        };
+        assert_eq!(code, 4008);
+        let last: serde_json::Value = serde_json::from_str(msgs.last().unwrap()).unwrap();
+        assert_eq!(last["type"], "lagged");
+        let seqs: Vec<u64> = msgs
+            .iter()
+            .filter_map(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+            .filter_map(|v| v["seq"].as_u64())
+            .collect();
+        // Everything not delivered is inside the final notice.
+        let from = last["missed_from"].as_u64().unwrap();
+        assert_eq!(last["missed_to"], 3000);
+        assert_eq!(seqs, (1..from).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,857 @@
+//! The session as a state machine (docs/protocol.md): subscriptions, where the session stands in
+//! the stream, what it owes a resumed subscription, what it could not deliver, the inbound rate
+//! limit, liveness. No I/O, no clock: every input carries the time (ms since the session
+//! began), every output goes into the [`Outbox`] or comes back as [`Effects`] for the shell.
+//!
+//! The stream. The session delivers frames in seq order from one position, `pos`. While it is
+//! *live* it takes them from its hub channel; while it is *catching up* (its channel lagged, its
+//! outbox filled, or it changed channels) it reads them from the hub's history, in chunks, only
+//! as fast as its outbox drains: a slow client loses nothing the history still holds, and a
+//! resume larger than the outbox is streamed, never overflowed. What the history no longer holds
+//! is reported with `lagged` (the seq range) as soon as the outbox has room.
+//!
+//! Each event once. A frame is delivered when a signal subscription matches it and came after
+//! that subscription's start (`from`: the head when it subscribed, or the seq it resumed from).
+//! A resumed subscription's past before `pos` (its backlog) is replayed first, skipping what the
+//! subscriptions that existed then already matched.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use dexpulse_core::protocol::{
+    self, Channel, ClientOp, CloseCode, ErrorCode, Filter, FilterSet, OpError, ServerMsg,
+};
+use dexpulse_core::schedule::TokenBucket;
+
+use super::outbox::Outbox;
+use super::Settings;
+use crate::hub::{Frame, Hub, PairFrame, Since};
+use crate::metrics::Metrics;
+
+/// What a session reads of the hub when a client subscribes.
+pub trait HubView {
+    fn epoch(&self) -> &str;
+    fn head(&self) -> u64;
+    /// The oldest retained seq (head + 1 when nothing is retained).
+    fn oldest(&self) -> u64;
+}
+
+impl HubView for Hub {
+    fn epoch(&self) -> &str {
+        Hub::epoch(self)
+    }
+
+    fn head(&self) -> u64 {
+        self.head_seq()
+    }
+
+    fn oldest(&self) -> u64 {
+        self.oldest_seq()
+    }
+}
+
+/// What the shell must do after a client message.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Effects {
+    /// The signal filter set changed: join its channel.
+    pub rejoin: bool,
+    /// Join (`true`) or leave (`false`) the pairs channel.
+    pub pairs: Option<bool>,
+    /// End the session with this close code.
+    pub close: Option<CloseCode>,
+}
+
+struct Sub {
+    id: String,
+    channel: Channel,
+    filter: Arc<Filter>,
+    /// Frames after this seq are this subscription's.
+    from: u64,
+}
+
+/// A resumed subscription's past: frames in `(next_after, until]` it matches and the
+/// subscriptions before it (`prior`, with their starts) did not.
+struct Backlog {
+    sub: String,
+    filter: Arc<Filter>,
+    prior: Vec<(Arc<Filter>, u64)>,
+    next_after: u64,
+    until: u64,
+}
+
+pub struct Session {
+    settings: Arc<Settings>,
+    subs: Vec<Sub>,
+    next_sub: u64,
+    filter_entries: usize,
+    /// Every frame up to here has been delivered, skipped or reported missing.
+    pos: u64,
+    catching_up: bool,
+    backlogs: VecDeque<Backlog>,
+    /// Seqs the history no longer held, not yet reported.
+    missed: Option<(u64, u64)>,
+    /// When the outbox last filled (ms); cleared when it drains.
+    full_since: Option<i64>,
+    inbound: TokenBucket,
+    last_pong_ms: i64,
+}
+
+fn bytes(s: String) -> Bytes {
+    Bytes::from(s)
+}
+
+impl Session {
+    pub fn new(settings: Arc<Settings>, head: u64, now_ms: i64) -> Session {
+        // The settings are checked (rate and burst positive), so the bucket is valid; the
+        // fallback of one message a second is never used.
+        let inbound = TokenBucket::try_full(
+            settings.inbound_per_second * 60.0,
+            settings.inbound_burst,
+            now_ms,
+        )
+        .or_else(|_| TokenBucket::try_full(60.0, 1.0, now_ms))
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        Session {
+            settings,
+            subs: Vec::new(),
+            next_sub: 1,
+            filter_entries: 0,
+            pos: head,
+            catching_up: false,
+            backlogs: VecDeque::new(),
+            missed: None,
+            full_since: None,
+            inbound,
+            last_pong_ms: now_ms,
+        }
+    }
+
+    /// The `welcome` message.
+    pub fn welcome(&self, id: &str, hub: &dyn HubView) -> Bytes {
+        bytes(
+            ServerMsg::Welcome {
+                protocol: protocol::PROTOCOL_VERSION,
+                server: concat!("dexpulse/", env!("CARGO_PKG_VERSION")),
+                session: id,
+                epoch: hub.epoch(),
+                head_seq: hub.head(),
+                heartbeat_s: self.settings.heartbeat.as_secs_f64(),
+            }
+            .to_json(),
+        )
+    }
+
+    /// The filter set of the signal subscriptions: the hub channel to be on.
+    pub fn signal_set(&self) -> FilterSet {
+        FilterSet::new(self.signal_subs().map(|s| &*s.filter))
+    }
+
+    fn signal_subs(&self) -> impl Iterator<Item = &Sub> {
+        self.subs.iter().filter(|s| s.channel == Channel::Signals)
+    }
+
+    /// Whether frames are taken from the hub channel now (not from the history).
+    pub fn is_live(&self) -> bool {
+        !self.catching_up && self.backlogs.is_empty()
+    }
+
+    pub fn is_catching_up(&self) -> bool {
+        self.catching_up
+    }
+
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Whether a live frame is for this session (some subscription that began before it
+    /// matches it).
+    fn wanted(&self, f: &Frame) -> bool {
+        self.signal_subs()
+            .any(|s| f.seq > s.from && s.filter.matches(&f.meta))
+    }
+
+    fn after_push(&mut self, out: &Outbox, now: i64) {
+        if !out.has_room() {
+            self.full_since.get_or_insert(now);
+        }
+    }
+
+    fn deliver(&mut self, f: &Frame, out: &mut Outbox, now: i64) {
+        out.push_frame(f.text.clone(), f.seq, f.published_at_us);
+        self.after_push(out, now);
+    }
+
+    fn reply(&mut self, out: &mut Outbox, json: String, now: i64) {
+        out.push_control(bytes(json));
+        self.after_push(out, now);
+    }
+
+    /// A frame from the hub channel (only while live).
+    pub fn on_live(&mut self, f: &Frame, out: &mut Outbox, now: i64) {
+        if f.seq <= self.pos {
+            return;
+        }
+        if !out.has_room() {
+            // Not taken: it stays in the history, where catching up will find it.
+            self.catching_up = true;
+            return;
+        }
+        self.pos = f.seq;
+        if self.wanted(f) {
+            self.deliver(f, out, now);
+        }
+    }
+
+    /// The hub channel dropped frames this session had not taken: read them from the history.
+    pub fn on_lagged(&mut self) {
+        self.catching_up = true;
+    }
+
+    /// Joined the channel of [`Session::signal_set`]: every frame after `head` comes through it.
+    /// `clean`: the previous channel was drained without lagging, so frames the history has
+    /// since dropped (before `oldest`) had all reached this session through it.
+    pub fn joined(&mut self, head: u64, oldest: u64, clean: bool) {
+        let start = self.signal_subs().map(|s| s.from).min().unwrap_or(head);
+        // Frames no subscription is owed are nobody's: skip them.
+        self.pos = self.pos.max(start);
+        if clean {
+            self.pos = self.pos.max(oldest.saturating_sub(1).min(head));
+        }
+        if self.pos < head {
+            self.catching_up = true;
+        }
+    }
+
+    /// What to read from the history now, if anything: `(after, limit)`.
+    pub fn history_wanted(&self, out: &Outbox, chunk: usize) -> Option<(u64, usize)> {
+        if !out.has_room() {
+            return None;
+        }
+        if let Some(b) = self.backlogs.front() {
+            return Some((b.next_after, chunk));
+        }
+        self.catching_up.then_some((self.pos, chunk))
+    }
+
+    /// A read of the history asked for by [`Session::history_wanted`] with `limit`.
+    pub fn on_history(&mut self, s: Since, limit: usize, out: &mut Outbox, now: i64, m: &Metrics) {
+        if let Some(mut b) = self.backlogs.pop_front() {
+            if s.oldest_seq > b.next_after.saturating_add(1) {
+                let to = (s.oldest_seq - 1).min(b.until);
+                self.note_missed(b.next_after + 1, to, out, now, m);
+                b.next_after = to;
+            }
+            let got = s.frames.len();
+            for f in &s.frames {
+                if f.seq > b.until {
+                    break;
+                }
+                if f.seq <= b.next_after {
+                    continue;
+                }
+                if !out.has_room() {
+                    break;
+                }
+                b.next_after = f.seq;
+                let prior_had_it = b
+                    .prior
+                    .iter()
+                    .any(|(pf, from)| f.seq > *from && pf.matches(&f.meta));
+                if b.filter.matches(&f.meta) && !prior_had_it {
+                    self.deliver(f, out, now);
+                }
+            }
+            let exhausted = got < limit && b.next_after < b.until && out.has_room();
+            if exhausted {
+                // The history ends before the backlog does: nothing more to find.
+                self.note_missed(b.next_after + 1, b.until, out, now, m);
+                b.next_after = b.until;
+            }
+            if b.next_after < b.until {
+                self.backlogs.push_front(b);
+            }
+            return;
+        }
+        if !self.catching_up {
+            return;
+        }
+        if s.oldest_seq > self.pos.saturating_add(1) {
+            let to = s.oldest_seq - 1;
+            self.note_missed(self.pos + 1, to, out, now, m);
+            self.pos = to;
+        }
+        let got = s.frames.len();
+        for f in &s.frames {
+            if f.seq <= self.pos {
+                continue;
+            }
+            if !out.has_room() {
+                return;
+            }
+            self.pos = f.seq;
+            if self.wanted(f) {
+                self.deliver(f, out, now);
+            }
+        }
+        if got < limit {
+            // Caught up with the head of that read; newer frames are in the channel.
+            self.pos = self.pos.max(s.head);
+            self.catching_up = false;
+        }
+    }
+
+    fn note_missed(&mut self, from: u64, to: u64, out: &mut Outbox, now: i64, m: &Metrics) {
+        if from > to {
+            return;
+        }
+        m.missed_seqs.inc_by(to - from + 1);
+        self.missed = Some(match self.missed {
+            Some((f, t)) => (f.min(from), t.max(to)),
+            None => (from, to),
+        });
+        if out.has_room() {
+            self.send_lagged(out, now, m);
+        }
+    }
+
+    fn lagged_json(&self, from: u64, to: u64) -> String {
+        let sub = self.signal_subs().next().map_or("", |s| s.id.as_str());
+        ServerMsg::Lagged {
+            subscription: sub,
+            missed_from: from,
+            missed_to: to,
+        }
+        .to_json()
+    }
+
+    fn send_lagged(&mut self, out: &mut Outbox, now: i64, m: &Metrics) {
+        if let Some((from, to)) = self.missed.take() {
+            let json = self.lagged_json(from, to);
+            self.reply(out, json, now);
+            m.lagged_notices.inc();
+        }
+    }
+
+    /// After the shell wrote from the outbox: when it has drained to its low watermark, the
+    /// stall timer stops and what was missed is reported at once, before any newer frame.
+    pub fn after_write(&mut self, out: &mut Outbox, now: i64, m: &Metrics) {
+        if out.take_drained() || (self.full_since.is_some() && out.has_room()) {
+            self.full_since = None;
+            self.send_lagged(out, now, m);
+        }
+    }
+
+    /// When the session is closed as a slow consumer if its outbox stays full.
+    pub fn stall_deadline(&self) -> Option<i64> {
+        let stall = i64::try_from(self.settings.stall_close.as_millis()).unwrap_or(i64::MAX);
+        self.full_since.map(|t| t.saturating_add(stall))
+    }
+
+    pub fn full_since(&self) -> Option<i64> {
+        self.full_since
+    }
+
+    /// The outbox stayed full past the stall time: its frames are discarded, and the notice
+    /// returned covers every seq the client has not received, up to `head`, so that a resume
+    /// from `missed_from − 1` loses nothing.
+    pub fn on_stalled(&mut self, head: u64, out: &mut Outbox, m: &Metrics) -> Option<Bytes> {
+        let (discarded, lowest) = out.discard_frames();
+        m.queue_drops.inc_by(discarded);
+        let mut from = self.pos + 1;
+        if let Some(l) = lowest {
+            from = from.min(l);
+        }
+        if let Some((f, _)) = self.missed.take() {
+            from = from.min(f);
+        }
+        for b in &self.backlogs {
+            from = from.min(b.next_after + 1);
+        }
+        self.backlogs.clear();
+        (from <= head).then(|| {
+            m.lagged_notices.inc();
+            bytes(self.lagged_json(from, head))
+        })
+    }
+
+    /// The heartbeat: a ping, or the close when no pong came for two intervals. Only pongs
+    /// count as an answer: a client that sends other messages but never answers pings is
+    /// not alive to the protocol.
+    pub fn on_heartbeat(&mut self, now: i64, out: &mut Outbox) -> Result<(), CloseCode> {
+        let limit = i64::try_from(self.settings.heartbeat.as_millis() * 2).unwrap_or(i64::MAX);
+        if now - self.last_pong_ms > limit {
+            return Err(CloseCode::Heartbeat);
+        }
+        out.push_ping();
+        Ok(())
+    }
+
+    pub fn on_pong(&mut self, now: i64) {
+        self.last_pong_ms = now;
+    }
+
+    pub fn on_pair(&mut self, p: &PairFrame, out: &mut Outbox) {
+        let wanted = self
+            .subs
+            .iter()
+            .any(|s| s.channel == Channel::Pairs && s.filter.matches_pair(&p.key));
+        // Pair states supersede each other: one that does not fit is dropped, not owed.
+        if wanted {
+            out.push_droppable(p.text.clone());
+        }
+    }
+
+    /// A binary message: not part of the protocol, answered with an error (and rate limited).
+    pub fn on_binary(&mut self, now: i64, out: &mut Outbox) -> Effects {
+        if !self.inbound.try_take(now) {
+            return Effects {
+                close: Some(CloseCode::Policy),
+                ..Effects::default()
+            };
+        }
+        let e = OpError::new(
+            None,
+            ErrorCode::BadRequest,
+            "binary messages are not supported; send JSON text",
+        );
+        self.reply(out, e.to_json(), now);
+        Effects::default()
+    }
+
+    /// A client text message.
+    pub fn on_text(
+        &mut self,
+        text: &str,
+        now: i64,
+        hub: &dyn HubView,
+        out: &mut Outbox,
+    ) -> Effects {
+        if !self.inbound.try_take(now) {
+            return Effects {
+                close: Some(CloseCode::Policy),
+                ..Effects::default()
+            };
+        }
+        match protocol::parse(text, &self.settings.filter_limits) {
+            Err(e) => {
+                self.reply(out, e.to_json(), now);
+                Effects::default()
+            }
+            Ok(ClientOp::Ping { id }) => {
+                self.reply(out, ServerMsg::Pong { id: id.as_ref() }.to_json(), now);
+                Effects::default()
+            }
+            Ok(ClientOp::Unsubscribe { id, subscription }) => {
+                let Some(i) = self.subs.iter().position(|s| s.id == subscription) else {
+                    let e = OpError::new(
+                        id,
+                        ErrorCode::UnknownSubscription,
+                        format!("no subscription `{subscription}`"),
+                    );
+                    self.reply(out, e.to_json(), now);
+                    return Effects::default();
+                };
+                let sub = self.subs.remove(i);
+                self.filter_entries -= sub.filter.size();
+                self.backlogs.retain(|b| b.sub != sub.id);
+                let reply = ServerMsg::Unsubscribed {
+                    id: id.as_ref(),
+                    subscription: &subscription,
+                }
+                .to_json();
+                self.reply(out, reply, now);
+                let pairs_left = self.subs.iter().any(|s| s.channel == Channel::Pairs);
+                Effects {
+                    rejoin: sub.channel == Channel::Signals,
+                    pairs: (sub.channel == Channel::Pairs && !pairs_left).then_some(false),
+                    close: None,
+                }
+            }
+            Ok(ClientOp::Subscribe {
+                id,
+                channel,
+                filter,
+                resume_from,
+            }) => {
+                let s = &self.settings;
+                if self.subs.len() >= s.max_subscriptions {
+                    let e = OpError::new(
+                        id,
+                        ErrorCode::TooManySubscriptions,
+                        format!(
+                            "at most {} subscriptions (session.max_subscriptions)",
+                            s.max_subscriptions
+                        ),
+                    );
+                    self.reply(out, e.to_json(), now);
+                    return Effects::default();
+                }
+                if self.filter_entries + filter.size() > s.max_filter_entries {
+                    let e = OpError::new(
+                        id,
+                        ErrorCode::BadRequest,
+                        format!(
+                            "the session's subscriptions would hold {} filter entries; at most {} \
+                             (session.max_filter_entries)",
+                            self.filter_entries + filter.size(),
+                            s.max_filter_entries
+                        ),
+                    );
+                    self.reply(out, e.to_json(), now);
+                    return Effects::default();
+                }
+                let sub_id = format!("s{}", self.next_sub);
+                self.next_sub += 1;
+                let head = hub.head();
+                let filter = Arc::new(filter);
+                let mut effects = Effects::default();
+                let (recovered, oldest_seq, from) = match (&resume_from, channel) {
+                    (Some(r), Channel::Signals) => {
+                        let oldest = hub.oldest();
+                        if r.epoch == hub.epoch()
+                            && r.seq.saturating_add(1) >= oldest
+                            && r.seq <= head
+                        {
+                            (Some(true), None, r.seq)
+                        } else {
+                            (Some(false), Some(oldest), head)
+                        }
+                    }
+                    _ => (None, None, head),
+                };
+                let reply = ServerMsg::Subscribed {
+                    id: id.as_ref(),
+                    subscription: &sub_id,
+                    channel,
+                    head_seq: head,
+                    recovered,
+                    oldest_seq,
+                }
+                .to_json();
+                self.reply(out, reply, now);
+                match channel {
+                    Channel::Signals => {
+                        if from < self.pos {
+                            let prior = self
+                                .signal_subs()
+                                .map(|s| (s.filter.clone(), s.from))
+                                .collect();
+                            self.backlogs.push_back(Backlog {
+                                sub: sub_id.clone(),
+                                filter: filter.clone(),
+                                prior,
+                                next_after: from,
+                                until: self.pos,
+                            });
+                        }
+                        effects.rejoin = true;
+                    }
+                    Channel::Pairs => {
+                        if !self.subs.iter().any(|s| s.channel == Channel::Pairs) {
+                            effects.pairs = Some(true);
+                        }
+                    }
+                }
+                self.filter_entries += filter.size();
+                self.subs.push(Sub {
+                    id: sub_id,
+                    channel,
+                    filter,
+                    from,
+                });
+                effects
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{self, Hub};
+    use crate::time::Clock;
+    use dexpulse_core::model::{Direction, EventMeta, Kind, PairKey};
+
+    use super::super::outbox::Out;
+
+    struct T {
+        hub: Hub,
+        st: Session,
+        out: Outbox,
+        m: Metrics,
+        sub: Option<hub::Subscription>,
+        now: i64,
+    }
+
+    fn t(settings: Settings, hub_settings: hub::Settings) -> T {
+        let hub = Hub::new(hub_settings, Clock::manual(1_000));
+        let out = Outbox::new(settings.queue_max_messages, settings.queue_max_bytes);
+        T {
+            st: Session::new(Arc::new(settings), hub.head_seq(), 0),
+            hub,
+            out,
+            m: Metrics::new(),
+            sub: None,
+            now: 0,
+        }
+    }
+
+    fn publish(t: &T, chain: &str) {
+        let meta = EventMeta {
+            pair: PairKey::new(chain, "p"),
+            kind: Kind::VolumeSurge,
+            direction: Direction::Bullish,
+            score: 70,
+        };
+        t.hub.publish_serialized(vec![(meta, "{}".into())]);
+    }
+
+    impl T {
+        fn send(&mut self, text: &str) -> Effects {
+            let e = self.st.on_text(text, self.now, &self.hub, &mut self.out);
+            if e.rejoin {
+                let (sub, head) = self.hub.join_signals(&self.st.signal_set());
+                let clean = self.sub.is_none();
+                self.st.joined(head, HubView::oldest(&self.hub), clean);
+                self.sub = sub;
+            }
+            e
+        }
+
+        /// What the shell does between wake-ups: live frames, history reads, until idle.
+        fn pump(&mut self) {
+            loop {
+                let mut progressed = false;
+                while let Some((after, limit)) = self.st.history_wanted(&self.out, 4) {
+                    let s = self.hub.since(after, limit);
+                    self.st
+                        .on_history(s, limit, &mut self.out, self.now, &self.m);
+                    progressed = true;
+                    if self.st.history_wanted(&self.out, 4) == Some((after, limit)) {
+                        break;
+                    }
+                }
+                while self.st.is_live() {
+                    match self.sub.as_mut().map(|s| s.rx.try_recv()) {
+                        Some(Ok(f)) => {
+                            self.st.on_live(&f, &mut self.out, self.now);
+                            progressed = true;
+                        }
+                        Some(Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_))) => {
+                            self.st.on_lagged();
+                            progressed = true;
+                        }
+                        _ => break,
+                    }
+                }
+                if !progressed {
+                    break;
+                }
+            }
+        }
+
+        /// Writes everything queued (as a client that reads) and returns the messages.
+        fn read(&mut self) -> Vec<serde_json::Value> {
+            let mut got = Vec::new();
+            loop {
+                self.pump();
+                let Some(o) = self.out.pop() else { break };
+                self.st.after_write(&mut self.out, self.now, &self.m);
+                if let Out::Frame { text, .. } | Out::Text(text) = o {
+                    got.push(serde_json::from_slice(&text).unwrap());
+                }
+            }
+            got
+        }
+    }
+
+    fn seqs(msgs: &[serde_json::Value]) -> Vec<u64> {
+        msgs.iter().filter_map(|m| m["seq"].as_u64()).collect()
+    }
+
+    fn sub(chain: &str) -> String {
+        format!(r#"{{"op":"subscribe","channel":"signals","filter":{{"chains":["{chain}"]}}}}"#)
+    }
+
+    #[test]
+    fn a_resume_replays_its_backlog_first_then_continues_live_each_event_once() {
+        let mut t = t(Settings::default(), hub::Settings::default());
+        t.send(&sub("sim"));
+        for c in ["sim", "base", "sim", "base"] {
+            publish(&t, c);
+        }
+        let got = t.read();
+        assert_eq!(seqs(&got), [1, 3]);
+        let epoch = t.hub.epoch().to_string();
+        // Resume "base" from 0: its backlog is 2 and 4 (1 and 3 are not base); then live.
+        t.send(&format!(
+            r#"{{"op":"subscribe","channel":"signals","filter":{{"chains":["base","sim"]}},"resume_from":{{"epoch":"{epoch}","seq":0}}}}"#
+        ));
+        publish(&t, "sim");
+        publish(&t, "base");
+        let got = t.read();
+        assert_eq!(got[0]["type"], "subscribed");
+        assert_eq!(got[0]["recovered"], true);
+        assert_eq!(
+            seqs(&got),
+            [2, 4, 5, 6],
+            "backlog without what s1 had, then each once"
+        );
+    }
+
+    #[test]
+    fn a_full_outbox_catches_up_from_the_history_and_loses_nothing() {
+        let s = Settings {
+            queue_max_messages: 4,
+            ..Settings::default()
+        };
+        let mut t = t(s, hub::Settings::default());
+        t.send(r#"{"op":"subscribe","channel":"signals"}"#);
+        t.pump();
+        for _ in 0..50 {
+            publish(&t, "sim");
+        }
+        t.pump();
+        assert!(
+            !t.st.is_live(),
+            "the outbox filled: catching up from the history"
+        );
+        assert!(t.out.len() <= 5);
+        let got = t.read();
+        assert_eq!(seqs(&got), (1..=50).collect::<Vec<_>>());
+        assert!(t.st.is_live());
+        assert!(!got.iter().any(|m| m["type"] == "lagged"));
+    }
+
+    #[test]
+    fn what_the_history_no_longer_holds_is_reported_as_lagged_before_the_next_frame() {
+        let s = Settings {
+            queue_max_messages: 4,
+            ..Settings::default()
+        };
+        let h = hub::Settings {
+            retain_events: 10,
+            retain_max_events: 10,
+            retain: std::time::Duration::ZERO,
+            ..hub::Settings::default()
+        };
+        let mut t = t(s, h);
+        t.send(r#"{"op":"subscribe","channel":"signals"}"#);
+        t.pump();
+        for _ in 0..30 {
+            publish(&t, "sim");
+        }
+        let got = t.read();
+        let lagged: Vec<_> = got.iter().filter(|m| m["type"] == "lagged").collect();
+        assert_eq!(lagged.len(), 1, "{got:?}");
+        let (from, to) = (
+            lagged[0]["missed_from"].as_u64().unwrap(),
+            lagged[0]["missed_to"].as_u64().unwrap(),
+        );
+        let delivered = seqs(&got);
+        // Every seq is delivered or inside the notice, and the notice precedes what follows it.
+        for seq in 1..=30 {
+            assert!(
+                delivered.contains(&seq) != (from..=to).contains(&seq),
+                "seq {seq}"
+            );
+        }
+        let i = got.iter().position(|m| m["type"] == "lagged").unwrap();
+        assert!(got[i + 1]["seq"].as_u64().unwrap() == to + 1);
+    }
+
+    #[test]
+    fn the_stall_timer_stops_when_the_outbox_drains_not_at_the_next_frame() {
+        let s = Settings {
+            queue_max_messages: 4,
+            ..Settings::default()
+        };
+        let mut t = t(s, hub::Settings::default());
+        t.send(r#"{"op":"subscribe","channel":"signals","filter":{"chains":["sim"]}}"#);
+        t.pump();
+        for _ in 0..8 {
+            publish(&t, "sim");
+        }
+        t.now = 100;
+        t.pump();
+        assert_eq!(t.st.stall_deadline(), Some(100 + 4_000));
+        t.now = 200;
+        t.read();
+        // Drained; no frame since. The old code kept the timer until the next frame came.
+        assert_eq!(t.st.stall_deadline(), None);
+    }
+
+    #[test]
+    fn a_stalled_session_is_told_every_seq_it_did_not_get() {
+        let s = Settings {
+            queue_max_messages: 4,
+            ..Settings::default()
+        };
+        let mut t = t(s, hub::Settings::default());
+        t.send(r#"{"op":"subscribe","channel":"signals"}"#);
+        t.read();
+        for _ in 0..20 {
+            publish(&t, "sim");
+        }
+        t.pump();
+        let head = t.hub.head_seq();
+        let notice = t.st.on_stalled(head, &mut t.out, &t.m).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&notice).unwrap();
+        assert_eq!(
+            (v["missed_from"].as_u64(), v["missed_to"].as_u64()),
+            (Some(1), Some(20))
+        );
+        assert!(t.out.items().all(|o| !matches!(o, Out::Frame { .. })));
+    }
+
+    #[test]
+    fn heartbeats_count_pongs_only_and_floods_are_policy_closes() {
+        let s = Settings {
+            inbound_burst: 2.0,
+            inbound_per_second: 1.0,
+            ..Settings::default()
+        };
+        let mut t = t(s, hub::Settings::default());
+        let beat = 25_000;
+        t.now = beat;
+        assert_eq!(t.st.on_heartbeat(t.now, &mut t.out), Ok(()));
+        t.send(r#"{"op":"ping"}"#);
+        t.now = 3 * beat;
+        t.send(r#"{"op":"ping"}"#);
+        assert_eq!(
+            t.st.on_heartbeat(t.now, &mut t.out),
+            Err(CloseCode::Heartbeat),
+            "messages are not pongs"
+        );
+        t.st.on_pong(t.now);
+        assert_eq!(t.st.on_heartbeat(t.now, &mut t.out), Ok(()));
+        assert_eq!(t.send(r#"{"op":"ping"}"#).close, None);
+        assert_eq!(t.send(r#"{"op":"ping"}"#).close, Some(CloseCode::Policy));
+    }
+
+    #[test]
+    fn subscriptions_are_bounded_by_count_and_by_filter_entries() {
+        let s = Settings {
+            max_filter_entries: 5,
+            ..Settings::default()
+        };
+        let mut t = t(s, hub::Settings::default());
+        t.send(
+            r#"{"op":"subscribe","id":1,"channel":"signals","filter":{"chains":["a","b","c"]}}"#,
+        );
+        t.send(r#"{"op":"subscribe","id":2,"channel":"signals","filter":{"chains":["d","e"]}}"#);
+        let got = t.read();
+        assert_eq!(got[0]["type"], "subscribed");
+        assert_eq!(got[1]["code"], "bad_request");
+        assert!(got[1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("session.max_filter_entries"));
+        t.send(r#"{"op":"unsubscribe","id":3,"subscription":"s1"}"#);
+        t.send(r#"{"op":"subscribe","id":4,"channel":"signals","filter":{"chains":["d","e"]}}"#);
+        let got = t.read();
+        assert_eq!(got[1]["type"], "subscribed", "{got:?}");
+    }
+}
