@@ -5,11 +5,16 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn dexpulse(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dexpulse"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
+    dexpulse_env(args, &[])
+}
+
+fn dexpulse_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dexpulse"));
+    cmd.args(args).env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -65,8 +70,12 @@ fn spawn_serve(name: &str, config_text: &str, env: &[(&str, String)]) -> (Reap, 
 
 /// SIGTERM, then the exit code.
 fn sigterm(child: &mut Reap) -> Option<i32> {
+    signal(child, "-TERM")
+}
+
+fn signal(child: &mut Reap, sig: &str) -> Option<i32> {
     let kill = std::process::Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
+        .args([sig, &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
@@ -197,6 +206,20 @@ fn a_bad_config_exits_64_naming_the_field() {
 fn usage_errors() {
     let out = dexpulse(&["replay", "/nonexistent/tape.jsonl"]);
     assert_eq!(out.status.code(), Some(66));
+    // An argument clap refuses is a usage error like any other: 64, as documented.
+    for args in [
+        &["--bogus"][..],
+        &["serve", "--bind"],
+        &["simulate", "--seed", "x", "--out", "/tmp/y"],
+    ] {
+        let out = dexpulse(args);
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
     let out = dexpulse(&["simulate", "--scenario", "moonshot", "--out", "/tmp/x"]);
     assert_eq!(out.status.code(), Some(64));
     assert!(text(&out.stderr).contains("moonshot"));
@@ -302,4 +325,98 @@ async fn serve_polls_a_mirror_named_by_the_base_url_variables() {
     assert_eq!(ds["price_change_pct"]["m5"], serde_json::Value::Null);
     assert!(up.served("200") >= 2);
     assert_eq!(sigterm(&mut child), Some(0));
+}
+
+/// `serve` checks the files its source needs before anything runs: a tape it cannot open
+/// exits 66, a recording it cannot create exits 73, each naming the path.
+#[test]
+fn serve_fails_at_once_on_files_it_cannot_use() {
+    let cfg = tmp("serve-tape.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nbind = \"127.0.0.1:0\"\n[source]\nkind = \"replay\"\n[source.replay]\ntape = \"/nonexistent/tape.jsonl\"\n",
+    )
+    .unwrap();
+    let out = dexpulse(&["serve", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(66), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("/nonexistent/tape.jsonl"));
+    let cfg = tmp("serve-record.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nbind = \"127.0.0.1:0\"\n[source]\nkind = \"live\"\n",
+    )
+    .unwrap();
+    let out = dexpulse(&[
+        "serve",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--record",
+        "/nonexistent/dir/rec.jsonl",
+    ]);
+    assert_eq!(out.status.code(), Some(73), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("/nonexistent/dir/rec.jsonl"));
+}
+
+/// Every command layers the environment over the file (and flags over both): `replay` and
+/// `simulate` honour `DEXPULSE_*`, and a bad value names the variable it came from.
+#[test]
+fn replay_and_simulate_honour_the_environment() {
+    let t = tmp("env.jsonl");
+    let out = dexpulse_env(
+        &["simulate", "--hours", "3", "--out", t.to_str().unwrap()],
+        &[(
+            "DEXPULSE_SOURCE__SIMULATOR__SCENARIOS",
+            "[\"lp_withdrawal\"]",
+        )],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let tape = text(&std::fs::read(&t).unwrap());
+    assert!(tape.contains("simlpwithdrawal00") && !tape.contains("simbreakout"));
+    let all = dexpulse(&["replay", t.to_str().unwrap()]);
+    assert!(!all.stdout.is_empty());
+    let strict = dexpulse_env(
+        &["replay", t.to_str().unwrap()],
+        &[("DEXPULSE_SIGNAL__FSM__MIN_EMIT_SCORE", "100")],
+    );
+    assert!(strict.status.success());
+    assert!(
+        strict.stdout.len() < all.stdout.len(),
+        "the variable applied"
+    );
+    let bad = dexpulse_env(
+        &["replay", t.to_str().unwrap()],
+        &[("DEXPULSE_SIGNAL__FSM__MIN_EMIT_SCORE", "101")],
+    );
+    assert_eq!(bad.status.code(), Some(64));
+    let err = text(&bad.stderr);
+    assert!(
+        err.contains("signal.fsm.min_emit_score")
+            && err.contains("DEXPULSE_SIGNAL__FSM__MIN_EMIT_SCORE"),
+        "{err}"
+    );
+}
+
+/// SIGHUP ends the server like SIGTERM: close frames (1001), exit 0 (there is no reload).
+#[tokio::test]
+async fn sighup_closes_sessions_like_sigterm() {
+    use futures_util::StreamExt;
+    let (mut child, addr) = spawn_serve(
+        "hup.toml",
+        "[server]\nbind = \"127.0.0.1:0\"\n[source]\nkind = \"bench\"\n[source.bench]\nevents_per_second = 10.0\n",
+        &[],
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws"))
+        .await
+        .unwrap();
+    ws.next().await.unwrap().unwrap();
+    let exit = tokio::task::spawn_blocking(move || signal(&mut child, "-HUP"));
+    let close = loop {
+        match ws.next().await {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(c))) => break c,
+            Some(Ok(_)) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|c| u16::from(c.code)), Some(1001));
+    assert_eq!(exit.await.unwrap(), Some(0));
 }

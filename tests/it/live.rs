@@ -393,3 +393,78 @@ async fn search_queries_feed_the_watchlist() {
     );
     r.shutdown().await.unwrap();
 }
+
+/// A pair upstream refuses (400 for any request naming it) is not retried at once and
+/// forever: the batch it sinks is split, the pair waits longer after each refusal when asked
+/// for alone, and after three it leaves the watchlist, with a log line and a metric; the other
+/// pairs keep the budget.
+#[tokio::test]
+async fn a_pair_upstream_refuses_backs_off_and_is_dropped() {
+    let up = Upstream::start().await;
+    up.with(|i| {
+        i.refuse.insert("BADPAIR".to_string());
+    });
+    let mut cfg = live_config(&up);
+    cfg.source.live.gecko_pools.clear();
+    cfg.source.live.pairs.push("solana:BADPAIR".into());
+    cfg.source.live.refusal_backoff_seconds = 0.1;
+    cfg.source.live.batch_recover_after = 1_000;
+    let r = start_live(cfg).await;
+    eventually("the refused pair is dropped", || {
+        metric(&r, "dexpulse_watchlist_drops_total{reason=\"refused\"}") >= 1.0
+    })
+    .await;
+    let asked = up.with(|i| i.refused_asks);
+    let ok = up.served("200");
+    eventually("the good pairs are still polled", || {
+        up.served("200") >= ok + 10
+    })
+    .await;
+    assert_eq!(up.with(|i| i.refused_asks), asked, "not asked for again");
+    // Once in the first batch, then in halves down to itself, then alone three times.
+    assert!(asked <= 6, "asked for {asked} times");
+    let (_, body) = http_get(&r, "/v1/pairs", &[]).await;
+    assert_eq!(pairs_json(&body).len(), 2);
+    r.shutdown().await.unwrap();
+}
+
+/// No upstream at all: `/readyz` is not ready from the start (ticks are not data), names the
+/// class and the cause, and says so again when the class's circuit opens.
+#[tokio::test]
+async fn offline_the_server_is_not_ready_and_says_why() {
+    let up = Upstream::start().await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut cfg = live_config(&up);
+    cfg.source.live.gecko_pools.clear();
+    cfg.source.live.dexscreener.base_url = format!("http://{closed}");
+    cfg.source.live.circuit_failures = 3;
+    cfg.source.live.circuit_open_seconds = 30.0;
+    let r = start_live(cfg).await;
+    let reason = || async {
+        let (status, body) = http_get(&r, "/readyz", &[]).await;
+        assert_eq!(status, 503, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let first = reason().await;
+    assert!(first.starts_with("no data from the source yet"), "{first}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let why = reason().await;
+        if why.contains("circuit open") {
+            assert_eq!(
+                why,
+                "upstream `dexscreener_pairs`: circuit open (connection refused)"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    r.shutdown().await.unwrap();
+}

@@ -13,6 +13,8 @@
 //! - `upstream`: a fake DexScreener/GeckoTerminal: recorded payloads, rate limits, faults.
 //! - `live`: the live sources against it: values, events, 429s, faults, fallback, recording.
 //! - `loadgen`: the load generator against a server that is not dexpulse, and against dexpulse.
+//! - `tidy`: the architecture's invariants, read from the source: the module DAG, what each
+//!   module never does, a `//!` header on every file.
 
 mod cli;
 mod decode;
@@ -25,5 +27,6 @@ mod properties;
 mod scenarios;
 mod server;
 mod support;
+mod tidy;
 mod upstream;
 mod ws;

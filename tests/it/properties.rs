@@ -13,7 +13,7 @@ use dexpulse::source::simulator::{Scenario, SimOptions};
 use dexpulse::source::tape::{Body, TapeReader, TapeRecord};
 use proptest::prelude::*;
 
-use crate::support::{replay_bytes, tape, to_lines};
+use crate::support::{tape, to_lines};
 
 /// Decoded snapshots of a few scenarios (3 h), in tape order: the raw material the properties
 /// reorder and duplicate.
@@ -241,35 +241,88 @@ proptest! {
         prop_assert_eq!(per_pair(&run(&shuffled)), per_pair(baseline()));
     }
 
+    /// Liquidity that falls by random steps (some far past the drain and rug thresholds), with
+    /// a random set of snapshots where upstream did not say: a drain or rug warning is only
+    /// ever raised on a snapshot that has liquidity, and the same steps with nothing missing
+    /// raise what the thresholds say (so the property is not vacuous; see also
+    /// `drops_in_the_generator_reach_the_thresholds`).
     #[test]
-    fn the_same_tape_gives_the_same_bytes(seed in 0u64..1000) {
-        let opts = SimOptions { seed, hours: 2.5, noise_pairs: 2, ..SimOptions::default() };
-        let t = tape(&[Scenario::Breakout, Scenario::Noise], &opts);
-        let a = to_lines(&replay_bytes(&t, Params::default()).events);
-        let b = to_lines(&replay_bytes(&t, Params::default()).events);
-        prop_assert_eq!(a, b);
-    }
-
-    #[test]
-    fn missing_liquidity_never_raises_a_drain_or_rug(drops in proptest::collection::vec(0.0f64..1.0, 5..40)) {
-        let base = snapshots().iter().find(|s| s.key.address == "simlpwithdrawal00").unwrap().clone();
-        let mut engine = Engine::new(Params::default());
-        let mut out = Vec::new();
-        for (i, d) in drops.iter().enumerate() {
-            let mut s = base.clone();
-            s.observed_at_ms += i as i64 * 60_000;
-            s.volume_usd.m5 = s.volume_usd.m5.map(|v| v + i as f64);
-            // The pool's amounts and USD liquidity are unknown on every other snapshot, and
-            // shrinking on the rest.
-            if i % 2 == 1 {
-                s.liquidity_usd = None;
-                s.liquidity_base = None;
-                s.liquidity_quote = None;
-            } else {
-                s.liquidity_usd = s.liquidity_usd.map(|l| l * (1.0 - d * 0.2));
+    fn missing_liquidity_never_raises_a_drain_or_rug(
+        steps in proptest::collection::vec((0.0f64..0.9, any::<bool>()), 5..40),
+    ) {
+        let (with_gaps, gaps) = liquidity_run(&steps, true);
+        for e in &with_gaps {
+            if matches!(e.kind, Kind::LiquidityDrain | Kind::RugWarning) && e.phase == dexpulse::model::Phase::Opened {
+                prop_assert!(!gaps.contains(&e.observed_at_ms), "raised on a snapshot without liquidity: {e:?}");
+                prop_assert!(e.metrics.liquidity_usd.is_some());
             }
-            engine.observe_into(&s, &mut out);
         }
-        prop_assert!(out.iter().all(|e| !matches!(e.kind, Kind::LiquidityDrain | Kind::RugWarning)), "{:?}", out);
+        let (full, _) = liquidity_run(&steps, false);
+        // Without gaps, a fall of 60 % or more from the pool's 30-minute high is a rug.
+        let mut level: f64 = 1.0;
+        let mut high: f64 = 1.0;
+        let mut expect_rug = false;
+        for (i, (drop, _)) in steps.iter().enumerate() {
+            level *= 1.0 - drop;
+            high = high.max(level);
+            expect_rug |= i > 0 && level <= 0.4 * high && i < 30;
+        }
+        if expect_rug {
+            prop_assert!(full.iter().any(|e| e.kind == Kind::RugWarning), "{full:?}");
+        }
     }
+}
+
+/// A constant-product pool whose reserves (and USD liquidity) fall by the given fractions, one
+/// snapshot a minute; with `gaps`, the snapshots marked `true` say nothing about liquidity.
+/// Returns the events and the times of the snapshots without liquidity.
+fn liquidity_run(steps: &[(f64, bool)], gaps: bool) -> (Vec<SignalEvent>, Vec<i64>) {
+    let base = snapshots()
+        .iter()
+        .find(|s| s.key.address == "simlpwithdrawal00")
+        .unwrap()
+        .clone();
+    let mut engine = Engine::new(Params::default());
+    let mut out = Vec::new();
+    let mut missing = Vec::new();
+    let mut level = 1.0;
+    for (i, (drop, gap)) in steps.iter().enumerate() {
+        if i > 0 {
+            level *= 1.0 - drop;
+        }
+        let mut s = base.clone();
+        s.observed_at_ms += i as i64 * 60_000;
+        s.volume_usd.m5 = s.volume_usd.m5.map(|v| v + i as f64);
+        if gaps && *gap && i > 0 {
+            s.liquidity_usd = None;
+            s.liquidity_base = None;
+            s.liquidity_quote = None;
+            missing.push(s.observed_at_ms);
+        } else {
+            s.liquidity_usd = s.liquidity_usd.map(|l| l * level);
+            s.liquidity_base = s.liquidity_base.map(|b| b * level);
+            s.liquidity_quote = s.liquidity_quote.map(|q| q * level);
+        }
+        engine.observe_into(&s, &mut out);
+    }
+    (out, missing)
+}
+
+#[test]
+fn drops_in_the_generator_reach_the_thresholds() {
+    // The property's material can raise both warnings when liquidity is known ...
+    let (full, _) = liquidity_run(&[(0.0, false), (0.3, false), (0.0, false)], false);
+    assert!(
+        full.iter().any(|e| e.kind == Kind::LiquidityDrain),
+        "{full:?}"
+    );
+    let (full, _) = liquidity_run(&[(0.0, false), (0.8, false)], false);
+    assert!(full.iter().any(|e| e.kind == Kind::RugWarning), "{full:?}");
+    // ... and not on the snapshot where it is unknown.
+    let (gapped, missing) = liquidity_run(&[(0.0, false), (0.8, true), (0.0, true)], true);
+    assert_eq!(missing.len(), 2);
+    assert!(
+        !gapped.iter().any(|e| e.kind == Kind::RugWarning),
+        "{gapped:?}"
+    );
 }

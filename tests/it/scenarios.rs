@@ -444,12 +444,64 @@ fn every_simulated_event_says_simulator() {
         .all(|e| e.source == dexpulse::model::Source::Simulator && e.chain == "sim"));
 }
 
+/// The output of a tape is pinned across builds, not only within one process: a change to the
+/// engine, the decoders or the event format shows here as a diff to explain (with a version or
+/// `params_hash` change). `DEXPULSE_UPDATE_GOLDEN=1 cargo test golden` rewrites the files.
 #[test]
-fn the_same_tape_gives_the_same_bytes() {
+fn the_events_of_a_tape_are_the_golden_files() {
+    use sha2::{Digest, Sha256};
     let a = tape(&Scenario::ALL, &opts());
     let b = tape(&Scenario::ALL, &opts());
     assert_eq!(a, b, "the simulator is seeded");
-    let first = to_lines(&replay_bytes(&a, Params::default()).events);
-    assert_eq!(first, to_lines(&all().run.events));
-    assert!(first.len() > 1000);
+    let full = to_lines(&replay_bytes(&a, Params::default()).events);
+    assert_eq!(full, to_lines(&all().run.events));
+    assert!(full.len() > 1000);
+    let small_opts = SimOptions {
+        seed: 11,
+        hours: 3.0,
+        noise_pairs: 1,
+        ..SimOptions::default()
+    };
+    let small = to_lines(
+        &replay_bytes(
+            &tape(
+                &[
+                    Scenario::Breakout,
+                    Scenario::LpWithdrawal,
+                    Scenario::PumpDump,
+                ],
+                &small_opts,
+            ),
+            Params::default(),
+        )
+        .events,
+    );
+    let digest = format!("{}\n", hex::encode(Sha256::digest(full.as_bytes())));
+    let dir = crate::support::fixture_path("golden");
+    let files = [
+        ("events-seed11.jsonl", small),
+        ("scenarios-seed7.sha256", digest),
+    ];
+    if std::env::var_os("DEXPULSE_UPDATE_GOLDEN").is_some() {
+        for (name, text) in &files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+    }
+    for (name, text) in &files {
+        let want = std::fs::read_to_string(dir.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e} (DEXPULSE_UPDATE_GOLDEN=1 writes it)"));
+        if want != *text {
+            let first = want
+                .lines()
+                .zip(text.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or(want.lines().count().min(text.lines().count()));
+            panic!(
+                "{name} differs from this build's output at line {}:\n  golden: {}\n  now:    {}",
+                first + 1,
+                want.lines().nth(first).unwrap_or("(end)"),
+                text.lines().nth(first).unwrap_or("(end)")
+            );
+        }
+    }
 }

@@ -51,6 +51,10 @@ pub struct Inner {
     pub faults: VecDeque<Fault>,
     /// Refuse `/latest/dex/pairs` batches larger than this with 400.
     pub max_batch: Option<usize>,
+    /// Refuse with 400 any `/latest/dex/pairs` request naming one of these ids (a bad address
+    /// sinks its whole batch), and count how often they were asked for.
+    pub refuse: std::collections::HashSet<String>,
+    pub refused_asks: u64,
     pub limits: HashMap<&'static str, Limit>,
     pub seen: HashMap<&'static str, VecDeque<Instant>>,
     pub served: HashMap<String, u64>,
@@ -267,6 +271,15 @@ async fn dex_pairs(
             return r;
         }
         let ids: Vec<&str> = ids.split(',').collect();
+        if ids.iter().any(|id| inner.refuse.contains(*id)) {
+            inner.refused_asks += 1;
+            *inner.served.entry("400".into()).or_default() += 1;
+            return (
+                StatusCode::BAD_REQUEST,
+                "{\"error\":\"invalid pair address\"}",
+            )
+                .into_response();
+        }
         if inner.max_batch.is_some_and(|m| ids.len() > m) {
             *inner.served.entry("400".into()).or_default() += 1;
             return (StatusCode::BAD_REQUEST, "{\"error\":\"too many pair ids\"}").into_response();

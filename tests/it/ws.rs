@@ -458,6 +458,55 @@ async fn an_oversized_message_is_closed_with_1009_and_a_flood_with_1008() {
     r.shutdown().await.unwrap();
 }
 
+/// A client that goes on sending after the server closed it (a flood, or more after an
+/// oversized message): the server finishes the closing handshake, reading on until the
+/// client's close (or draining the socket when the frame stream is out of step), so that the
+/// client's sends never meet a connection reset and it reads the close code (a client library
+/// that sees the reset first reports 1006, abnormal closure, instead).
+#[tokio::test]
+async fn a_client_that_keeps_sending_gets_its_close_code_and_no_reset() {
+    let mut cfg = test_config();
+    cfg.session.max_message_bytes = 1024;
+    cfg.session.inbound_burst = 5.0;
+    cfg.session.inbound_per_second = 0.5;
+    let r = start(cfg).await;
+    for (first, code) in [
+        (r#"{"op":"ping"}"#.to_string(), 1008),
+        (
+            format!(r#"{{"op":"ping","pad":"{}"}}"#, "x".repeat(60_000)),
+            1009,
+        ),
+    ] {
+        let mut ws = connect(&r).await;
+        let mut sent = 0;
+        let mut failed = None;
+        for m in std::iter::once(first)
+            .chain((0..3_000).map(|_| format!(r#"{{"op":"ping","pad":"{}"}}"#, "y".repeat(900))))
+        {
+            match ws.send(Message::Text(m.into())).await {
+                Ok(()) => sent += 1,
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        assert!(
+            failed.as_deref().is_none_or(|e| !e.contains("reset")),
+            "the server reset the connection after {sent} sends: {failed:?}"
+        );
+        let (close, _) = until_close(&mut ws).await;
+        assert_eq!(close.map(|c| c.0), Some(code), "after {sent} sends");
+        // Then the connection ends cleanly.
+        let end = tokio::time::timeout(WAIT, ws.next()).await.unwrap();
+        assert!(
+            !matches!(&end, Some(Err(e)) if e.to_string().contains("reset")),
+            "{end:?}"
+        );
+    }
+    r.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_client_that_never_reads_gets_lagged_then_4008_while_others_get_everything() {
     let mut cfg = test_config();
@@ -665,5 +714,55 @@ async fn the_pairs_channel_streams_pair_states() {
         "pong",
         "the other pair was filtered out"
     );
+    r.shutdown().await.unwrap();
+}
+
+/// A session that fell behind once and caught up is not a slow consumer later: the stall timer
+/// stops when its queue drains, not when the next frame comes (a filtered client after a large
+/// resume is the likely case), and a resume larger than its queue arrives whole, in order.
+#[tokio::test]
+async fn a_session_that_caught_up_is_not_closed_as_a_slow_consumer_when_quiet() {
+    let mut cfg = test_config();
+    cfg.hub.retain_events = 10_000;
+    cfg.session.queue_max_messages = 64;
+    cfg.session.stall_close_seconds = 0.3;
+    let r = start(cfg).await;
+    let evs = events(2_000, |i, e| {
+        set(
+            e,
+            if i % 2 == 0 { "sim" } else { "base" },
+            Kind::RugWarning,
+            Direction::Bearish,
+            90,
+        )
+    });
+    r.hub().publish(&evs);
+    let mut ws = connect(&r).await;
+    let w = next_json(&mut ws).await;
+    let epoch = w["epoch"].as_str().unwrap().to_string();
+    let a = ask(
+        &mut ws,
+        &format!(r#"{{"op":"subscribe","channel":"signals","filter":{{"chains":["sim"]}},"resume_from":{{"epoch":"{epoch}","seq":0}}}}"#),
+    )
+    .await;
+    assert_eq!(a["recovered"], true);
+    for i in 0..1_000u64 {
+        let m = next_json(&mut ws).await;
+        assert_eq!(m["seq"], 2 * i + 1, "{m}");
+    }
+    // Now only frames it does not want, for longer than the stall time.
+    let quiet = events(50, |_, e| {
+        set(e, "base", Kind::RugWarning, Direction::Bearish, 90)
+    });
+    for _ in 0..6 {
+        r.hub().publish(&quiet);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(ask(&mut ws, r#"{"op":"ping"}"#).await["type"], "pong");
+    assert_eq!(
+        metric(&r, "dexpulse_session_closes_total{code=\"4008\"}"),
+        0.0
+    );
+    assert_eq!(metric(&r, "dexpulse_lagged_notices_total"), 0.0);
     r.shutdown().await.unwrap();
 }

@@ -317,15 +317,18 @@ pub fn exit(kind: Kind, f: &Features, cfg: &Params) -> bool {
 /// fresh snapshots on which the entry held (for `volume_surge`).
 pub fn excess(kind: Kind, f: &Features, cfg: &Params, consecutive: u32) -> f64 {
     let abs = |x: Option<f64>| x.map_or(0.0, f64::abs);
+    let m = &cfg.momentum;
+    let b = &cfg.buy_pressure;
     let e = match kind {
         Kind::MomentumUp | Kind::MomentumDown => {
-            0.40 * ramp(abs(f.pc[1]), 15.0, 60.0)
-                + 0.25 * ramp(abs(f.pc[0]), 3.0, 15.0)
+            0.40 * ramp_from(abs(f.pc[1]), m.enter_pc_h1, 60.0)
+                + 0.25 * ramp_from(abs(f.pc[0]), m.enter_pc_m5, 15.0)
                 + 0.20 * f.r60.map_or(0.0, |r| ramp(r, 1.0, 3.0))
                 + 0.15 * (f64::from(f.cascade) - 1.0).max(0.0) / 2.0
         }
         Kind::VolumeSurge => {
             let v = &cfg.volume_surge;
+            let v_cfg = v;
             let m = [
                 f.r5.map(|r| r / v.enter_r5),
                 f.r60.map(|r| r / v.enter_r60),
@@ -341,9 +344,9 @@ pub fn excess(kind: Kind, f: &Features, cfg: &Params, consecutive: u32) -> f64 {
             };
             0.45 * m_term
                 + 0.25
-                    * f.vol[0]
-                        .filter(|v| *v > 0.0)
-                        .map_or(0.0, |v| ramp(v.log10(), 5e3f64.log10(), 5.0))
+                    * f.vol[0].filter(|v| *v > 0.0).map_or(0.0, |v| {
+                        ramp_from(v.log10(), v_cfg.min_volume_m5_usd.max(1.0).log10(), 5.0)
+                    })
                 + 0.15 * f64::from(consecutive.saturating_sub(1).min(2)) / 2.0
                 + 0.15 * f.n_m5().map_or(0.0, |n| ramp(n as f64, 10.0, 60.0))
         }
@@ -364,27 +367,45 @@ pub fn excess(kind: Kind, f: &Features, cfg: &Params, consecutive: u32) -> f64 {
                     };
                     ramp(s, 1.2, 3.0)
                 }
-                None => f.bp_m5.map_or(0.0, |bp| ramp(flip(bp), 0.55, 0.80)),
+                None => f.bp_m5.map_or(0.0, |bp| {
+                    let enter = if kind == Kind::SellPressure {
+                        1.0 - b.sell_enter_bp_m5
+                    } else {
+                        b.enter_bp_m5
+                    };
+                    ramp_from(flip(bp), enter, 0.80)
+                }),
             };
-            0.50 * f.bp_h1.map_or(0.0, |bp| ramp(flip(bp), 0.62, 0.80))
+            0.50 * f
+                .bp_h1
+                .map_or(0.0, |bp| ramp_from(flip(bp), b.enter_bp_h1, 0.80))
                 + 0.25
-                    * f.n_h1()
-                        .filter(|n| *n > 0)
-                        .map_or(0.0, |n| ramp((n as f64).log10(), 50f64.log10(), 3.0))
+                    * f.n_h1().filter(|n| *n > 0).map_or(0.0, |n| {
+                        ramp_from((n as f64).log10(), (b.min_txns_h1 as f64).log10(), 3.0)
+                    })
                 + 0.25 * third
         }
         Kind::PumpReversal => {
-            0.6 * f.pc[0].map_or(0.0, |p| ramp(-p, 10.0, 40.0))
+            0.6 * f.pc[0].map_or(0.0, |p| ramp_from(-p, -cfg.pump_reversal.enter_pc_m5, 40.0))
                 + 0.4 * f.dd30.map_or(0.0, |d| ramp(d, 0.15, 0.6))
         }
-        Kind::LiquidityDrain => f.lp_removed.map_or(0.0, |x| ramp(x, 0.25, 0.9)),
-        Kind::RugWarning => 0.6 + 0.4 * f.lp_removed.map_or(1.0, |x| ramp(x, 0.6, 1.0)),
+        Kind::LiquidityDrain => f
+            .lp_removed
+            .map_or(0.0, |x| ramp_from(x, cfg.liquidity.drain_enter, 0.9)),
+        Kind::RugWarning => {
+            0.6 + 0.4
+                * f.lp_removed
+                    .map_or(1.0, |x| ramp_from(x, cfg.liquidity.rug_enter, 1.0))
+        }
         Kind::NewPair => {
             0.4 * f
                 .liquidity
                 .filter(|l| *l > 0.0)
                 .map_or(0.0, |l| ramp(l.log10(), 4.0, 5.4))
-                + 0.3 * f.n_h1().map_or(0.0, |n| ramp(n as f64, 10.0, 200.0))
+                + 0.3
+                    * f.n_h1().map_or(0.0, |n| {
+                        ramp_from(n as f64, cfg.gates.new_pair_min_txns_h1 as f64, 200.0)
+                    })
                 + 0.3 * f.ur_h1.map_or(0.5, |u| u.clamp(0.0, 1.0))
         }
     };
@@ -433,6 +454,17 @@ pub fn score(
         s = s.min(cfg.risk.sell_side_absent_cap);
     }
     (s, e, q, p)
+}
+
+/// `ramp(x; enter, saturation)`: 0 at the configured entry threshold, 1 at the saturation
+/// point of docs/signals.md ("Score"), which stays above the threshold however it is tuned.
+fn ramp_from(x: f64, enter: f64, saturation: f64) -> f64 {
+    let top = if saturation > enter {
+        saturation
+    } else {
+        enter + enter.abs().max(1e-9)
+    };
+    ramp(x, enter, top)
 }
 
 fn pct(x: Option<f64>) -> String {
@@ -512,7 +544,11 @@ pub fn reasons(kind: Kind, dir: Direction, f: &Features, cfg: &Params) -> Vec<St
                 cfg.pump_reversal.enter_pc_m5
             ));
             if let Some(d) = f.dd30 {
-                out.push(format!("{:.1}% below the 30-minute high", d * 100.0));
+                out.push(format!(
+                    "{:.1}% below the {}-minute high",
+                    d * 100.0,
+                    crate::settings::as_minutes(cfg.pump_reversal.high_lookback)
+                ));
             }
             out.push(format!(
                 "after P_h1 {}, P_h6 {}",
@@ -527,7 +563,11 @@ pub fn reasons(kind: Kind, dir: Direction, f: &Features, cfg: &Params) -> Vec<St
                 } else {
                     "pool invariant K"
                 };
-                out.push(format!("{:.1}% of {what} removed within 30 min", x * 100.0));
+                out.push(format!(
+                    "{:.1}% of {what} removed within {} min",
+                    x * 100.0,
+                    crate::settings::as_minutes(cfg.liquidity.drain_lookback)
+                ));
             }
             out.push(format!(
                 "liquidity ${} (reference ${})",
@@ -545,4 +585,55 @@ pub fn reasons(kind: Kind, dir: Direction, f: &Features, cfg: &Params) -> Vec<St
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signal::params::RawParams;
+
+    fn params(edit: impl Fn(&mut RawParams)) -> Params {
+        let mut raw = RawParams::default();
+        edit(&mut raw);
+        Params::parse(&raw).unwrap()
+    }
+
+    #[test]
+    fn reasons_and_scores_follow_the_configured_thresholds() {
+        let f = Features {
+            lp_removed: Some(0.5),
+            liquidity: Some(50_000.0),
+            liquidity_ref: Some(100_000.0),
+            dd30: Some(0.3),
+            pc: [Some(-12.0), Some(40.0), None, None],
+            bp_h1: Some(0.70),
+            buys_h1: Some(700),
+            sells_h1: Some(300),
+            ..Features::default()
+        };
+        let p = params(|r| {
+            r.liquidity.drain_lookback_minutes = 20.0;
+            r.pump_reversal.high_lookback_minutes = 45.0;
+        });
+        let drain = reasons(Kind::LiquidityDrain, Direction::Bearish, &f, &p);
+        assert!(drain[0].ends_with("removed within 20 min"), "{drain:?}");
+        let pump = reasons(Kind::PumpReversal, Direction::Bearish, &f, &p);
+        assert!(
+            pump.iter().any(|r| r.contains("below the 45-minute high")),
+            "{pump:?}"
+        );
+
+        // At the configured entry, a component starts from zero, wherever the entry is.
+        let default = excess(Kind::BuyPressure, &f, &Params::default(), 0);
+        let raised = excess(
+            Kind::BuyPressure,
+            &f,
+            &params(|r| r.buy_pressure.enter_bp_h1 = 0.70),
+            0,
+        );
+        assert!(raised < default, "{raised} vs {default}");
+        let at_entry = params(|r| r.liquidity.drain_enter = 0.5);
+        assert_eq!(excess(Kind::LiquidityDrain, &f, &at_entry, 0), 0.0);
+        assert!(excess(Kind::LiquidityDrain, &f, &Params::default(), 0) > 0.0);
+    }
 }

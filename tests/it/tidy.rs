@@ -1,0 +1,251 @@
+//! The architecture's invariants as tests that read the source (ARCHITECTURE.md, "Invariants"):
+//! the module graph is the DAG drawn there, and what each module never does (speak HTTP, speak
+//! WebSocket, read the wall clock, touch files) it does not do. The core crate's dependencies
+//! already keep tokio, sockets and HTTP out of it; these tests keep the layers inside each crate
+//! in order. Test modules (`#[cfg(test)]` to the end of a file) are not checked.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Each module and the modules it may import, bottom up. `*` is anything.
+const CORE: &[(&str, &[&str])] = &[
+    ("model", &[]),
+    ("settings", &[]),
+    ("signal", &["model", "settings"]),
+    ("source", &["model", "settings"]),
+    ("schedule", &["model", "settings"]),
+    ("protocol", &["model", "settings"]),
+    ("replay", &["model", "settings", "signal", "source"]),
+];
+
+const APP: &[(&str, &[&str])] = &[
+    ("time", &[]),
+    ("metrics", &["model"]),
+    ("health", &["time"]),
+    ("hub", &["time", "model", "protocol", "settings"]),
+    (
+        "live",
+        &[
+            "time", "metrics", "health", "model", "schedule", "settings", "source",
+        ],
+    ),
+    (
+        "server",
+        &[
+            "time", "metrics", "health", "hub", "model", "protocol", "schedule", "settings",
+        ],
+    ),
+    ("app", &["*"]),
+];
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// The code of a file without its test module.
+fn code(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    match text.find("#[cfg(test)]") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+/// The top-level module a file belongs to (`src/hub/fanout.rs` is `hub`).
+fn module_of(src: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(src).unwrap();
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
+    first.trim_end_matches(".rs").to_string()
+}
+
+/// The top-level modules a piece of code names after one of `prefixes` (`crate::hub::Hub`,
+/// `use crate::{hub, live}`, `dexpulse_core::model::PairKey`).
+fn imports(code: &str, prefixes: &[&str]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for prefix in prefixes {
+        let pat = format!("{prefix}::");
+        let mut rest = code;
+        while let Some(i) = rest.find(&pat) {
+            let before = rest[..i].chars().last();
+            rest = &rest[i + pat.len()..];
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                continue;
+            }
+            if let Some(group) = rest.strip_prefix('{') {
+                let end = group.find('}').unwrap_or(group.len());
+                for item in group[..end].split(',') {
+                    let name: String = item
+                        .trim()
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect();
+                    if !name.is_empty() && name != "self" {
+                        out.insert(name);
+                    }
+                }
+            } else {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() {
+                    out.insert(name);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn check_layers(src: &Path, layers: &[(&str, &[&str])], prefixes: &[&str]) -> Vec<String> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    let known: BTreeSet<&str> = CORE.iter().chain(APP).map(|(m, _)| *m).collect();
+    let mut problems = Vec::new();
+    for f in files {
+        let m = module_of(src, &f);
+        if m == "lib" || m == "main" || m == "bin" {
+            continue;
+        }
+        let Some((_, allowed)) = layers.iter().find(|(name, _)| *name == m) else {
+            problems.push(format!(
+                "{}: module `{m}` is not in the layer table",
+                f.display()
+            ));
+            continue;
+        };
+        if allowed.contains(&"*") {
+            continue;
+        }
+        for used in imports(&code(&f), prefixes) {
+            if used != m && known.contains(used.as_str()) && !allowed.contains(&used.as_str()) {
+                problems.push(format!(
+                    "{} (`{m}`) imports `{used}`; `{m}` may import only {allowed:?}",
+                    f.display()
+                ));
+            }
+        }
+    }
+    problems
+}
+
+#[test]
+fn the_module_graph_is_the_layered_dag_of_architecture_md() {
+    let mut problems = check_layers(&Path::new(ROOT).join("crates/core/src"), CORE, &["crate"]);
+    problems.extend(check_layers(
+        &Path::new(ROOT).join("src"),
+        APP,
+        &["crate", "dexpulse_core", "dexpulse"],
+    ));
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Files under `dir` whose code mentions `what` (as a path or an identifier).
+fn mentioning(dir: &Path, what: &str) -> Vec<String> {
+    let mut files = Vec::new();
+    rust_files(dir, &mut files);
+    files
+        .into_iter()
+        .filter(|f| {
+            code(f).lines().any(|l| {
+                let l = l.trim_start();
+                !l.starts_with("//") && l.contains(what)
+            })
+        })
+        .map(|f| {
+            f.strip_prefix(ROOT)
+                .unwrap_or(&f)
+                .display()
+                .to_string()
+                .trim_start_matches('/')
+                .to_string()
+        })
+        .collect()
+}
+
+fn only_under(what: &str, allowed: &[&str]) {
+    let src = Path::new(ROOT).join("src");
+    let core = Path::new(ROOT).join("crates/core/src");
+    let mut found = mentioning(&src, what);
+    found.extend(mentioning(&core, what));
+    let stray: Vec<&String> = found
+        .iter()
+        .filter(|f| !allowed.iter().any(|a| f.starts_with(a)))
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "`{what}` belongs in {allowed:?} only, but: {stray:?}"
+    );
+}
+
+#[test]
+fn what_each_module_never_does() {
+    // Only the live sources speak HTTP to upstream.
+    only_under("reqwest", &["src/live/"]);
+    // Only the server speaks WebSocket and serves HTTP (the load generator is a client).
+    only_under("tokio_tungstenite", &["src/server/", "src/bin/loadgen.rs"]);
+    only_under("axum", &["src/server/"]);
+    only_under("hyper", &["src/server/"]);
+    // Only `time` reads the wall clock.
+    only_under("SystemTime::now", &["src/time.rs", "src/bin/loadgen.rs"]);
+    only_under("Utc::now", &[]);
+    // The core touches no file of its own choosing and no clock.
+    for banned in ["std::fs", "std::net", "Instant::now", "tokio"] {
+        let core = mentioning(&Path::new(ROOT).join("crates/core/src"), banned);
+        assert!(core.is_empty(), "the core mentions `{banned}`: {core:?}");
+    }
+    // The session's state machine and outbox do no I/O and read no clock.
+    for file in [
+        "src/server/session/state.rs",
+        "src/server/session/outbox.rs",
+    ] {
+        let c = code(&Path::new(ROOT).join(file));
+        for banned in ["tokio", "tungstenite", "axum", "Instant", "Clock"] {
+            assert!(!c.contains(banned), "{file} mentions `{banned}`");
+        }
+    }
+}
+
+#[test]
+fn every_file_says_what_it_owns() {
+    let mut files = Vec::new();
+    rust_files(&Path::new(ROOT).join("src"), &mut files);
+    rust_files(&Path::new(ROOT).join("crates/core/src"), &mut files);
+    rust_files(&Path::new(ROOT).join("tests/it"), &mut files);
+    rust_files(&Path::new(ROOT).join("benches"), &mut files);
+    let missing: Vec<String> = files
+        .iter()
+        .filter(|f| !std::fs::read_to_string(f).unwrap().starts_with("//!"))
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(missing.is_empty(), "no `//!` header: {missing:?}");
+}
+
+#[test]
+fn the_checker_sees_a_violation_when_there_is_one() {
+    // The import reader itself, on code that breaks the rules.
+    let bad = "use crate::{hub, server::session};\nfn f() { crate::live::run(); }\n";
+    let got = imports(bad, &["crate"]);
+    assert_eq!(
+        got,
+        ["hub", "live", "server"]
+            .into_iter()
+            .map(String::from)
+            .collect()
+    );
+    assert!(imports("my_crate::hub", &["crate"]).is_empty());
+}
