@@ -1,5 +1,5 @@
-//! The engine through its public inputs (`observe`, `tick`): the worked example of SIGNALS.md
-//! 5.7, and the state machine's rules one by one, on hand-built snapshots.
+//! The engine through its public inputs (`observe`, `tick`): the worked example of
+//! docs/signals.md, and the state machine's rules one by one, on hand-built snapshots.
 
 use dexpulse::model::{
     CloseReason, Direction, Kind, PairKey, Phase, Price, Severity, SignalEvent, Snapshot, Source,
@@ -13,7 +13,7 @@ use crate::support::tx;
 const MIN: i64 = 60_000;
 const T0: i64 = 1_795_000_000_000;
 
-/// The snapshot of the worked example (SIGNALS.md 5.7), observed at `t`, pair aged 400 min at T0.
+/// The snapshot of the worked example (docs/signals.md), observed at `t`, pair aged 400 min at T0.
 fn example(t: i64) -> Snapshot {
     Snapshot {
         key: PairKey::new("solana", "PairAddrCaseSensitive"),

@@ -2,9 +2,9 @@
 //!
 //! - `support`: fixtures, running the simulator through a tape and the engine in memory.
 //! - `decode`: every recorded upstream payload decodes, checked field by field; drift and junk.
-//! - `engine`: the worked example of SIGNALS.md 5.7 and the state machine's rules.
-//! - `scenarios`: the scenario table of SIGNALS.md 6, through simulator, tape, decoder and engine.
-//! - `properties`: proptest properties of SIGNALS.md 6.3.
+//! - `engine`: the worked example of docs/signals.md and the state machine's rules.
+//! - `scenarios`: the scenario table below, through simulator, tape, decoder and engine.
+//! - `properties`: proptest properties of the engine: bounds, duplicates, interleaving, missing data.
 //! - `cli`: the `dexpulse` binary: simulate, replay, bad lines, exit codes.
 //! - `server`: helpers for the server tests (a server on 127.0.0.1:0, real WebSocket clients).
 //! - `ws`: WebSocket protocol v1: subscribe, filters, resume, slow consumers, bad input, auth.

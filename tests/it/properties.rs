@@ -1,7 +1,8 @@
-//! The properties of SIGNALS.md 6.3, with proptest: the score stays in [0, 100] and rises with
-//! the momentum it measures; the same tape gives the same bytes; a duplicated snapshot never
-//! changes the output; a pair's events do not depend on how its snapshots interleave with
-//! other pairs'; missing liquidity never raises a drain or rug warning.
+//! The engine's properties, with proptest: the score stays in [0, 100] and rises with the
+//! momentum it measures; a duplicated snapshot never changes the output; a pair's events do
+//! not depend on how its snapshots interleave with other pairs'; missing liquidity never raises
+//! a drain or rug warning. (That the same tape gives the same bytes across builds is pinned by
+//! the golden files of `scenarios`.)
 
 use std::sync::OnceLock;
 

@@ -1,6 +1,6 @@
-//! The scenario table of SIGNALS.md 6, end to end: the simulator writes a tape (bytes), the
-//! replay decodes it and feeds the engine, and each scenario's pairs give the events the table
-//! expects and no others. The scenarios share one tape, as `dexpulse simulate --scenario all`
+//! The scenario table (docs/sources.md, "The simulator"), end to end: the simulator writes a
+//! tape (bytes), the replay decodes it and feeds the engine, and each scenario's pairs give the
+//! events the table expects and no others. The scenarios share one tape, as `dexpulse simulate --scenario all`
 //! writes it; a pair's address names its scenario.
 
 use std::collections::BTreeMap;
@@ -155,7 +155,7 @@ fn many_pair_hours_of_flat_noise_give_no_bullish_event() {
         .filter(|e| e.direction == Direction::Bullish)
         .collect();
     assert!(bullish.is_empty(), "{bullish:?}");
-    // Neutral and bearish ones count against the budget of SIGNALS.md 6: at most 1 per 1,000
+    // Neutral and bearish ones count against the false-positive budget: at most 1 per 1,000
     // pair-hours.
     let opened = run
         .events

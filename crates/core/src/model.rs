@@ -145,7 +145,7 @@ impl Price {
     }
 }
 
-/// One observation of one pair (SIGNALS.md 5.1).
+/// One observation of one pair (docs/signals.md, "Snapshots").
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub key: PairKey,
@@ -542,7 +542,7 @@ pub struct EngineInfo {
     pub params_hash: String,
 }
 
-/// `dexpulse.event/v1` (SIGNALS.md 5.7). Field order is the serialization order.
+/// `dexpulse.event/v1` (docs/signals.md, "The event"). Field order is the serialization order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SignalEvent {
     pub schema: String,

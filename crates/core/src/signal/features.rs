@@ -1,4 +1,4 @@
-//! The derived features of SIGNALS.md 5.2 as small pure functions, and the time-aware EW
+//! The derived features of docs/signals.md ("Features") as small pure functions, and the time-aware EW
 //! statistics. Time is always an argument; nothing here reads a clock or allocates.
 //!
 //! An unavailable feature is `None`, never 0, and drops out of `max(...)` and `cascade`.
@@ -195,7 +195,7 @@ mod tests {
 
     #[test]
     fn worked_example_ratios() {
-        // SIGNALS.md 5.7: R5 = 4.1201, R60 = 1.8765.
+        // The worked example of docs/signals.md: R5 = 4.1201, R60 = 1.8765.
         let r5 = volume_ratio(0, Some(18250.0), Some(66975.0), Some(400.0), 20.0).unwrap();
         let r60 = volume_ratio(1, Some(66975.0), Some(245433.0), Some(400.0), 20.0).unwrap();
         assert!(close(r5, 4.1201, 5e-5), "{r5}");

@@ -1,4 +1,4 @@
-//! The signal kinds of SIGNALS.md 5.3-5.5: eligibility gates, enter and exit rules, the score
+//! The signal kinds of docs/signals.md ("Eligibility", "Kinds", "Score"): eligibility gates, enter and exit rules, the score
 //! (E, Q, P) and the risk flags, all as pure functions of one snapshot's [`Features`] and the
 //! configuration. No state lives here (the state machine is in `signal::mod`), and nothing
 //! allocates except [`reasons`] and [`RiskFlags::names`], which run only when an event is built.
@@ -431,7 +431,7 @@ pub fn quality(dir: Direction, f: &Features) -> f64 {
     q_liq * q_age * q_data
 }
 
-/// The score of SIGNALS.md 5.5 and its components: `clamp(round((50 + 50·E)·Q − P), 0, 100)`.
+/// The score of docs/signals.md ("Score") and its components: `clamp(round((50 + 50·E)·Q − P), 0, 100)`.
 pub fn score(
     kind: Kind,
     dir: Direction,

@@ -1,4 +1,4 @@
-//! The signal engine (SIGNALS.md 5): per-pair rolling state, freshness and validity, the
+//! The signal engine (docs/signals.md): per-pair rolling state, freshness and validity, the
 //! features, and the per-(pair, kind) state machine with confirmation, escalation, exit,
 //! `data_gap` close and cooldown.
 //!
@@ -200,7 +200,7 @@ impl Engine {
         out
     }
 
-    /// Feeds one snapshot; appends its events (in the order of SIGNALS.md 5.7) to `out`.
+    /// Feeds one snapshot; appends its events (in the order of docs/signals.md, "The event") to `out`.
     pub fn observe_into(&mut self, snap: &Snapshot, out: &mut Vec<SignalEvent>) -> Verdict {
         self.stats.snapshots += 1;
         let cfg = &self.cfg;
@@ -298,7 +298,7 @@ impl Engine {
     }
 
     /// Advances time: closes episodes whose pair has had no fresh snapshot for the data-gap
-    /// time-out, and expires pending confirmations. Events are ordered as in SIGNALS.md 5.7.
+    /// time-out, and expires pending confirmations. Events are ordered as docs/signals.md says ("The event").
     pub fn tick(&mut self, now_ms: i64) -> Vec<SignalEvent> {
         let mut out = Vec::new();
         let mut emits = Vec::new();
@@ -627,7 +627,7 @@ const STEP_ORDER: [Kind; 9] = [
     Kind::NewPair,
 ];
 
-/// The state machine of SIGNALS.md 5.6 for every kind, on one fresh, valid snapshot.
+/// The state machine of docs/signals.md for every kind, on one fresh, valid snapshot.
 fn step(st: &mut PairState, f: &Features, cfg: &Params, emits: &mut Vec<Emit>) {
     let t = f.t_ms;
     let (flags, penalty) = kinds::risk(f, cfg);

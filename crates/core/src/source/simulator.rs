@@ -34,7 +34,7 @@ pub const CHAIN: &str = "sim";
 const USDC: &str = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v";
 const FEE: f64 = 0.003;
 
-/// The scenarios of SIGNALS.md 6 (table), each on its own pairs.
+/// The scenarios (docs/sources.md, "The simulator"), each on its own pairs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Scenario {
     Noise,

@@ -1,4 +1,4 @@
-//! Tapes (DESIGN.md 4): JSON lines of upstream responses as received, plus `tick` lines, the one
+//! Tapes (docs/sources.md, "Tapes"): JSON lines of upstream responses as received, plus `tick` lines, the one
 //! input format for everything offline. This module reads and writes lines; it never decodes
 //! bodies (that is the decoders' job) and never stops on a bad line: the reader reports the
 //! line number and goes on.
