@@ -57,6 +57,7 @@ pub enum RunError {
 }
 
 type Task = JoinHandle<Result<(), (String, String)>>;
+type Boxed = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
 /// A running dexpulse.
 pub struct Running {
@@ -172,79 +173,86 @@ pub fn start(cfg: Config, listener: TcpListener, opts: Options) -> Result<Runnin
         shutdown: shutdown.clone(),
     });
     let mut tasks = Vec::new();
-    type Boxed = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
     let sup = |name: &str, fut: Boxed| supervise(name, fut, health.clone(), shutdown.clone());
-    if opts.no_source {
-        health.set_engine_running(true);
-    } else if let SourceSettings::Bench(b) = &cfg.source.kind {
-        tasks.push(sup(
-            "bench",
-            Box::pin(source::bench(
-                b.clone(),
-                hub.clone(),
-                health.clone(),
-                clock.clone(),
-                shutdown.clone(),
-            )),
-        ));
-    } else {
-        let (tx, rx) = mpsc::channel(cfg.source.channel_capacity);
-        let feed: Boxed = match &cfg.source.kind {
-            SourceSettings::Simulator(s) => Box::pin(source::simulator(
-                s.clone(),
+    let (tx, rx) = mpsc::channel(cfg.source.channel_capacity);
+    let feed: Option<Boxed> = match &cfg.source.kind {
+        _ if opts.no_source => None,
+        SourceSettings::Simulator(s) => Some(Box::pin(source::simulator(
+            s.clone(),
+            clock.clone(),
+            tx,
+            shutdown.clone(),
+        ))),
+        SourceSettings::Replay(r) => {
+            let file = std::fs::File::open(&r.tape).map_err(|source| StartError::Tape {
+                path: r.tape.clone(),
+                source,
+            })?;
+            Some(Box::pin(source::replay(
+                r.clone(),
+                file,
                 clock.clone(),
                 tx,
                 shutdown.clone(),
-            )),
-            SourceSettings::Replay(r) => {
-                let file = std::fs::File::open(&r.tape).map_err(|source| StartError::Tape {
-                    path: r.tape.clone(),
-                    source,
-                })?;
-                Box::pin(source::replay(
-                    r.clone(),
-                    file,
-                    clock.clone(),
-                    tx,
+            )))
+        }
+        SourceSettings::Live(l) => {
+            let recorder = match &l.record {
+                None => None,
+                Some(path) => {
+                    Some(
+                        live::open_recorder(path).map_err(|source| StartError::Record {
+                            path: path.clone(),
+                            source,
+                        })?,
+                    )
+                }
+            };
+            let ctx = live::Ctx {
+                settings: Arc::new((**l).clone()),
+                tx,
+                shutdown: shutdown.clone(),
+                metrics: metrics.clone(),
+                health: health.clone(),
+                clock: clock.clone(),
+                recorder,
+            };
+            Some(Box::pin(async move {
+                live::run(ctx).await.map_err(|e| e.to_string())
+            }))
+        }
+        // The bench source has no engine: it publishes straight into the hub.
+        SourceSettings::Bench(_) => None,
+    };
+    match (&cfg.source.kind, feed) {
+        (_, Some(feed)) => {
+            tasks.push(sup(
+                "engine",
+                Box::pin(engine::run(
+                    Engine::new(cfg.signal.clone()),
+                    rx,
+                    hub.clone(),
+                    metrics.clone(),
+                    health.clone(),
                     shutdown.clone(),
-                ))
-            }
-            SourceSettings::Live(l) => {
-                let recorder =
-                    match &l.record {
-                        None => None,
-                        Some(path) => Some(live::open_recorder(path).map_err(|source| {
-                            StartError::Record {
-                                path: path.clone(),
-                                source,
-                            }
-                        })?),
-                    };
-                let ctx = live::Ctx {
-                    settings: Arc::new((**l).clone()),
-                    tx,
-                    shutdown: shutdown.clone(),
-                    metrics: metrics.clone(),
-                    health: health.clone(),
-                    clock: clock.clone(),
-                    recorder,
-                };
-                Box::pin(async move { live::run(ctx).await.map_err(|e| e.to_string()) })
-            }
-            SourceSettings::Bench(_) => Box::pin(async { Ok(()) }),
-        };
-        tasks.push(sup(
-            "engine",
-            Box::pin(engine::run(
-                Engine::new(cfg.signal.clone()),
-                rx,
-                hub.clone(),
-                metrics.clone(),
-                health.clone(),
-                shutdown.clone(),
-            )),
-        ));
-        tasks.push(sup("source", feed));
+                )),
+            ));
+            tasks.push(sup("source", feed));
+        }
+        (SourceSettings::Bench(b), None) if !opts.no_source => {
+            tasks.push(sup(
+                "bench",
+                Box::pin(source::bench(
+                    b.clone(),
+                    hub.clone(),
+                    health.clone(),
+                    clock.clone(),
+                    shutdown.clone(),
+                )),
+            ));
+        }
+        // No source: the tests publish into the hub themselves.
+        _ => health.set_engine_running(true),
     }
     let server = tokio::spawn(server::serve(listener, state.clone()));
     Ok(Running {

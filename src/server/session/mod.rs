@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use dexpulse_core::protocol::FilterLimits;
+use dexpulse_core::schedule::Rate;
 use dexpulse_core::settings::{at_least, in_range, seconds, FieldError};
 
 pub use run::{run, Ending, SessionCtx};
@@ -78,8 +79,8 @@ pub struct Settings {
     pub queue_max_bytes: usize,
     pub stall_close: Duration,
     pub max_message_bytes: usize,
-    pub inbound_per_second: f64,
-    pub inbound_burst: f64,
+    /// Inbound messages: a token bucket per session.
+    pub inbound: Rate,
     pub max_subscriptions: usize,
     pub filter_limits: FilterLimits,
     pub max_filter_entries: usize,
@@ -104,8 +105,12 @@ impl Settings {
             queue_max_bytes: at_least("queue_max_bytes", raw.queue_max_bytes, 1024)?,
             stall_close: seconds("stall_close_seconds", raw.stall_close_seconds, 0.0, 3_600.0)?,
             max_message_bytes: at_least("max_message_bytes", raw.max_message_bytes, 256)?,
-            inbound_per_second: in_range("inbound_per_second", raw.inbound_per_second, 0.01, 1e6)?,
-            inbound_burst: in_range("inbound_burst", raw.inbound_burst, 1.0, 1e6)?,
+            inbound: {
+                let per_s = in_range("inbound_per_second", raw.inbound_per_second, 0.01, 1e6)?;
+                let burst = in_range("inbound_burst", raw.inbound_burst, 1.0, 1e6)?;
+                Rate::try_new(per_s * 60.0, burst)
+                    .map_err(|e| FieldError::new("inbound_per_second", e.to_string(), per_s))?
+            },
             max_subscriptions: at_least("max_subscriptions", raw.max_subscriptions, 1)?,
             filter_limits: FilterLimits {
                 max_list: at_least("max_filter_list", raw.max_filter_list, 1)?,

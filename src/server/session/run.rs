@@ -228,11 +228,13 @@ where
                 }
             }
             r = recv(link.as_mut().map(|l| &mut l.rx)), if live && link.is_some() => {
+                // One clock read for the whole batch.
+                let t = now();
                 let mut next = Some(r);
                 let mut taken = 0;
                 while let Some(r) = next.take() {
                     match r {
-                        Ok(frame) => st.on_live(&frame, &mut out, now()),
+                        Ok(frame) => st.on_live(&frame, &mut out, t),
                         Err(broadcast::error::RecvError::Lagged(_)) => st.on_lagged(),
                         Err(broadcast::error::RecvError::Closed) => link = None,
                     }
@@ -508,7 +510,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_flood_gets_1008_after_what_it_was_owed_and_the_handshake_completes() {
         let mut c = spawn(Settings {
-            inbound_burst: 3.0,
+            inbound: dexpulse_core::schedule::Rate::try_new(1200.0, 3.0).unwrap(),
             ..Settings::default()
         });
         c.next().await;

@@ -104,15 +104,7 @@ fn bytes(s: String) -> Bytes {
 
 impl Session {
     pub fn new(settings: Arc<Settings>, head: u64, now_ms: i64) -> Session {
-        // The settings are checked (rate and burst positive), so the bucket is valid; the
-        // fallback of one message a second is never used.
-        let inbound = TokenBucket::try_full(
-            settings.inbound_per_second * 60.0,
-            settings.inbound_burst,
-            now_ms,
-        )
-        .or_else(|_| TokenBucket::try_full(60.0, 1.0, now_ms))
-        .unwrap_or_else(|e| unreachable!("{e}"));
+        let inbound = settings.inbound.full_bucket(now_ms);
         Session {
             settings,
             subs: Vec::new(),
@@ -809,8 +801,7 @@ mod tests {
     #[test]
     fn heartbeats_count_pongs_only_and_floods_are_policy_closes() {
         let s = Settings {
-            inbound_burst: 2.0,
-            inbound_per_second: 1.0,
+            inbound: dexpulse_core::schedule::Rate::try_new(60.0, 2.0).unwrap(),
             ..Settings::default()
         };
         let mut t = t(s, hub::Settings::default());

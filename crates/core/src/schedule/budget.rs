@@ -36,9 +36,7 @@ impl TokenBucket {
 
     /// A bucket that starts full: a client's first burst of messages is allowed at once.
     pub fn try_full(rate_per_min: f64, burst: f64, now_ms: i64) -> Result<TokenBucket, BadBucket> {
-        let mut b = TokenBucket::try_new(rate_per_min, burst, now_ms)?;
-        b.tokens = burst;
-        Ok(b)
+        Ok(Rate::try_new(rate_per_min, burst)?.full_bucket(now_ms))
     }
 
     fn refill(&mut self, now_ms: i64) {
@@ -79,6 +77,42 @@ impl TokenBucket {
 
     pub fn recover(&mut self) {
         self.factor = (self.factor * 1.02).min(1.0);
+    }
+}
+
+/// A checked rate and burst: buckets made from it cannot be invalid.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    per_min: f64,
+    burst: f64,
+}
+
+impl Rate {
+    pub fn try_new(per_min: f64, burst: f64) -> Result<Rate, BadBucket> {
+        if per_min.is_finite() && per_min > 0.0 && burst.is_finite() && burst >= 1.0 {
+            Ok(Rate { per_min, burst })
+        } else {
+            Err(BadBucket)
+        }
+    }
+
+    /// A bucket at this rate that starts full.
+    pub fn full_bucket(&self, now_ms: i64) -> TokenBucket {
+        TokenBucket {
+            rate_per_min: self.per_min,
+            burst: self.burst,
+            tokens: self.burst,
+            last_ms: now_ms,
+            factor: 1.0,
+        }
+    }
+
+    pub fn per_second(&self) -> f64 {
+        self.per_min / 60.0
+    }
+
+    pub fn burst(&self) -> f64 {
+        self.burst
     }
 }
 

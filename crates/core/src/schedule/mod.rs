@@ -19,7 +19,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::model::{PairKey, Snapshot};
 
-pub use budget::{Backoff, BadBucket, Circuit, TokenBucket};
+pub use budget::{Backoff, BadBucket, Circuit, Rate, TokenBucket};
 use watchlist::Tracked;
 pub use watchlist::{Change, DropReason, Policy, Via, Watchlist};
 
