@@ -16,6 +16,9 @@ use crate::time::Clock;
 pub struct UpstreamState {
     /// The circuit is open: repeated failures, requests paused.
     pub circuit_open: bool,
+    /// Every recent request was refused (429 or another 4xx): a storm that opens no circuit
+    /// but yields no data.
+    pub refusing: bool,
     /// Why the class is failing or refusing (the last cause), when it is.
     pub problem: Option<String>,
 }
@@ -115,6 +118,11 @@ impl Health {
                 "upstream `{class}`: circuit open ({})",
                 u.problem.as_deref().unwrap_or("repeated failures")
             ))
+        } else if let Some((class, u)) = inner.upstream.iter().find(|(_, u)| u.refusing) {
+            Some(format!(
+                "upstream `{class}` refuses every request ({})",
+                u.problem.as_deref().unwrap_or("4xx")
+            ))
         } else if let Some((class, u)) = inner
             .upstream
             .iter()
@@ -159,6 +167,7 @@ mod tests {
             "dexscreener_pairs",
             UpstreamState {
                 circuit_open: false,
+                refusing: false,
                 problem: Some("connection refused".into()),
             },
         );
@@ -175,9 +184,22 @@ mod tests {
         );
         h.data_received();
         h.set_upstream(
+            "dexscreener_pairs",
+            UpstreamState {
+                circuit_open: false,
+                refusing: true,
+                problem: Some("HTTP 429 (rate limited)".into()),
+            },
+        );
+        assert_eq!(
+            reason(&h).as_deref(),
+            Some("upstream `dexscreener_pairs` refuses every request (HTTP 429 (rate limited))")
+        );
+        h.set_upstream(
             "geckoterminal",
             UpstreamState {
                 circuit_open: true,
+                refusing: false,
                 problem: Some("time-out".into()),
             },
         );

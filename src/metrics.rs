@@ -32,6 +32,10 @@ pub struct Metrics {
     pub stall_to_close: Histogram,
     pub closes: Family<Labels, Counter>,
     pub rejected_upgrades: Family<Labels, Counter>,
+    /// Connections closed at accept, by the limit that refused them.
+    pub shed_connections: Family<Labels, Counter>,
+    /// `accept` failures (mostly: out of descriptors).
+    pub accept_errors: Counter,
     /// From the hub's publish to the session's flush, seconds.
     pub publish_to_send: Histogram,
     pub pairs_tracked: Gauge,
@@ -131,6 +135,18 @@ impl Metrics {
             "Sessions closed by the server, by close code",
             closes.clone(),
         );
+        let shed_connections = Family::<Labels, Counter>::default();
+        registry.register(
+            "shed_connections",
+            "Connections closed at accept, by the limit that refused them",
+            shed_connections.clone(),
+        );
+        let accept_errors = Counter::default();
+        registry.register(
+            "accept_errors",
+            "Failed accepts (mostly: out of file descriptors)",
+            accept_errors.clone(),
+        );
         let rejected_upgrades = Family::<Labels, Counter>::default();
         registry.register(
             "rejected_upgrades",
@@ -221,6 +237,8 @@ impl Metrics {
             stall_to_close,
             closes,
             rejected_upgrades,
+            shed_connections,
+            accept_errors,
             publish_to_send,
             pairs_tracked,
         }
@@ -246,6 +264,12 @@ impl Metrics {
     pub fn close(&self, code: u16) {
         self.closes
             .get_or_create(&vec![("code", code.to_string())])
+            .inc();
+    }
+
+    pub fn shed(&self, reason: &str) {
+        self.shed_connections
+            .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
     }
 

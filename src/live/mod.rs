@@ -383,9 +383,10 @@ pub struct Ctx {
     pub recorder: Option<Recorder>,
 }
 
-/// Each class's last cause of failure, for readiness and the logs.
+/// Each class's last cause of failure and how many refusals (429, 4xx) in a row it has had,
+/// for readiness and the logs.
 #[derive(Default)]
-struct Causes([Option<String>; 3]);
+struct Causes([Option<String>; 3], [u32; 3]);
 
 impl Causes {
     fn slot(class: Class) -> usize {
@@ -591,6 +592,15 @@ async fn handle(f: Fetched, sched: &mut Scheduler, ctx: &mut Ctx, causes: &mut C
     }
     let slot = Causes::slot(class);
     causes.0[slot] = cause;
+    // A storm is refusals of the class (429, refused access); a pair's own 400 says nothing
+    // about the class.
+    causes.1[slot] = match outcome {
+        Outcome::RateLimited { .. } => causes.1[slot] + 1,
+        Outcome::ClientError { status } if schedule::access_refused(status) => causes.1[slot] + 1,
+        Outcome::ClientError { .. } => causes.1[slot],
+        _ => 0,
+    };
+    let refusing = causes.1[slot] >= ctx.settings.schedule.circuit_failures;
     let open = sched.circuit_open(class, now);
     if report.circuit_opened {
         let until = sched.circuit_open_until(class).unwrap_or(now);
@@ -605,6 +615,7 @@ async fn handle(f: Fetched, sched: &mut Scheduler, ctx: &mut Ctx, causes: &mut C
         class.as_str(),
         UpstreamState {
             circuit_open: open,
+            refusing,
             problem: causes.0[slot].clone(),
         },
     );

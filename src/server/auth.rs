@@ -1,24 +1,40 @@
 //! API keys and connection limits (docs/protocol.md, "Connecting"). With no key configured the
 //! server is open. A key is never compared byte by byte as given: both sides are hashed and the
 //! digests compared in constant time against every configured key, so neither the timing nor
-//! the length of a guess tells anything.
+//! the length of a guess tells anything; and an address that keeps guessing is throttled.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::http::{header, HeaderMap};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use dexpulse_core::settings::{at_least, FieldError};
+use dexpulse_core::schedule::{Rate, TokenBucket};
+use dexpulse_core::settings::{at_least, in_range, FieldError};
+
+use crate::time::Clock;
 
 /// `[auth]`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawSettings {
     pub keys: Vec<RawKey>,
+    /// Wrong keys an address may present a minute; beyond, its attempts get 429 until the
+    /// budget refills (0: no limit).
+    pub failed_keys_per_ip_per_minute: f64,
+}
+
+impl Default for RawSettings {
+    fn default() -> Self {
+        RawSettings {
+            keys: Vec::new(),
+            failed_keys_per_ip_per_minute: 10.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +67,7 @@ impl std::fmt::Debug for ApiKey {
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
     pub keys: Vec<ApiKey>,
+    pub failed_keys_per_ip: Option<Rate>,
 }
 
 fn digest(s: &str) -> [u8; 32] {
@@ -74,7 +91,23 @@ impl Settings {
                 max_connections: at_least("keys.max_connections", k.max_connections, 1)?,
             });
         }
-        Ok(Settings { keys })
+        let per_min = in_range(
+            "failed_keys_per_ip_per_minute",
+            raw.failed_keys_per_ip_per_minute,
+            0.0,
+            1e9,
+        )?;
+        let failed_keys_per_ip = if per_min > 0.0 {
+            Some(Rate::try_new(per_min, per_min.max(1.0)).map_err(|e| {
+                FieldError::new("failed_keys_per_ip_per_minute", e.to_string(), per_min)
+            })?)
+        } else {
+            None
+        };
+        Ok(Settings {
+            keys,
+            failed_keys_per_ip,
+        })
     }
 
     pub fn is_open(&self) -> bool {
@@ -115,6 +148,8 @@ pub fn presented_key<'a>(
 pub enum Refusal {
     /// No key, or an unknown one (401).
     Unauthorized { presented: bool },
+    /// The address presented too many wrong keys lately (429).
+    Throttled,
     /// Over the key's own connection limit (429).
     KeyLimit,
     /// Over `max_connections` (503).
@@ -125,20 +160,80 @@ pub enum Refusal {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Authenticated(Option<usize>);
 
+/// Checks the key a request presents. `from` is the client's address, for the throttle on
+/// wrong keys.
 pub fn authenticate(
     auth: &Settings,
+    failed: &FailedKeys,
+    from: Option<IpAddr>,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
 ) -> Result<Authenticated, Refusal> {
     if auth.is_open() {
         return Ok(Authenticated(None));
     }
+    if from.is_some_and(|ip| !failed.may_try(ip)) {
+        return Err(Refusal::Throttled);
+    }
     let presented = presented_key(headers, query);
     match presented.and_then(|p| auth.find(p)) {
         Some(i) => Ok(Authenticated(Some(i))),
-        None => Err(Refusal::Unauthorized {
-            presented: presented.is_some(),
-        }),
+        None => {
+            if let (Some(ip), Some(_)) = (from, presented) {
+                failed.failed(ip);
+            }
+            Err(Refusal::Unauthorized {
+                presented: presented.is_some(),
+            })
+        }
+    }
+}
+
+/// Wrong keys per address: a token bucket each, forgotten when quiet.
+pub struct FailedKeys {
+    rate: Option<Rate>,
+    clock: Clock,
+    map: Mutex<HashMap<IpAddr, (TokenBucket, i64)>>,
+}
+
+impl FailedKeys {
+    pub fn new(rate: Option<Rate>, clock: Clock) -> FailedKeys {
+        FailedKeys {
+            rate,
+            clock,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<IpAddr, (TokenBucket, i64)>> {
+        // Buckets only: a panic under the lock leaves them usable.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `ip` has wrong guesses left.
+    pub fn may_try(&self, ip: IpAddr) -> bool {
+        if self.rate.is_none() {
+            return true;
+        }
+        let now = self.clock.now_ms();
+        self.map()
+            .get(&ip)
+            .is_none_or(|(b, _)| b.ready_at(now) <= now)
+    }
+
+    /// `ip` presented a wrong key.
+    pub fn failed(&self, ip: IpAddr) {
+        let Some(rate) = self.rate else { return };
+        let now = self.clock.now_ms();
+        let mut map = self.map();
+        if map.len() > 4096 {
+            map.retain(|_, (_, last)| now - *last < 600_000);
+        }
+        let (bucket, last) = map
+            .entry(ip)
+            .or_insert_with(|| (rate.full_bucket(now), now));
+        *last = now;
+        bucket.try_take(now);
     }
 }
 
@@ -217,6 +312,7 @@ mod tests {
                     max_connections: *n,
                 })
                 .collect(),
+            ..RawSettings::default()
         })
         .unwrap()
     }
@@ -234,7 +330,7 @@ mod tests {
                 if let Some(t) = token {
                     q.insert("token".to_string(), t.to_string());
                 }
-                let got = authenticate(&auth, &h, &q)
+                let got = authenticate(&auth, &FailedKeys::new(None, Clock::System), None, &h, &q)
                     .map(|a| a.0)
                     .map_err(|r| matches!(r, Refusal::Unauthorized { presented: true }));
                 assert_eq!(got, want, "{header:?} {token:?}");
@@ -247,6 +343,36 @@ mod tests {
         check(Some("Basic key-one-1"), None, Err(false));
         check(None, None, Err(false));
         assert!(format!("{:?}", auth.keys[0]).find("key-one").is_none());
+    }
+
+    #[test]
+    fn an_address_that_keeps_guessing_is_throttled() {
+        let auth = settings(&[("key-one-1", 1)]);
+        let clock = Clock::manual(0);
+        let failed = FailedKeys::new(Some(Rate::try_new(3.0, 3.0).unwrap()), clock.clone());
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let try_key = |k: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::AUTHORIZATION,
+                format!("Bearer {k}").parse().unwrap(),
+            );
+            authenticate(&auth, &failed, Some(ip), &h, &HashMap::new())
+        };
+        for _ in 0..3 {
+            assert!(matches!(
+                try_key("wrong-guess"),
+                Err(Refusal::Unauthorized { .. })
+            ));
+        }
+        assert_eq!(try_key("wrong-guess"), Err(Refusal::Throttled));
+        assert_eq!(
+            try_key("key-one-1"),
+            Err(Refusal::Throttled),
+            "until the budget refills"
+        );
+        clock.advance(std::time::Duration::from_secs(20));
+        assert!(try_key("key-one-1").is_ok());
     }
 
     #[test]

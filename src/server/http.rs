@@ -34,6 +34,11 @@ pub fn refused(r: Refusal) -> Response {
                 "an API key is required"
             },
         ),
+        Refusal::Throttled => error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_failed_keys",
+            "too many wrong API keys from this address; try again in a minute",
+        ),
         Refusal::KeyLimit => error(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_connections",
@@ -55,10 +60,18 @@ pub async fn require_key(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match auth::authenticate(&state.auth, req.headers(), &q) {
+    let from = client_ip(&req);
+    match auth::authenticate(&state.auth, &state.failed_keys, from, req.headers(), &q) {
         Ok(_) => next.run(req).await,
         Err(r) => refused(r),
     }
+}
+
+/// The client's address, as the listener saw the connection.
+pub fn client_ip<B>(req: &axum::http::Request<B>) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
 }
 
 pub async fn index() -> &'static str {

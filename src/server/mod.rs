@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod http;
+pub mod listener;
 pub mod session;
 pub mod upgrade;
 
@@ -20,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use dexpulse_core::settings::{at_least, seconds, FieldError};
+use dexpulse_core::settings::{at_least, in_range, seconds, FieldError};
 
 use crate::health::Health;
 use crate::hub::Hub;
@@ -33,8 +34,21 @@ use crate::time::Clock;
 pub struct RawSettings {
     /// Address for WebSocket and HTTP (one port).
     pub bind: String,
-    /// Sessions at once, over all keys; more get 503 before the upgrade.
+    /// WebSocket sessions at once, over all keys; more get 503 before the upgrade.
     pub max_connections: usize,
+    /// TCP connections at once, HTTP and WebSocket; more are closed at accept. Kept below the
+    /// descriptor limit (a warning at start-up names both numbers when it has to be).
+    pub max_open_connections: usize,
+    /// Per client IP: connections at once, and new connections a minute (0: no limit). Behind a
+    /// proxy every client has the proxy's address: leave them at 0 there.
+    pub max_connections_per_ip: usize,
+    pub connects_per_ip_per_minute: f64,
+    /// A request must send its headers within this time, and an idle keep-alive connection is
+    /// closed after it.
+    pub header_read_timeout_seconds: f64,
+    /// Browser origins that may open a WebSocket (`Origin` header), besides the server's own;
+    /// `["*"]` allows any. Clients that send no `Origin` (bots) are not affected.
+    pub allowed_origins: Vec<String>,
     /// How long shutdown waits for sessions to take their close frames.
     pub shutdown_grace_seconds: f64,
     /// `/readyz` fails when the source has delivered no data for this long.
@@ -50,6 +64,11 @@ impl Default for RawSettings {
         RawSettings {
             bind: "127.0.0.1:8080".to_string(),
             max_connections: 10_000,
+            max_open_connections: 10_240,
+            max_connections_per_ip: 0,
+            connects_per_ip_per_minute: 0.0,
+            header_read_timeout_seconds: 10.0,
+            allowed_origins: Vec::new(),
             shutdown_grace_seconds: 5.0,
             ready_max_silence_seconds: 120.0,
             send_buffer_bytes: 256 * 1024,
@@ -61,6 +80,12 @@ impl Default for RawSettings {
 pub struct Settings {
     pub bind: SocketAddr,
     pub max_connections: usize,
+    pub max_open_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// `None`: no limit.
+    pub connects_per_ip: Option<dexpulse_core::schedule::Rate>,
+    pub header_read_timeout: Duration,
+    pub allowed_origins: Vec<String>,
     pub shutdown_grace: Duration,
     pub ready_max_silence: Duration,
     /// `None`: the kernel's autotuning.
@@ -94,9 +119,42 @@ impl Settings {
                 ))
             }
         };
+        let max_connections = at_least("max_connections", raw.max_connections, 1)?;
+        let rate = in_range(
+            "connects_per_ip_per_minute",
+            raw.connects_per_ip_per_minute,
+            0.0,
+            1e9,
+        )?;
         Ok(Settings {
             bind,
-            max_connections: at_least("max_connections", raw.max_connections, 1)?,
+            max_connections,
+            max_open_connections: at_least(
+                "max_open_connections",
+                raw.max_open_connections,
+                max_connections,
+            )?,
+            max_connections_per_ip: raw.max_connections_per_ip,
+            connects_per_ip: if rate > 0.0 {
+                Some(
+                    dexpulse_core::schedule::Rate::try_new(rate, rate.clamp(1.0, 1e9)).map_err(
+                        |e| FieldError::new("connects_per_ip_per_minute", e.to_string(), rate),
+                    )?,
+                )
+            } else {
+                None
+            },
+            header_read_timeout: seconds(
+                "header_read_timeout_seconds",
+                raw.header_read_timeout_seconds,
+                0.1,
+                3_600.0,
+            )?,
+            allowed_origins: raw
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+                .collect(),
             shutdown_grace: seconds(
                 "shutdown_grace_seconds",
                 raw.shutdown_grace_seconds,
@@ -125,6 +183,8 @@ pub struct AppState {
     pub health: Arc<Health>,
     pub clock: Clock,
     pub limits: Arc<auth::Limits>,
+    /// Failed API key attempts per IP (`auth.failed_keys_per_ip_per_minute`).
+    pub failed_keys: Arc<auth::FailedKeys>,
     pub shutdown: CancellationToken,
     /// Every session task, so that shutdown can wait for their close frames.
     pub sessions: TaskTracker,
@@ -145,6 +205,10 @@ pub struct Parts {
 
 impl AppState {
     pub fn new(p: Parts) -> AppState {
+        let failed_keys = Arc::new(auth::FailedKeys::new(
+            p.auth.failed_keys_per_ip,
+            p.clock.clone(),
+        ));
         AppState {
             settings: Arc::new(p.settings),
             session: Arc::new(p.session),
@@ -154,6 +218,7 @@ impl AppState {
             health: p.health,
             clock: p.clock,
             limits: Arc::new(auth::Limits::default()),
+            failed_keys,
             shutdown: p.shutdown,
             sessions: TaskTracker::new(),
             next_session: Arc::new(AtomicU64::new(1)),
@@ -184,29 +249,12 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves until the shutdown token fires, then closes every session (1001) and waits for them
-/// up to the grace period.
+/// and the connections up to the grace period.
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
-    let shutdown = state.shutdown.clone();
     let sessions = state.sessions.clone();
     let grace = state.settings.shutdown_grace;
-    let send_buffer = state.settings.send_buffer_bytes;
-    let app = router(state);
-    // Frames are small and latency is the product: Nagle would hold a frame back until the
-    // previous one is acknowledged (up to a delayed ACK, 40 ms).
-    let listener =
-        axum::serve::ListenerExt::tap_io(listener, move |tcp: &mut tokio::net::TcpStream| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY");
-            }
-            if let Some(n) = send_buffer {
-                if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(n) {
-                    tracing::debug!(error = %e, "SO_SNDBUF");
-                }
-            }
-        });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+    let app = router(state.clone());
+    listener::accept_loop(listener, state, app).await;
     sessions.close();
     if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
         tracing::warn!("sessions still open after the shutdown grace period");

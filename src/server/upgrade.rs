@@ -22,7 +22,8 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use super::auth::{self, Refusal};
-use super::http::{error, refused};
+use super::http::{client_ip, error, refused};
+use super::listener::ConnPermit;
 use super::session::{self, Ending, SessionCtx};
 use super::AppState;
 
@@ -78,6 +79,26 @@ pub fn check(
     Ok(derive_accept_key(key.as_bytes()))
 }
 
+/// Whether a browser page may open a WebSocket: no `Origin` (not a browser), the server's own
+/// (the `Origin` names the `Host` the request went to), or one listed (`*`: any).
+pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return headers.get(header::ORIGIN).is_none();
+    };
+    let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+    if allowed.iter().any(|a| a == "*" || *a == origin) {
+        return true;
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    let origin_host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    matches!((origin_host, host), (Some(o), Some(h)) if o == h)
+}
+
 pub async fn upgrade(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
@@ -101,21 +122,33 @@ pub async fn upgrade(
             return r;
         }
     };
-    let permit = match auth::authenticate(&state.auth, req.headers(), &q).and_then(|who| {
-        state
-            .limits
-            .acquire(who, &state.auth, state.settings.max_connections)
-    }) {
+    if !origin_allowed(req.headers(), &state.settings.allowed_origins) {
+        state.metrics.rejected(403);
+        return error(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this page's origin may not open a WebSocket here (server.allowed_origins)",
+        );
+    }
+    let from = client_ip(&req);
+    let permit = match auth::authenticate(&state.auth, &state.failed_keys, from, req.headers(), &q)
+        .and_then(|who| {
+            state
+                .limits
+                .acquire(who, &state.auth, state.settings.max_connections)
+        }) {
         Ok(p) => p,
         Err(r) => {
             state.metrics.rejected(match r {
                 Refusal::Unauthorized { .. } => 401,
-                Refusal::KeyLimit => 429,
+                Refusal::Throttled | Refusal::KeyLimit => 429,
                 Refusal::Full => 503,
             });
             return refused(r);
         }
     };
+    // The connection's place among the open ones goes with the session.
+    let conn_place = req.extensions_mut().remove::<ConnPermit>();
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -147,6 +180,7 @@ pub async fn upgrade(
     let linger = s.close_linger;
     state.sessions.spawn(async move {
         let _permit = permit;
+        let _conn_place = conn_place;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -186,7 +220,9 @@ where
 {
     let io = ws.get_mut();
     let _ = io.shutdown().await;
-    let mut buf = [0u8; 4096];
+    // On the heap, and only here: a buffer in the future's state would be reserved in every
+    // session's task for its whole life.
+    let mut buf = vec![0u8; 4096];
     let _ = tokio::time::timeout(linger, async {
         while matches!(io.read(&mut buf).await, Ok(n) if n > 0) {}
     })
@@ -206,6 +242,35 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn browsers_from_other_origins_need_to_be_listed() {
+        let h = |origin: Option<&str>| {
+            let mut pairs = vec![("host", "stream.example:8080")];
+            if let Some(o) = origin {
+                pairs.push(("origin", o));
+            }
+            headers(&pairs)
+        };
+        let none: Vec<String> = Vec::new();
+        assert!(origin_allowed(&h(None), &none), "not a browser");
+        assert!(
+            origin_allowed(&h(Some("http://stream.example:8080")), &none),
+            "its own page"
+        );
+        assert!(origin_allowed(
+            &h(Some("https://STREAM.example:8080/")),
+            &none
+        ));
+        assert!(!origin_allowed(&h(Some("https://evil.example")), &none));
+        assert!(!origin_allowed(&h(Some("null")), &none));
+        let listed = vec!["https://dash.example".to_string()];
+        assert!(origin_allowed(&h(Some("https://dash.example")), &listed));
+        assert!(origin_allowed(
+            &h(Some("https://evil.example")),
+            &["*".to_string()]
+        ));
     }
 
     #[test]

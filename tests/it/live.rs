@@ -15,7 +15,7 @@ const RUG_PAIR: &str = "BCDdHonby65iduz3Ev3c9v5XjNkzyu5e56KRFHpBM4T9";
 const OTHER: &str = "7hZQ3QmsocJJLuHrw39R9XqZNzt4BmBBNVNSnvJExtqA";
 const GT_POOL: &str = "0xc0ce32eee0eb8bf24fa2b00923a78abc5002f91e";
 
-fn live_config(up: &Upstream) -> Config {
+pub(crate) fn live_config(up: &Upstream) -> Config {
     let mut c = test_config();
     c.source.kind = SourceKind::Live;
     let l = &mut c.source.live;

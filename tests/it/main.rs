@@ -10,6 +10,7 @@
 //! - `ws`: WebSocket protocol v1: subscribe, filters, resume, slow consumers, bad input, auth.
 //! - `http`: /v1/pairs, /v1/signals, /healthz, /readyz, /metrics.
 //! - `pipeline`: the whole streamer fed by a tape, as a client sees it.
+//! - `hostile`: the attacks found against the server, reproduced, and what holds instead.
 //! - `upstream`: a fake DexScreener/GeckoTerminal: recorded payloads, rate limits, faults.
 //! - `live`: the live sources against it: values, events, 429s, faults, fallback, recording.
 //! - `loadgen`: the load generator against a server that is not dexpulse, and against dexpulse.
@@ -19,6 +20,7 @@
 mod cli;
 mod decode;
 mod engine;
+mod hostile;
 mod http;
 mod live;
 mod loadgen;

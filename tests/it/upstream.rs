@@ -32,6 +32,8 @@ pub enum Fault {
     PairsNull,
     /// Numbers as "NaN", nulls, omitted keys.
     Drift,
+    /// A gzip-encoded body (of [`gzip_zeros`]), sent as it is.
+    Gzip(std::sync::Arc<Vec<u8>>),
 }
 
 /// A rate limit per endpoint class: `per_minute` requests in any rolling minute.
@@ -61,6 +63,8 @@ pub struct Inner {
     pub pair_refreshes: u64,
     /// Replaces the recorded token-profiles feed.
     pub profiles: Option<Value>,
+    /// Answer every request with this status (a storm), whatever else is set.
+    pub always: Option<u16>,
 }
 
 #[derive(Clone)]
@@ -132,6 +136,20 @@ impl Upstream {
     }
 }
 
+/// `n` bytes of zeros, gzip-compressed (about a thousandth of `n`): a bomb.
+pub fn gzip_zeros(n: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(zeros.len());
+        gz.write_all(&zeros[..k]).unwrap();
+        left -= k;
+    }
+    gz.finish().unwrap()
+}
+
 fn class_of(path: &str) -> &'static str {
     if path.starts_with("/networks/") {
         "gecko"
@@ -144,6 +162,19 @@ fn class_of(path: &str) -> &'static str {
 
 /// Applies the rate limit and the next fault; `Some(response)` short-circuits.
 fn gate(inner: &mut Inner, path: &str) -> Option<Response> {
+    if let Some(status) = inner.always {
+        *inner.served.entry(status.to_string()).or_default() += 1;
+        let mut r = (
+            StatusCode::from_u16(status).unwrap(),
+            axum::Json(json!({"errors":[{"status":status.to_string(),"title":"refused"}]})),
+        )
+            .into_response();
+        if status == 429 {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, "1".parse().unwrap());
+        }
+        return Some(r);
+    }
     let class = class_of(path);
     if let Some(limit) = inner.limits.get(class).copied() {
         let now = Instant::now();
@@ -208,6 +239,17 @@ fn finish(inner: &mut Inner, body: Value, status: &str) -> Planned {
         Some(Fault::Truncated) => {
             Planned::Now((StatusCode::OK, text[..text.len() / 2].to_string()).into_response())
         }
+        Some(Fault::Gzip(body)) => Planned::Now(
+            (
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, "application/json"),
+                    (header::CONTENT_ENCODING, "gzip"),
+                ],
+                body.to_vec(),
+            )
+                .into_response(),
+        ),
         Some(Fault::Html) => Planned::Now(
             (
                 StatusCode::OK,

@@ -10,6 +10,8 @@
 //! decoders and the engine: the backtest). No module reaches up this list.
 #![forbid(unsafe_code)]
 
+#[cfg(test)]
+mod fuzz;
 pub mod model;
 pub mod protocol;
 pub mod replay;

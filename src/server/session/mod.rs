@@ -48,6 +48,10 @@ pub struct RawSettings {
     /// After the server's close frame, how long to wait for the client's (the closing
     /// handshake), so that the close frame is not lost to a connection reset.
     pub close_linger_seconds: f64,
+    /// How long a client the server closes (4008, 4000, 1008, ...) has to take what it is owed
+    /// (the `lagged` notice, the close frame) before the connection is dropped. At shutdown the
+    /// grace period applies instead.
+    pub close_timeout_seconds: f64,
 }
 
 impl Default for RawSettings {
@@ -67,6 +71,7 @@ impl Default for RawSettings {
             write_buffer_bytes: 8 * 1024,
             flush_batch: 64,
             close_linger_seconds: 2.0,
+            close_timeout_seconds: 10.0,
         }
     }
 }
@@ -88,6 +93,7 @@ pub struct Settings {
     pub write_buffer_bytes: usize,
     pub flush_batch: usize,
     pub close_linger: Duration,
+    pub close_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -120,6 +126,12 @@ impl Settings {
             write_buffer_bytes: at_least("write_buffer_bytes", raw.write_buffer_bytes, 256)?,
             flush_batch: at_least("flush_batch", raw.flush_batch, 1)?,
             close_linger: seconds("close_linger_seconds", raw.close_linger_seconds, 0.0, 60.0)?,
+            close_timeout: seconds(
+                "close_timeout_seconds",
+                raw.close_timeout_seconds,
+                0.1,
+                3_600.0,
+            )?,
         })
     }
 }

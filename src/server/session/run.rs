@@ -286,12 +286,14 @@ where
                     let (sub, head) = hub.join_signals(&st.signal_set());
                     let mut clean = !st.is_catching_up();
                     if let Some(old) = link.as_mut() {
-                        // What the old channel still holds up to the new head is read in order
-                        // now; anything later is on the new channel (or in the history).
+                        // What the old channel still holds is read in order now, up to the new
+                        // head, and up to where a new subscription starts (the old channel was
+                        // filtered without it); the rest is on the new channel or in the history.
+                        let cut = head.min(st.drain_cut());
                         while st.is_live() {
                             match old.rx.try_recv() {
-                                Ok(f) if f.seq <= head => st.on_live(&f, &mut out, now()),
-                                Ok(_) => {}
+                                Ok(f) if f.seq <= cut => st.on_live(&f, &mut out, now()),
+                                Ok(_) => clean = false,
                                 Err(broadcast::error::TryRecvError::Lagged(_)) => clean = false,
                                 Err(_) => break,
                             }
@@ -337,7 +339,14 @@ where
         .await
         .map_err(|_| ())
     };
-    let sent = matches!(tokio::time::timeout(ctx.grace, bye).await, Ok(Ok(())));
+    // At shutdown the grace period bounds everything; a client closed for its own conduct gets
+    // the close time-out to read what it is owed (a stalled client may start reading again).
+    let deadline = if last.code == CloseCode::GoingAway {
+        ctx.grace
+    } else {
+        s.close_timeout
+    };
+    let sent = matches!(tokio::time::timeout(deadline, bye).await, Ok(Ok(())));
     // The closing handshake: the client's close frame, after whatever it was still sending.
     let mut answered = false;
     if sent && !last.read_broken {

@@ -94,6 +94,10 @@ pub struct Session {
     missed: Option<(u64, u64)>,
     /// When the outbox last filled (ms); cleared when it drains.
     full_since: Option<i64>,
+    /// Since the last join, a subscription was added that wants frames after this seq which the
+    /// old channel (filtered for the old set) may not carry: the old channel is read only up to
+    /// here, the rest comes from the history.
+    drain_cut: Option<u64>,
     inbound: TokenBucket,
     last_pong_ms: i64,
 }
@@ -115,6 +119,7 @@ impl Session {
             backlogs: VecDeque::new(),
             missed: None,
             full_since: None,
+            drain_cut: None,
             inbound,
             last_pong_ms: now_ms,
         }
@@ -201,10 +206,17 @@ impl Session {
         self.catching_up = true;
     }
 
+    /// How far the old channel may be read before joining the new one: up to the start of any
+    /// subscription added since the last join (what it wants is not on the old channel).
+    pub fn drain_cut(&self) -> u64 {
+        self.drain_cut.unwrap_or(u64::MAX)
+    }
+
     /// Joined the channel of [`Session::signal_set`]: every frame after `head` comes through it.
-    /// `clean`: the previous channel was drained without lagging, so frames the history has
-    /// since dropped (before `oldest`) had all reached this session through it.
+    /// `clean`: the previous channel was drained whole, without lagging, so frames the history
+    /// has since dropped (before `oldest`) had all reached this session through it.
     pub fn joined(&mut self, head: u64, oldest: u64, clean: bool) {
+        self.drain_cut = None;
         let start = self.signal_subs().map(|s| s.from).min().unwrap_or(head);
         // Frames no subscription is owed are nobody's: skip them.
         self.pos = self.pos.max(start);
@@ -525,6 +537,8 @@ impl Session {
                 self.reply(out, reply, now);
                 match channel {
                     Channel::Signals => {
+                        let cut = from.max(self.pos);
+                        self.drain_cut = Some(self.drain_cut.map_or(cut, |c| c.min(cut)));
                         if from < self.pos {
                             let prior = self
                                 .signal_subs()
@@ -604,12 +618,32 @@ mod tests {
         fn send(&mut self, text: &str) -> Effects {
             let e = self.st.on_text(text, self.now, &self.hub, &mut self.out);
             if e.rejoin {
-                let (sub, head) = self.hub.join_signals(&self.st.signal_set());
-                let clean = self.sub.is_none();
-                self.st.joined(head, HubView::oldest(&self.hub), clean);
-                self.sub = sub;
+                self.rejoin();
             }
             e
+        }
+
+        /// What the shell does on a rejoin: join the new set's channel, read the old one up to
+        /// the cut, then tell the session.
+        fn rejoin(&mut self) {
+            let (sub, head) = self.hub.join_signals(&self.st.signal_set());
+            let mut clean = !self.st.is_catching_up();
+            if let Some(old) = self.sub.as_mut() {
+                let cut = head.min(self.st.drain_cut());
+                while self.st.is_live() {
+                    match old.rx.try_recv() {
+                        Ok(f) if f.seq <= cut => self.st.on_live(&f, &mut self.out, self.now),
+                        Ok(_) => clean = false,
+                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
+                            clean = false
+                        }
+                        Err(_) => break,
+                    }
+                }
+                clean = clean && old.rx.is_empty();
+            }
+            self.st.joined(head, HubView::oldest(&self.hub), clean);
+            self.sub = sub;
         }
 
         /// What the shell does between wake-ups: live frames, history reads, until idle.
@@ -691,6 +725,23 @@ mod tests {
             [2, 4, 5, 6],
             "backlog without what s1 had, then each once"
         );
+    }
+
+    #[test]
+    fn a_frame_published_between_a_subscribe_and_its_join_is_not_skipped() {
+        let mut t = t(Settings::default(), hub::Settings::default());
+        t.send(&sub("sim"));
+        t.read();
+        // The subscribe is handled (it starts after the head, 0) ...
+        let e = t.st.on_text(&sub("base"), t.now, &t.hub, &mut t.out);
+        assert!(e.rejoin);
+        // ... then, before the session joins the new channel, a base frame and a sim frame are
+        // published: the old channel (sim only) holds the second, not the first.
+        publish(&t, "base");
+        publish(&t, "sim");
+        t.rejoin();
+        let got = t.read();
+        assert_eq!(seqs(&got), [1, 2], "{got:?}");
     }
 
     #[test]

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Hostile clients and upstreams against the release server on 127.0.0.1, with the documented
+# defaults and no API key (docs/hardening.md). Bounded in count and time (about 2 minutes).
+# Prints, per attack, what the attack saw, the server's RSS, and a bystander's latency and gaps.
+#
+#   bench/abuse.sh              # results in bench/results/abuse.json
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet --bin dexpulse --bin loadgen --bin abuse
+mkdir -p bench/results
+DEX=${DEX:-target/release/dexpulse}
+LOAD=target/release/loadgen
+ABUSE=target/release/abuse
+PORT=${ABUSE_PORT:-18750}
+UP=${ABUSE_UPSTREAM_PORT:-18751}
+URL=ws://127.0.0.1:$PORT/v1/ws
+OUT=bench/results/abuse.json
+: >"$OUT"
+pid=""
+stop() { [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; pid=""; }
+trap 'stop; kill $(jobs -p) 2>/dev/null || true' EXIT
+rss() { awk '/VmRSS/ {print $2}' /proc/"$pid"/status; }
+start() { # env...
+  # The descriptor limit the findings were made with: 1,024.
+  ( ulimit -n 1024; exec env RUST_LOG=warn "$@" "$DEX" serve --config config/bench.toml --bind 127.0.0.1:$PORT ) >/tmp/abuse-server.log 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do curl -sf http://127.0.0.1:$PORT/healthz >/dev/null 2>&1 && return; sleep 0.05; done
+  echo "server did not start"; cat /tmp/abuse-server.log; exit 1
+}
+healthz_ms() { curl -s -o /dev/null -m 10 -w '%{time_total}' http://127.0.0.1:$PORT/healthz | python3 -c "import sys; print(round(float(sys.stdin.read() or 10)*1000,1))"; }
+record() { echo "$1" | tee -a "$OUT"; }
+ulimit -n 8192 2>/dev/null || true
+
+# Client attacks, against the bench source (200 events/s) with a bystander subscribed to all.
+start DEXPULSE_SOURCE__BENCH__EVENTS_PER_SECOND=200
+rss0=$(rss)
+"$LOAD" --url "$URL" --connections 1 --subscribe '{"op":"subscribe","channel":"signals"}' --duration 75 >/tmp/abuse-bystander.json &
+bystander=$!
+sleep 1
+r=$("$ABUSE" filters "$URL" --connections 31 --subscribes 32 --pairs 2650 --hold 3)
+record "{\"phase\":\"filters\",\"result\":$r,\"rss_kib_before\":$rss0,\"rss_kib_after\":$(rss),\"healthz_ms\":$(healthz_ms)}"
+sleep 2
+record "{\"phase\":\"filters_left\",\"rss_kib\":$(rss)}"
+"$ABUSE" slowloris 127.0.0.1:$PORT --sockets 1100 --hold 15 >/tmp/abuse-slow.json &
+slow=$!
+sleep 5
+h=$(healthz_ms)
+ws_ok=$( (timeout 5 "$LOAD" --url "$URL" --connections 1 --duration 1 >/dev/null 2>&1 && echo true) || echo false)
+wait $slow
+record "{\"phase\":\"slowloris\",\"result\":$(cat /tmp/abuse-slow.json),\"healthz_ms_during\":$h,\"new_websocket_during\":$ws_ok,\"rss_kib\":$(rss)}"
+r=$("$ABUSE" protocol "$URL")
+record "{\"phase\":\"protocol\",\"result\":$r}"
+r=$("$ABUSE" stall "$URL" --pause 12)
+record "{\"phase\":\"stall\",\"result\":$r,\"rss_kib\":$(rss)}"
+wait $bystander || true
+record "{\"phase\":\"bystander\",\"result\":$(cat /tmp/abuse-bystander.json)}"
+# SIGTERM while half-sent requests are open.
+"$ABUSE" slowloris 127.0.0.1:$PORT --sockets 200 --hold 30 >/dev/null &
+slow=$!
+sleep 2
+t0=$(date +%s.%N)
+kill -TERM "$pid"; wait "$pid" || true; pid=""
+t1=$(date +%s.%N)
+kill $slow 2>/dev/null || true
+record "{\"phase\":\"sigterm_with_half_sent_requests\",\"exit_seconds\":$(python3 -c "print(round($t1-$t0,2))")}"
+
+# Upstream attacks: the live source pointed at a hostile DexScreener.
+for mode in bomb 429 403; do
+  "$ABUSE" upstream 127.0.0.1:$UP --mode $mode --bomb-mib 1024 2>/dev/null &
+  up=$!
+  sleep 1
+  start DEXPULSE_SOURCE__KIND=live DEXPULSE_DEXSCREENER_BASE_URL=http://127.0.0.1:$UP \
+        DEXPULSE_SOURCE__LIVE__PAIRS='["solana:BCDdHonby65iduz3Ev3c9v5XjNkzyu5e56KRFHpBM4T9"]' \
+        DEXPULSE_SOURCE__LIVE__DISCOVERY=false DEXPULSE_SOURCE__LIVE__GECKOTERMINAL__ENABLED=false \
+        DEXPULSE_SOURCE__LIVE__MIN_INTERVAL_SECONDS=1 DEXPULSE_SOURCE__LIVE__BACKOFF_MAX_SECONDS=2
+  rss0=$(rss); peak=$rss0
+  for _ in $(seq 20); do sleep 0.5; r=$(rss); [ "$r" -gt "$peak" ] && peak=$r; done
+  ready=$(curl -s http://127.0.0.1:$PORT/readyz)
+  errors=$(curl -s http://127.0.0.1:$PORT/metrics | awk '/^dexpulse_upstream_requests_total/ {s=s $0 "; "} END {print s}')
+  record "{\"phase\":\"upstream_$mode\",\"rss_kib_start\":$rss0,\"rss_kib_peak\":$peak,\"readyz\":$ready,\"requests\":\"$errors\"}"
+  stop
+  kill $up 2>/dev/null || true; wait $up 2>/dev/null || true
+done
+echo "results: $OUT"

@@ -1,0 +1,439 @@
+//! `abuse`: hostile clients and a hostile upstream, for `bench/abuse.sh`. Each subcommand runs
+//! one attack against a server on 127.0.0.1 and prints one JSON line of what it saw. It is a
+//! measuring tool, not a test (`tests/it/hostile.rs` checks the same cases): it never asserts.
+//!
+//! ```text
+//! abuse filters   ws://127.0.0.1:8080/v1/ws --connections 31 --subscribes 32 --pairs 2650 --hold 5
+//! abuse slowloris 127.0.0.1:8080 --sockets 1100 --hold 15
+//! abuse protocol  ws://127.0.0.1:8080/v1/ws
+//! abuse stall     ws://127.0.0.1:8080/v1/ws --pause 8
+//! abuse upstream  127.0.0.1:9000 --mode bomb|429|403 --bomb-mib 512
+//! ```
+#![forbid(unsafe_code)]
+
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser)]
+#[command(
+    name = "abuse",
+    about = "Hostile clients and upstreams for bench/abuse.sh"
+)]
+struct Cli {
+    #[command(subcommand)]
+    attack: Attack,
+}
+
+#[derive(Subcommand)]
+enum Attack {
+    /// Many connections, each subscribing many times with huge filters.
+    Filters {
+        url: String,
+        #[arg(long, default_value_t = 31)]
+        connections: usize,
+        #[arg(long, default_value_t = 32)]
+        subscribes: usize,
+        #[arg(long, default_value_t = 2650)]
+        pairs: usize,
+        /// Seconds to hold the connections open afterwards.
+        #[arg(long, default_value_t = 5.0)]
+        hold: f64,
+    },
+    /// Sockets that send half a request and wait.
+    Slowloris {
+        addr: String,
+        #[arg(long, default_value_t = 1100)]
+        sockets: usize,
+        #[arg(long, default_value_t = 15.0)]
+        hold: f64,
+    },
+    /// Protocol violations and handshake abuse: the close codes and statuses the server gives.
+    Protocol { url: String },
+    /// A client that subscribes, stops reading for `pause` seconds, then reads what is left.
+    Stall {
+        url: String,
+        #[arg(long, default_value_t = 8.0)]
+        pause: f64,
+    },
+    /// A hostile DexScreener: every request answered with a gzip bomb, 429 or 403.
+    Upstream {
+        addr: String,
+        #[arg(long)]
+        mode: String,
+        #[arg(long, default_value_t = 512)]
+        bomb_mib: usize,
+    },
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+async fn connect(url: &str) -> Option<Ws> {
+    tokio_tungstenite::connect_async(url)
+        .await
+        .ok()
+        .map(|(ws, _)| ws)
+}
+
+/// The next text message, or `None` at a close, an error, or after `wait`.
+async fn next_text(ws: &mut Ws, wait: Duration) -> Option<String> {
+    loop {
+        match tokio::time::timeout(wait, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return Some(t.as_str().to_string()),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// Reads until the close frame: its code (`None`: the connection ended without one).
+async fn close_code(ws: &mut Ws, wait: Duration) -> Option<u16> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Close(c)))) => return c.map(|c| u16::from(c.code)),
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+async fn filters(
+    url: String,
+    connections: usize,
+    subscribes: usize,
+    pairs: usize,
+    hold: f64,
+) -> Value {
+    let mut accepted = 0;
+    let mut refused = 0;
+    let mut failed = 0;
+    let mut sent_bytes = 0usize;
+    let mut held = Vec::new();
+    let start = Instant::now();
+    for c in 0..connections {
+        let Some(mut ws) = connect(&url).await else {
+            failed += 1;
+            continue;
+        };
+        next_text(&mut ws, Duration::from_secs(5)).await;
+        for k in 0..subscribes {
+            let list: Vec<String> = (0..pairs)
+                .map(|i| format!("\"solana:C{c}K{k}P{i:06}\""))
+                .collect();
+            let msg = format!(
+                r#"{{"op":"subscribe","channel":"signals","filter":{{"pairs":[{}]}}}}"#,
+                list.join(",")
+            );
+            sent_bytes += msg.len();
+            if ws.send(Message::Text(msg.into())).await.is_err() {
+                failed += 1;
+                break;
+            }
+            match next_text(&mut ws, Duration::from_secs(10)).await {
+                Some(t) if t.contains("\"type\":\"subscribed\"") => accepted += 1,
+                Some(_) => refused += 1,
+                None => {
+                    failed += 1;
+                    break;
+                }
+            }
+        }
+        held.push(ws);
+    }
+    tokio::time::sleep(Duration::from_secs_f64(hold)).await;
+    json!({
+        "attack": "filters", "connections": connections, "subscribes_each": subscribes,
+        "pairs_per_filter": pairs, "sent_mib": (sent_bytes as f64 / 1048576.0 * 10.0).round() / 10.0,
+        "accepted": accepted, "refused": refused, "failed": failed,
+        "seconds": (start.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    })
+}
+
+async fn slowloris(addr: String, sockets: usize, hold: f64) -> Value {
+    let mut open = Vec::new();
+    let mut connect_failed = 0;
+    for _ in 0..sockets {
+        match TcpStream::connect(&addr).await {
+            Ok(mut s) => {
+                let _ = s
+                    .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                    .await;
+                open.push(s);
+            }
+            Err(_) => connect_failed += 1,
+        }
+    }
+    tokio::time::sleep(Duration::from_secs_f64(hold)).await;
+    // A socket the server closed reads EOF (or an error) at once.
+    let mut closed = 0;
+    for s in &mut open {
+        let mut b = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(50), s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => closed += 1,
+            Ok(Ok(n)) if b[..n].starts_with(b"HTTP/1.1 408") => closed += 1,
+            _ => {}
+        }
+    }
+    json!({
+        "attack": "slowloris", "sockets": sockets, "connected": open.len(),
+        "connect_failed": connect_failed, "closed_by_server_after_hold": closed, "hold_s": hold,
+    })
+}
+
+async fn raw_status(addr: &str, req: String) -> String {
+    let Ok(mut s) = TcpStream::connect(addr).await else {
+        return "connect failed".into();
+    };
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return "write failed".into();
+    }
+    let mut buf = vec![0u8; 1024];
+    match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+        Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n])
+            .split(' ')
+            .nth(1)
+            .unwrap_or("none")
+            .to_string(),
+        _ => "no answer".into(),
+    }
+}
+
+async fn protocol(url: String) -> Value {
+    let addr = url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let mut out = serde_json::Map::new();
+    for (name, frame) in [
+        (
+            "invalid_utf8",
+            Frame::message(vec![0xff, 0xfe, b'{'], OpCode::Data(Data::Text), true),
+        ),
+        ("ping_126_bytes", Frame::ping(vec![0u8; 126])),
+    ] {
+        let code = match connect(&url).await {
+            Some(mut ws) => {
+                next_text(&mut ws, Duration::from_secs(5)).await;
+                let _ = ws.send(Message::Frame(frame)).await;
+                close_code(&mut ws, Duration::from_secs(10)).await
+            }
+            None => None,
+        };
+        out.insert(name.into(), json!(code));
+    }
+    let handshake = |key: &str, extra: &str| {
+        format!(
+            "GET /v1/ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n{extra}\r\n"
+        )
+    };
+    out.insert(
+        "bad_key_status".into(),
+        json!(raw_status(&addr, handshake("not-a-key", "")).await),
+    );
+    out.insert(
+        "foreign_origin_status".into(),
+        json!(
+            raw_status(
+                &addr,
+                handshake(
+                    "dGhlIHNhbXBsZSBub25jZQ==",
+                    "Origin: https://evil.example\r\n"
+                )
+            )
+            .await
+        ),
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..15 {
+        let req = handshake(
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            "Authorization: Bearer wrong-guess-123\r\n",
+        );
+        statuses.push(raw_status(&addr, req).await);
+    }
+    out.insert("wrong_key_statuses".into(), json!(statuses));
+    // A flood that goes on after the close.
+    let code = match connect(&url).await {
+        Some(mut ws) => {
+            let mut n = 0;
+            for _ in 0..5_000 {
+                if ws
+                    .send(Message::Text(
+                        format!(r#"{{"op":"ping","pad":"{}"}}"#, "x".repeat(500)).into(),
+                    ))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                n += 1;
+            }
+            let c = close_code(&mut ws, Duration::from_secs(10)).await;
+            out.insert("flood_messages_sent".into(), json!(n));
+            c
+        }
+        None => None,
+    };
+    out.insert("flood_close".into(), json!(code));
+    out.insert("attack".into(), json!("protocol"));
+    Value::Object(out)
+}
+
+async fn stall(url: String, pause: f64) -> Value {
+    let addr = url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let socket = match tokio::net::TcpSocket::new_v4() {
+        Ok(s) => s,
+        Err(e) => return json!({"attack": "stall", "error": e.to_string()}),
+    };
+    let _ = socket.set_recv_buffer_size(4096);
+    let Ok(sa) = addr.parse() else {
+        return json!({"attack": "stall", "error": "bad address"});
+    };
+    let Ok(stream) = socket.connect(sa).await else {
+        return json!({"attack": "stall", "error": "connect failed"});
+    };
+    let Ok((mut ws, _)) = tokio_tungstenite::client_async(
+        url.as_str(),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    )
+    .await
+    else {
+        return json!({"attack": "stall", "error": "handshake failed"});
+    };
+    next_text(&mut ws, Duration::from_secs(5)).await;
+    let _ = ws
+        .send(Message::Text(
+            r#"{"op":"subscribe","channel":"signals"}"#.into(),
+        ))
+        .await;
+    tokio::time::sleep(Duration::from_secs_f64(pause)).await;
+    let (mut signals, mut last_seq, mut lagged, mut code) = (0u64, 0u64, None, None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
+                if let Some(s) = v["seq"].as_u64() {
+                    signals += 1;
+                    last_seq = s;
+                } else if v["type"] == "lagged" {
+                    lagged = Some(json!([v["missed_from"], v["missed_to"]]));
+                }
+            }
+            Ok(Some(Ok(Message::Close(c)))) => {
+                code = c.map(|c| u16::from(c.code));
+                break;
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => break,
+        }
+    }
+    json!({
+        "attack": "stall", "paused_s": pause, "signals_read": signals, "last_seq": last_seq,
+        "final_lagged": lagged, "close": code,
+    })
+}
+
+fn gzip_zeros(mib: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        let _ = gz.write_all(&zeros);
+    }
+    gz.finish().unwrap_or_default()
+}
+
+async fn upstream(addr: String, mode: String, bomb_mib: usize) -> Value {
+    let bomb = std::sync::Arc::new(if mode == "bomb" {
+        gzip_zeros(bomb_mib)
+    } else {
+        Vec::new()
+    });
+    let listener = match TcpListener::bind(&addr).await {
+        Ok(l) => l,
+        Err(e) => return json!({"attack": "upstream", "error": e.to_string()}),
+    };
+    eprintln!(
+        "abuse upstream: {mode} on {addr} (bomb {} bytes on the wire)",
+        bomb.len()
+    );
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            continue;
+        };
+        let bomb = bomb.clone();
+        let mode = mode.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            loop {
+                // One request at a time on the connection (keep-alive), headers only.
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head: Vec<u8> = match mode.as_str() {
+                    "bomb" => format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+                        bomb.len()
+                    )
+                    .into_bytes(),
+                    "429" => b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: Tue, 01 Dec 2026 00:00:00 GMT\r\nContent-Length: 2\r\n\r\n{}".to_vec(),
+                    _ => b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\n{}".to_vec(),
+                };
+                if s.write_all(&head).await.is_err() {
+                    return;
+                }
+                if mode == "bomb" && s.write_all(&bomb).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let out = match cli.attack {
+        Attack::Filters {
+            url,
+            connections,
+            subscribes,
+            pairs,
+            hold,
+        } => filters(url, connections, subscribes, pairs, hold).await,
+        Attack::Slowloris {
+            addr,
+            sockets,
+            hold,
+        } => slowloris(addr, sockets, hold).await,
+        Attack::Protocol { url } => protocol(url).await,
+        Attack::Stall { url, pause } => stall(url, pause).await,
+        Attack::Upstream {
+            addr,
+            mode,
+            bomb_mib,
+        } => upstream(addr, mode, bomb_mib).await,
+    };
+    println!("{out}");
+}
