@@ -27,7 +27,8 @@ start() { # env...
   for _ in $(seq 100); do curl -sf http://127.0.0.1:$PORT/healthz >/dev/null 2>&1 && return; sleep 0.05; done
   echo "server did not start"; cat /tmp/abuse-server.log; exit 1
 }
-healthz_ms() { curl -s -o /dev/null -m 10 -w '%{time_total}' http://127.0.0.1:$PORT/healthz | python3 -c "import sys; print(round(float(sys.stdin.read() or 10)*1000,1))"; }
+# /healthz as a monitor sees it: "status ms" (status 000: refused or timed out).
+healthz() { curl -s -o /dev/null -m 10 -w '"%{http_code} %{time_total}s"' http://127.0.0.1:$PORT/healthz || true; }
 record() { echo "$1" | tee -a "$OUT"; }
 ulimit -n 8192 2>/dev/null || true
 
@@ -38,22 +39,36 @@ rss0=$(rss)
 bystander=$!
 sleep 1
 r=$("$ABUSE" filters "$URL" --connections 31 --subscribes 32 --pairs 2650 --hold 3)
-record "{\"phase\":\"filters\",\"result\":$r,\"rss_kib_before\":$rss0,\"rss_kib_after\":$(rss),\"healthz_ms\":$(healthz_ms)}"
+record "{\"phase\":\"filters\",\"result\":$r,\"rss_kib_before\":$rss0,\"rss_kib_after\":$(rss),\"healthz\":$(healthz)}"
+# The same with filters inside the limits: four of 1,000 pairs fit a session's 4,096 entries.
+r=$("$ABUSE" filters "$URL" --connections 31 --subscribes 32 --pairs 1000 --hold 3)
+record "{\"phase\":\"filters_within_limits\",\"result\":$r,\"rss_kib_after\":$(rss),\"healthz\":$(healthz)}"
 sleep 2
 record "{\"phase\":\"filters_left\",\"rss_kib\":$(rss)}"
 "$ABUSE" slowloris 127.0.0.1:$PORT --sockets 1100 --hold 15 >/tmp/abuse-slow.json &
 slow=$!
 sleep 5
-h=$(healthz_ms)
-ws_ok=$( (timeout 5 "$LOAD" --url "$URL" --connections 1 --duration 1 >/dev/null 2>&1 && echo true) || echo false)
-wait $slow
-record "{\"phase\":\"slowloris\",\"result\":$(cat /tmp/abuse-slow.json),\"healthz_ms_during\":$h,\"new_websocket_during\":$ws_ok,\"rss_kib\":$(rss)}"
+h=$(healthz)
+sleep 7
+h2=$(healthz)
+wait $slow || true
+record "{\"phase\":\"slowloris\",\"result\":$(cat /tmp/abuse-slow.json),\"healthz_at_5s\":$h,\"healthz_at_12s\":$h2,\"rss_kib\":$(rss)}"
 r=$("$ABUSE" protocol "$URL")
 record "{\"phase\":\"protocol\",\"result\":$r}"
 r=$("$ABUSE" stall "$URL" --pause 12)
 record "{\"phase\":\"stall\",\"result\":$r,\"rss_kib\":$(rss)}"
 wait $bystander || true
 record "{\"phase\":\"bystander\",\"result\":$(cat /tmp/abuse-bystander.json)}"
+stop
+# Slowloris again from another address (127.0.0.2), with a per-address limit: others unaffected.
+start DEXPULSE_SOURCE__BENCH__EVENTS_PER_SECOND=200 DEXPULSE_SERVER__MAX_CONNECTIONS_PER_IP=256
+"$ABUSE" slowloris 127.0.0.1:$PORT --sockets 1100 --hold 8 --source 127.0.0.2 >/tmp/abuse-slow2.json &
+slow=$!
+sleep 4
+h=$(healthz)
+ws_ok=$( (timeout 5 "$LOAD" --url "$URL" --connections 1 --duration 1 >/dev/null 2>&1 && echo true) || echo false)
+wait $slow || true
+record "{\"phase\":\"slowloris_per_ip_limit\",\"result\":$(cat /tmp/abuse-slow2.json),\"healthz_during\":$h,\"new_websocket_during\":$ws_ok,\"shed\":\"$(curl -s http://127.0.0.1:$PORT/metrics | awk '/^dexpulse_shed_connections_total/ {s=s $0 "; "} END {print s}')\"}"
 # SIGTERM while half-sent requests are open.
 "$ABUSE" slowloris 127.0.0.1:$PORT --sockets 200 --hold 30 >/dev/null &
 slow=$!

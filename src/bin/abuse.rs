@@ -8,6 +8,7 @@
 //! abuse protocol  ws://127.0.0.1:8080/v1/ws
 //! abuse stall     ws://127.0.0.1:8080/v1/ws --pause 8
 //! abuse upstream  127.0.0.1:9000 --mode bomb|429|403 --bomb-mib 512
+//! abuse resume    ws://127.0.0.1:8080/v1/ws --events 100000
 //! ```
 #![forbid(unsafe_code)]
 
@@ -54,6 +55,9 @@ enum Attack {
         sockets: usize,
         #[arg(long, default_value_t = 15.0)]
         hold: f64,
+        /// Connect from this local address (127.0.0.2: another client than the bystander's).
+        #[arg(long)]
+        source: Option<std::net::IpAddr>,
     },
     /// Protocol violations and handshake abuse: the close codes and statuses the server gives.
     Protocol { url: String },
@@ -62,6 +66,16 @@ enum Attack {
         url: String,
         #[arg(long, default_value_t = 8.0)]
         pause: f64,
+    },
+    /// Not an attack: a resume of the last `events` retained events, timed until the client has
+    /// them all (and whether any were lost or reported missing).
+    Resume {
+        url: String,
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        /// Only this chain (a filtered resume); all when absent.
+        #[arg(long)]
+        chain: Option<String>,
     },
     /// A hostile DexScreener: every request answered with a gzip bomb, 429 or 403.
     Upstream {
@@ -157,11 +171,26 @@ async fn filters(
     })
 }
 
-async fn slowloris(addr: String, sockets: usize, hold: f64) -> Value {
+async fn slowloris(
+    addr: String,
+    sockets: usize,
+    hold: f64,
+    source: Option<std::net::IpAddr>,
+) -> Value {
     let mut open = Vec::new();
     let mut connect_failed = 0;
+    let Ok(target) = addr.parse::<std::net::SocketAddr>() else {
+        return json!({"attack": "slowloris", "error": "bad address"});
+    };
     for _ in 0..sockets {
-        match TcpStream::connect(&addr).await {
+        let connected = async {
+            let sock = tokio::net::TcpSocket::new_v4()?;
+            if let Some(ip) = source {
+                sock.bind(std::net::SocketAddr::new(ip, 0))?;
+            }
+            sock.connect(target).await
+        };
+        match connected.await {
             Ok(mut s) => {
                 let _ = s
                     .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
@@ -350,6 +379,70 @@ async fn stall(url: String, pause: f64) -> Value {
     })
 }
 
+async fn resume(url: String, events: u64, chain: Option<String>) -> Value {
+    let Some(mut ws) = connect(&url).await else {
+        return json!({"attack": "resume", "error": "connect failed"});
+    };
+    let Some(w) = next_text(&mut ws, Duration::from_secs(5)).await else {
+        return json!({"attack": "resume", "error": "no welcome"});
+    };
+    let w: Value = serde_json::from_str(&w).unwrap_or(Value::Null);
+    let head = w["head_seq"].as_u64().unwrap_or(0);
+    let from = head.saturating_sub(events);
+    let filter = chain.as_ref().map_or(String::new(), |c| {
+        format!(r#","filter":{{"chains":["{c}"]}}"#)
+    });
+    let sub = format!(
+        r#"{{"op":"subscribe","channel":"signals"{filter},"resume_from":{{"epoch":{},"seq":{from}}}}}"#,
+        w["epoch"]
+    );
+    let start = Instant::now();
+    let _ = ws.send(Message::Text(sub.into())).await;
+    let (mut n, mut last, mut out_of_order, mut lagged, mut recovered) =
+        (0u64, 0u64, 0u64, 0u64, Value::Null);
+    let mut close = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while last < head {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let t = t.as_str();
+                if t.starts_with("{\"type\":\"signal\"") {
+                    // The seq is the first number: no full parse on the hot path.
+                    let seq: u64 = t[23..]
+                        .split(',')
+                        .next()
+                        .and_then(|x| x.parse().ok())
+                        .unwrap_or(0);
+                    if seq <= last {
+                        out_of_order += 1;
+                    }
+                    last = seq;
+                    n += 1;
+                } else {
+                    let v: Value = serde_json::from_str(t).unwrap_or(Value::Null);
+                    match v["type"].as_str() {
+                        Some("subscribed") => recovered = v["recovered"].clone(),
+                        Some("lagged") => lagged += 1,
+                        _ => {}
+                    }
+                }
+            }
+            Ok(Some(Ok(Message::Close(c)))) => {
+                close = c.map(|c| u16::from(c.code));
+                break;
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => break,
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    json!({
+        "attack": "resume", "from_seq": from, "head_at_connect": head, "recovered": recovered,
+        "signals": n, "out_of_order": out_of_order, "lagged_notices": lagged, "close": close,
+        "seconds": (secs * 1000.0).round() / 1000.0, "events_per_s": (n as f64 / secs).round(),
+    })
+}
+
 fn gzip_zeros(mib: usize) -> Vec<u8> {
     use std::io::Write;
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -426,9 +519,11 @@ async fn main() {
             addr,
             sockets,
             hold,
-        } => slowloris(addr, sockets, hold).await,
+            source,
+        } => slowloris(addr, sockets, hold, source).await,
         Attack::Protocol { url } => protocol(url).await,
         Attack::Stall { url, pause } => stall(url, pause).await,
+        Attack::Resume { url, events, chain } => resume(url, events, chain).await,
         Attack::Upstream {
             addr,
             mode,

@@ -185,7 +185,7 @@ pub async fn signals(
         Ok(sq) => sq,
         Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", &m),
     };
-    const CHUNK: usize = 1024;
+    const CHUNK: usize = 4096;
     let mut after = sq.since;
     let mut picked = Vec::with_capacity(sq.limit.min(CHUNK));
     let mut oldest = None;
