@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Hostile clients and upstreams against the release server on 127.0.0.1, with the documented
-# defaults and no API key (docs/hardening.md). Bounded in count and time (about 2 minutes).
+# defaults and no API key (docs/hardening.md). Bounded in count and time (about 4 minutes).
 # Prints, per attack, what the attack saw, the server's RSS, and a bystander's latency and gaps.
 #
 #   bench/abuse.sh              # results in bench/results/abuse.json
@@ -35,7 +35,7 @@ ulimit -n 8192 2>/dev/null || true
 # Client attacks, against the bench source (200 events/s) with a bystander subscribed to all.
 start DEXPULSE_SOURCE__BENCH__EVENTS_PER_SECOND=200
 rss0=$(rss)
-"$LOAD" --url "$URL" --connections 1 --subscribe '{"op":"subscribe","channel":"signals"}' --duration 75 >/tmp/abuse-bystander.json &
+"$LOAD" --url "$URL" --connections 1 --subscribe '{"op":"subscribe","channel":"signals"}' --duration 100 >/tmp/abuse-bystander.json &
 bystander=$!
 sleep 1
 r=$("$ABUSE" filters "$URL" --connections 31 --subscribes 32 --pairs 2650 --hold 3)
@@ -49,24 +49,40 @@ record "{\"phase\":\"filters_left\",\"rss_kib\":$(rss)}"
 slow=$!
 sleep 5
 h=$(healthz)
-sleep 7
+ws_ok=$( (timeout 5 "$LOAD" --url "$URL" --connections 1 --duration 1 >/dev/null 2>&1 && echo true) || echo false)
+sleep 5
 h2=$(healthz)
 wait $slow || true
-record "{\"phase\":\"slowloris\",\"result\":$(cat /tmp/abuse-slow.json),\"healthz_at_5s\":$h,\"healthz_at_12s\":$h2,\"rss_kib\":$(rss)}"
+record "{\"phase\":\"slowloris\",\"result\":$(cat /tmp/abuse-slow.json),\"healthz_at_5s\":$h,\"healthz_at_12s\":$h2,\"new_websocket_at_5s\":$ws_ok,\"shed\":\"$(curl -s http://127.0.0.1:$PORT/metrics | awk '/^dexpulse_shed_connections_total/ {s=s $0 "; "} END {print s}')\",\"rss_kib\":$(rss)}"
 r=$("$ABUSE" protocol "$URL")
 record "{\"phase\":\"protocol\",\"result\":$r}"
-r=$("$ABUSE" stall "$URL" --pause 12)
-record "{\"phase\":\"stall\",\"result\":$r,\"rss_kib\":$(rss)}"
+# Clients that stop reading (receive buffer 4 KiB) for 12 s (within their queue), 30 s (past
+# queue + stall_close_seconds, within close_timeout_seconds) and 50 s (past both), then read.
+stalls=""
+for p in 12 30 50; do "$ABUSE" stall "$URL" --pause $p >/tmp/abuse-stall-$p.json & stalls="$stalls $!"; done
+for s in $stalls; do wait "$s" || true; done
+for p in 12 30 50; do record "{\"phase\":\"stall_${p}s\",\"result\":$(cat /tmp/abuse-stall-$p.json),\"rss_kib\":$(rss)}"; done
 wait $bystander || true
 record "{\"phase\":\"bystander\",\"result\":$(cat /tmp/abuse-bystander.json)}"
 stop
 # Slowloris again from another address (127.0.0.2), with a per-address limit: others unaffected.
-start DEXPULSE_SOURCE__BENCH__EVENTS_PER_SECOND=200 DEXPULSE_SERVER__MAX_CONNECTIONS_PER_IP=256
+start DEXPULSE_SOURCE__BENCH__EVENTS_PER_SECOND=200 DEXPULSE_SERVER__MAX_CONNECTIONS_PER_IP=256 \
+      DEXPULSE_AUTH__KEYS='[{key="abuse-key-0001",max_connections=4}]'
+# Guessing keys: 15 wrong ones from one address, then the right one from it and from another.
+upgrade() { # key source-address
+  curl -s -o /dev/null -m 2 -w '%{http_code}' --interface "$2" -H 'Connection: Upgrade' -H 'Upgrade: websocket' \
+    -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' \
+    -H "Authorization: Bearer $1" http://127.0.0.1:$PORT/v1/ws || true
+}
+wrong=""; for i in $(seq 15); do wrong="$wrong\"$(upgrade wrong-guess-$i 127.0.0.3)\","; done
+right_same=$(upgrade abuse-key-0001 127.0.0.3)
+right_other=$(upgrade abuse-key-0001 127.0.0.1)
+record "{\"phase\":\"key_guessing\",\"wrong_key_statuses\":[${wrong%,}],\"right_key_same_address\":\"$right_same\",\"right_key_other_address\":\"$right_other\"}"
 "$ABUSE" slowloris 127.0.0.1:$PORT --sockets 1100 --hold 8 --source 127.0.0.2 >/tmp/abuse-slow2.json &
 slow=$!
 sleep 4
 h=$(healthz)
-ws_ok=$( (timeout 5 "$LOAD" --url "$URL" --connections 1 --duration 1 >/dev/null 2>&1 && echo true) || echo false)
+ws_ok=$( (timeout 5 "$LOAD" --url "$URL?token=abuse-key-0001" --connections 1 --duration 1 >/dev/null 2>&1 && echo true) || echo false)
 wait $slow || true
 record "{\"phase\":\"slowloris_per_ip_limit\",\"result\":$(cat /tmp/abuse-slow2.json),\"healthz_during\":$h,\"new_websocket_during\":$ws_ok,\"shed\":\"$(curl -s http://127.0.0.1:$PORT/metrics | awk '/^dexpulse_shed_connections_total/ {s=s $0 "; "} END {print s}')\"}"
 # SIGTERM while half-sent requests are open.

@@ -3,12 +3,16 @@
 //! from accept to close, and optionally one of its IP's (`max_connections_per_ip`, with a
 //! connect rate per IP). HTTP/1.1 only, served by hyper with a header-read time-out that also
 //! ends idle keep-alive connections, so a request that sends half its headers, or a connection
-//! that sends nothing, is closed. On shutdown the listener stops accepting, asks every
+//! that sends nothing, is closed. When every place is taken, the connection that has waited
+//! longest without a request in progress (still sending its first request, or idle between
+//! requests) is closed to make room for the new one, so that sockets that send nothing keep no
+//! one out for a whole header time-out. On shutdown the listener stops accepting, asks every
 //! connection to finish, and gives up on them at the grace period's end: no client can hold
 //! the process open.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -21,6 +25,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use dexpulse_core::schedule::{Rate, TokenBucket};
@@ -61,6 +66,25 @@ impl Drop for IpPermit {
         if let Some(s) = self.limits.map().get_mut(&self.ip) {
             s.open = s.open.saturating_sub(1);
         }
+    }
+}
+
+/// The `shed_connections` reason for an idle connection closed to make room.
+pub const EVICTED: &str = "evicted_idle";
+
+/// Counts a connection waiting for a freed place while it lives.
+struct Waiting(Arc<AtomicUsize>);
+
+impl Waiting {
+    fn new(n: &Arc<AtomicUsize>) -> Waiting {
+        n.fetch_add(1, Ordering::Relaxed);
+        Waiting(n.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -139,6 +163,118 @@ impl IpLimits {
     }
 }
 
+/// The connections that hold a place with no request in progress, oldest first: the ones
+/// that may be closed to make room. A connection is entered at accept and after each response
+/// (keep-alive), and leaves when a request's head has arrived or when it closes.
+pub struct Idle {
+    clock: Clock,
+    next: AtomicU64,
+    map: Mutex<BTreeMap<u64, (i64, CancellationToken)>>,
+}
+
+/// One connection's entry in [`Idle`]; dropping it takes the connection out.
+pub struct IdleEntry {
+    idle: Arc<Idle>,
+    key: AtomicU64,
+    evict: CancellationToken,
+}
+
+impl Idle {
+    pub fn new(clock: Clock) -> Arc<Idle> {
+        Arc::new(Idle {
+            clock,
+            next: AtomicU64::new(1),
+            map: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn map(&self) -> MutexGuard<'_, BTreeMap<u64, (i64, CancellationToken)>> {
+        // Entries only: a panic under the lock leaves them usable.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new connection, idle until its first request's head arrives.
+    pub fn enter(self: &Arc<Self>) -> Arc<IdleEntry> {
+        let e = Arc::new(IdleEntry {
+            idle: self.clone(),
+            key: AtomicU64::new(0),
+            evict: CancellationToken::new(),
+        });
+        e.idle();
+        e
+    }
+
+    /// Closes the connection idle longest, if it has been idle `at_least_ms`; whether one was.
+    pub fn evict_oldest(&self, at_least_ms: i64) -> bool {
+        let now = self.clock.now_ms();
+        let mut map = self.map();
+        let Some(oldest) = map.first_entry() else {
+            return false;
+        };
+        if now - oldest.get().0 < at_least_ms {
+            return false;
+        }
+        let (_, token) = oldest.remove();
+        drop(map);
+        token.cancel();
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl IdleEntry {
+    /// Between requests (or before the first): may be closed to make room.
+    pub fn idle(&self) {
+        let key = self.idle.next.fetch_add(1, Ordering::Relaxed);
+        let old = self.key.swap(key, Ordering::Relaxed);
+        let mut map = self.idle.map();
+        if old != 0 {
+            map.remove(&old);
+        }
+        map.insert(key, (self.idle.clock.now_ms(), self.evict.clone()));
+    }
+
+    /// A request is in progress: not to be closed.
+    pub fn busy(&self) {
+        let old = self.key.swap(0, Ordering::Relaxed);
+        if old != 0 {
+            self.idle.map().remove(&old);
+        }
+    }
+
+    /// Fires when the connection was chosen to make room.
+    pub fn evicted(&self) -> &CancellationToken {
+        &self.evict
+    }
+}
+
+impl Drop for IdleEntry {
+    fn drop(&mut self) {
+        self.busy();
+    }
+}
+
+/// Connections accepted while full that wait for the place an eviction frees: few, since each
+/// holds a descriptor beyond the cap.
+const MAX_WAITING: usize = 32;
+
+/// How long a waiting connection waits for the freed place.
+const WAIT_FOR_PLACE: Duration = Duration::from_secs(1);
+
+/// How long a connection must have been idle before it may be closed to make room: long enough
+/// that a client that has just connected can send its request.
+fn evict_after(header_read_timeout: Duration) -> i64 {
+    let ms = i64::try_from(header_read_timeout.as_millis()).unwrap_or(i64::MAX);
+    (ms / 2).min(1_000)
+}
+
 /// The soft limit on open descriptors, where the system says (Linux: /proc/self/limits).
 pub fn descriptor_limit() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/limits").ok()?;
@@ -181,6 +317,8 @@ pub async fn accept_loop(listener: TcpListener, state: AppState, app: axum::Rout
         s.connects_per_ip,
         state.clock.clone(),
     ));
+    let idle = Idle::new(state.clock.clone());
+    let waiting = Arc::new(AtomicUsize::new(0));
     let shutdown = state.shutdown.clone();
     let mut conns: JoinSet<()> = JoinSet::new();
     let mut last_error_log = tokio::time::Instant::now() - Duration::from_secs(60);
@@ -202,11 +340,6 @@ pub async fn accept_loop(listener: TcpListener, state: AppState, app: axum::Rout
                 }
             },
         };
-        let Ok(place) = open.clone().try_acquire_owned() else {
-            state.metrics.shed(Shed::Full.as_str());
-            drop(tcp);
-            continue;
-        };
         let ip_place = match per_ip.admit(peer.ip()) {
             Ok(p) => p,
             Err(why) => {
@@ -215,9 +348,21 @@ pub async fn accept_loop(listener: TcpListener, state: AppState, app: axum::Rout
                 continue;
             }
         };
-        let permit = ConnPermit {
-            _open: Arc::new(place),
-            _ip: ip_place,
+        let place = match open.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                // Full: make room by closing the connection idle longest, if there is one
+                // and few are already waiting; this one then waits for that place.
+                if waiting.load(Ordering::Relaxed) >= MAX_WAITING
+                    || !idle.evict_oldest(evict_after(s.header_read_timeout))
+                {
+                    state.metrics.shed(Shed::Full.as_str());
+                    drop(tcp);
+                    continue;
+                }
+                state.metrics.shed(EVICTED);
+                None
+            }
         };
         // Frames are small and latency is the product: Nagle would hold a frame back until the
         // previous one is acknowledged (up to a delayed ACK, 40 ms).
@@ -229,28 +374,60 @@ pub async fn accept_loop(listener: TcpListener, state: AppState, app: axum::Rout
                 tracing::debug!(error = %e, "SO_SNDBUF");
             }
         }
-        let for_requests = permit.clone();
-        let svc = app.clone().map_request(move |req: Request<Incoming>| {
-            let mut req = req.map(Body::new);
-            req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-            // An upgrade takes it with the session.
-            req.extensions_mut().insert(for_requests.clone());
-            req
-        });
-        let hyper_svc = TowerToHyperService::new(svc);
         let header_timeout = s.header_read_timeout;
         let grace = s.shutdown_grace;
         let stop = shutdown.clone();
+        let app = app.clone();
+        let open = open.clone();
+        let idle = idle.clone();
+        let metrics = state.metrics.clone();
+        let wait_guard = place.is_none().then(|| Waiting::new(&waiting));
         conns.spawn(async move {
-            let keep = permit;
+            let place = match place {
+                Some(p) => p,
+                None => {
+                    let got = tokio::time::timeout(WAIT_FOR_PLACE, open.acquire_owned()).await;
+                    drop(wait_guard);
+                    match got {
+                        Ok(Ok(p)) => p,
+                        _ => {
+                            metrics.shed(Shed::Full.as_str());
+                            return;
+                        }
+                    }
+                }
+            };
+            let permit = ConnPermit {
+                _open: Arc::new(place),
+                _ip: ip_place,
+            };
+            let entry = idle.enter();
+            let for_requests = permit.clone();
+            let (on_request, on_response) = (entry.clone(), entry.clone());
+            let svc = app
+                .map_request(move |req: Request<Incoming>| {
+                    on_request.busy();
+                    let mut req = req.map(Body::new);
+                    req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                    // An upgrade takes it with the session.
+                    req.extensions_mut().insert(for_requests.clone());
+                    req
+                })
+                .map_response(move |res: axum::response::Response| {
+                    // After an upgrade the connection is the session's, never idle here.
+                    if res.status() != axum::http::StatusCode::SWITCHING_PROTOCOLS {
+                        on_response.idle();
+                    }
+                    res
+                });
+            let hyper_svc = TowerToHyperService::new(svc);
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
                 .keep_alive(true);
-            let svc = hyper_svc;
             let conn = builder
-                .serve_connection(TokioIo::new(tcp), svc)
+                .serve_connection(TokioIo::new(tcp), hyper_svc)
                 .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
@@ -259,12 +436,14 @@ pub async fn accept_loop(listener: TcpListener, state: AppState, app: axum::Rout
                         tracing::debug!(error = %e, "connection ended");
                     }
                 }
+                _ = entry.evicted().cancelled() => {}
                 _ = stop.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(grace, conn.as_mut()).await;
                 }
             }
-            drop(keep);
+            drop(entry);
+            drop(permit);
         });
     }
     drop(listener);
@@ -309,6 +488,36 @@ mod tests {
         assert!(l.admit(ip).is_ok());
         let off = Arc::new(IpLimits::new(0, None, clock));
         assert!(off.admit(ip).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_connection_idle_longest_is_closed_to_make_room_and_a_busy_one_never() {
+        let clock = Clock::manual(0);
+        let idle = Idle::new(clock.clone());
+        let a = idle.enter();
+        clock.advance(Duration::from_millis(300));
+        let b = idle.enter();
+        let c = idle.enter();
+        assert!(!idle.evict_oldest(1_000), "none idle for a second yet");
+        clock.advance(Duration::from_millis(800));
+        a.busy();
+        assert!(
+            !idle.evict_oldest(1_000),
+            "the oldest is busy; the others are too young"
+        );
+        clock.advance(Duration::from_millis(200));
+        assert!(idle.evict_oldest(1_000));
+        assert!(b.evicted().is_cancelled() && !c.evicted().is_cancelled());
+        assert!(!a.evicted().is_cancelled());
+        // After its response a connection is idle again, from then.
+        a.idle();
+        assert!(idle.evict_oldest(0));
+        assert!(c.evicted().is_cancelled() && !a.evicted().is_cancelled());
+        assert_eq!(idle.len(), 1);
+        drop(a);
+        assert!(idle.is_empty() && !idle.evict_oldest(0));
+        assert_eq!(evict_after(Duration::from_secs(10)), 1_000);
+        assert_eq!(evict_after(Duration::from_millis(300)), 150);
     }
 
     #[test]

@@ -194,6 +194,54 @@ async fn open_connections_are_capped() {
     r.shutdown().await.unwrap();
 }
 
+/// With every place taken by sockets that send nothing (one address, no per-IP limit), a
+/// monitor's request used to be shed until the header time-out freed them. Now the connection
+/// idle longest is closed to make room (one that has just come is not: the unit tests).
+#[tokio::test]
+async fn a_full_server_makes_room_by_closing_the_longest_idle_connection() {
+    let mut cfg = test_config();
+    cfg.server.max_connections = 4;
+    cfg.server.max_open_connections = 4;
+    cfg.server.header_read_timeout_seconds = 600.0;
+    let r = start(cfg).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(r.addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    // Idle for a second: they may now be closed to make room.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let mut s = TcpStream::connect(r.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut answer))
+        .await
+        .expect("no answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The first of the idle ones was closed: it reads the end of the stream.
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, held[0].read(&mut buf))
+        .await
+        .expect("the oldest idle connection was not closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert_eq!(
+        metric(
+            &r,
+            "dexpulse_shed_connections_total{reason=\"evicted_idle\"}"
+        ),
+        1.0
+    );
+    r.shutdown().await.unwrap();
+}
+
 /// An upstream (or a mirror, or a proxy) that answers with a gzip bomb: the body is cut off at
 /// `max_body_bytes` after decompression, counted as a fault with its cause, and the memory does
 /// not grow with the bomb.
