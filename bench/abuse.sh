@@ -43,6 +43,10 @@ record "{\"phase\":\"filters\",\"result\":$r,\"rss_kib_before\":$rss0,\"rss_kib_
 # The same with filters inside the limits: four of 1,000 pairs fit a session's 4,096 entries.
 r=$("$ABUSE" filters "$URL" --connections 31 --subscribes 32 --pairs 1000 --hold 3)
 record "{\"phase\":\"filters_within_limits\",\"result\":$r,\"rss_kib_after\":$(rss),\"healthz\":$(healthz)}"
+# A crowd: 200 connections × 4 filters of 1,000 pairs (800,800 entries) against the 500,000
+# that all sessions together may hold (session.max_total_filter_entries): the rest get server_busy.
+r=$("$ABUSE" filters "$URL" --connections 200 --subscribes 4 --pairs 1000 --hold 3)
+record "{\"phase\":\"filters_crowd\",\"result\":$r,\"rss_kib_after\":$(rss),\"healthz\":$(healthz)}"
 sleep 2
 record "{\"phase\":\"filters_left\",\"rss_kib\":$(rss)}"
 "$ABUSE" slowloris 127.0.0.1:$PORT --sockets 1100 --hold 15 >/tmp/abuse-slow.json &

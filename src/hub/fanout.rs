@@ -193,9 +193,9 @@ mod tests {
     }
 
     fn set(chains: &[&[&str]]) -> FilterSet {
-        let fs: Vec<Filter> = chains
+        let fs: Vec<Arc<Filter>> = chains
             .iter()
-            .map(|c| Filter::chains(c.iter().copied()))
+            .map(|c| Arc::new(Filter::chains(c.iter().copied())))
             .collect();
         FilterSet::new(fs.iter())
     }

@@ -188,6 +188,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Every session task, so that shutdown can wait for their close frames.
     pub sessions: TaskTracker,
+    /// Filter entries over all sessions.
+    pub filter_budget: Arc<session::FilterBudget>,
     next_session: Arc<AtomicU64>,
 }
 
@@ -209,6 +211,9 @@ impl AppState {
             p.auth.failed_keys_per_ip,
             p.clock.clone(),
         ));
+        let filter_budget = Arc::new(session::FilterBudget::new(
+            p.session.max_total_filter_entries,
+        ));
         AppState {
             settings: Arc::new(p.settings),
             session: Arc::new(p.session),
@@ -221,6 +226,7 @@ impl AppState {
             failed_keys,
             shutdown: p.shutdown,
             sessions: TaskTracker::new(),
+            filter_budget,
             next_session: Arc::new(AtomicU64::new(1)),
         }
     }

@@ -176,6 +176,7 @@ pub async fn upgrade(
         metrics: state.metrics.clone(),
         clock: state.clock.clone(),
         shutdown: state.shutdown.clone(),
+        filter_budget: state.filter_budget.clone(),
     };
     let linger = s.close_linger;
     state.sessions.spawn(async move {

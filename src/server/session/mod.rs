@@ -8,6 +8,7 @@ pub mod outbox;
 pub mod run;
 pub mod state;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,9 @@ pub struct RawSettings {
     pub max_filter_list: usize,
     /// Filter entries over all of a session's subscriptions.
     pub max_filter_entries: usize,
+    /// Filter entries over all sessions together: what a crowd of connections can make the
+    /// server hold (each entry costs a few hundred bytes).
+    pub max_total_filter_entries: usize,
     /// tungstenite's buffers, sized for many small outgoing frames (its 128 KiB defaults cost
     /// about 135 KiB per idle connection).
     pub read_buffer_bytes: usize,
@@ -67,6 +71,7 @@ impl Default for RawSettings {
             max_subscriptions: 32,
             max_filter_list: 1_000,
             max_filter_entries: 4_096,
+            max_total_filter_entries: 500_000,
             read_buffer_bytes: 1024,
             write_buffer_bytes: 8 * 1024,
             flush_batch: 64,
@@ -89,6 +94,7 @@ pub struct Settings {
     pub max_subscriptions: usize,
     pub filter_limits: FilterLimits,
     pub max_filter_entries: usize,
+    pub max_total_filter_entries: usize,
     pub read_buffer_bytes: usize,
     pub write_buffer_bytes: usize,
     pub flush_batch: usize,
@@ -122,6 +128,11 @@ impl Settings {
                 max_list: at_least("max_filter_list", raw.max_filter_list, 1)?,
             },
             max_filter_entries: at_least("max_filter_entries", raw.max_filter_entries, 1)?,
+            max_total_filter_entries: at_least(
+                "max_total_filter_entries",
+                raw.max_total_filter_entries,
+                raw.max_filter_entries,
+            )?,
             read_buffer_bytes: at_least("read_buffer_bytes", raw.read_buffer_bytes, 256)?,
             write_buffer_bytes: at_least("write_buffer_bytes", raw.write_buffer_bytes, 256)?,
             flush_batch: at_least("flush_batch", raw.flush_batch, 1)?,
@@ -133,5 +144,67 @@ impl Settings {
                 3_600.0,
             )?,
         })
+    }
+}
+
+/// The filter entries all sessions hold, against `session.max_total_filter_entries`. A
+/// session takes its subscriptions' entries when it subscribes and gives them back when it
+/// unsubscribes or ends.
+#[derive(Debug)]
+pub struct FilterBudget {
+    max: usize,
+    used: AtomicUsize,
+}
+
+impl FilterBudget {
+    pub fn new(max: usize) -> FilterBudget {
+        FilterBudget {
+            max,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes `n` entries if they fit.
+    pub fn try_take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|&total| total <= self.max)
+            })
+            .is_ok()
+    }
+
+    pub fn give(&self, n: usize) {
+        // Never below zero: each give matches an earlier take.
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(n))
+            });
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_takes_what_fits_and_gets_it_back() {
+        let b = FilterBudget::new(10);
+        assert!(b.try_take(6));
+        assert!(!b.try_take(5), "11 > 10");
+        assert!(b.try_take(4));
+        assert_eq!(b.used(), 10);
+        b.give(6);
+        assert!(b.try_take(5));
+        assert_eq!(b.used(), 9);
+        assert!(!b.try_take(usize::MAX), "no overflow");
     }
 }

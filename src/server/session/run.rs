@@ -30,7 +30,7 @@ use dexpulse_core::protocol::CloseCode;
 
 use super::outbox::{Out, Outbox};
 use super::state::{Effects, HubView, Session};
-use super::Settings;
+use super::{FilterBudget, Settings};
 use crate::hub::{Hub, PairFrame, Subscription};
 use crate::metrics::Metrics;
 use crate::time::Clock;
@@ -46,6 +46,8 @@ pub struct SessionCtx {
     /// The wall clock, for the publish-to-send latency.
     pub clock: Clock,
     pub shutdown: CancellationToken,
+    /// The filter entries of all sessions (`session.max_total_filter_entries`).
+    pub filter_budget: Arc<FilterBudget>,
 }
 
 /// How a session ended, for the transport to finish the connection.
@@ -192,7 +194,7 @@ where
     let now = || i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
     let hub = ctx.hub.clone();
     let mut out = Outbox::new(s.queue_max_messages, s.queue_max_bytes);
-    let mut st = Session::new(s.clone(), hub.head_seq(), now());
+    let mut st = Session::new(s.clone(), ctx.filter_budget.clone(), hub.head_seq(), now());
     out.push_control(st.welcome(&ctx.id, &*hub));
     let mut writer = Writer { unflushed: false };
     let mut link: Option<Subscription> = None;
@@ -406,6 +408,7 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             clock: Clock::System,
             shutdown: shutdown.clone(),
+            filter_budget: Arc::new(FilterBudget::new(1_000_000)),
         };
         let task = tokio::spawn(async move {
             let (_, _, ending) = run(server_tx, server_rx, ctx).await;

@@ -26,7 +26,7 @@ use dexpulse_core::protocol::{
 use dexpulse_core::schedule::TokenBucket;
 
 use super::outbox::Outbox;
-use super::Settings;
+use super::{FilterBudget, Settings};
 use crate::hub::{Frame, Hub, PairFrame, Since};
 use crate::metrics::Metrics;
 
@@ -83,6 +83,8 @@ struct Backlog {
 
 pub struct Session {
     settings: Arc<Settings>,
+    /// Shared with every session: entries taken here are given back on unsubscribe and drop.
+    budget: Arc<FilterBudget>,
     subs: Vec<Sub>,
     next_sub: u64,
     filter_entries: usize,
@@ -102,15 +104,27 @@ pub struct Session {
     last_pong_ms: i64,
 }
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.budget.give(self.filter_entries);
+    }
+}
+
 fn bytes(s: String) -> Bytes {
     Bytes::from(s)
 }
 
 impl Session {
-    pub fn new(settings: Arc<Settings>, head: u64, now_ms: i64) -> Session {
+    pub fn new(
+        settings: Arc<Settings>,
+        budget: Arc<FilterBudget>,
+        head: u64,
+        now_ms: i64,
+    ) -> Session {
         let inbound = settings.inbound.full_bucket(now_ms);
         Session {
             settings,
+            budget,
             subs: Vec::new(),
             next_sub: 1,
             filter_entries: 0,
@@ -142,7 +156,7 @@ impl Session {
 
     /// The filter set of the signal subscriptions: the hub channel to be on.
     pub fn signal_set(&self) -> FilterSet {
-        FilterSet::new(self.signal_subs().map(|s| &*s.filter))
+        FilterSet::new(self.signal_subs().map(|s| &s.filter))
     }
 
     fn signal_subs(&self) -> impl Iterator<Item = &Sub> {
@@ -459,6 +473,7 @@ impl Session {
                 };
                 let sub = self.subs.remove(i);
                 self.filter_entries -= sub.filter.size();
+                self.budget.give(sub.filter.size());
                 self.backlogs.retain(|b| b.sub != sub.id);
                 let reply = ServerMsg::Unsubscribed {
                     id: id.as_ref(),
@@ -501,6 +516,20 @@ impl Session {
                              (session.max_filter_entries)",
                             self.filter_entries + filter.size(),
                             s.max_filter_entries
+                        ),
+                    );
+                    self.reply(out, e.to_json(), now);
+                    return Effects::default();
+                }
+                if !self.budget.try_take(filter.size()) {
+                    let e = OpError::new(
+                        id,
+                        ErrorCode::ServerBusy,
+                        format!(
+                            "the server holds its most filter entries over all sessions ({}, \
+                             session.max_total_filter_entries); retry later or with a smaller \
+                             filter",
+                            self.budget.max()
                         ),
                     );
                     self.reply(out, e.to_json(), now);
@@ -592,10 +621,18 @@ mod tests {
     }
 
     fn t(settings: Settings, hub_settings: hub::Settings) -> T {
+        t_sharing(
+            settings,
+            hub_settings,
+            Arc::new(FilterBudget::new(1_000_000)),
+        )
+    }
+
+    fn t_sharing(settings: Settings, hub_settings: hub::Settings, budget: Arc<FilterBudget>) -> T {
         let hub = Hub::new(hub_settings, Clock::manual(1_000));
         let out = Outbox::new(settings.queue_max_messages, settings.queue_max_bytes);
         T {
-            st: Session::new(Arc::new(settings), hub.head_seq(), 0),
+            st: Session::new(Arc::new(settings), budget, hub.head_seq(), 0),
             hub,
             out,
             m: Metrics::new(),
@@ -895,5 +932,48 @@ mod tests {
         t.send(r#"{"op":"subscribe","id":4,"channel":"signals","filter":{"chains":["d","e"]}}"#);
         let got = t.read();
         assert_eq!(got[1]["type"], "subscribed", "{got:?}");
+    }
+
+    #[test]
+    fn all_sessions_together_hold_at_most_the_total_filter_entries() {
+        let budget = Arc::new(FilterBudget::new(7));
+        let mut a = t_sharing(
+            Settings::default(),
+            hub::Settings::default(),
+            budget.clone(),
+        );
+        let mut b = t_sharing(
+            Settings::default(),
+            hub::Settings::default(),
+            budget.clone(),
+        );
+        a.send(
+            r#"{"op":"subscribe","id":1,"channel":"signals","filter":{"chains":["a","b","c"]}}"#,
+        );
+        b.send(
+            r#"{"op":"subscribe","id":1,"channel":"signals","filter":{"chains":["d","e","f"]}}"#,
+        );
+        assert_eq!(a.read()[0]["type"], "subscribed");
+        let got = b.read();
+        assert_eq!(got[0]["code"], "server_busy");
+        assert!(got[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("session.max_total_filter_entries"));
+        assert_eq!(
+            budget.used(),
+            4,
+            "a refused subscribe takes nothing (1 + 3 a filter)"
+        );
+        a.send(r#"{"op":"unsubscribe","id":2,"subscription":"s1"}"#);
+        assert_eq!(budget.used(), 0);
+        b.send(
+            r#"{"op":"subscribe","id":2,"channel":"signals","filter":{"chains":["d","e","f"]}}"#,
+        );
+        assert_eq!(b.read()[0]["type"], "subscribed");
+        a.send(r#"{"op":"subscribe","id":3,"channel":"signals","filter":{"chains":["x","y"]}}"#);
+        assert_eq!(budget.used(), 7);
+        drop(b);
+        assert_eq!(budget.used(), 3, "an ending session gives its entries back");
     }
 }

@@ -181,16 +181,18 @@ impl Filter {
 
 /// The filters of a session's signal subscriptions as one canonical set: sorted and
 /// deduplicated, and "everything" as soon as one filter matches everything. Two sessions with
-/// the same filters in any order have equal sets (and so share one hub channel).
+/// the same filters in any order have equal sets (and so share one hub channel). The set holds
+/// the sessions' own filters (shared, not copied): a hub channel costs no filter memory of its
+/// own.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum FilterSet {
     Everything,
-    Some(Arc<[Filter]>),
+    Some(Arc<[Arc<Filter>]>),
 }
 
 impl FilterSet {
-    pub fn new<'a>(filters: impl IntoIterator<Item = &'a Filter>) -> FilterSet {
-        let mut v: Vec<Filter> = Vec::new();
+    pub fn new<'a>(filters: impl IntoIterator<Item = &'a Arc<Filter>>) -> FilterSet {
+        let mut v: Vec<Arc<Filter>> = Vec::new();
         for f in filters {
             if f.matches_everything() {
                 return FilterSet::Everything;
@@ -217,7 +219,7 @@ impl FilterSet {
     pub fn size(&self) -> usize {
         match self {
             FilterSet::Everything => 1,
-            FilterSet::Some(fs) => fs.iter().map(Filter::size).sum(),
+            FilterSet::Some(fs) => fs.iter().map(|f| f.size()).sum(),
         }
     }
 }
@@ -268,13 +270,14 @@ mod tests {
         let b = compile(r#"{"kinds":["rug_warning","new_pair"],"chains":["a","b"]}"#).unwrap();
         assert_eq!(a, b);
         let c = compile(r#"{"chains":["c"]}"#).unwrap();
+        let (a, b, c) = (Arc::new(a), Arc::new(b), Arc::new(c));
         assert_eq!(
             FilterSet::new([&a, &c, &b]),
             FilterSet::new([&c, &b]),
             "the same set in another order, with a repeat"
         );
         assert_eq!(
-            FilterSet::new([&a, &Filter::default()]),
+            FilterSet::new([&a, &Arc::new(Filter::default())]),
             FilterSet::Everything
         );
         assert!(FilterSet::new([]).is_empty());

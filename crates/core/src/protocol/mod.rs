@@ -27,16 +27,19 @@ pub enum ErrorCode {
     UnknownChannel,
     UnknownSubscription,
     TooManySubscriptions,
+    /// The server holds as many filter entries as it allows over all sessions.
+    ServerBusy,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 6] = [
+    pub const ALL: [ErrorCode; 7] = [
         ErrorCode::InvalidJson,
         ErrorCode::BadRequest,
         ErrorCode::UnknownOp,
         ErrorCode::UnknownChannel,
         ErrorCode::UnknownSubscription,
         ErrorCode::TooManySubscriptions,
+        ErrorCode::ServerBusy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +50,7 @@ impl ErrorCode {
             ErrorCode::UnknownChannel => "unknown_channel",
             ErrorCode::UnknownSubscription => "unknown_subscription",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::ServerBusy => "server_busy",
         }
     }
 }
