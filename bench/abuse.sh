@@ -99,6 +99,14 @@ t1=$(date +%s.%N)
 kill $slow 2>/dev/null || true
 record "{\"phase\":\"sigterm_with_half_sent_requests\",\"exit_seconds\":$(python3 -c "print(round($t1-$t0,2))")}"
 
+# A resume of 90,000 events (the history holds 100,000) through one WebSocket: all of them, in
+# order, or recovered:false; never recovered:true with most of it dropped.
+start DEXPULSE_SOURCE__BENCH__EVENTS_PER_SECOND=25000 DEXPULSE_HUB__RETAIN_EVENTS=100000
+sleep 5
+r=$("$ABUSE" resume "$URL" --events 90000)
+record "{\"phase\":\"resume_90000\",\"result\":$r,\"rss_kib\":$(rss)}"
+stop
+
 # Upstream attacks: the live source pointed at a hostile DexScreener.
 for mode in bomb 429 403; do
   "$ABUSE" upstream 127.0.0.1:$UP --mode $mode --bomb-mib 1024 2>/dev/null &
