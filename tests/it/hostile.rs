@@ -22,6 +22,19 @@ fn seqs(msgs: &[Value]) -> Vec<u64> {
     msgs.iter().filter_map(|m| m["seq"].as_u64()).collect()
 }
 
+/// `n` connections that each sent half a request's headers.
+async fn half_sent(r: &dexpulse::app::Running, n: usize) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let mut s = TcpStream::connect(r.addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    held
+}
+
 /// 31 connections × 32 subscribes of 2,650-pair filters took the old server from 18 MiB to
 /// 2.5 GiB. Now a list over `max_filter_list` and a session over `max_filter_entries` are
 /// refused with the limit named, identical sets share one channel, the hub holds a bounded
@@ -132,14 +145,7 @@ async fn half_sent_requests_are_closed_and_cannot_hold_shutdown() {
     cfg.server.header_read_timeout_seconds = 600.0;
     cfg.server.shutdown_grace_seconds = 0.5;
     let r = start(cfg).await;
-    let mut held = Vec::new();
-    for _ in 0..20 {
-        let mut s = TcpStream::connect(r.addr).await.unwrap();
-        s.write_all(b"GET /v1/pairs HTTP/1.1\r\nHost: x\r\n")
-            .await
-            .unwrap();
-        held.push(s);
-    }
+    let _held = half_sent(&r, 20).await;
     let mut ws = connect(&r).await;
     next_json(&mut ws).await;
     let token = r.shutdown_token();
@@ -162,14 +168,7 @@ async fn open_connections_are_capped() {
     cfg.server.max_connections = 4;
     cfg.server.max_open_connections = 4;
     let r = start(cfg).await;
-    let mut held = Vec::new();
-    for _ in 0..4 {
-        let mut s = TcpStream::connect(r.addr).await.unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-            .await
-            .unwrap();
-        held.push(s);
-    }
+    let held = half_sent(&r, 4).await;
     eventually("the fifth is shed", || {
         // Each attempt that finds no place is closed at once and counted.
         let _ = std::net::TcpStream::connect(r.addr);
@@ -204,14 +203,7 @@ async fn a_full_server_makes_room_by_closing_the_longest_idle_connection() {
     cfg.server.max_open_connections = 4;
     cfg.server.header_read_timeout_seconds = 600.0;
     let r = start(cfg).await;
-    let mut held = Vec::new();
-    for _ in 0..4 {
-        let mut s = TcpStream::connect(r.addr).await.unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-            .await
-            .unwrap();
-        held.push(s);
-    }
+    let mut held = half_sent(&r, 4).await;
     // Idle for a second: they may now be closed to make room.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let mut s = TcpStream::connect(r.addr).await.unwrap();
