@@ -316,10 +316,7 @@ async fn readiness_fails_in_a_429_or_403_storm() {
 /// silently.
 #[tokio::test]
 async fn a_resume_larger_than_the_queue_loses_nothing_it_does_not_report() {
-    let mut cfg = test_config();
-    cfg.hub.retain_events = 600;
-    cfg.hub.retain_max_events = 600;
-    cfg.hub.retain_seconds = 0.0;
+    let mut cfg = retaining(600);
     cfg.session.queue_max_messages = 32;
     let r = start(cfg).await;
     r.hub().publish(&plain(500));

@@ -24,6 +24,15 @@ pub fn test_config() -> RawConfig {
     c
 }
 
+/// The test config with a history of exactly `events` (no time-based retention).
+pub fn retaining(events: usize) -> RawConfig {
+    let mut c = test_config();
+    c.hub.retain_events = events;
+    c.hub.retain_max_events = events;
+    c.hub.retain_seconds = 0.0;
+    c
+}
+
 /// A server on 127.0.0.1:0 with nothing feeding the engine: the test publishes.
 pub async fn start(cfg: RawConfig) -> Running {
     start_with(

@@ -331,10 +331,7 @@ async fn resume_inside_the_window_is_exact_then_live() {
 
 #[tokio::test]
 async fn resume_outside_the_window_or_epoch_says_not_recovered() {
-    let mut cfg = test_config();
-    cfg.hub.retain_events = 3;
-    cfg.hub.retain_max_events = 3;
-    cfg.hub.retain_seconds = 0.0;
+    let cfg = retaining(3);
     let r = start(cfg).await;
     r.hub().publish(&plain(10));
     let mut ws = connect(&r).await;
