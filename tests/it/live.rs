@@ -105,8 +105,11 @@ async fn tracked_pairs_show_upstream_values_and_unknown_stays_null() {
     r.shutdown().await.unwrap();
 }
 
+/// The recorded pair is a concentrated-liquidity pool: with no pool invariant, its 80 % pull is
+/// read from the USD liquidity (adjusted for the price move), which says so, and which is
+/// never enough for a rug warning on its own.
 #[tokio::test]
-async fn a_liquidity_pull_upstream_reaches_a_websocket_subscriber_as_a_rug_warning() {
+async fn a_liquidity_pull_upstream_reaches_a_websocket_subscriber_as_a_drain() {
     let up = Upstream::start().await;
     up.with(|i| {
         let first = i.pairs[RUG_PAIR][0].clone();
@@ -131,7 +134,7 @@ async fn a_liquidity_pull_upstream_reaches_a_websocket_subscriber_as_a_rug_warni
     let mut ws = connect(&r).await;
     let w = next_json(&mut ws).await;
     let epoch = w["epoch"].as_str().unwrap().to_string();
-    ask(&mut ws, &format!(r#"{{"op":"subscribe","channel":"signals","filter":{{"kinds":["rug_warning"]}},"resume_from":{{"epoch":"{epoch}","seq":0}}}}"#)).await;
+    ask(&mut ws, &format!(r#"{{"op":"subscribe","channel":"signals","filter":{{"kinds":["rug_warning","liquidity_drain"]}},"resume_from":{{"epoch":"{epoch}","seq":0}}}}"#)).await;
     let m = next_json(&mut ws).await;
     assert_eq!(m["type"], "signal");
     let e = &m["event"];
@@ -141,9 +144,11 @@ async fn a_liquidity_pull_upstream_reaches_a_websocket_subscriber_as_a_rug_warni
             e["pair_address"].as_str(),
             e["source"].as_str()
         ),
-        (Some("rug_warning"), Some(RUG_PAIR), Some("dexscreener"))
+        (Some("liquidity_drain"), Some(RUG_PAIR), Some("dexscreener"))
     );
-    assert_eq!(e["severity"], "critical");
+    assert_eq!(e["direction"], "bearish");
+    assert_eq!(e["severity"], "very_high");
+    assert!(e["metrics"]["lp_removed"].as_f64().unwrap() >= 0.75, "{e}");
     assert!(
         e["risk_flags"]
             .as_array()

@@ -294,29 +294,72 @@ fn a_crash_by_selling_is_bearish_and_not_a_drain() {
     );
 }
 
+/// Wash legs interleaved with organic trades, in pools of $150k to $1.2M: polls land between
+/// a buy and its sell-back and show the price a few percent off with balanced counts while the
+/// volume is many times its baseline. No surge of any direction is emitted, nothing bullish or
+/// neutral reaches the emit threshold, and the flag is raised in every wash pool.
 #[test]
-fn wash_trading_is_flagged_and_never_bullish_above_40() {
+fn wash_trading_is_flagged_and_never_traded() {
     let ev = events(Scenario::Wash);
+    let min = Params::default().fsm.min_emit_score;
     assert!(
-        ev.iter()
-            .all(|e| e.direction != Direction::Bullish || e.score <= 40),
+        ev.iter().all(|e| e.direction == Direction::Bearish
+            || e.score < min
+            || e.phase == Phase::Closed),
         "{}",
         describe(ev)
     );
     assert!(
-        ev.iter()
-            .any(|e| e.risk_flags.iter().any(|f| f == "wash_suspected")),
+        !ev.iter()
+            .any(|e| e.kind == Kind::VolumeSurge && e.phase != Phase::Closed),
         "{}",
         describe(ev)
     );
+    for i in 0..4 {
+        let addr = format!("simwash{i:02}");
+        let flagged = all().steps.iter().any(|s| {
+            s.key.as_ref().is_some_and(|k| k.address == addr)
+                && s.entered[Kind::VolumeSurge.index()]
+                && s.flags.iter().any(|f| f == "wash_suspected")
+        });
+        assert!(flagged, "{addr}: the surge was never flagged");
+    }
+}
+
+/// The same over eight other seeds (32 wash pools, 4 hours each).
+#[test]
+fn wash_trading_over_many_seeds_is_never_bullish_or_neutral_above_the_threshold() {
+    let min = Params::default().fsm.min_emit_score;
+    let mut surges = 0;
+    for seed in 1..=8 {
+        let opts = SimOptions {
+            seed,
+            hours: 4.0,
+            ..SimOptions::default()
+        };
+        let run = replay_bytes(&tape(&[Scenario::Wash], &opts), Params::default());
+        let bad: Vec<_> = run
+            .events
+            .iter()
+            .filter(|e| e.direction != Direction::Bearish && e.score >= min && minutes(e) >= 90.0)
+            .cloned()
+            .collect();
+        assert!(bad.is_empty(), "seed {seed}:\n{}", describe(&bad));
+        surges += run
+            .events
+            .iter()
+            .filter(|e| e.kind == Kind::VolumeSurge && e.phase == Phase::Opened)
+            .count();
+    }
+    assert_eq!(surges, 0, "a wash surge of any direction was opened");
 }
 
 #[test]
-fn a_honeypot_is_flagged_and_never_bullish_above_40() {
+fn a_honeypot_is_flagged_and_never_bullish_at_the_threshold() {
     let ev = events(Scenario::Honeypot);
     assert!(
         ev.iter()
-            .all(|e| e.direction != Direction::Bullish || e.score <= 40),
+            .all(|e| e.direction != Direction::Bullish || e.score < 40),
         "{}",
         describe(ev)
     );
@@ -340,6 +383,83 @@ fn a_honeypot_is_flagged_and_never_bullish_above_40() {
     let (_, f) = engine.latest(&key).unwrap();
     let (flags, penalty) = kinds::risk(f, &Params::default());
     assert!(flags.names().contains(&"sell_side_absent".to_string()) && penalty >= 30);
+}
+
+/// A concentrated-liquidity pool sold down to half its price with no LP change: its USD
+/// liquidity falls by a third with the price, which used to read as "30 % removed" and, with
+/// P_m5 below −50 %, a critical rug warning. Adjusted for the price move, nothing was removed.
+#[test]
+fn a_sell_off_on_a_concentrated_pool_is_bearish_and_no_rug_or_drain() {
+    let ev = events(Scenario::ClmmSellOff);
+    let o = opened(ev);
+    assert!(
+        o.contains(&(Kind::MomentumDown, Direction::Bearish)),
+        "{}",
+        describe(ev)
+    );
+    assert!(
+        !o.iter()
+            .any(|(k, _)| matches!(k, Kind::LiquidityDrain | Kind::RugWarning)),
+        "{}",
+        describe(ev)
+    );
+}
+
+/// The LP of a concentrated pool withdraws 80 %: with no pool invariant to read, the USD proxy
+/// says so as a liquidity drain that names its measure, and never as a rug warning.
+#[test]
+fn a_withdrawal_from_a_concentrated_pool_is_a_drain_from_the_usd_proxy_never_a_rug() {
+    let ev = events(Scenario::ClmmWithdrawal);
+    assert_eq!(
+        opened(ev),
+        [(Kind::LiquidityDrain, Direction::Bearish)],
+        "{}",
+        describe(ev)
+    );
+    let drain = &ev[0];
+    assert!(drain.risk_flags.iter().any(|f| f == "liq_usd_proxy"));
+    assert!(
+        drain
+            .reasons
+            .iter()
+            .any(|r| r.contains("USD liquidity (adjusted for the price move")),
+        "{:?}",
+        drain.reasons
+    );
+    assert!(drain.metrics.lp_removed.unwrap() >= 0.75);
+}
+
+/// A buying burst ends at minute 110; at minute 140 the hour's volume still holds it but the
+/// activity is long over, and a small sale moves the price 5 %. No surge opens or flips on that
+/// hour-old volume: the R60 path needs R5 ≥ 1, and the open surge ended with the activity.
+#[test]
+fn an_hour_old_burst_opens_or_flips_no_surge() {
+    let ev = events(Scenario::OldBurst);
+    let surges: Vec<_> = ev.iter().filter(|e| e.kind == Kind::VolumeSurge).collect();
+    assert!(
+        surges
+            .iter()
+            .any(|e| e.phase == Phase::Opened && minutes(e) < 110.0),
+        "the burst itself is a surge: {}",
+        describe(ev)
+    );
+    for e in &surges {
+        if e.phase != Phase::Closed {
+            assert!(minutes(e) < 112.0, "{}", describe(ev));
+        }
+        if e.phase == Phase::Opened {
+            assert!(e.metrics.r5.unwrap() >= 1.0, "{}", describe(ev));
+        }
+    }
+    let closed = surges
+        .iter()
+        .find(|e| e.phase == Phase::Closed)
+        .expect("the surge closed");
+    assert!(
+        minutes(closed) < 125.0,
+        "closed once the activity ended, not an hour later: {}",
+        describe(ev)
+    );
 }
 
 #[test]

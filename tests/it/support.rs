@@ -77,6 +77,8 @@ pub struct Step {
     pub verdict: dexpulse::signal::Verdict,
     /// Whether each state-machine kind's entry condition held on it (fresh snapshots only).
     pub entered: [bool; 9],
+    /// The risk flags of its features (fresh snapshots only).
+    pub flags: Vec<String>,
     /// The events this snapshot produced.
     pub events: Vec<SignalEvent>,
 }
@@ -99,6 +101,7 @@ pub fn trace(tape: &[u8], cfg: Params) -> (Vec<Step>, Engine) {
                         t_ms,
                         verdict: Verdict::Stale,
                         entered: [false; 9],
+                        flags: Vec::new(),
                         events,
                     });
                 }
@@ -112,12 +115,14 @@ pub fn trace(tape: &[u8], cfg: Params) -> (Vec<Step>, Engine) {
                     let mut events = Vec::new();
                     let verdict = engine.observe_into(snap, &mut events);
                     let mut entered = [false; 9];
+                    let mut flag_names = Vec::new();
                     if verdict == Verdict::Fresh {
                         if let Some((_, f)) = engine.latest(&snap.key) {
                             let (flags, _) = kinds::risk(f, &cfg);
                             for k in Kind::ALL {
                                 entered[k.index()] = kinds::enter(k, f, &cfg, flags).is_some();
                             }
+                            flag_names = flags.names();
                         }
                     }
                     steps.push(Step {
@@ -125,6 +130,7 @@ pub fn trace(tape: &[u8], cfg: Params) -> (Vec<Step>, Engine) {
                         t_ms: snap.observed_at_ms,
                         verdict,
                         entered,
+                        flags: flag_names,
                         events,
                     });
                 }

@@ -448,6 +448,8 @@ pub enum CloseReason {
     DataGap,
     Superseded,
     FamilyFlip,
+    /// A volume surge turned out to be suspected wash trading: it has no direction to trade.
+    WashSuspected,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -98,6 +98,22 @@ pub fn cascade(s: &[Option<f64>; 4]) -> u32 {
     s[..3].iter().flatten().filter(|x| **x > 0.0).count() as u32
 }
 
+/// `#{s_i < 0 : i ∈ {0,1,2}, s_i available}`: the falling segments, `momentum_down`'s cascade.
+pub fn cascade_down(s: &[Option<f64>; 4]) -> u32 {
+    s[..3].iter().flatten().filter(|x| **x < 0.0).count() as u32
+}
+
+/// Price impact per unit of turnover of a window: `|ln(1 + P_w/100)| / (V_w / L)`. One-sided
+/// flow through a constant-product pool moves the price by about `4·V/L`, so genuine buying or
+/// selling scores near 4 and self-trades that buy and sell back score near 0. Unknown without
+/// volume or liquidity.
+pub fn impact(p: Option<f64>, v: Option<f64>, liquidity: Option<f64>) -> Option<f64> {
+    let (p, v, l) = (p?, v?, liquidity?);
+    (v > 0.0 && l > 0.0)
+        .then(|| lr(p).abs() / (v / l))
+        .filter(|x| x.is_finite())
+}
+
 /// Buy pressure with a Beta(prior, prior) prior: `(B + prior)/(B + S + 2·prior)`.
 pub fn buy_pressure(buys: u64, sells: u64, prior: f64) -> f64 {
     (buys as f64 + prior) / ((buys + sells) as f64 + 2.0 * prior)
@@ -201,6 +217,21 @@ mod tests {
         assert!(close(r5, 4.1201, 5e-5), "{r5}");
         assert!(close(r60, 1.8765, 5e-5), "{r60}");
         assert!(close(buy_pressure(410, 260, 5.0), 415.0 / 680.0, 1e-12));
+    }
+
+    #[test]
+    fn impact_is_near_four_for_one_sided_flow_and_near_zero_for_self_trades() {
+        // Buying $10k in a $1M constant-product pool (y = $500k) moves the price by
+        // (1 + 10k/500k)^2 − 1 = 4.04 %.
+        let one_sided = impact(Some(4.04), Some(10_000.0), Some(1_000_000.0)).unwrap();
+        assert!(close(one_sided, 3.96, 0.01), "{one_sided}");
+        // $60k of buys and sell-backs, one $2k leg still out: +0.8 %.
+        let wash = impact(Some(0.8), Some(60_000.0), Some(1_000_000.0)).unwrap();
+        assert!(wash < 0.2, "{wash}");
+        assert_eq!(impact(Some(1.0), Some(0.0), Some(1.0)), None);
+        assert_eq!(impact(Some(1.0), Some(1.0), None), None);
+        let s = price_segments([Some(-1.0), Some(-5.0), Some(2.0), None], None);
+        assert_eq!((cascade(&s), cascade_down(&s)), (1, 2));
     }
 
     #[test]

@@ -30,6 +30,11 @@ pub struct Features {
     pub r60: Option<f64>,
     pub r6h: Option<f64>,
     pub cascade: u32,
+    /// The falling segments (`momentum_down`'s cascade).
+    pub cascade_down: u32,
+    /// Price impact per unit of turnover on m5 and h1 (`features::impact`).
+    pub impact_m5: Option<f64>,
+    pub impact_h1: Option<f64>,
     pub bp_m5: Option<f64>,
     pub bp_h1: Option<f64>,
     pub lvr: Option<f64>,
@@ -41,7 +46,8 @@ pub struct Features {
     /// Pool depth now: K for constant-product pools, USD liquidity otherwise.
     pub depth: Option<f64>,
     pub lp_removed: Option<f64>,
-    /// `lp_removed` came from USD liquidity, not the pool invariant.
+    /// `lp_removed` came from USD liquidity (adjusted for the price move), not the pool
+    /// invariant: it never raises a rug warning.
     pub liq_usd_proxy: bool,
     pub dd30: Option<f64>,
     pub fdv: Option<f64>,
@@ -130,7 +136,18 @@ pub fn risk(f: &Features, cfg: &Params) -> (RiskFlags, u32) {
         && f.bp_m5.is_some_and(|x| (x - 0.5).abs() < 0.05)
         && f.n_m5().is_some_and(|n| n >= 20);
     let wash_wallets = f.ur_h1.is_some_and(|u| u < 0.10) && f.n_h1().is_some_and(|n| n >= 100);
-    if wash_turnover || wash_flat_surge || wash_wallets {
+    // Volume that moved no price: on the window that makes the surge, the price impact per
+    // unit of turnover is small and the counts are balanced. A poll between a wash buy and
+    // its sell-back shows the price a few percent off, but against the window's turnover that
+    // is still little.
+    let (by_m5, by_h1) = surge_paths(f, cfg);
+    let no_impact = |impact: Option<f64>, bp: Option<f64>| {
+        impact.is_some_and(|i| i < r.wash_max_impact)
+            && bp.is_some_and(|bp| (bp - 0.5).abs() < r.wash_balance)
+    };
+    let wash_impact =
+        (by_m5 && no_impact(f.impact_m5, f.bp_m5)) || (by_h1 && no_impact(f.impact_h1, f.bp_h1));
+    if wash_turnover || wash_flat_surge || wash_wallets || wash_impact {
         flags.set(RiskFlags::WASH_SUSPECTED);
         p += r.wash_penalty;
     }
@@ -203,23 +220,51 @@ fn le(x: Option<f64>, t: f64) -> bool {
     x.is_some_and(|x| x <= t)
 }
 
-/// The direction a volume surge takes from price and flow.
+/// Which windows make a surge: m5 (R5 or the volume z-score) and h1 (R60, which needs current
+/// activity as well: R5 at least `r60_min_r5`). Each needs its absolute volume and a broad rise
+/// in the trade count.
+pub fn surge_paths(f: &Features, cfg: &Params) -> (bool, bool) {
+    let v = &cfg.volume_surge;
+    let broad_m5 = ge(f.count_z_m5, v.min_count_z);
+    let broad_h1 = ge(f.count_z_h1, v.min_count_z);
+    let m5 = (ge(f.r5, v.enter_r5) && ge(f.vol[0], v.min_volume_m5_usd) && broad_m5)
+        || (ge(f.z_vol, v.z_threshold) && ge(f.vol[0], v.min_volume_m5_usd) && broad_m5);
+    let h1 = ge(f.r60, v.enter_r60)
+        && ge(f.vol[1], v.min_volume_h1_usd)
+        && broad_h1
+        && ge(f.r5, v.r60_min_r5);
+    (m5, h1)
+}
+
+/// The direction a volume surge takes from price and flow, on the window that triggered it
+/// (m5 when the m5 path holds, else h1).
 pub fn surge_direction(f: &Features, cfg: &Params) -> Direction {
-    let d = cfg.volume_surge.direction_pc_m5;
-    match (f.pc[0], f.bp_m5) {
+    let v = &cfg.volume_surge;
+    let (by_m5, _) = surge_paths(f, cfg);
+    let (p, bp, d) = if by_m5 {
+        (f.pc[0], f.bp_m5, v.direction_pc_m5)
+    } else {
+        (f.pc[1], f.bp_h1, v.direction_pc_h1)
+    };
+    match (p, bp) {
         (Some(p), Some(bp)) if p > d && bp >= 0.5 => Direction::Bullish,
         (Some(p), Some(bp)) if p < -d && bp < 0.5 => Direction::Bearish,
         _ => Direction::Neutral,
     }
 }
 
+/// The price change of the window that triggered a surge: what a direction flip must move.
+pub fn surge_move(f: &Features, cfg: &Params) -> Option<f64> {
+    if surge_paths(f, cfg).0 {
+        f.pc[0]
+    } else {
+        f.pc[1]
+    }
+}
+
 fn surging(f: &Features, cfg: &Params) -> bool {
-    let v = &cfg.volume_surge;
-    let broad_m5 = ge(f.count_z_m5, v.min_count_z);
-    let broad_h1 = ge(f.count_z_h1, v.min_count_z);
-    (ge(f.r5, v.enter_r5) && ge(f.vol[0], v.min_volume_m5_usd) && broad_m5)
-        || (ge(f.r60, v.enter_r60) && ge(f.vol[1], v.min_volume_h1_usd) && broad_h1)
-        || (ge(f.z_vol, v.z_threshold) && ge(f.vol[0], v.min_volume_m5_usd) && broad_m5)
+    let (m5, h1) = surge_paths(f, cfg);
+    m5 || h1
 }
 
 /// The entry condition of the state-machine kinds (liquidity kinds and `new_pair` are decided
@@ -299,10 +344,13 @@ pub fn exit(kind: Kind, f: &Features, cfg: &Params) -> bool {
             f.pc[1].is_some_and(|p| p > -m.exit_pc_h1) || ge(f.pc[0], -m.exit_pc_m5)
         }
         Kind::VolumeSurge => {
-            let x = cfg.volume_surge.exit_ratio;
+            // Over when the volume is back near its baseline on both windows, or when the
+            // current activity is (an hour's volume can hold a burst long after it ended).
+            let v = &cfg.volume_surge;
+            let x = v.exit_ratio;
             (f.r5.is_some() || f.r60.is_some())
                 && f.r5.is_none_or(|r| r < x)
-                && f.r60.is_none_or(|r| r < x)
+                && (f.r60.is_none_or(|r| r < x) || f.r5.is_some_and(|r| r < v.r60_min_r5))
         }
         Kind::BuyPressure => f.bp_h1.is_some_and(|bp| bp < cfg.buy_pressure.exit_bp_h1),
         Kind::SellPressure => f
@@ -321,10 +369,16 @@ pub fn excess(kind: Kind, f: &Features, cfg: &Params, consecutive: u32) -> f64 {
     let b = &cfg.buy_pressure;
     let e = match kind {
         Kind::MomentumUp | Kind::MomentumDown => {
+            // The cascade counts the segments that move the episode's way.
+            let cascade = if kind == Kind::MomentumDown {
+                f.cascade_down
+            } else {
+                f.cascade
+            };
             0.40 * ramp_from(abs(f.pc[1]), m.enter_pc_h1, 60.0)
                 + 0.25 * ramp_from(abs(f.pc[0]), m.enter_pc_m5, 15.0)
                 + 0.20 * f.r60.map_or(0.0, |r| ramp(r, 1.0, 3.0))
-                + 0.15 * (f64::from(f.cascade) - 1.0).max(0.0) / 2.0
+                + 0.15 * (f64::from(cascade) - 1.0).max(0.0) / 2.0
         }
         Kind::VolumeSurge => {
             let v = &cfg.volume_surge;
@@ -499,8 +553,9 @@ pub fn reasons(kind: Kind, dir: Direction, f: &Features, cfg: &Params) -> Vec<St
                     v.min_volume_m5_usd
                 ));
             }
-            if ge(f.r60, v.enter_r60) && ge(f.vol[1], v.min_volume_h1_usd) {
+            if surge_paths(f, cfg).1 {
                 out.push(format!("R60 {} >= {:.2}", num(f.r60, 2), v.enter_r60));
+                out.push(format!("R5 {} >= {:.2}", num(f.r5, 2), v.r60_min_r5));
                 out.push(format!(
                     "V_h1 {} >= {:.0}",
                     num(f.vol[1], 0),
@@ -510,11 +565,19 @@ pub fn reasons(kind: Kind, dir: Direction, f: &Features, cfg: &Params) -> Vec<St
             if ge(f.z_vol, v.z_threshold) && ge(f.vol[0], v.min_volume_m5_usd) {
                 out.push(format!("z_vol {} >= {:.2}", num(f.z_vol, 2), v.z_threshold));
             }
-            out.push(format!(
-                "P_m5 {} with BP_m5 {}",
-                pct(f.pc[0]),
-                num(f.bp_m5, 2)
-            ));
+            if surge_paths(f, cfg).0 {
+                out.push(format!(
+                    "P_m5 {} with BP_m5 {}",
+                    pct(f.pc[0]),
+                    num(f.bp_m5, 2)
+                ));
+            } else {
+                out.push(format!(
+                    "P_h1 {} with BP_h1 {}",
+                    pct(f.pc[1]),
+                    num(f.bp_h1, 2)
+                ));
+            }
             if dir == Direction::Neutral {
                 out.push("no clear direction: price flat or flow balanced".to_string());
             }
@@ -559,7 +622,7 @@ pub fn reasons(kind: Kind, dir: Direction, f: &Features, cfg: &Params) -> Vec<St
         Kind::LiquidityDrain | Kind::RugWarning => {
             if let Some(x) = f.lp_removed {
                 let what = if f.liq_usd_proxy {
-                    "USD liquidity"
+                    "USD liquidity (adjusted for the price move; no pool invariant)"
                 } else {
                     "pool invariant K"
                 };
@@ -635,5 +698,23 @@ mod tests {
         let at_entry = params(|r| r.liquidity.drain_enter = 0.5);
         assert_eq!(excess(Kind::LiquidityDrain, &f, &at_entry, 0), 0.0);
         assert!(excess(Kind::LiquidityDrain, &f, &Params::default(), 0) > 0.0);
+    }
+
+    #[test]
+    fn momentum_down_counts_the_falling_segments() {
+        let f = Features {
+            pc: [Some(-5.0), Some(-20.0), Some(-30.0), None],
+            cascade: 0,
+            cascade_down: 3,
+            ..Features::default()
+        };
+        let rising = Features {
+            cascade: 3,
+            cascade_down: 0,
+            ..f
+        };
+        let p = Params::default();
+        assert!(excess(Kind::MomentumDown, &f, &p, 0) > excess(Kind::MomentumDown, &rising, &p, 0));
+        assert!(excess(Kind::MomentumUp, &rising, &p, 0) > excess(Kind::MomentumUp, &f, &p, 0));
     }
 }

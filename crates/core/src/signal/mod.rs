@@ -28,7 +28,9 @@ use crate::model::{
 };
 pub use params::{Params, RawParams};
 
-use features::{buy_pressure, cascade, count_z, price_segments, volume_ratio, EwStats};
+use features::{
+    buy_pressure, cascade, cascade_down, count_z, impact, price_segments, volume_ratio, EwStats,
+};
 use kinds::{Features, RiskFlags};
 
 const MIN_MS: f64 = 60_000.0;
@@ -82,6 +84,13 @@ struct KindState {
     exit_since_ms: Option<i64>,
     cooldown_until_ms: i64,
     closed_score: u8,
+    /// `volume_surge`: a flip toward bullish waiting for its confirmation.
+    flip_n: u32,
+    flip_first_ms: i64,
+    flip_last_ms: i64,
+    /// `volume_surge`: suspected wash was seen during the surge; until then no surge of this
+    /// pair is emitted (the flag holds for the whole episode, and a while after).
+    wash_until_ms: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -101,8 +110,9 @@ struct PairState {
     first_age_min: Option<f64>,
     new_pair_done: bool,
     ew: EwStats,
-    /// (t, pool depth): K for constant-product pools, USD liquidity otherwise.
-    depth_hist: VecDeque<(i64, f64)>,
+    /// (t, pool depth, price): K for constant-product pools, USD liquidity otherwise (with
+    /// the price it was seen at, to adjust it for the price move).
+    depth_hist: VecDeque<(i64, f64, Option<f64>)>,
     depth_is_usd: bool,
     liq_hist: VecDeque<(i64, f64)>,
     /// (t, price) of fresh observations that qualify as a pump high.
@@ -454,15 +464,33 @@ fn compute_features(snap: &Snapshot, st: &mut PairState, cfg: &Params) -> Featur
         _ => liquidity.map(|l| (l, true)),
     };
     let depth = k.map(|(d, _)| d);
+    let price_now = snap.price_usd.as_ref().map(|p| p.value);
     let (lp_removed, liq_usd_proxy) = match k {
         Some((depth, usd)) => {
             if usd != st.depth_is_usd {
                 st.depth_hist.clear();
                 st.depth_is_usd = usd;
             }
-            st.depth_hist.push_back((t, depth));
-            prune(&mut st.depth_hist, t - lookback);
-            let reference = st.depth_hist.iter().map(|(_, d)| *d).fold(0.0, f64::max);
+            st.depth_hist.push_back((t, depth, price_now));
+            while st
+                .depth_hist
+                .front()
+                .is_some_and(|(at, _, _)| *at < t - lookback)
+            {
+                st.depth_hist.pop_front();
+            }
+            // The reference: the deepest the pool was in the lookback. USD liquidity moves with
+            // the price even when no LP leaves (half a constant-product pool is the base token,
+            // revalued), so there each past depth is moved to today's price first:
+            // `L_i · sqrt(p / p_i)`.
+            let reference = st
+                .depth_hist
+                .iter()
+                .map(|(_, d, p)| match (usd, p, price_now) {
+                    (true, Some(then), Some(now)) if *then > 0.0 => d * (now / then).sqrt(),
+                    _ => *d,
+                })
+                .fold(0.0, f64::max);
             let removed = if reference > 0.0 {
                 (1.0 - depth / reference).max(0.0)
             } else {
@@ -530,6 +558,9 @@ fn compute_features(snap: &Snapshot, st: &mut PairState, cfg: &Params) -> Featur
         r60: volume_ratio(1, vol[1], vol[2], age_min, floor),
         r6h: volume_ratio(2, vol[2], vol[3], age_min, floor),
         cascade: cascade(&seg),
+        cascade_down: cascade_down(&seg),
+        impact_m5: impact(pc[0], vol[0], liquidity),
+        impact_h1: impact(pc[1], vol[1], liquidity),
         bp_m5: tx_m5.map(|x| buy_pressure(x.buys, x.sells, prior)),
         bp_h1: tx_h1.map(|x| buy_pressure(x.buys, x.sells, prior)),
         lvr,
@@ -649,7 +680,9 @@ fn step(st: &mut PairState, f: &Features, cfg: &Params, emits: &mut Vec<Emit>) {
                     && f.liquidity_ref.is_some_and(|x| x >= l.rug_abs_ref_usd);
                 let by_crash = f.pc[0].is_some_and(|p| p <= l.rug_crash_pc_m5)
                     && f.lp_removed.is_some_and(|x| x >= l.rug_crash_lp_removed);
+                // Never from the USD proxy alone: USD liquidity also falls with the price.
                 let ok = !rug_quiet
+                    && !f.liq_usd_proxy
                     && f.liquidity.is_some()
                     && f.liquidity_ref
                         .is_some_and(|x| x >= cfg.gates.min_liquidity_ref_usd_bearish)
@@ -689,17 +722,60 @@ fn step(st: &mut PairState, f: &Features, cfg: &Params, emits: &mut Vec<Emit>) {
         } else {
             0
         };
+        let surge = kind == Kind::VolumeSurge;
+        if surge
+            && flags.has(RiskFlags::WASH_SUSPECTED)
+            && (entered.is_some() || ks.active.is_some())
+        {
+            ks.wash_until_ms = ks.wash_until_ms.max(t + cfg.ms.cooldown);
+        }
+        let wash = surge && t < ks.wash_until_ms;
         let scored = |dir: Direction, consecutive: u32| {
-            kinds::score(kind, dir, f, cfg, consecutive, flags, penalty)
+            let (mut score, e, q, mut p) =
+                kinds::score(kind, dir, f, cfg, consecutive, flags, penalty);
+            if wash {
+                // A wash surge has no direction to trade: whatever its direction, it stays
+                // below the emit threshold (bearish ones pay the wash penalty as well).
+                if dir == Direction::Bearish {
+                    p += cfg.risk.wash_penalty;
+                }
+                score = score.min(fsm.min_emit_score.saturating_sub(1));
+            }
+            (score, e, q, p)
         };
 
         if let Some(ep) = ks.active {
+            if wash {
+                emits.push(close(ks, ep, kind, t, CloseReason::WashSuspected, cfg));
+                continue;
+            }
             // A surge that changes direction (a pump turning into a dump) is a new episode.
-            // Only a decisive move flips: ±1 % wobbles of a long surge are not a new episode.
-            let decisive = f.pc[0].is_some_and(|p| p.abs() >= cfg.volume_surge.flip_pc_m5);
-            if let Some(dir) = entered.filter(|d| {
-                kind == Kind::VolumeSurge && *d != ep.dir && *d != Direction::Neutral && decisive
-            }) {
+            // Only a decisive move on the window that triggered it flips: ±1 % wobbles of a
+            // long surge are not a new episode. A flip toward bearish comes at once (a dump
+            // must not wait); toward bullish it needs the ordinary confirmation.
+            let decisive =
+                kinds::surge_move(f, cfg).is_some_and(|p| p.abs() >= cfg.volume_surge.flip_pc_m5);
+            let flip_to =
+                entered.filter(|d| surge && *d != ep.dir && *d != Direction::Neutral && decisive);
+            let flip_now = match flip_to {
+                Some(Direction::Bullish) => {
+                    if ks.flip_n == 0 || t - ks.flip_last_ms > pending_timeout {
+                        ks.flip_n = 0;
+                        ks.flip_first_ms = t;
+                    }
+                    ks.flip_n += 1;
+                    ks.flip_last_ms = t;
+                    ks.flip_n >= confirm_n
+                        && (confirm_n <= 1 || t - ks.flip_first_ms >= confirm_span)
+                }
+                Some(_) => true,
+                None => {
+                    ks.flip_n = 0;
+                    false
+                }
+            };
+            if let Some(dir) = flip_to.filter(|_| flip_now) {
+                ks.flip_n = 0;
                 emits.push(close(ks, ep, kind, t, CloseReason::FamilyFlip, cfg));
                 ks.cooldown_until_ms = t;
                 let (score, e, q, p) = scored(dir, ks.consecutive);
@@ -892,6 +968,9 @@ fn build(e: &Emit, snap: &Snapshot, f: &Features, cfg: &Params, params_hash: &st
     if e.kind == Kind::VolumeSurge && e.dir == Direction::Neutral {
         flags.set(RiskFlags::FLAT_HIGH_VOLUME);
     }
+    if e.close_reason == Some(CloseReason::WashSuspected) {
+        flags.set(RiskFlags::WASH_SUSPECTED);
+    }
     let severity = if e.kind == Kind::RugWarning {
         Severity::Critical
     } else {
@@ -905,6 +984,9 @@ fn build(e: &Emit, snap: &Snapshot, f: &Features, cfg: &Params, params_hash: &st
             ),
             Some(CloseReason::Superseded) => "superseded by the opposite signal".to_string(),
             Some(CloseReason::FamilyFlip) => "volume surge changed direction".to_string(),
+            Some(CloseReason::WashSuspected) => {
+                "suspected wash trading: volume that moves no price".to_string()
+            }
             _ => "exit condition held".to_string(),
         }],
         _ => kinds::reasons(e.kind, e.dir, f, cfg),

@@ -99,6 +99,12 @@ pub struct RawVolumeSurge {
     /// rest of h1 for the R5 and z paths, N_h1 against the rest of h6 for R60), so that two
     /// whale trades in a quiet pool are not a surge.
     pub min_count_z: f64,
+    /// The R60 path needs current activity too: R5 at least this, so that an hour-old burst
+    /// still inside V_h1 opens nothing. An open surge also exits once R5 falls below it.
+    pub r60_min_r5: f64,
+    /// `P_h1` beyond which a surge that the hour's volume triggered (the R60 path) has a
+    /// direction: its direction comes from the window that triggered it.
+    pub direction_pc_h1: f64,
 }
 
 impl Default for RawVolumeSurge {
@@ -117,6 +123,8 @@ impl Default for RawVolumeSurge {
             direction_pc_m5: 1.0,
             flip_pc_m5: 3.0,
             min_count_z: 3.5,
+            r60_min_r5: 1.0,
+            direction_pc_h1: 3.0,
         }
     }
 }
@@ -228,6 +236,12 @@ pub struct RawRisk {
     /// one arbitrage correction in a deep pool already moves the price 0.5 %.
     pub wash_max_abs_pc_m5: f64,
     pub wash_penalty: u32,
+    /// Price impact per unit of turnover, `|ln(1 + P_w)| / (V_w / L)`, on the window that
+    /// triggered a surge: below this, with balanced counts, the volume moved no price and is
+    /// suspected wash. One-sided flow in a constant-product pool scores about 4.
+    pub wash_max_impact: f64,
+    /// "Balanced counts": `|BP_w − 0.5|` below this.
+    pub wash_balance: f64,
     pub few_wallets_ratio: f64,
     pub few_wallets_penalty: u32,
     pub lvr_extreme: f64,
@@ -247,11 +261,13 @@ impl Default for RawRisk {
         RawRisk {
             sell_side_absent_min_buys_h1: 30,
             sell_side_absent_penalty: 30,
-            sell_side_absent_cap: 40,
+            sell_side_absent_cap: 39,
             wash_lvr: 20.0,
             wash_max_abs_pc_h24: 5.0,
             wash_max_abs_pc_m5: 1.0,
             wash_penalty: 20,
+            wash_max_impact: 0.5,
+            wash_balance: 0.10,
             few_wallets_ratio: 0.15,
             few_wallets_penalty: 15,
             lvr_extreme: 20.0,
@@ -364,6 +380,8 @@ pub struct VolumeSurge {
     pub direction_pc_m5: f64,
     pub flip_pc_m5: f64,
     pub min_count_z: f64,
+    pub r60_min_r5: f64,
+    pub direction_pc_h1: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -413,6 +431,8 @@ pub struct Risk {
     pub wash_max_abs_pc_h24: f64,
     pub wash_max_abs_pc_m5: f64,
     pub wash_penalty: u32,
+    pub wash_max_impact: f64,
+    pub wash_balance: f64,
     pub few_wallets_ratio: f64,
     pub few_wallets_penalty: u32,
     pub lvr_extreme: f64,
@@ -605,6 +625,13 @@ impl Params {
                 100.0,
             )?,
             min_count_z: in_range("volume_surge.min_count_z", v.min_count_z, 0.0, 100.0)?,
+            r60_min_r5: in_range("volume_surge.r60_min_r5", v.r60_min_r5, 0.0, enter_r5)?,
+            direction_pc_h1: in_range(
+                "volume_surge.direction_pc_h1",
+                v.direction_pc_h1,
+                0.0,
+                1_000.0,
+            )?,
         };
 
         let b = &raw.buy_pressure;
@@ -719,6 +746,8 @@ impl Params {
                 1e6,
             )?,
             wash_penalty: r.wash_penalty,
+            wash_max_impact: in_range("risk.wash_max_impact", r.wash_max_impact, 0.0, 1e6)?,
+            wash_balance: in_range("risk.wash_balance", r.wash_balance, 0.0, 0.5)?,
             few_wallets_ratio: in_range("risk.few_wallets_ratio", r.few_wallets_ratio, 0.0, 1.0)?,
             few_wallets_penalty: r.few_wallets_penalty,
             lvr_extreme: in_range("risk.lvr_extreme", r.lvr_extreme, lvr_elevated, 1e9)?,
@@ -788,6 +817,17 @@ impl Params {
             .map(|_| f.min_emit_score)?,
             forget_idle: hours("fsm.forget_idle_hours", f.forget_idle_hours, 1.0, 8760.0)?,
         };
+        if risk.sell_side_absent_cap >= fsm.min_emit_score && fsm.min_emit_score > 0 {
+            // A capped event must not be emitted: the cap is what keeps a honeypot quiet.
+            return Err(FieldError::new(
+                "risk.sell_side_absent_cap",
+                format!(
+                    "must be below fsm.min_emit_score ({}), or capped events are still emitted",
+                    fsm.min_emit_score
+                ),
+                r.sell_side_absent_cap,
+            ));
+        }
 
         let fr = &raw.freshness;
         let freshness = Freshness {
@@ -916,6 +956,21 @@ mod tests {
         );
         check(|r| r.liquidity.rug_enter = 0.1, Some("liquidity.rug_enter"));
         check(|r| r.fsm.min_emit_score = 101, Some("fsm.min_emit_score"));
+        check(
+            |r| r.risk.sell_side_absent_cap = 40,
+            Some("risk.sell_side_absent_cap"),
+        );
+        check(
+            |r| {
+                r.risk.sell_side_absent_cap = 45;
+                r.fsm.min_emit_score = 50;
+            },
+            None,
+        );
+        check(
+            |r| r.volume_surge.r60_min_r5 = 5.0,
+            Some("volume_surge.r60_min_r5"),
+        );
     }
 
     #[test]

@@ -48,10 +48,15 @@ pub enum Scenario {
     Irregular,
     Outlier,
     NewPair,
+    ClmmSellOff,
+    ClmmWithdrawal,
+    OldBurst,
+    SameToken,
+    Crowd,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 16] = [
         Scenario::Noise,
         Scenario::Breakout,
         Scenario::PumpDump,
@@ -63,6 +68,11 @@ impl Scenario {
         Scenario::Irregular,
         Scenario::Outlier,
         Scenario::NewPair,
+        Scenario::ClmmSellOff,
+        Scenario::ClmmWithdrawal,
+        Scenario::OldBurst,
+        Scenario::SameToken,
+        Scenario::Crowd,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,6 +88,11 @@ impl Scenario {
             Scenario::Irregular => "irregular",
             Scenario::Outlier => "outlier",
             Scenario::NewPair => "new_pair",
+            Scenario::ClmmSellOff => "clmm_selloff",
+            Scenario::ClmmWithdrawal => "clmm_withdrawal",
+            Scenario::OldBurst => "old_burst",
+            Scenario::SameToken => "same_token",
+            Scenario::Crowd => "crowd",
         }
     }
 
@@ -96,7 +111,9 @@ impl Scenario {
         Scenario::ALL.into_iter().find(|s| {
             address
                 .strip_prefix(&s.address_prefix())
-                .is_some_and(|rest| rest.len() == 2 && rest.bytes().all(|b| b.is_ascii_digit()))
+                .is_some_and(|rest| {
+                    (2..=3).contains(&rest.len()) && rest.bytes().all(|b| b.is_ascii_digit())
+                })
         })
     }
 }
@@ -202,6 +219,8 @@ pub struct SimOptions {
     pub hours: f64,
     /// Pairs of the `noise` scenario.
     pub noise_pairs: usize,
+    /// Pairs of the `crowd` scenario (all breaking out at once).
+    pub crowd_pairs: usize,
     /// Regular poll interval and its jitter.
     pub poll_ms: i64,
     pub jitter_ms: i64,
@@ -215,6 +234,7 @@ impl Default for SimOptions {
             start_ms: DEFAULT_START_MS,
             hours: 8.0,
             noise_pairs: 10,
+            crowd_pairs: 20,
             poll_ms: 30_000,
             jitter_ms: 5_000,
             tick_ms: 10_000,
@@ -231,7 +251,10 @@ enum Effect {
     SellBoost { rate: f64, size: f64 },
     /// A scripted trader moves the price to `target` × the price at the start, linearly.
     DriveTo { target: f64 },
-    /// Balanced self-trades adding `mult` × the organic volume; no price effect but fees.
+    /// Self-trades adding about `mult` × the organic volume, interleaved with the organic
+    /// flow: a wash trader buys and sells the same tokens back 15 s to 3 min later, so a poll
+    /// often lands between the legs and sees the price a few percent off while the counts
+    /// stay balanced.
     Wash { mult: f64 },
     /// Sells fail: only buys arrive.
     NoSells,
@@ -268,6 +291,23 @@ enum Polling {
     },
 }
 
+/// A trade within a simulated minute.
+#[derive(Debug, Clone, Copy)]
+enum Trade {
+    Organic {
+        usd: f64,
+        buy: bool,
+    },
+    /// A wash trader's buy; the sell-back of what it bought follows `delay` ms later.
+    WashBuy {
+        usd: f64,
+        delay: i64,
+    },
+    WashSell {
+        base: f64,
+    },
+}
+
 /// A constant-product pool with its trade history (prefix sums for O(log n) windows).
 struct Pool {
     key: PairKey,
@@ -284,6 +324,12 @@ struct Pool {
     scripts: Vec<Script>,
     rng: ChaCha8Rng,
     clock_ms: i64,
+    /// Concentrated liquidity: the price range of the position (absolute bounds). `x`, `y`
+    /// are then the virtual reserves trades see; the real amounts are reported.
+    range: Option<(f64, f64)>,
+    token_address: String,
+    /// Wash sell-backs still to come: (time, base amount).
+    wash_legs: std::collections::VecDeque<(i64, f64)>,
     /// Trade times; the cumulative sums below are indexed alike.
     trade_ms: Vec<i64>,
     cum_vol: Vec<f64>,
@@ -392,7 +438,9 @@ impl Pool {
                 self.y *= 1.0 - withdraw;
                 self.push_price(t0);
             }
-            // Poisson arrivals within the step.
+            // Poisson arrivals within the step: the organic trades first (their draws do not
+            // depend on the wash below), then the wash cycles, executed in time order.
+            let mut trades: Vec<(i64, Trade)> = Vec::new();
             let total = buy_rate + sell_rate;
             if total > 0.0 {
                 if let Ok(exp) = Exp::new(total / MIN as f64) {
@@ -406,17 +454,60 @@ impl Pool {
                         let buy = self.rng.gen_bool(p_buy);
                         let s = size.map_or(self.size_median, |d| d.sample(&mut self.rng));
                         let usd = s * if buy { buy_size } else { sell_size };
-                        self.swap(t as i64, usd, buy);
-                        if wash > 0.0 {
-                            // A self-trade pair: buy and sell back the same amount. Its size
-                            // does not follow the organic trade's, so that a rare organic whale
-                            // does not become a wash whale too.
-                            let w = self.size_median * wash;
-                            self.swap(t as i64, w, true);
-                            self.swap(t as i64, w, false);
-                        }
+                        trades.push((t as i64, Trade::Organic { usd, buy }));
                     }
                 }
+            }
+            if wash > 0.0 {
+                // As many cycles as organic trades, each of two legs, sized so that the wash
+                // adds `wash` times the organic volume. The size does not follow the organic
+                // trade's, so that a rare organic whale does not become a wash whale too.
+                let mean_organic = self.size_median * 1.377;
+                let leg = wash * mean_organic / 2.0;
+                if let Ok(exp) = Exp::new(self.rate_per_min / MIN as f64) {
+                    let mut t = t0 as f64;
+                    loop {
+                        t += exp.sample(&mut self.rng);
+                        if t >= step_end as f64 {
+                            break;
+                        }
+                        let usd = leg * self.rng.gen_range(0.5..1.5);
+                        let delay = self.rng.gen_range(15_000..180_000);
+                        trades.push((t as i64, Trade::WashBuy { usd, delay }));
+                    }
+                }
+            }
+            while self.wash_legs.front().is_some_and(|(t, _)| *t < step_end) {
+                if let Some((t, base)) = self.wash_legs.pop_front() {
+                    trades.push((t.max(t0), Trade::WashSell { base }));
+                }
+            }
+            trades.sort_by_key(|(t, _)| *t);
+            let mut i = 0;
+            while i < trades.len() {
+                let (t, trade) = trades[i];
+                match trade {
+                    Trade::Organic { usd, buy } => self.swap(t, usd, buy),
+                    Trade::WashBuy { usd, delay } => {
+                        let before = self.x;
+                        self.swap(t, usd, true);
+                        let base = before - self.x;
+                        let back = t + delay;
+                        if back < step_end {
+                            // Later in this step: keep the order by time.
+                            let at = trades[i + 1..].partition_point(|(tt, _)| *tt <= back);
+                            trades.insert(i + 1 + at, (back, Trade::WashSell { base }));
+                        } else {
+                            let at = self.wash_legs.partition_point(|(tt, _)| *tt <= back);
+                            self.wash_legs.insert(at, (back, base));
+                        }
+                    }
+                    Trade::WashSell { base } => {
+                        let usd = base * self.price();
+                        self.swap(t, usd, false);
+                    }
+                }
+                i += 1;
             }
             if let Some((target, from, to)) = drive {
                 let start_price = match self.drive_from {
@@ -469,6 +560,23 @@ impl Pool {
         }
     }
 
+    /// The pool's real token amounts: the reserves of a constant-product pool, or what a
+    /// concentrated position in `[pa, pb]` holds at this price (`L = sqrt(x·y)` of the virtual
+    /// reserves): `x = L(1/√p − 1/√pb)`, `y = L(√p − √pa)`, each clamped at 0 out of range.
+    fn real_reserves(&self) -> (f64, f64) {
+        match self.range {
+            None => (self.x, self.y),
+            Some((pa, pb)) => {
+                let l = (self.x * self.y).sqrt();
+                let sp = self.price().sqrt().clamp(pa.sqrt(), pb.sqrt());
+                (
+                    (l * (1.0 / sp - 1.0 / pb.sqrt())).max(0.0),
+                    (l * (sp - pa.sqrt())).max(0.0),
+                )
+            }
+        }
+    }
+
     fn price_at(&self, t: i64) -> f64 {
         let i = self.prices.partition_point(|(pt, _)| *pt <= t);
         if i == 0 {
@@ -499,13 +607,15 @@ impl Pool {
         let w = [5 * MIN, HOUR, 6 * HOUR, 24 * HOUR].map(|len| self.window(now, len));
         let price = self.price() * price_factor;
         let r2 = |x: f64| (x * 100.0).round() / 100.0;
+        let (base, quote) = self.real_reserves();
+        let label = if self.range.is_some() { "CLMM" } else { "CPMM" };
         json!({
             "chainId": CHAIN,
             "dexId": "simswap",
             "url": format!("https://example.invalid/sim/{}", self.key.address),
             "pairAddress": self.key.address,
-            "labels": ["CPMM"],
-            "baseToken": {"address": format!("{}mint", self.key.address), "name": self.symbol, "symbol": self.symbol},
+            "labels": [label],
+            "baseToken": {"address": self.token_address, "name": self.symbol, "symbol": self.symbol},
             "quoteToken": {"address": USDC, "name": "USD Coin", "symbol": "USDC"},
             "priceNative": format_price(price),
             "priceUsd": format_price(price),
@@ -517,7 +627,7 @@ impl Pool {
             },
             "volume": {"h24": r2(w[3].0), "h6": r2(w[2].0), "h1": r2(w[1].0), "m5": r2(w[0].0)},
             "priceChange": {"m5": r2(w[0].3), "h1": r2(w[1].3), "h6": r2(w[2].3), "h24": r2(w[3].3)},
-            "liquidity": {"usd": r2(self.y * 2.0), "base": r2(self.x), "quote": r2(self.y)},
+            "liquidity": {"usd": r2(quote + base * self.price()), "base": r2(base), "quote": r2(quote)},
             "fdv": (price * self.supply).round(),
             "marketCap": (price * self.supply * 0.8).round(),
             "pairCreatedAt": self.created_ms,
@@ -560,6 +670,10 @@ struct PoolSpec {
     market_seed: u64,
     listed_ms: Option<i64>,
     buy_bias: f64,
+    /// Concentrated liquidity in `[lo, hi]` × the starting price.
+    range: Option<(f64, f64)>,
+    /// The base token's address, when several pools share a token.
+    token: Option<String>,
 }
 
 fn pool(scenario: Scenario, idx: usize, spec: PoolSpec, start: i64) -> Pool {
@@ -568,7 +682,13 @@ fn pool(scenario: Scenario, idx: usize, spec: PoolSpec, start: i64) -> Pool {
     let price0 = 10f64.powf(rng.gen_range(-4.0..0.5));
     // FDV between 5 and 60 times the liquidity, as for most listed pairs.
     let supply = spec.liquidity_usd * rng.gen_range(5.0..60.0) / price0;
-    let y = spec.liquidity_usd / 2.0;
+    // A concentrated position holding `liquidity_usd` of real tokens has deeper virtual
+    // reserves: at the starting price its real value is `2·L·√p0 − L·√p0·(√lo + 1/√hi)`.
+    let depth = match spec.range {
+        Some((lo, hi)) => 2.0 / (2.0 - lo.sqrt() - 1.0 / hi.sqrt()),
+        None => 1.0,
+    };
+    let y = spec.liquidity_usd / 2.0 * depth;
     let x = y / price0;
     let listed = spec.listed_ms.unwrap_or(start - 25 * HOUR);
     let mut p = Pool {
@@ -586,6 +706,9 @@ fn pool(scenario: Scenario, idx: usize, spec: PoolSpec, start: i64) -> Pool {
         scripts: spec.scripts,
         rng,
         clock_ms: listed,
+        range: spec.range.map(|(lo, hi)| (lo * price0, hi * price0)),
+        token_address: spec.token.unwrap_or_else(|| format!("{address}mint")),
+        wash_legs: std::collections::VecDeque::new(),
         trade_ms: Vec::new(),
         cum_vol: Vec::new(),
         cum_buys: Vec::new(),
@@ -616,6 +739,8 @@ fn steady(seed: u64, scripts: Vec<Script>) -> PoolSpec {
         market_seed: seed,
         listed_ms: None,
         buy_bias: 0.0,
+        range: None,
+        token: None,
     }
 }
 
@@ -641,6 +766,8 @@ fn batch(scenario: Scenario, opts: &SimOptions) -> Batch {
                     market_seed: seed(i as u64),
                     listed_ms: None,
                     buy_bias: 0.0,
+                    range: None,
+                    token: None,
                 }
             })
             .collect(),
@@ -679,13 +806,28 @@ fn batch(scenario: Scenario, opts: &SimOptions) -> Batch {
                 },
             )],
         )],
-        Scenario::Wash => vec![PoolSpec {
-            liquidity_usd: 2_000_000.0,
-            ..steady(
-                seed(0),
-                vec![script(90, 150, s, Effect::Wash { mult: 5.0 })],
-            )
-        }],
+        // Wash trading in pools of realistic depth, from $150k to $1.2M, each with its own
+        // market: the wash legs interleave with organic trades from minute 90 to 150.
+        Scenario::Wash => [150_000.0, 300_000.0, 600_000.0, 1_200_000.0]
+            .into_iter()
+            .enumerate()
+            .map(|(i, liquidity_usd)| PoolSpec {
+                liquidity_usd,
+                // Organic trade sizes scale with the pool (a $1M pool trades ~$300 a time).
+                size_median: 300.0 * liquidity_usd / 1_000_000.0,
+                ..steady(
+                    seed(i as u64),
+                    vec![script(
+                        90,
+                        150,
+                        s,
+                        Effect::Wash {
+                            mult: if i % 2 == 0 { 10.0 } else { 6.0 },
+                        },
+                    )],
+                )
+            })
+            .collect(),
         // A honeypot is one from its launch: sells have always failed, buyers keep coming.
         Scenario::Honeypot => vec![PoolSpec {
             liquidity_usd: 400_000.0,
@@ -735,6 +877,79 @@ fn batch(scenario: Scenario, opts: &SimOptions) -> Batch {
             };
             vec![steady(seed(0), Vec::new())]
         }
+        // Concentrated pools (positions in [0.25, 4] × the starting price): a sell-off that
+        // halves the price with no LP change, and an LP that withdraws 80 % at once.
+        Scenario::ClmmSellOff => vec![PoolSpec {
+            liquidity_usd: 500_000.0,
+            range: Some((0.25, 4.0)),
+            ..steady(
+                seed(0),
+                vec![script(90, 95, s, Effect::DriveTo { target: 0.5 })],
+            )
+        }],
+        Scenario::ClmmWithdrawal => vec![PoolSpec {
+            liquidity_usd: 500_000.0,
+            range: Some((0.25, 4.0)),
+            ..steady(
+                seed(0),
+                vec![script(90, 91, s, Effect::Withdraw { fraction: 0.8 })],
+            )
+        }],
+        // A buying burst for 20 minutes, then calm; at minute 140, when the hour's volume
+        // still holds the burst but the activity is long over, a small sale moves the price 5 %.
+        Scenario::OldBurst => vec![steady(
+            seed(0),
+            vec![
+                script(
+                    90,
+                    110,
+                    s,
+                    Effect::BuyBoost {
+                        rate: 4.0,
+                        size: 2.0,
+                    },
+                ),
+                script(140, 143, s, Effect::DriveTo { target: 0.95 }),
+            ],
+        )],
+        // One token in two pools ($1M and $300k), the same breakout in both.
+        Scenario::SameToken => [1_000_000.0, 300_000.0]
+            .into_iter()
+            .enumerate()
+            .map(|(i, liquidity_usd)| PoolSpec {
+                liquidity_usd,
+                token: Some(format!("{}mint", scenario.address_prefix())),
+                ..steady(
+                    seed(i as u64),
+                    vec![script(
+                        90,
+                        120,
+                        s,
+                        Effect::BuyBoost {
+                            rate: 4.0,
+                            size: 2.0,
+                        },
+                    )],
+                )
+            })
+            .collect(),
+        // Many pairs breaking out in the same minutes.
+        Scenario::Crowd => (0..opts.crowd_pairs)
+            .map(|i| {
+                steady(
+                    seed(i as u64),
+                    vec![script(
+                        90,
+                        120,
+                        s,
+                        Effect::BuyBoost {
+                            rate: 4.0,
+                            size: 2.0,
+                        },
+                    )],
+                )
+            })
+            .collect(),
         Scenario::NewPair => vec![PoolSpec {
             liquidity_usd: 80_000.0,
             rate_per_min: 4.0,
@@ -744,6 +959,8 @@ fn batch(scenario: Scenario, opts: &SimOptions) -> Batch {
             market_seed: seed(0),
             listed_ms: Some(s + 30 * MIN),
             buy_bias: 0.0,
+            range: None,
+            token: None,
         }],
     };
     let pools = specs
@@ -809,6 +1026,7 @@ impl Simulation {
                 // Same market, another address, other polls.
                 let mut p = irregular.pools.remove(0);
                 p.key.address = format!("{}01", sc.address_prefix());
+                p.token_address = format!("{}mint", p.key.address);
                 p.symbol = "IRR1".to_string();
                 irregular.pools.push(p);
                 irregular.polling = Polling::Irregular {
