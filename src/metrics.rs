@@ -16,6 +16,9 @@ pub struct Metrics {
     pub snapshots: Family<Labels, Counter>,
     /// Upstream responses or tape lines that carried no usable data.
     pub source_problems: Counter,
+    /// Openings the engine did not make: `dedupe` (a deeper pool of the token has it),
+    /// `budget` (over `fsm.global_events_per_minute`).
+    pub events_suppressed: Family<Labels, Counter>,
     pub events: Family<Labels, Counter>,
     pub sessions: Gauge,
     pub sessions_opened: Counter,
@@ -73,6 +76,12 @@ impl Metrics {
             "source_problems",
             "Responses or tape lines without usable data",
             source_problems.clone(),
+        );
+        let events_suppressed = Family::<Labels, Counter>::default();
+        registry.register(
+            "events_suppressed",
+            "Events the engine did not emit, by reason: dedupe (another pool of the token is deeper), budget (the global event budget)",
+            events_suppressed.clone(),
         );
         let events = Family::<Labels, Counter>::default();
         registry.register(
@@ -226,6 +235,7 @@ impl Metrics {
             staleness,
             snapshots,
             source_problems,
+            events_suppressed,
             events,
             sessions,
             sessions_opened,
@@ -248,6 +258,14 @@ impl Metrics {
     pub fn snapshots_counter(&self, verdict: &str) -> Counter {
         self.snapshots
             .get_or_create(&vec![("verdict", verdict.to_string())])
+            .clone()
+    }
+
+    /// The counter of events not emitted for a reason (`dedupe`, `budget`). A function, so that
+    /// the family's lock guard ends here: two lookups in one expression would deadlock.
+    pub fn suppressed_counter(&self, reason: &str) -> Counter {
+        self.events_suppressed
+            .get_or_create(&vec![("reason", reason.to_string())])
             .clone()
     }
 

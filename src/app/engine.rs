@@ -26,6 +26,8 @@ struct Counters {
     other_source: Counter,
     events: Vec<[Counter; 3]>,
     problems: Counter,
+    deduped: Counter,
+    dropped: Counter,
 }
 
 const DIRECTIONS: [Direction; 3] = [Direction::Bullish, Direction::Bearish, Direction::Neutral];
@@ -43,6 +45,8 @@ impl Counters {
                 .map(|k| DIRECTIONS.map(|d| m.events_counter(k.as_str(), d.as_str())))
                 .collect(),
             problems: m.source_problems.clone(),
+            deduped: m.suppressed_counter("dedupe"),
+            dropped: m.suppressed_counter("budget"),
         }
     }
 
@@ -76,6 +80,7 @@ pub async fn run(
     let c = Counters::new(&metrics);
     health.set_engine_running(true);
     let mut events = Vec::new();
+    let mut seen = engine.stats();
     loop {
         let input = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -116,6 +121,10 @@ pub async fn run(
                 }
             }
         }
+        let now = engine.stats();
+        c.deduped.inc_by(now.deduped - seen.deduped);
+        c.dropped.inc_by(now.dropped - seen.dropped);
+        seen = now;
         if !events.is_empty() {
             for e in &events {
                 c.event(e.kind, e.direction);

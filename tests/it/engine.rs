@@ -278,12 +278,17 @@ fn lp_withdrawal_is_one_rug_warning_and_no_drain() {
         .observe(&pool(T0, 1e9, 100_000.0, Some(200_000.0)))
         .is_empty());
     let ev = engine.observe(&pool(T0 + MIN, 2e8, 20_000.0, Some(40_000.0)));
-    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev.len(), 2, "{ev:?}");
     assert_eq!(
         (ev[0].kind, ev[0].phase, ev[0].severity),
         (Kind::RugWarning, Phase::Opened, Severity::Critical)
     );
     assert_eq!(ev[0].metrics.lp_removed, Some(0.8));
+    // The pair's stance turns bearish with it, for the rug's quiet.
+    assert_eq!(
+        (ev[1].kind, ev[1].direction, ev[1].score),
+        (Kind::Stance, Direction::Bearish, ev[0].score)
+    );
     // Quiet afterwards: one warning per pair per 24 h, and no drain on the same evidence.
     for i in 2..30 {
         let ev = engine.observe(&pool(T0 + i * MIN, 2e8, 20_000.0, Some(40_000.0)));

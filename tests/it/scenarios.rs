@@ -27,7 +27,10 @@ fn opts() -> SimOptions {
 struct All {
     run: Run,
     steps: Vec<Step>,
+    /// Each scenario's events of the episodic kinds (what its table row is about).
     by_scenario: BTreeMap<Scenario, Vec<SignalEvent>>,
+    /// Each scenario's stance events, apart: they follow the episodes and are tested on their own.
+    stances: BTreeMap<Scenario, Vec<SignalEvent>>,
 }
 
 /// The `all` tape, replayed once for every test in this module.
@@ -39,21 +42,32 @@ fn all() -> &'static All {
         assert!(run.problems.is_empty(), "{:?}", run.problems);
         let (steps, _) = trace(&bytes, Params::default());
         let mut by_scenario: BTreeMap<Scenario, Vec<SignalEvent>> = BTreeMap::new();
+        let mut stances: BTreeMap<Scenario, Vec<SignalEvent>> = BTreeMap::new();
         for e in &run.events {
             let s = Scenario::of_address(&e.pair_address)
                 .unwrap_or_else(|| panic!("event for an unknown pair {}", e.pair_address));
-            by_scenario.entry(s).or_default().push(e.clone());
+            let map = if e.kind == Kind::Stance {
+                &mut stances
+            } else {
+                &mut by_scenario
+            };
+            map.entry(s).or_default().push(e.clone());
         }
         All {
             run,
             steps,
             by_scenario,
+            stances,
         }
     })
 }
 
 fn events(s: Scenario) -> &'static [SignalEvent] {
     all().by_scenario.get(&s).map_or(&[], Vec::as_slice)
+}
+
+fn stances(s: Scenario) -> &'static [SignalEvent] {
+    all().stances.get(&s).map_or(&[], Vec::as_slice)
 }
 
 fn opened(events: &[SignalEvent]) -> Vec<(Kind, Direction)> {
@@ -621,6 +635,176 @@ fn the_events_of_a_tape_are_the_golden_files() {
                 first + 1,
                 want.lines().nth(first).unwrap_or("(end)"),
                 text.lines().nth(first).unwrap_or("(end)")
+            );
+        }
+    }
+}
+
+/// One token in a $1M pool and a $300k pool, the same breakout in both: the deeper pool alone
+/// opens each kind and names the other in `related_pairs`; with deduplication off, both open.
+#[test]
+fn two_pools_of_one_token_give_one_episode_per_kind_on_the_deeper() {
+    let deep = format!("{}00", Scenario::SameToken.address_prefix());
+    let shallow = format!("{}01", Scenario::SameToken.address_prefix());
+    let ev = events(Scenario::SameToken);
+    let on = |ev: &[SignalEvent], pair: &str| -> Vec<(Kind, Direction)> {
+        opened(ev)
+            .into_iter()
+            .zip(ev.iter().filter(|e| e.phase == Phase::Opened))
+            .filter(|(_, e)| e.pair_address == pair)
+            .map(|(o, _)| o)
+            .collect()
+    };
+    let deep_opened = on(ev, &deep);
+    assert!(
+        deep_opened.contains(&(Kind::VolumeSurge, Direction::Bullish)),
+        "{}",
+        describe(ev)
+    );
+    let mut kinds: Vec<Kind> = deep_opened.iter().map(|(k, _)| *k).collect();
+    kinds.dedup();
+    assert_eq!(
+        kinds.len(),
+        deep_opened.len(),
+        "one episode per kind: {}",
+        describe(ev)
+    );
+    assert!(on(ev, &shallow).is_empty(), "{}", describe(ev));
+    for e in ev.iter().filter(|e| e.pair_address == deep) {
+        assert_eq!(
+            e.related_pairs,
+            std::slice::from_ref(&shallow),
+            "{}",
+            describe(ev)
+        );
+    }
+
+    let mut cfg = Params::default();
+    cfg.fsm.dedupe_per_token = false;
+    let bytes = tape(&[Scenario::SameToken], &opts());
+    let both = replay_bytes(&bytes, cfg).events;
+    assert!(
+        on(&both, &shallow).contains(&(Kind::VolumeSurge, Direction::Bullish)),
+        "without deduplication the shallow pool opens too: {}",
+        describe(&both)
+    );
+    let deduped = replay_bytes(&bytes, Params::default()).stats.engine.deduped;
+    assert!(deduped > 0);
+}
+
+/// The most events opened or escalated in any 60 s of event time.
+fn busiest_minute(ev: &[SignalEvent]) -> usize {
+    let mut t: Vec<i64> = ev
+        .iter()
+        .filter(|e| matches!(e.phase, Phase::Opened | Phase::Escalated) && e.kind != Kind::Stance)
+        .map(|e| e.observed_at_ms)
+        .collect();
+    t.sort_unstable();
+    let mut best = 0;
+    let mut lo = 0;
+    for hi in 0..t.len() {
+        while t[hi] - t[lo] >= MIN {
+            lo += 1;
+        }
+        best = best.max(hi - lo + 1);
+    }
+    best
+}
+
+/// 300 pairs break out in the same minutes (their confirmations spread them over a few): a
+/// global budget of 50 a minute (a bucket of 50, refilled at 50 a minute) lets at most 100
+/// openings and escalations out in any minute, drops the rest and counts them, and what it lets
+/// through scores higher on average than everything would have.
+#[test]
+fn three_hundred_simultaneous_breakouts_are_held_to_the_global_budget() {
+    let opts = SimOptions {
+        seed: 3,
+        hours: 2.5,
+        noise_pairs: 0,
+        crowd_pairs: 300,
+        ..SimOptions::default()
+    };
+    let bytes = tape(&[Scenario::Crowd], &opts);
+    let cap = 50;
+    let mut cfg = Params::default();
+    cfg.fsm.global_events_per_minute = cap as f64;
+    let limited = replay_bytes(&bytes, cfg.clone());
+    cfg.fsm.global_events_per_minute = 0.0;
+    let free = replay_bytes(&bytes, cfg);
+
+    assert!(
+        busiest_minute(&free.events) > 2 * cap,
+        "the scenario must exceed the budget to test it: {}",
+        busiest_minute(&free.events)
+    );
+    assert!(busiest_minute(&limited.events) <= 2 * cap);
+    let dropped = limited.stats.engine.dropped;
+    assert!(dropped > 0);
+    assert_eq!(free.stats.engine.dropped, 0);
+    // Every pair still opened its surge, or the budget kept it for a stronger one.
+    let opened = |r: &crate::support::Run| {
+        r.events
+            .iter()
+            .filter(|e| e.phase == Phase::Opened && e.kind != Kind::Stance)
+            .map(|e| f64::from(e.score))
+            .collect::<Vec<_>>()
+    };
+    let (kept, all) = (opened(&limited), opened(&free));
+    assert!(kept.len() < all.len());
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(
+        mean(&kept) > mean(&all),
+        "kept {:.1} vs all {:.1}",
+        mean(&kept),
+        mean(&all)
+    );
+}
+
+/// The stance follows the episodes: a breakout turns the pair bullish and back to neutral
+/// when its episodes close; a pump then dump goes bullish, bearish at the reversal, then
+/// neutral; an LP withdrawal turns it bearish with the rug warning's score.
+#[test]
+fn the_stance_follows_the_open_episodes() {
+    let path = |s: Scenario| -> Vec<Direction> { stances(s).iter().map(|e| e.direction).collect() };
+    use Direction::*;
+    assert_eq!(
+        path(Scenario::Breakout),
+        [Bullish, Neutral],
+        "{}",
+        describe(stances(Scenario::Breakout))
+    );
+    let pump = path(Scenario::PumpDump);
+    assert_eq!(
+        &pump[..3],
+        [Bullish, Bearish, Neutral],
+        "{}",
+        describe(stances(Scenario::PumpDump))
+    );
+    let rug = stances(Scenario::LpWithdrawal);
+    assert_eq!(rug[0].direction, Bearish, "{}", describe(rug));
+    let warning = &events(Scenario::LpWithdrawal)[0];
+    assert_eq!(
+        (rug[0].observed_at_ms, rug[0].score),
+        (warning.observed_at_ms, warning.score)
+    );
+    // A stance change always comes with an episode's opening or closing at the same moment.
+    for s in Scenario::ALL {
+        for st in stances(s) {
+            assert!(
+                events(s)
+                    .iter()
+                    .any(|e| e.observed_at_ms == st.observed_at_ms
+                        && e.pair_address == st.pair_address),
+                "{s:?}: {}",
+                describe(stances(s))
+            );
+        }
+        // Never two stance events in a row with the same direction for a pair.
+        let mut last: BTreeMap<&str, Direction> = BTreeMap::new();
+        for st in stances(s) {
+            assert_ne!(
+                last.insert(&st.pair_address, st.direction),
+                Some(st.direction)
             );
         }
     }

@@ -131,7 +131,9 @@ pub fn events(n: usize, shape: impl Fn(usize, &mut SignalEvent)) -> Vec<SignalEv
         t.liquidity_quote = t.liquidity_quote.map(|q| q * 0.1);
         t.liquidity_usd = t.liquidity_usd.map(|l| l * 0.1);
         let mut ev = engine.observe(&t);
-        assert_eq!(ev.len(), 1);
+        // The rug warning, then the pair's stance turning bearish.
+        assert_eq!(ev.len(), 2);
+        assert_eq!(ev[1].kind, dexpulse::model::Kind::Stance);
         let mut e = ev.remove(0);
         shape(i, &mut e);
         out.push(e);

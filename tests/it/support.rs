@@ -119,7 +119,7 @@ pub fn trace(tape: &[u8], cfg: Params) -> (Vec<Step>, Engine) {
                     if verdict == Verdict::Fresh {
                         if let Some((_, f)) = engine.latest(&snap.key) {
                             let (flags, _) = kinds::risk(f, &cfg);
-                            for k in Kind::ALL {
+                            for k in Kind::EPISODIC {
                                 entered[k.index()] = kinds::enter(k, f, &cfg, flags).is_some();
                             }
                             flag_names = flags.names();

@@ -322,10 +322,26 @@ pub enum Kind {
     LiquidityDrain,
     RugWarning,
     NewPair,
+    /// A pair's stance changed (docs/signals.md, "Stance"): not an episode of its own.
+    Stance,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
+        Kind::MomentumUp,
+        Kind::MomentumDown,
+        Kind::VolumeSurge,
+        Kind::BuyPressure,
+        Kind::SellPressure,
+        Kind::PumpReversal,
+        Kind::LiquidityDrain,
+        Kind::RugWarning,
+        Kind::NewPair,
+        Kind::Stance,
+    ];
+
+    /// The kinds the per-(pair, kind) state machine runs: all but `stance`.
+    pub const EPISODIC: [Kind; 9] = [
         Kind::MomentumUp,
         Kind::MomentumDown,
         Kind::VolumeSurge,
@@ -348,7 +364,22 @@ impl Kind {
             Kind::LiquidityDrain => "liquidity_drain",
             Kind::RugWarning => "rug_warning",
             Kind::NewPair => "new_pair",
+            Kind::Stance => "stance",
         }
+    }
+
+    /// Kinds read from the market's price and flow, which every pool of a token shows alike
+    /// (deduplicated per token); liquidity kinds and `new_pair` belong to one pool.
+    pub fn is_market(self) -> bool {
+        matches!(
+            self,
+            Kind::MomentumUp
+                | Kind::MomentumDown
+                | Kind::VolumeSurge
+                | Kind::BuyPressure
+                | Kind::SellPressure
+                | Kind::PumpReversal
+        )
     }
 
     pub fn parse(s: &str) -> Option<Kind> {

@@ -321,7 +321,7 @@ pub fn enter(kind: Kind, f: &Features, cfg: &Params, flags: RiskFlags) -> Option
                     || ge(f.pc[2], pr.prior_pc_h6)
                     || ge(f.dd30, pr.drawdown))
         }
-        Kind::LiquidityDrain | Kind::RugWarning | Kind::NewPair => false,
+        Kind::LiquidityDrain | Kind::RugWarning | Kind::NewPair | Kind::Stance => false,
     };
     holds.then_some(kind_direction(kind))
 }
@@ -330,7 +330,7 @@ pub fn enter(kind: Kind, f: &Features, cfg: &Params, flags: RiskFlags) -> Option
 pub fn kind_direction(kind: Kind) -> Direction {
     match kind {
         Kind::MomentumUp | Kind::BuyPressure => Direction::Bullish,
-        Kind::VolumeSurge | Kind::NewPair => Direction::Neutral,
+        Kind::VolumeSurge | Kind::NewPair | Kind::Stance => Direction::Neutral,
         _ => Direction::Bearish,
     }
 }
@@ -357,7 +357,7 @@ pub fn exit(kind: Kind, f: &Features, cfg: &Params) -> bool {
             .bp_h1
             .is_some_and(|bp| bp > 1.0 - cfg.buy_pressure.exit_bp_h1),
         Kind::PumpReversal => f.pc[0].is_some_and(|p| p > cfg.pump_reversal.exit_pc_m5),
-        Kind::LiquidityDrain | Kind::RugWarning | Kind::NewPair => false,
+        Kind::LiquidityDrain | Kind::RugWarning | Kind::NewPair | Kind::Stance => false,
     }
 }
 
@@ -462,6 +462,8 @@ pub fn excess(kind: Kind, f: &Features, cfg: &Params, consecutive: u32) -> f64 {
                     })
                 + 0.3 * f.ur_h1.map_or(0.5, |u| u.clamp(0.0, 1.0))
         }
+        // A stance has no threshold to exceed: it carries its episodes' score.
+        Kind::Stance => 0.0,
     };
     e.clamp(0.0, 1.0)
 }
@@ -646,6 +648,8 @@ pub fn reasons(kind: Kind, dir: Direction, f: &Features, cfg: &Params) -> Vec<St
             out.push(format!("liquidity ${}", num(f.liquidity, 0)));
             out.push(format!("N_h1 {}", f.n_h1().unwrap_or(0)));
         }
+        // Built by the engine, which knows the episodes behind it.
+        Kind::Stance => {}
     }
     out
 }

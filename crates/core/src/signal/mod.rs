@@ -60,6 +60,10 @@ pub struct EngineStats {
     pub events: u64,
     /// Pairs whose state was freed after `forget_idle_hours` without any snapshot.
     pub forgotten: u64,
+    /// Openings not made because another pair of the token is deeper (`fsm.dedupe_per_token`).
+    pub deduped: u64,
+    /// Opened and escalated events dropped by the global budget (`fsm.global_events_per_minute`).
+    pub dropped: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -119,6 +123,10 @@ struct PairState {
     highs: VecDeque<(i64, f64)>,
     kinds: [KindState; 9],
     rug_until_ms: i64,
+    rug_score: u8,
+    /// The stance last emitted, and the score it carried.
+    stance: Direction,
+    stance_score: u8,
     /// The latest snapshot of any verdict: a pair still being polled is never forgotten.
     last_seen_ms: i64,
 }
@@ -136,6 +144,95 @@ struct Emit {
     start_ms: i64,
     at_ms: i64,
     close_reason: Option<CloseReason>,
+    /// `stance`: the open kinds behind it.
+    basis: KindSet,
+}
+
+/// One pool of a token, as last seen fresh.
+#[derive(Debug, Clone)]
+struct TokenPair {
+    key: PairKey,
+    liquidity: Option<f64>,
+    last_ms: i64,
+}
+
+/// The global event budget: a token bucket over event time (snapshot times), so that a replay
+/// drops exactly what the live run dropped.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    capacity: f64,
+    per_ms: f64,
+    tokens: f64,
+    last_ms: Option<i64>,
+}
+
+impl Budget {
+    fn new(per_minute: f64) -> Option<Budget> {
+        (per_minute > 0.0).then(|| Budget {
+            capacity: per_minute,
+            per_ms: per_minute / MIN_MS,
+            tokens: per_minute,
+            last_ms: None,
+        })
+    }
+
+    /// Whether an event may go out. Rug warnings always do. Otherwise an event needs one token
+    /// plus a reserve that shrinks with its score: a quarter of the bucket for bearish events,
+    /// half for the others, at the emit threshold; nothing at 100. So when the bucket runs low
+    /// the lowest-priority, lowest-score events are the ones dropped.
+    fn admit(&mut self, t: i64, critical: bool, dir: Direction, score: u8, min_emit: u8) -> bool {
+        if let Some(last) = self.last_ms {
+            let dt = (t - last).max(0) as f64;
+            self.tokens = (self.tokens + dt * self.per_ms).min(self.capacity);
+        }
+        self.last_ms = Some(self.last_ms.map_or(t, |l| l.max(t)));
+        if critical {
+            self.tokens = (self.tokens - 1.0).max(0.0);
+            return true;
+        }
+        let span = f64::from(100u8.saturating_sub(min_emit)).max(1.0);
+        let strength = (f64::from(score.saturating_sub(min_emit)) / span).clamp(0.0, 1.0);
+        let share = if dir == Direction::Bearish { 0.25 } else { 0.5 };
+        let need = 1.0 + share * self.capacity * (1.0 - strength);
+        if self.tokens >= need {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// What `step` may open beyond a pair's own state: whether the pair is its token's deepest
+/// (market kinds), and the global budget.
+struct Gate<'a> {
+    deepest: bool,
+    budget: Option<&'a mut Budget>,
+    min_emit: u8,
+    deduped: u64,
+    dropped: u64,
+}
+
+impl Gate<'_> {
+    fn open_allowed(&mut self, t: i64, kind: Kind, dir: Direction, score: u8) -> bool {
+        if kind.is_market() && !self.deepest {
+            self.deduped += 1;
+            return false;
+        }
+        self.admit(t, kind, dir, score)
+    }
+
+    fn admit(&mut self, t: i64, kind: Kind, dir: Direction, score: u8) -> bool {
+        let Some(b) = self.budget.as_deref_mut() else {
+            return true;
+        };
+        if b.admit(t, kind == Kind::RugWarning, dir, score, self.min_emit) {
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
 }
 
 pub struct Engine {
@@ -144,6 +241,9 @@ pub struct Engine {
     /// Fx, not SipHash: hashing the key was a sixth of `observe`. Deterministic (no random
     /// seed), and nothing depends on its order: `tick` sorts what it emits.
     pairs: FxHashMap<PairKey, PairState>,
+    /// The pools of each base token (by its address), for per-token deduplication.
+    tokens: FxHashMap<String, Vec<TokenPair>>,
+    budget: Option<Budget>,
     forgotten: Vec<PairKey>,
     stats: EngineStats,
 }
@@ -153,10 +253,13 @@ impl Engine {
     /// is replaced by the default rather than panicking.
     pub fn new(cfg: Params) -> Engine {
         let params_hash = cfg.hash().to_string();
+        let budget = Budget::new(cfg.fsm.global_events_per_minute);
         Engine {
             cfg,
             params_hash,
             pairs: FxHashMap::default(),
+            tokens: FxHashMap::default(),
+            budget,
             forgotten: Vec::new(),
             stats: EngineStats::default(),
         }
@@ -181,7 +284,7 @@ impl Engine {
     /// The kinds with an open episode for a pair.
     pub fn open_kinds(&self, key: &PairKey) -> KindSet {
         self.pairs.get(key).map_or_else(KindSet::default, |s| {
-            Kind::ALL
+            Kind::EPISODIC
                 .into_iter()
                 .filter(|k| s.kinds[k.index()].active.is_some())
                 .collect()
@@ -278,21 +381,56 @@ impl Engine {
         if first_sighting {
             st.first_age_min = f.age_min;
         }
-        step(st, &f, cfg, &mut emits);
+        let deepest = if cfg.fsm.dedupe_per_token {
+            note_token(
+                &mut self.tokens,
+                snap,
+                f.liquidity,
+                t,
+                cfg.ms.data_gap_close,
+            )
+        } else {
+            true
+        };
+        let mut gate = Gate {
+            deepest,
+            budget: self.budget.as_mut(),
+            min_emit: cfg.fsm.min_emit_score,
+            deduped: 0,
+            dropped: 0,
+        };
+        step(st, &f, cfg, &mut emits, &mut gate);
+        self.stats.deduped += gate.deduped;
+        self.stats.dropped += gate.dropped;
+        if let Some(e) = stance_change(st, t, cfg) {
+            emits.push(e);
+        }
 
         // Time-out closes report the previous snapshot; build them before it is replaced.
         let n_before = out.len();
+        let related = if emits.is_empty() || !cfg.fsm.dedupe_per_token {
+            Vec::new()
+        } else {
+            related_pairs(&self.tokens, snap, t, cfg.ms.data_gap_close)
+        };
         for e in emits
             .iter()
             .filter(|e| e.close_reason == Some(CloseReason::DataGap))
         {
-            out.push(build(e, &st.last, &st.feats, cfg, &self.params_hash));
+            out.push(build(
+                e,
+                &st.last,
+                &st.feats,
+                cfg,
+                &self.params_hash,
+                &related,
+            ));
         }
         for e in emits
             .iter()
             .filter(|e| e.close_reason != Some(CloseReason::DataGap))
         {
-            out.push(build(e, snap, &f, cfg, &self.params_hash));
+            out.push(build(e, snap, &f, cfg, &self.params_hash, &related));
         }
         out[n_before..].sort_by(|a, b| a.order_key().cmp(&b.order_key()));
         self.stats.events += (out.len() - n_before) as u64;
@@ -315,8 +453,27 @@ impl Engine {
         for st in self.pairs.values_mut() {
             emits.clear();
             expire(st, now_ms, &self.cfg, &mut emits);
+            if st.has_fresh {
+                // A data-gap close or the end of a rug's quiet can change the stance.
+                let at = emits.iter().map(|e| e.at_ms).max().unwrap_or(now_ms);
+                if let Some(e) = stance_change(st, at, &self.cfg) {
+                    emits.push(e);
+                }
+            }
             for e in &emits {
-                out.push(build(e, &st.last, &st.feats, &self.cfg, &self.params_hash));
+                let related = if self.cfg.fsm.dedupe_per_token && e.kind.is_market() {
+                    related_pairs(&self.tokens, &st.last, now_ms, self.cfg.ms.data_gap_close)
+                } else {
+                    Vec::new()
+                };
+                out.push(build(
+                    e,
+                    &st.last,
+                    &st.feats,
+                    &self.cfg,
+                    &self.params_hash,
+                    &related,
+                ));
             }
         }
         out.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
@@ -324,10 +481,18 @@ impl Engine {
         let idle = self.cfg.ms.forget_idle;
         let before = self.pairs.len();
         let forgotten = &mut self.forgotten;
+        let tokens = &mut self.tokens;
         self.pairs.retain(|key, st| {
             let keep = now_ms - st.last_seen_ms < idle || st.busy(now_ms);
             if !keep {
                 forgotten.push(key.clone());
+                let token = st.last.base_token.address.as_str();
+                if let Some(list) = tokens.get_mut(token) {
+                    list.retain(|p| p.key != *key);
+                    if list.is_empty() {
+                        tokens.remove(token);
+                    }
+                }
             }
             keep
         });
@@ -381,6 +546,9 @@ impl PairState {
             highs: VecDeque::new(),
             kinds: [KindState::default(); 9],
             rug_until_ms: i64::MIN,
+            rug_score: 0,
+            stance: Direction::Neutral,
+            stance_score: 0,
             last_seen_ms: snap.observed_at_ms,
         }
     }
@@ -590,7 +758,7 @@ fn expire(st: &mut PairState, now: i64, cfg: &Params, emits: &mut Vec<Emit>) {
     }
     let deadline = st.last_fresh_ms + cfg.ms.data_gap_close;
     let pending_timeout = cfg.ms.pending_timeout;
-    for kind in Kind::ALL {
+    for kind in Kind::EPISODIC {
         let ks = &mut st.kinds[kind.index()];
         if ks.pending_n > 0 && now - ks.pending_last_ms > pending_timeout {
             ks.pending_n = 0;
@@ -630,6 +798,7 @@ fn close(
         start_ms: ep.start_ms,
         at_ms,
         close_reason: Some(reason),
+        basis: KindSet::default(),
     }
 }
 
@@ -640,7 +809,8 @@ fn rivals(kind: Kind) -> &'static [Kind] {
         Kind::MomentumDown => &[Kind::MomentumUp],
         Kind::BuyPressure => &[Kind::SellPressure],
         Kind::SellPressure => &[Kind::BuyPressure],
-        Kind::PumpReversal => &[Kind::MomentumUp],
+        // A dump after the pump ends the pump's buying too.
+        Kind::PumpReversal => &[Kind::MomentumUp, Kind::BuyPressure],
         Kind::RugWarning => &[Kind::LiquidityDrain],
         _ => &[],
     }
@@ -659,7 +829,13 @@ const STEP_ORDER: [Kind; 9] = [
 ];
 
 /// The state machine of docs/signals.md for every kind, on one fresh, valid snapshot.
-fn step(st: &mut PairState, f: &Features, cfg: &Params, emits: &mut Vec<Emit>) {
+fn step(
+    st: &mut PairState,
+    f: &Features,
+    cfg: &Params,
+    emits: &mut Vec<Emit>,
+    gate: &mut Gate<'_>,
+) {
     let t = f.t_ms;
     let (flags, penalty) = kinds::risk(f, cfg);
     let fsm = &cfg.fsm;
@@ -779,7 +955,7 @@ fn step(st: &mut PairState, f: &Features, cfg: &Params, emits: &mut Vec<Emit>) {
                 emits.push(close(ks, ep, kind, t, CloseReason::FamilyFlip, cfg));
                 ks.cooldown_until_ms = t;
                 let (score, e, q, p) = scored(dir, ks.consecutive);
-                if score >= fsm.min_emit_score {
+                if score >= fsm.min_emit_score && gate.admit(t, kind, dir, score) {
                     emits.push(open(ks, kind, dir, t, (score, e, q, p), f));
                 }
                 continue;
@@ -812,6 +988,7 @@ fn step(st: &mut PairState, f: &Features, cfg: &Params, emits: &mut Vec<Emit>) {
                 let (score, e, q, p) = scored(ep.dir, ks.consecutive);
                 if score >= ep.last_score.saturating_add(fsm.escalation_points)
                     && t - ep.last_emit_ms >= esc_span
+                    && gate.admit(t, kind, ep.dir, score)
                 {
                     if let Some(active) = ks.active.as_mut() {
                         active.last_score = score;
@@ -828,6 +1005,7 @@ fn step(st: &mut PairState, f: &Features, cfg: &Params, emits: &mut Vec<Emit>) {
                         start_ms: ep.start_ms,
                         at_ms: t,
                         close_reason: None,
+                        basis: KindSet::default(),
                     });
                 }
             }
@@ -856,6 +1034,12 @@ fn step(st: &mut PairState, f: &Features, cfg: &Params, emits: &mut Vec<Emit>) {
         {
             continue;
         }
+        if !gate.open_allowed(t, kind, dir, score) {
+            // Not this pair's to open (a deeper pool of the token has it), or over the budget:
+            // the entry must confirm again.
+            ks.pending_n = 0;
+            continue;
+        }
         emits.push(open(ks, kind, dir, t, (score, e, q, p), f));
         opened[kind.index()] = true;
         match kind {
@@ -864,6 +1048,7 @@ fn step(st: &mut PairState, f: &Features, cfg: &Params, emits: &mut Vec<Emit>) {
                 ks.active = None;
                 ks.pending_n = 0;
                 st.rug_until_ms = t + cfg.ms.rug_cooldown;
+                st.rug_score = score;
             }
             Kind::NewPair => {
                 ks.active = None;
@@ -874,7 +1059,7 @@ fn step(st: &mut PairState, f: &Features, cfg: &Params, emits: &mut Vec<Emit>) {
     }
 
     // Superseded families, after every kind has seen the snapshot.
-    for kind in Kind::ALL {
+    for kind in Kind::EPISODIC {
         if !opened[kind.index()] {
             continue;
         }
@@ -920,7 +1105,133 @@ fn open(
         start_ms: t,
         at_ms: t,
         close_reason: None,
+        basis: KindSet::default(),
     }
+}
+
+/// Records a fresh sighting of a pool of its base token; whether it is now the token's
+/// deepest (by USD liquidity; ties go to the smaller address) among the pools on its chain seen
+/// fresh within `window` ms. Allocates only for a pool it has not seen before.
+fn note_token(
+    tokens: &mut FxHashMap<String, Vec<TokenPair>>,
+    snap: &Snapshot,
+    liquidity: Option<f64>,
+    t: i64,
+    window: i64,
+) -> bool {
+    let list = match tokens.get_mut(snap.base_token.address.as_str()) {
+        Some(list) => list,
+        None => tokens.entry(snap.base_token.address.clone()).or_default(),
+    };
+    match list.iter_mut().find(|p| p.key == snap.key) {
+        Some(p) => {
+            p.liquidity = liquidity;
+            p.last_ms = t;
+        }
+        None => list.push(TokenPair {
+            key: snap.key.clone(),
+            liquidity,
+            last_ms: t,
+        }),
+    }
+    let mine = liquidity.unwrap_or(-1.0);
+    list.iter()
+        .filter(|p| p.key != snap.key && p.key.chain == snap.key.chain && t - p.last_ms <= window)
+        .all(|p| {
+            let theirs = p.liquidity.unwrap_or(-1.0);
+            theirs < mine || (theirs == mine && p.key.address > snap.key.address)
+        })
+}
+
+/// The other pools of the snapshot's token seen fresh within `window` ms: an event's
+/// `related_pairs` (addresses on the same chain, sorted).
+fn related_pairs(
+    tokens: &FxHashMap<String, Vec<TokenPair>>,
+    snap: &Snapshot,
+    t: i64,
+    window: i64,
+) -> Vec<String> {
+    let Some(list) = tokens.get(snap.base_token.address.as_str()) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = list
+        .iter()
+        .filter(|p| p.key != snap.key && p.key.chain == snap.key.chain && t - p.last_ms <= window)
+        .map(|p| p.key.address.clone())
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// The pair's stance now (docs/signals.md, "Stance"): bearish while a bearish episode is open or
+/// a rug warning's quiet lasts, else bullish while a bullish episode of at least
+/// `fsm.stance_min_bullish_score` is open, else neutral. A change is a `stance` event, carrying
+/// the strongest score behind it (a return to neutral carries the stance it ends, so that a
+/// filter on the score that let a stance through lets its end through too).
+fn stance_change(st: &mut PairState, t: i64, cfg: &Params) -> Option<Emit> {
+    let mut bear = (0u8, KindSet::default());
+    let mut bull = (0u8, KindSet::default());
+    for kind in Kind::EPISODIC {
+        let Some(ep) = st.kinds[kind.index()].active else {
+            continue;
+        };
+        match ep.dir {
+            Direction::Bearish => {
+                bear.0 = bear.0.max(ep.last_score);
+                bear.1.insert(kind);
+            }
+            Direction::Bullish if ep.last_score >= cfg.fsm.stance_min_bullish_score => {
+                bull.0 = bull.0.max(ep.last_score);
+                bull.1.insert(kind);
+            }
+            _ => {}
+        }
+    }
+    if t < st.rug_until_ms {
+        bear.0 = bear.0.max(st.rug_score);
+        bear.1.insert(Kind::RugWarning);
+    }
+    let (dir, score, basis) = if !bear.1.is_empty() {
+        (Direction::Bearish, bear.0, bear.1)
+    } else if !bull.1.is_empty() {
+        (Direction::Bullish, bull.0, bull.1)
+    } else {
+        (Direction::Neutral, st.stance_score, KindSet::default())
+    };
+    if dir == st.stance {
+        return None;
+    }
+    st.stance = dir;
+    st.stance_score = score;
+    Some(Emit {
+        kind: Kind::Stance,
+        phase: Phase::Opened,
+        dir,
+        score,
+        e: 0.0,
+        q: 0.0,
+        p: 0,
+        start_ms: t,
+        at_ms: t,
+        close_reason: None,
+        basis,
+    })
+}
+
+fn stance_reasons(e: &Emit, cfg: &Params) -> Vec<String> {
+    let kinds: Vec<&str> = e.basis.iter().map(Kind::as_str).collect();
+    vec![match e.dir {
+        Direction::Bearish => format!("bearish: {} open", kinds.join(", ")),
+        Direction::Bullish => format!(
+            "bullish: {} open with a score of at least {}",
+            kinds.join(", "),
+            cfg.fsm.stance_min_bullish_score
+        ),
+        Direction::Neutral => format!(
+            "neutral: no bearish episode and no bullish one of a score of at least {} open",
+            cfg.fsm.stance_min_bullish_score
+        ),
+    }]
 }
 
 fn sha_hex32(parts: &[&str]) -> String {
@@ -948,7 +1259,14 @@ fn round_windows(w: Windows<f64>, decimals: i32) -> Windows<f64> {
     }
 }
 
-fn build(e: &Emit, snap: &Snapshot, f: &Features, cfg: &Params, params_hash: &str) -> SignalEvent {
+fn build(
+    e: &Emit,
+    snap: &Snapshot,
+    f: &Features,
+    cfg: &Params,
+    params_hash: &str,
+    related: &[String],
+) -> SignalEvent {
     let chain = &snap.key.chain;
     let pair = &snap.key.address;
     let start = e.start_ms.to_string();
@@ -989,6 +1307,7 @@ fn build(e: &Emit, snap: &Snapshot, f: &Features, cfg: &Params, params_hash: &st
             }
             _ => "exit condition held".to_string(),
         }],
+        _ if e.kind == Kind::Stance => stance_reasons(e, cfg),
         _ => kinds::reasons(e.kind, e.dir, f, cfg),
     };
     SignalEvent {
@@ -1037,11 +1356,47 @@ fn build(e: &Emit, snap: &Snapshot, f: &Features, cfg: &Params, params_hash: &st
         },
         risk_flags: flags.names(),
         reasons,
-        related_pairs: Vec::new(),
+        related_pairs: if e.kind.is_market() {
+            related.to_vec()
+        } else {
+            Vec::new()
+        },
         engine: EngineInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
             params_hash: params_hash.to_string(),
         },
         observed_at_ms: e.at_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_drops_the_lowest_scores_first_and_never_a_rug() {
+        let mut b = Budget::new(120.0).unwrap();
+        let t = 1_000;
+        // Drain it with strong bullish events: each needs only its token.
+        let mut passed = 0;
+        while b.admit(t, false, Direction::Bullish, 100, 40) {
+            passed += 1;
+        }
+        assert_eq!(passed, 120, "the whole bucket at once");
+        assert!(
+            b.admit(t, true, Direction::Bearish, 50, 40),
+            "a rug always passes"
+        );
+        // Refill half the bucket (30 s): a weak bullish event needs 1 + 60 tokens, a weak bearish
+        // one 1 + 30, a strong one 1.
+        let t = t + 30_000;
+        assert!(!b.admit(t, false, Direction::Bullish, 40, 40));
+        assert!(b.admit(t, false, Direction::Bearish, 40, 40));
+        assert!(b.admit(t, false, Direction::Bullish, 95, 40));
+        // Time never runs backwards for the bucket.
+        let before = b.tokens;
+        b.admit(t - 10_000, false, Direction::Bullish, 40, 40);
+        assert!(b.tokens <= before);
+        assert!(Budget::new(0.0).is_none(), "0: no limit");
     }
 }

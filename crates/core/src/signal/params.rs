@@ -301,6 +301,17 @@ pub struct RawFsm {
     /// is forgotten (its state freed); if it comes back it starts afresh. Bounds the engine's
     /// memory under discovery.
     pub forget_idle_hours: f64,
+    /// Opened and escalated events a minute over all pairs (a token bucket of this size,
+    /// refilled at this rate; 0: no limit). When it runs low, lower-priority and lower-score
+    /// events are dropped first: rug warnings always pass, bearish events keep a quarter of
+    /// the bucket for themselves, and a bullish event needs more tokens the lower its score.
+    pub global_events_per_minute: f64,
+    /// Among the pairs of one token (same chain and base token), only the deepest opens the
+    /// market kinds (momentum, surge, pressure, reversal); the others are its `related_pairs`.
+    pub dedupe_per_token: bool,
+    /// A pair's stance is bullish while a bullish episode at least this score is open (and no
+    /// bearish one is); a change emits a `stance` event.
+    pub stance_min_bullish_score: u8,
 }
 
 impl Default for RawFsm {
@@ -317,6 +328,9 @@ impl Default for RawFsm {
             rug_cooldown_hours: 24.0,
             min_emit_score: 40,
             forget_idle_hours: 48.0,
+            global_events_per_minute: 120.0,
+            dedupe_per_token: true,
+            stance_min_bullish_score: 60,
         }
     }
 }
@@ -460,6 +474,9 @@ pub struct Fsm {
     pub rug_cooldown: Duration,
     pub min_emit_score: u8,
     pub forget_idle: Duration,
+    pub global_events_per_minute: f64,
+    pub dedupe_per_token: bool,
+    pub stance_min_bullish_score: u8,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -816,6 +833,20 @@ impl Params {
             )
             .map(|_| f.min_emit_score)?,
             forget_idle: hours("fsm.forget_idle_hours", f.forget_idle_hours, 1.0, 8760.0)?,
+            global_events_per_minute: in_range(
+                "fsm.global_events_per_minute",
+                f.global_events_per_minute,
+                0.0,
+                1e9,
+            )?,
+            dedupe_per_token: f.dedupe_per_token,
+            stance_min_bullish_score: in_range(
+                "fsm.stance_min_bullish_score",
+                f64::from(f.stance_min_bullish_score),
+                0.0,
+                100.0,
+            )
+            .map(|_| f.stance_min_bullish_score)?,
         };
         if risk.sell_side_absent_cap >= fsm.min_emit_score && fsm.min_emit_score > 0 {
             // A capped event must not be emitted: the cap is what keeps a honeypot quiet.
