@@ -9,7 +9,7 @@
 //! `tests/it/tidy.rs` checks it, and ARCHITECTURE.md draws it.
 #![forbid(unsafe_code)]
 
-pub use dexpulse_core::{model, protocol, replay, schedule, settings, signal, source};
+pub use dexpulse_core::{evaluate, model, protocol, replay, schedule, settings, signal, source};
 
 pub mod app;
 pub mod health;

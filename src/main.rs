@@ -13,7 +13,8 @@ use clap::{Parser, Subcommand};
 
 use dexpulse::app::settings::{load, Layers};
 use dexpulse::app::{self, RunError, SourceSettings, StartError};
-use dexpulse::replay::{replay_to_writer, Problem};
+use dexpulse::evaluate::{self, parse_horizons};
+use dexpulse::replay::{replay_observed, replay_to_writer, Problem};
 use dexpulse::signal::Engine;
 use dexpulse::source::simulator::{simulate, DEFAULT_START_MS};
 use dexpulse::source::tape::TapeWriter;
@@ -112,6 +113,27 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Replay a tape and measure what followed each opened event: forward returns, a
+    /// triple-barrier label, liquidity outcomes, against random entries and a naive rule on the
+    /// same tape (docs/evaluation.md).
+    Evaluate {
+        /// Tapes (JSON lines), as written by `simulate` or `--record`; several are pooled,
+        /// each replayed by a fresh engine as a market of its own.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Configuration file (TOML) for the engine; the built-in defaults when absent.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Forward-return horizons (units s, m, h); the longest is the barriers' time limit.
+        #[arg(long, default_value = "5m,15m,60m")]
+        horizons: String,
+        /// The random baseline's seed: the same tape and seed give the same report.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -180,6 +202,19 @@ fn main() -> ExitCode {
             config,
             quiet,
         } => run_replay(&file, &Layers::with_process_env(config.as_deref()), quiet),
+        Command::Evaluate {
+            files,
+            config,
+            horizons,
+            seed,
+            json,
+        } => run_evaluate(
+            &files,
+            &Layers::with_process_env(config.as_deref()),
+            &horizons,
+            seed,
+            json,
+        ),
     }
 }
 
@@ -326,6 +361,83 @@ fn run_simulate(layers: &Layers, out: &Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: writing {}: {e}", out.display());
+            ExitCode::from(EXIT_IO)
+        }
+    }
+}
+
+fn run_evaluate(
+    files: &[PathBuf],
+    layers: &Layers,
+    horizons: &str,
+    seed: u64,
+    json: bool,
+) -> ExitCode {
+    let cfg = match load(layers) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let opts = match parse_horizons(horizons).and_then(|h| evaluate::Options::new(h, seed)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: --{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // Two callbacks need the study; the event one returns io::Result, so it takes a RefCell.
+    let study = std::cell::RefCell::new(evaluate::Study::new(opts));
+    let mut problems = 0u64;
+    for (i, file) in files.iter().enumerate() {
+        let input = match File::open(file) {
+            Ok(f) => BufReader::new(f),
+            Err(e) => {
+                eprintln!("error: cannot open {}: {e}", file.display());
+                return ExitCode::from(EXIT_NOINPUT);
+            }
+        };
+        if i > 0 {
+            study.borrow_mut().next_tape();
+        }
+        let mut engine = Engine::new(cfg.signal.clone());
+        let result = replay_observed(
+            input,
+            &mut engine,
+            |snap, verdict| study.borrow_mut().observe(snap, verdict),
+            |e| {
+                study.borrow_mut().event(e);
+                Ok(())
+            },
+            |_| problems += 1,
+        );
+        if let Err(e) = result {
+            eprintln!("error: {}: {e}", file.display());
+            return ExitCode::from(EXIT_IO);
+        }
+    }
+    if problems > 0 {
+        eprintln!("warning: {problems} tape items skipped (`dexpulse replay` lists them)");
+    }
+    let report = study.into_inner().report();
+    let text = if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(t) => t + "\n",
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_SOFTWARE);
+            }
+        }
+    } else {
+        report.table()
+    };
+    use std::io::Write;
+    match io::stdout().lock().write_all(text.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::from(EXIT_IO)
         }
     }

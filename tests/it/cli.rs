@@ -420,3 +420,87 @@ async fn sighup_closes_sessions_like_sigterm() {
     assert_eq!(close.map(|c| u16::from(c.code)), Some(1001));
     assert_eq!(exit.await.unwrap(), Some(0));
 }
+
+/// `evaluate` on simulated tapes of two seeds: the same bytes twice, a row per kind and
+/// direction that opened, the breakout's momentum ahead of random entries (the simulator's
+/// breakouts keep rising after the confirmation, so an engine that fired late or at random would
+/// show no lift), and bad horizons refused with exit 64.
+#[test]
+fn evaluate_reports_outcomes_against_a_seeded_baseline() {
+    let mut tapes = Vec::new();
+    for seed in ["7", "1"] {
+        let t = tmp(&format!("eval-{seed}.jsonl"));
+        let out = dexpulse(&[
+            "simulate",
+            "--scenario",
+            "breakout,pump_dump,lp_withdrawal,noise",
+            "--seed",
+            seed,
+            "--hours",
+            "5",
+            "--noise-pairs",
+            "4",
+            "--out",
+            t.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tapes.push(t.to_str().unwrap().to_string());
+    }
+    let args = |extra: &[&str]| {
+        let mut a = vec!["evaluate", "--json", "--horizons", "5m,15m,1h"];
+        a.extend(tapes.iter().map(String::as_str));
+        a.extend_from_slice(extra);
+        dexpulse(&a)
+    };
+    let first = args(&[]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(first.stdout, args(&[]).stdout, "deterministic");
+    assert_ne!(
+        first.stdout,
+        args(&["--seed", "9"]).stdout,
+        "the baseline follows the seed"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(report["tapes"], 2);
+    assert_eq!(report["horizons"], serde_json::json!(["5m", "15m", "1h"]));
+    let row = |kind: &str, dir: &str| {
+        report["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["kind"] == kind && r["direction"] == dir)
+            .unwrap_or_else(|| panic!("no {kind} {dir} row: {report}"))
+            .clone()
+    };
+    let up = row("momentum_up", "bullish");
+    assert!(up["count"].as_u64().unwrap() >= 4, "{up}");
+    assert!(up["lift"].as_f64().unwrap() > 1.0, "{up}");
+    assert!(up["random"]["count"].as_u64().unwrap() >= 10 * up["count"].as_u64().unwrap() / 2);
+    let rug = row("rug_warning", "bearish");
+    assert_eq!(
+        (rug["count"].as_u64(), rug["hits"].as_u64()),
+        (Some(2), Some(2)),
+        "{rug}"
+    );
+    row("stance", "bullish");
+    row("naive_p_h1", "bullish");
+
+    let table = dexpulse(&["evaluate", &tapes[0]]);
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        text.contains("momentum_up") && text.contains("lift"),
+        "{text}"
+    );
+
+    let bad = dexpulse(&["evaluate", "--horizons", "5x", &tapes[0]]);
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("horizons"));
+}

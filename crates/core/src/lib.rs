@@ -10,6 +10,7 @@
 //! decoders and the engine: the backtest). No module reaches up this list.
 #![forbid(unsafe_code)]
 
+pub mod evaluate;
 #[cfg(test)]
 mod fuzz;
 pub mod model;

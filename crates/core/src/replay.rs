@@ -5,7 +5,7 @@
 
 use std::io::{self, BufRead, Write};
 
-use crate::model::SignalEvent;
+use crate::model::{SignalEvent, Snapshot};
 use crate::signal::{Engine, EngineStats, Verdict};
 use crate::source::tape::{LineError, TapeReader, TapeRecord, Unusable};
 use crate::source::DecodeError;
@@ -61,6 +61,18 @@ pub struct ReplayStats {
 pub fn replay<R: BufRead>(
     input: R,
     engine: &mut Engine,
+    on_event: impl FnMut(&SignalEvent) -> io::Result<()>,
+    on_problem: impl FnMut(&Problem),
+) -> io::Result<ReplayStats> {
+    replay_observed(input, engine, |_, _| {}, on_event, on_problem)
+}
+
+/// `replay`, also handing each decoded snapshot and the engine's verdict on it to
+/// `on_snapshot`, before the events it caused (what `evaluate` measures outcomes on).
+pub fn replay_observed<R: BufRead>(
+    input: R,
+    engine: &mut Engine,
+    mut on_snapshot: impl FnMut(&Snapshot, Verdict),
     mut on_event: impl FnMut(&SignalEvent) -> io::Result<()>,
     mut on_problem: impl FnMut(&Problem),
 ) -> io::Result<ReplayStats> {
@@ -103,7 +115,8 @@ pub fn replay<R: BufRead>(
                         }
                         for snap in &d.snapshots {
                             stats.snapshots += 1;
-                            let _: Verdict = engine.observe_into(snap, &mut events);
+                            let verdict = engine.observe_into(snap, &mut events);
+                            on_snapshot(snap, verdict);
                         }
                     }
                     Err(Unusable::Decode(error)) => {
