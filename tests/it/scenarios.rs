@@ -179,6 +179,40 @@ fn many_pair_hours_of_flat_noise_give_no_bullish_event() {
     assert!(opened <= 1, "{}", describe(&run.events));
 }
 
+/// Organic flow (orders split into same-side runs, sentiment that drifts, a daily cycle) is
+/// where the binomial buy-pressure test alone opened about 2 bullish events per 1,000
+/// pair-hours (docs/signals.md): 1,200 pair-hours of it give none now.
+#[test]
+fn many_pair_hours_of_organic_flow_give_no_bullish_event() {
+    let opts = SimOptions {
+        seed: 3,
+        hours: 24.0,
+        noise_pairs: 50,
+        ..SimOptions::default()
+    };
+    let run = replay_bytes(&tape(&[Scenario::Organic], &opts), Params::default());
+    assert!(run.stats.engine.fresh > 50 * 24 * 50, "{:?}", run.stats);
+    let bullish: Vec<_> = run
+        .events
+        .iter()
+        .filter(|e| e.direction == Direction::Bullish && e.phase == Phase::Opened)
+        .collect();
+    assert!(bullish.len() <= 1, "{}", describe(&run.events));
+    // The same tape with the rules this replaced: the test has something to catch.
+    let mut old = Params::default();
+    old.buy_pressure.min_abs_pc_h1 = 0.0;
+    old.volume_surge.direction_pc_m5 = 1.0;
+    let before = replay_bytes(&tape(&[Scenario::Organic], &opts), old);
+    let bullish_before = before
+        .events
+        .iter()
+        .filter(|e| {
+            e.direction == Direction::Bullish && e.phase == Phase::Opened && e.kind != Kind::Stance
+        })
+        .count();
+    assert!(bullish_before > 1, "{}", describe(&before.events));
+}
+
 #[test]
 fn breakout_gives_a_bullish_surge_then_momentum_one_episode_each() {
     let ev = events(Scenario::Breakout);

@@ -18,6 +18,8 @@ const CORE: &[(&str, &[&str])] = &[
     ("schedule", &["model", "settings"]),
     ("protocol", &["model", "settings"]),
     ("replay", &["model", "settings", "signal", "source"]),
+    // Reads what replay hands it; the tests build snapshots with the simulator.
+    ("evaluate", &["model", "signal", "source"]),
     // Test-only: the fuzzing harness reaches every parser.
     ("fuzz", &["*"]),
 ];

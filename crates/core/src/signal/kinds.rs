@@ -304,6 +304,7 @@ pub fn enter(kind: Kind, f: &Features, cfg: &Params, flags: RiskFlags) -> Option
                 && ge(f.bp_m5, b.enter_bp_m5)
                 && f.n_m5().is_some_and(|n| n >= b.min_txns_m5)
                 && ge(f.imbalance_z(), b.min_imbalance_z)
+                && ge(f.pc[1], b.min_abs_pc_h1)
                 && !flags.has(RiskFlags::SELL_SIDE_ABSENT)
         }
         Kind::SellPressure => {
@@ -312,6 +313,7 @@ pub fn enter(kind: Kind, f: &Features, cfg: &Params, flags: RiskFlags) -> Option
                 && le(f.bp_h1, 1.0 - b.enter_bp_h1)
                 && f.n_h1().is_some_and(|n| n >= b.min_txns_h1)
                 && le(f.imbalance_z(), -b.min_imbalance_z)
+                && le(f.pc[1], -b.min_abs_pc_h1)
                 && le(f.bp_m5, b.sell_enter_bp_m5)
         }
         Kind::PumpReversal => {

@@ -120,7 +120,7 @@ impl Default for RawVolumeSurge {
             z_min_obs: 30,
             z_min_span_minutes: 360.0,
             exit_ratio: 1.5,
-            direction_pc_m5: 1.0,
+            direction_pc_m5: 2.0,
             flip_pc_m5: 3.0,
             min_count_z: 3.5,
             r60_min_r5: 1.0,
@@ -142,6 +142,10 @@ pub struct RawBuyPressure {
     /// The imbalance must also be significant: `|B_h1 − S_h1| / sqrt(N_h1)` at least this (a
     /// binomial z-score). BP_h1 ≥ 0.62 over 60 trades is a coin-flip streak, not pressure.
     pub min_imbalance_z: f64,
+    /// The pressure must have moved the price its way: `P_h1 ≥` this for buying, `≤ −`this
+    /// for selling. Organic flow comes in runs and moods that the binomial test takes for
+    /// pressure; buying the pool absorbs without a move has shown no forward edge.
+    pub min_abs_pc_h1: f64,
 }
 
 impl Default for RawBuyPressure {
@@ -155,6 +159,7 @@ impl Default for RawBuyPressure {
             min_txns_m5: 10,
             sell_enter_bp_m5: 0.45,
             min_imbalance_z: 3.5,
+            min_abs_pc_h1: 3.0,
         }
     }
 }
@@ -408,6 +413,7 @@ pub struct BuyPressure {
     pub min_txns_m5: u64,
     pub sell_enter_bp_m5: f64,
     pub min_imbalance_z: f64,
+    pub min_abs_pc_h1: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -672,6 +678,7 @@ impl Params {
                 0.0,
                 100.0,
             )?,
+            min_abs_pc_h1: in_range("buy_pressure.min_abs_pc_h1", b.min_abs_pc_h1, 0.0, 1e6)?,
         };
 
         let p = &raw.pump_reversal;

@@ -53,10 +53,13 @@ pub enum Scenario {
     OldBurst,
     SameToken,
     Crowd,
+    /// Flat noise with organic order flow: sentiment that drifts, orders split into runs of
+    /// same-side trades, activity that follows the day.
+    Organic,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 16] = [
+    pub const ALL: [Scenario; 17] = [
         Scenario::Noise,
         Scenario::Breakout,
         Scenario::PumpDump,
@@ -73,6 +76,7 @@ impl Scenario {
         Scenario::OldBurst,
         Scenario::SameToken,
         Scenario::Crowd,
+        Scenario::Organic,
     ];
 
     pub fn name(self) -> &'static str {
@@ -93,6 +97,7 @@ impl Scenario {
             Scenario::OldBurst => "old_burst",
             Scenario::SameToken => "same_token",
             Scenario::Crowd => "crowd",
+            Scenario::Organic => "organic",
         }
     }
 
@@ -330,6 +335,11 @@ struct Pool {
     token_address: String,
     /// Wash sell-backs still to come: (time, base amount).
     wash_legs: std::collections::VecDeque<(i64, f64)>,
+    /// Organic flow (`Scenario::Organic`): the sentiment added to the buy probability, and the
+    /// child trades of split orders still to come (time, buy, USD).
+    organic: bool,
+    sentiment: f64,
+    children: std::collections::VecDeque<(i64, bool, f64)>,
     /// Trade times; the cumulative sums below are indexed alike.
     trade_ms: Vec<i64>,
     cum_vol: Vec<f64>,
@@ -380,6 +390,65 @@ impl Pool {
         }
         self.record(t, usd, buy);
         self.push_price(t);
+    }
+
+    /// One minute of organic order flow from `t0`. Real flow is not a fair coin per trade:
+    /// traders split an order into a run of same-side trades (1 + a geometric number, mean 1.67),
+    /// sentiment drifts (an AR(1) on the buy probability, stationary σ 0.03, half-life about
+    /// 20 minutes) and activity follows the day (±40 %). The mean trade rate and size stay
+    /// the pool's, so only the flow's clustering differs from the plain noise.
+    fn organic_flow(
+        &mut self,
+        t0: i64,
+        buy_rate: f64,
+        sell_rate: f64,
+        size: Option<LogNormal<f64>>,
+        trades: &mut Vec<(i64, Trade)>,
+    ) {
+        let step_end = t0 + MIN;
+        while self.children.front().is_some_and(|(t, _, _)| *t < step_end) {
+            if let Some((t, buy, usd)) = self.children.pop_front() {
+                trades.push((t.max(t0), Trade::Organic { usd, buy }));
+            }
+        }
+        let total = buy_rate + sell_rate;
+        if total <= 0.0 {
+            return;
+        }
+        let phi = (-1.0f64 / 30.0).exp();
+        let e: f64 = self.rng.sample(StandardNormal);
+        self.sentiment = phi * self.sentiment + 0.03 * (1.0 - phi * phi).sqrt() * e;
+        let day = 24 * HOUR;
+        let phase = (t0.rem_euclid(day)) as f64 / day as f64 * std::f64::consts::TAU;
+        let parents = total * (1.0 + 0.4 * phase.sin()) * 0.6;
+        let Ok(exp) = Exp::new(parents / MIN as f64) else {
+            return;
+        };
+        let mut t = t0 as f64;
+        loop {
+            t += exp.sample(&mut self.rng);
+            if t >= step_end as f64 {
+                break;
+            }
+            let p_buy = (buy_rate / total + self.buy_bias + self.sentiment).clamp(0.0, 1.0);
+            let buy = self.rng.gen_bool(p_buy);
+            let mut at = t as i64;
+            let mut n = 0;
+            loop {
+                let usd = size.map_or(self.size_median, |d| d.sample(&mut self.rng));
+                if at < step_end {
+                    trades.push((at, Trade::Organic { usd, buy }));
+                } else {
+                    let i = self.children.partition_point(|(c, _, _)| *c <= at);
+                    self.children.insert(i, (at, buy, usd));
+                }
+                n += 1;
+                if n >= 8 || !self.rng.gen_bool(0.4) {
+                    break;
+                }
+                at += self.rng.gen_range(5_000..40_000);
+            }
+        }
     }
 
     /// Generates trades in whole simulated minutes up to `to_ms`. Steps never depend on when
@@ -442,7 +511,9 @@ impl Pool {
             // depend on the wash below), then the wash cycles, executed in time order.
             let mut trades: Vec<(i64, Trade)> = Vec::new();
             let total = buy_rate + sell_rate;
-            if total > 0.0 {
+            if self.organic {
+                self.organic_flow(t0, buy_rate, sell_rate, size, &mut trades);
+            } else if total > 0.0 {
                 if let Ok(exp) = Exp::new(total / MIN as f64) {
                     let mut t = t0 as f64;
                     loop {
@@ -674,6 +745,7 @@ struct PoolSpec {
     range: Option<(f64, f64)>,
     /// The base token's address, when several pools share a token.
     token: Option<String>,
+    organic: bool,
 }
 
 fn pool(scenario: Scenario, idx: usize, spec: PoolSpec, start: i64) -> Pool {
@@ -709,6 +781,9 @@ fn pool(scenario: Scenario, idx: usize, spec: PoolSpec, start: i64) -> Pool {
         range: spec.range.map(|(lo, hi)| (lo * price0, hi * price0)),
         token_address: spec.token.unwrap_or_else(|| format!("{address}mint")),
         wash_legs: std::collections::VecDeque::new(),
+        organic: spec.organic,
+        sentiment: 0.0,
+        children: std::collections::VecDeque::new(),
         trade_ms: Vec::new(),
         cum_vol: Vec::new(),
         cum_buys: Vec::new(),
@@ -741,6 +816,7 @@ fn steady(seed: u64, scripts: Vec<Script>) -> PoolSpec {
         buy_bias: 0.0,
         range: None,
         token: None,
+        organic: false,
     }
 }
 
@@ -768,6 +844,31 @@ fn batch(scenario: Scenario, opts: &SimOptions) -> Batch {
                     buy_bias: 0.0,
                     range: None,
                     token: None,
+                    organic: false,
+                }
+            })
+            .collect(),
+        Scenario::Organic => (0..opts.noise_pairs)
+            .map(|i| {
+                let mut r = ChaCha8Rng::seed_from_u64(seed(1000 + i as u64));
+                // As `noise`, with organic order flow.
+                // Liquidity $200k-$2M, daily turnover 0.5-3x the liquidity: trade sizes follow
+                // from the rate (the lognormal mean is 1.377x its median).
+                let liquidity_usd = 10f64.powf(r.gen_range(5.3..6.3));
+                let rate_per_min = r.gen_range(1.0..5.0);
+                let daily = liquidity_usd * r.gen_range(0.5..3.0);
+                PoolSpec {
+                    liquidity_usd,
+                    rate_per_min,
+                    size_median: daily / (rate_per_min * 1440.0 * 1.377),
+                    age_ms: r.gen_range(2..400) * 24 * HOUR,
+                    scripts: Vec::new(),
+                    market_seed: seed(i as u64),
+                    listed_ms: None,
+                    buy_bias: 0.0,
+                    range: None,
+                    token: None,
+                    organic: true,
                 }
             })
             .collect(),
@@ -961,6 +1062,7 @@ fn batch(scenario: Scenario, opts: &SimOptions) -> Batch {
             buy_bias: 0.0,
             range: None,
             token: None,
+            organic: false,
         }],
     };
     let pools = specs
