@@ -504,3 +504,81 @@ fn evaluate_reports_outcomes_against_a_seeded_baseline() {
     assert_eq!(bad.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("horizons"));
 }
+
+/// The offline demo (`config/demo.toml`) shows the product at once: its market, simulated
+/// offline and replayed with its own configuration, has a first event within 10 s of the
+/// moment the server would start (the end of its lead), at least 60 in the first ten minutes,
+/// bullish and bearish, of at least five kinds; all of it labelled simulated. Simulated time, not
+/// the wall clock: the server paces this same market in real time.
+#[test]
+fn the_demo_is_busy_from_its_first_seconds() {
+    let cfg = format!("{}/config/demo.toml", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let table: toml::Table = text.parse().unwrap();
+    let lead = table["source"]["simulator"]["lead_minutes"]
+        .as_float()
+        .unwrap();
+    let tape = tmp("demo.jsonl");
+    let out = dexpulse(&[
+        "simulate",
+        "--config",
+        &cfg,
+        "--hours",
+        "1.8",
+        "--out",
+        tape.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = dexpulse(&[
+        "replay",
+        "--quiet",
+        "--config",
+        &cfg,
+        tape.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let start = dexpulse::source::simulator::DEFAULT_START_MS + (lead * 60_000.0) as i64;
+    let live: Vec<dexpulse::model::SignalEvent> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut e: dexpulse::model::SignalEvent = serde_json::from_str(l).unwrap();
+            e.observed_at_ms = chrono::DateTime::parse_from_rfc3339(&e.observed_at)
+                .unwrap()
+                .timestamp_millis();
+            e
+        })
+        .filter(|e| e.observed_at_ms >= start)
+        .collect();
+    assert!(live
+        .iter()
+        .all(|e| e.source == dexpulse::model::Source::Simulator && e.chain == "sim"));
+    assert!(
+        live[0].observed_at_ms - start <= 10_000,
+        "first after {} ms",
+        live[0].observed_at_ms - start
+    );
+    let ten: Vec<_> = live
+        .iter()
+        .filter(|e| e.observed_at_ms < start + 600_000)
+        .collect();
+    assert!(ten.len() >= 60, "{} events in ten minutes", ten.len());
+    let kinds: std::collections::BTreeSet<_> = ten
+        .iter()
+        .filter(|e| e.kind != dexpulse::model::Kind::Stance)
+        .map(|e| e.kind)
+        .collect();
+    assert!(kinds.len() >= 5, "{kinds:?}");
+    for d in [
+        dexpulse::model::Direction::Bullish,
+        dexpulse::model::Direction::Bearish,
+    ] {
+        assert!(ten
+            .iter()
+            .any(|e| e.direction == d && e.kind != dexpulse::model::Kind::Stance));
+    }
+}

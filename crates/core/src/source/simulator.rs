@@ -101,6 +101,21 @@ impl Scenario {
         }
     }
 
+    /// Whether demo waves copy this scenario: the scripted market events, not the noise, the
+    /// crowd, or the polling and listing oddities (which are about one pair's timeline).
+    pub fn in_waves(self) -> bool {
+        !matches!(
+            self,
+            Scenario::Noise
+                | Scenario::Organic
+                | Scenario::Crowd
+                | Scenario::Stale
+                | Scenario::Irregular
+                | Scenario::Outlier
+                | Scenario::NewPair
+        )
+    }
+
     pub fn parse(s: &str) -> Option<Scenario> {
         Scenario::ALL.into_iter().find(|x| x.name() == s)
     }
@@ -139,6 +154,12 @@ pub struct RawSettings {
     pub lead_minutes: f64,
     /// Simulated hours in all (afterwards the source idles).
     pub hours: f64,
+    /// Extra copies of the scripted scenarios on fresh pairs, each `wave_every_minutes` after
+    /// the last, the first `first_wave_minutes` from the scenarios' own script (negative:
+    /// earlier). A demo uses them to show a busy market from its first seconds.
+    pub waves: usize,
+    pub wave_every_minutes: f64,
+    pub first_wave_minutes: f64,
 }
 
 impl Default for RawSettings {
@@ -149,6 +170,9 @@ impl Default for RawSettings {
             noise_pairs: 20,
             lead_minutes: 90.8,
             hours: 24.0,
+            waves: 0,
+            wave_every_minutes: 1.0,
+            first_wave_minutes: 0.0,
         }
     }
 }
@@ -161,6 +185,9 @@ pub struct Settings {
     pub noise_pairs: usize,
     pub lead: Duration,
     pub hours: f64,
+    pub waves: usize,
+    pub wave_every_ms: i64,
+    pub first_wave_ms: i64,
 }
 
 impl Settings {
@@ -200,6 +227,19 @@ impl Settings {
             noise_pairs: raw.noise_pairs,
             lead: minutes("lead_minutes", raw.lead_minutes, 0.0, 100_000.0)?,
             hours: in_range("hours", raw.hours, 0.01, 24.0 * 365.0)?,
+            waves: if raw.waves > 98 {
+                return Err(FieldError::new(
+                    "waves",
+                    "must be at most 98",
+                    raw.waves.to_string(),
+                ));
+            } else {
+                raw.waves
+            },
+            wave_every_ms: (in_range("wave_every_minutes", raw.wave_every_minutes, 0.1, 1440.0)?
+                * MIN as f64) as i64,
+            first_wave_ms: (in_range("first_wave_minutes", raw.first_wave_minutes, -90.0, 1440.0)?
+                * MIN as f64) as i64,
         })
     }
 
@@ -210,6 +250,9 @@ impl Settings {
             start_ms,
             hours: self.hours,
             noise_pairs: self.noise_pairs,
+            waves: self.waves,
+            wave_every_ms: self.wave_every_ms,
+            first_wave_ms: self.first_wave_ms,
             ..SimOptions::default()
         }
     }
@@ -226,6 +269,11 @@ pub struct SimOptions {
     pub noise_pairs: usize,
     /// Pairs of the `crowd` scenario (all breaking out at once).
     pub crowd_pairs: usize,
+    /// Copies of the scripted scenarios (`Scenario::in_waves`) on fresh pairs, shifted by
+    /// `first_wave_ms + w·wave_every_ms` for wave `w`.
+    pub waves: usize,
+    pub wave_every_ms: i64,
+    pub first_wave_ms: i64,
     /// Regular poll interval and its jitter.
     pub poll_ms: i64,
     pub jitter_ms: i64,
@@ -240,6 +288,9 @@ impl Default for SimOptions {
             hours: 8.0,
             noise_pairs: 10,
             crowd_pairs: 20,
+            waves: 0,
+            wave_every_ms: MIN,
+            first_wave_ms: 0,
             poll_ms: 30_000,
             jitter_ms: 5_000,
             tick_ms: 10_000,
@@ -1145,6 +1196,32 @@ impl Simulation {
                 batches.push(irregular);
             } else {
                 batches.push(batch(sc, opts));
+            }
+        }
+        for w in 0..opts.waves.min(98) {
+            let shift = opts.first_wave_ms + w as i64 * opts.wave_every_ms;
+            let wave_opts = SimOptions {
+                seed: mix(opts.seed, 5150, w as u64),
+                ..opts.clone()
+            };
+            for &sc in scenarios.iter().filter(|s| s.in_waves()) {
+                let mut b = batch(sc, &wave_opts);
+                for (i, p) in b.pools.iter_mut().enumerate() {
+                    for script in &mut p.scripts {
+                        script.from_ms += shift;
+                        script.to_ms += shift;
+                    }
+                    let idx = (w + 1) * 10 + i;
+                    let shared = p.token_address.ends_with("mint") && sc == Scenario::SameToken;
+                    p.key.address = format!("{}{idx:03}", sc.address_prefix());
+                    p.token_address = if shared {
+                        format!("{}w{w}mint", sc.address_prefix())
+                    } else {
+                        format!("{}mint", p.key.address)
+                    };
+                    p.symbol = format!("{}{idx}", &sc.name()[..3].to_uppercase());
+                }
+                batches.push(b);
             }
         }
         Simulation {
