@@ -104,3 +104,56 @@ async fn the_simulator_source_warms_up_then_the_server_is_ready() {
     );
     r.shutdown().await.unwrap();
 }
+
+/// What the engine does not emit is counted where an operator looks: a tape of one token in
+/// two pools and a crowd of breakouts, through the server with a small global budget, shows
+/// `dexpulse_events_suppressed_total` for both reasons, and the deeper pool's events name the
+/// other in `related_pairs`.
+#[tokio::test]
+async fn deduplicated_and_dropped_events_are_counted_in_the_metrics() {
+    let path =
+        std::env::temp_dir().join(format!("dexpulse-suppressed-{}.jsonl", std::process::id()));
+    let opts = SimOptions {
+        hours: 2.5,
+        noise_pairs: 0,
+        crowd_pairs: 40,
+        ..SimOptions::default()
+    };
+    std::fs::write(&path, tape(&[Scenario::SameToken, Scenario::Crowd], &opts)).unwrap();
+    let mut cfg = test_config();
+    cfg.source.kind = SourceKind::Replay;
+    cfg.source.replay.tape = Some(path.clone());
+    cfg.source.replay.speed = 0.0;
+    cfg.signal.fsm.global_events_per_minute = 10.0;
+    let r = start_sourced(cfg).await;
+    eventually("the tape is played", || {
+        r.state
+            .health
+            .readiness(std::time::Duration::from_secs(3600))
+            .reason
+            .as_deref()
+            == Some("the source has ended")
+    })
+    .await;
+    let (_, metrics) = http_get(&r, "/metrics", &[]).await;
+    let count = |reason: &str| -> f64 {
+        let key = format!("dexpulse_events_suppressed_total{{reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .unwrap_or_else(|| panic!("no {key} in {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(count("dedupe") >= 1.0, "{metrics}");
+    assert!(count("budget") >= 1.0, "{metrics}");
+    let (_, body) = http_get(&r, "/v1/signals?kind=volume_surge&limit=1000", &[]).await;
+    assert!(
+        body.contains("\"pair_address\":\"simsametoken00\"")
+            && body.contains("\"related_pairs\":[\"simsametoken01\"]")
+            && !body.contains("\"pair_address\":\"simsametoken01\""),
+        "{body}"
+    );
+    r.shutdown().await.unwrap();
+    let _ = std::fs::remove_file(path);
+}
