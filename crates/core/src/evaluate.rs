@@ -786,6 +786,18 @@ mod tests {
         s
     }
 
+    /// The outcome of a bullish alert at `minute` on one-minute prices.
+    fn bullish_at(prices: &[f64], minute: i64, horizons_min: &[i64]) -> Option<Outcome> {
+        let o = opts(horizons_min);
+        outcome(
+            &series(prices, None),
+            T0 + minute * MIN_MS,
+            Direction::Bullish,
+            None,
+            &o,
+        )
+    }
+
     fn opts(horizons_min: &[i64]) -> Options {
         Options::new(horizons_min.iter().map(|m| m * MIN_MS).collect(), 1).unwrap()
     }
@@ -805,14 +817,7 @@ mod tests {
         let mut p = with_history(&[]);
         p[60] = 1.5;
         p.extend(std::iter::repeat_n(1.5, 70));
-        let o = outcome(
-            &series(&p, None),
-            T0 + 60 * MIN_MS,
-            Direction::Bullish,
-            None,
-            &opts(&[5, 60]),
-        )
-        .unwrap();
+        let o = bullish_at(&p, 60, &[5, 60]).unwrap();
         assert_eq!(o.returns, vec![Some(0.0), Some(0.0)]);
         assert_eq!((o.label, o.price_hit), (Some(0), Some(false)));
     }
@@ -841,25 +846,11 @@ mod tests {
     #[test]
     fn an_outcome_past_the_end_of_the_tape_is_censored() {
         let p = with_history(&[1.0, 1.001, 1.002]);
-        let o = outcome(
-            &series(&p, None),
-            T0 + 60 * MIN_MS,
-            Direction::Bullish,
-            None,
-            &opts(&[5, 60]),
-        )
-        .unwrap();
+        let o = bullish_at(&p, 60, &[5, 60]).unwrap();
         assert_eq!((o.label, o.price_hit), (None, None));
         assert_eq!(o.returns, vec![None, None]);
         // No snapshot after the alert at all: no entry.
-        assert!(outcome(
-            &series(&p, None),
-            T0 + 70 * MIN_MS,
-            Direction::Bullish,
-            None,
-            &opts(&[5])
-        )
-        .is_none());
+        assert!(bullish_at(&p, 70, &[5]).is_none());
     }
 
     #[test]
@@ -871,26 +862,21 @@ mod tests {
             .collect();
         noisy.extend(std::iter::repeat_n(1.05, 70));
         noisy[61] = 1.0;
-        let o = outcome(
-            &series(&noisy, None),
-            T0 + 60 * MIN_MS,
-            Direction::Bullish,
-            None,
-            &opts(&[60]),
-        )
-        .unwrap();
-        assert_eq!(o.label, Some(0));
+        let label = |p: &[f64]| {
+            outcome(
+                &series(p, None),
+                T0 + 60 * MIN_MS,
+                Direction::Bullish,
+                None,
+                &opts(&[60]),
+            )
+            .unwrap()
+            .label
+        };
+        assert_eq!(label(&noisy), Some(0));
         let mut quiet = with_history(&[1.0]);
         quiet.extend(std::iter::repeat_n(1.05, 70));
-        let o = outcome(
-            &series(&quiet, None),
-            T0 + 60 * MIN_MS,
-            Direction::Bullish,
-            None,
-            &opts(&[60]),
-        )
-        .unwrap();
-        assert_eq!(o.label, Some(1));
+        assert_eq!(label(&quiet), Some(1));
     }
 
     #[test]

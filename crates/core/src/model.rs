@@ -340,18 +340,16 @@ impl Kind {
         Kind::Stance,
     ];
 
-    /// The kinds the per-(pair, kind) state machine runs: all but `stance`.
-    pub const EPISODIC: [Kind; 9] = [
-        Kind::MomentumUp,
-        Kind::MomentumDown,
-        Kind::VolumeSurge,
-        Kind::BuyPressure,
-        Kind::SellPressure,
-        Kind::PumpReversal,
-        Kind::LiquidityDrain,
-        Kind::RugWarning,
-        Kind::NewPair,
-    ];
+    /// The kinds the per-(pair, kind) state machine runs: all but `stance` (the last).
+    pub const EPISODIC: [Kind; 9] = {
+        let mut out = [Kind::MomentumUp; 9];
+        let mut i = 0;
+        while i < out.len() {
+            out[i] = Kind::ALL[i];
+            i += 1;
+        }
+        out
+    };
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -876,7 +876,7 @@ fn batch(scenario: Scenario, opts: &SimOptions) -> Batch {
     let seed = |i: u64| mix(opts.seed, scenario as u64 + 1, i);
     let mut polling = Polling::Regular;
     let specs: Vec<PoolSpec> = match scenario {
-        Scenario::Noise => (0..opts.noise_pairs)
+        Scenario::Noise | Scenario::Organic => (0..opts.noise_pairs)
             .map(|i| {
                 let mut r = ChaCha8Rng::seed_from_u64(seed(1000 + i as u64));
                 // Liquidity $200k-$2M, daily turnover 0.5-3x the liquidity: trade sizes follow
@@ -895,31 +895,7 @@ fn batch(scenario: Scenario, opts: &SimOptions) -> Batch {
                     buy_bias: 0.0,
                     range: None,
                     token: None,
-                    organic: false,
-                }
-            })
-            .collect(),
-        Scenario::Organic => (0..opts.noise_pairs)
-            .map(|i| {
-                let mut r = ChaCha8Rng::seed_from_u64(seed(1000 + i as u64));
-                // As `noise`, with organic order flow.
-                // Liquidity $200k-$2M, daily turnover 0.5-3x the liquidity: trade sizes follow
-                // from the rate (the lognormal mean is 1.377x its median).
-                let liquidity_usd = 10f64.powf(r.gen_range(5.3..6.3));
-                let rate_per_min = r.gen_range(1.0..5.0);
-                let daily = liquidity_usd * r.gen_range(0.5..3.0);
-                PoolSpec {
-                    liquidity_usd,
-                    rate_per_min,
-                    size_median: daily / (rate_per_min * 1440.0 * 1.377),
-                    age_ms: r.gen_range(2..400) * 24 * HOUR,
-                    scripts: Vec::new(),
-                    market_seed: seed(i as u64),
-                    listed_ms: None,
-                    buy_bias: 0.0,
-                    range: None,
-                    token: None,
-                    organic: true,
+                    organic: scenario == Scenario::Organic,
                 }
             })
             .collect(),
