@@ -630,6 +630,10 @@ pub struct PairMetrics {
     pub bp_m5: Option<f64>,
     pub lvr: Option<f64>,
     pub lp_removed: Option<f64>,
+    /// The pair's stance (docs/signals.md, "Stance"), and its trend: the last stance that was
+    /// not neutral (`None` before any).
+    pub stance: Option<Direction>,
+    pub trend: Option<Direction>,
 }
 
 impl SignalEvent {

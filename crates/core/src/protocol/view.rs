@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::model::{
-    format_ms, Kind, KindSet, PairMetrics, Snapshot, Source, Token, TxnWindows, Windows,
+    format_ms, Direction, Kind, KindSet, PairMetrics, Snapshot, Source, Token, TxnWindows, Windows,
 };
 
 #[derive(Serialize)]
@@ -31,6 +31,8 @@ struct PairView<'a> {
     bp_m5: Option<f64>,
     lvr: Option<f64>,
     lp_removed: Option<f64>,
+    stance: Option<Direction>,
+    trend: Option<Direction>,
     open_signals: Vec<Kind>,
 }
 
@@ -58,6 +60,8 @@ pub fn render_pair(s: &Snapshot, m: &PairMetrics, open: KindSet) -> String {
         bp_m5: m.bp_m5,
         lvr: m.lvr,
         lp_removed: m.lp_removed,
+        stance: m.stance,
+        trend: m.trend,
         open_signals: open.iter().collect(),
     };
     // Plain strings and numbers (non-finite ones become null): serializing cannot fail.
@@ -79,6 +83,8 @@ mod tests {
         s.fdv_usd = None;
         let m = PairMetrics {
             r5: Some(4.1201),
+            stance: Some(Direction::Neutral),
+            trend: Some(Direction::Bearish),
             ..PairMetrics::default()
         };
         let open: KindSet = [Kind::VolumeSurge, Kind::MomentumUp].into_iter().collect();
@@ -87,6 +93,10 @@ mod tests {
         assert_eq!(v["fdv_usd"], serde_json::Value::Null);
         assert_eq!(v["r5"], 4.1201);
         assert_eq!(v["r60"], serde_json::Value::Null);
+        assert_eq!(
+            (&v["stance"], &v["trend"]),
+            (&serde_json::json!("neutral"), &serde_json::json!("bearish"))
+        );
         assert_eq!(
             v["open_signals"],
             serde_json::json!(["momentum_up", "volume_surge"])

@@ -127,6 +127,8 @@ struct PairState {
     /// The stance last emitted, and the score it carried.
     stance: Direction,
     stance_score: u8,
+    /// The last stance that was not neutral.
+    trend: Option<Direction>,
     /// The latest snapshot of any verdict: a pair still being polled is never forgotten.
     last_seen_ms: i64,
 }
@@ -303,6 +305,8 @@ impl Engine {
             bp_m5: round_to(f.bp_m5, 4),
             lvr: round_to(f.lvr, 4),
             lp_removed: round_to(f.lp_removed, 4),
+            stance: self.pairs.get(key).map(|s| s.stance),
+            trend: self.pairs.get(key).and_then(|s| s.trend),
         };
         Some((snap, metrics, self.open_kinds(key)))
     }
@@ -549,6 +553,7 @@ impl PairState {
             rug_score: 0,
             stance: Direction::Neutral,
             stance_score: 0,
+            trend: None,
             last_seen_ms: snap.observed_at_ms,
         }
     }
@@ -1203,6 +1208,9 @@ fn stance_change(st: &mut PairState, t: i64, cfg: &Params) -> Option<Emit> {
     }
     st.stance = dir;
     st.stance_score = score;
+    if dir != Direction::Neutral {
+        st.trend = Some(dir);
+    }
     Some(Emit {
         kind: Kind::Stance,
         phase: Phase::Opened,
