@@ -129,6 +129,8 @@ struct PairState {
     stance_score: u8,
     /// The last stance that was not neutral.
     trend: Option<Direction>,
+    /// Its base token's index in `Engine::tokens`, from its first fresh snapshot.
+    token: Option<usize>,
     /// The latest snapshot of any verdict: a pair still being polled is never forgotten.
     last_seen_ms: i64,
 }
@@ -156,6 +158,40 @@ struct TokenPair {
     key: PairKey,
     liquidity: Option<f64>,
     last_ms: i64,
+}
+
+/// The pools of each base token. A pair keeps its token's index, so that a snapshot reaches
+/// its token's pools without hashing the address (a tenth of `observe` when it did); indices of
+/// tokens whose last pool was forgotten are reused, so memory follows the pairs tracked.
+#[derive(Debug, Default)]
+struct Tokens {
+    ids: FxHashMap<String, usize>,
+    lists: Vec<Vec<TokenPair>>,
+    free: Vec<usize>,
+}
+
+impl Tokens {
+    fn id(&mut self, address: &str) -> usize {
+        if let Some(&id) = self.ids.get(address) {
+            return id;
+        }
+        let id = self.free.pop().unwrap_or_else(|| {
+            self.lists.push(Vec::new());
+            self.lists.len() - 1
+        });
+        self.ids.insert(address.to_string(), id);
+        id
+    }
+
+    fn forget(&mut self, id: usize, key: &PairKey, address: &str) {
+        let Some(list) = self.lists.get_mut(id) else {
+            return;
+        };
+        list.retain(|p| p.key != *key);
+        if list.is_empty() && self.ids.remove(address).is_some() {
+            self.free.push(id);
+        }
+    }
 }
 
 /// The global event budget: a token bucket over event time (snapshot times), so that a replay
@@ -243,8 +279,8 @@ pub struct Engine {
     /// Fx, not SipHash: hashing the key was a sixth of `observe`. Deterministic (no random
     /// seed), and nothing depends on its order: `tick` sorts what it emits.
     pairs: FxHashMap<PairKey, PairState>,
-    /// The pools of each base token (by its address), for per-token deduplication.
-    tokens: FxHashMap<String, Vec<TokenPair>>,
+    /// The pools of each base token, for per-token deduplication.
+    tokens: Tokens,
     budget: Option<Budget>,
     forgotten: Vec<PairKey>,
     stats: EngineStats,
@@ -260,7 +296,7 @@ impl Engine {
             cfg,
             params_hash,
             pairs: FxHashMap::default(),
-            tokens: FxHashMap::default(),
+            tokens: Tokens::default(),
             budget,
             forgotten: Vec::new(),
             stats: EngineStats::default(),
@@ -385,9 +421,12 @@ impl Engine {
         if first_sighting {
             st.first_age_min = f.age_min;
         }
+        let token = *st
+            .token
+            .get_or_insert_with(|| self.tokens.id(&snap.base_token.address));
         let deepest = if cfg.fsm.dedupe_per_token {
             note_token(
-                &mut self.tokens,
+                &mut self.tokens.lists[token],
                 snap,
                 f.liquidity,
                 t,
@@ -406,8 +445,12 @@ impl Engine {
         step(st, &f, cfg, &mut emits, &mut gate);
         self.stats.deduped += gate.deduped;
         self.stats.dropped += gate.dropped;
-        if let Some(e) = stance_change(st, t, cfg) {
-            emits.push(e);
+        // Only an opening, escalation or close, or the end of a rug's quiet, moves the stance.
+        let quiet_over = st.rug_until_ms != i64::MIN && t >= st.rug_until_ms;
+        if !emits.is_empty() || (quiet_over && st.stance == Direction::Bearish) {
+            if let Some(e) = stance_change(st, t, cfg) {
+                emits.push(e);
+            }
         }
 
         // Time-out closes report the previous snapshot; build them before it is replaced.
@@ -415,7 +458,7 @@ impl Engine {
         let related = if emits.is_empty() || !cfg.fsm.dedupe_per_token {
             Vec::new()
         } else {
-            related_pairs(&self.tokens, snap, t, cfg.ms.data_gap_close)
+            related_pairs(&self.tokens.lists[token], snap, t, cfg.ms.data_gap_close)
         };
         for e in emits
             .iter()
@@ -465,10 +508,16 @@ impl Engine {
                 }
             }
             for e in &emits {
-                let related = if self.cfg.fsm.dedupe_per_token && e.kind.is_market() {
-                    related_pairs(&self.tokens, &st.last, now_ms, self.cfg.ms.data_gap_close)
-                } else {
-                    Vec::new()
+                let related = match st.token {
+                    Some(id) if self.cfg.fsm.dedupe_per_token && e.kind.is_market() => {
+                        related_pairs(
+                            &self.tokens.lists[id],
+                            &st.last,
+                            now_ms,
+                            self.cfg.ms.data_gap_close,
+                        )
+                    }
+                    _ => Vec::new(),
                 };
                 out.push(build(
                     e,
@@ -490,12 +539,8 @@ impl Engine {
             let keep = now_ms - st.last_seen_ms < idle || st.busy(now_ms);
             if !keep {
                 forgotten.push(key.clone());
-                let token = st.last.base_token.address.as_str();
-                if let Some(list) = tokens.get_mut(token) {
-                    list.retain(|p| p.key != *key);
-                    if list.is_empty() {
-                        tokens.remove(token);
-                    }
+                if let Some(id) = st.token {
+                    tokens.forget(id, key, &st.last.base_token.address);
                 }
             }
             keep
@@ -554,6 +599,7 @@ impl PairState {
             stance: Direction::Neutral,
             stance_score: 0,
             trend: None,
+            token: None,
             last_seen_ms: snap.observed_at_ms,
         }
     }
@@ -1118,16 +1164,12 @@ fn open(
 /// deepest (by USD liquidity; ties go to the smaller address) among the pools on its chain seen
 /// fresh within `window` ms. Allocates only for a pool it has not seen before.
 fn note_token(
-    tokens: &mut FxHashMap<String, Vec<TokenPair>>,
+    list: &mut Vec<TokenPair>,
     snap: &Snapshot,
     liquidity: Option<f64>,
     t: i64,
     window: i64,
 ) -> bool {
-    let list = match tokens.get_mut(snap.base_token.address.as_str()) {
-        Some(list) => list,
-        None => tokens.entry(snap.base_token.address.clone()).or_default(),
-    };
     match list.iter_mut().find(|p| p.key == snap.key) {
         Some(p) => {
             p.liquidity = liquidity;
@@ -1150,15 +1192,7 @@ fn note_token(
 
 /// The other pools of the snapshot's token seen fresh within `window` ms: an event's
 /// `related_pairs` (addresses on the same chain, sorted).
-fn related_pairs(
-    tokens: &FxHashMap<String, Vec<TokenPair>>,
-    snap: &Snapshot,
-    t: i64,
-    window: i64,
-) -> Vec<String> {
-    let Some(list) = tokens.get(snap.base_token.address.as_str()) else {
-        return Vec::new();
-    };
+fn related_pairs(list: &[TokenPair], snap: &Snapshot, t: i64, window: i64) -> Vec<String> {
     let mut out: Vec<String> = list
         .iter()
         .filter(|p| p.key != snap.key && p.key.chain == snap.key.chain && t - p.last_ms <= window)
