@@ -293,7 +293,8 @@ impl Study {
             .series
             .iter()
             .filter_map(|s| Some((s.t.last()? - s.t.first()?) as f64 / DAY_MS))
-            .sum();
+            // An empty f64 sum is −0.0.
+            .fold(0.0, |a, b| a + b);
         let mut groups: Vec<((usize, usize), Vec<Alert>)> =
             self.groups.iter().map(|(k, v)| (*k, v.clone())).collect();
         let naive = self.naive();
