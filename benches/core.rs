@@ -1,7 +1,8 @@
 //! criterion benches of the hot paths: engine `observe` in the steady state (and allocations
 //! per snapshot, counted by an instrumented global allocator), the decoders on the recorded
 //! payloads (bytes per second), event serialization, filter matching, and reads of a full
-//! history (100,000 frames): a resume's chunk and a `/v1/signals` page.
+//! history (100,000 frames): a resume's chunk and a `/v1/signals` page; the event log's durable
+//! commit and a read from its file.
 //!
 //!     cargo bench --bench core
 
@@ -275,5 +276,45 @@ fn history(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, engine, decoders, events_and_filters, history);
+/// The event log on disk: one durable commit of a batch of 10 frames of ~1.2 KB (the size of a
+/// real signal message), and a read of 1,000 frames from the file. The temporary directory's
+/// file system decides the fsync cost; the figures say where they were taken.
+fn store(c: &mut Criterion) {
+    let dir = std::env::temp_dir().join(format!("dexpulse-bench-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut log = dexpulse::store::EventLog::open(&dir, || "bench".into()).unwrap();
+    let frame = vec![b'x'; 1200];
+    // What the read measures is there whichever benches the filter runs.
+    log.append((1..=1000).map(|s| (s, frame.as_slice())))
+        .unwrap();
+    let mut g = c.benchmark_group("store");
+    g.throughput(Throughput::Elements(10));
+    g.bench_function("append_10_frames_durable", |b| {
+        b.iter(|| {
+            let h = log.head();
+            log.append((h + 1..=h + 10).map(|s| (s, frame.as_slice())))
+                .unwrap();
+        })
+    });
+    g.throughput(Throughput::Elements(1000));
+    g.bench_function("since_1000_frames", |b| {
+        b.iter(|| {
+            let read = log.since(0, 1000).unwrap();
+            assert_eq!(read.len(), 1000);
+            black_box(read.len())
+        })
+    });
+    g.finish();
+    drop(log);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(
+    benches,
+    engine,
+    decoders,
+    events_and_filters,
+    history,
+    store
+);
 criterion_main!(benches);

@@ -3,7 +3,8 @@
 //! The pure core lives in the `dexpulse-core` crate, re-exported here: [`model`],
 //! [`settings`], [`signal`], [`source`], [`schedule`], [`protocol`], [`replay`]. This crate adds
 //! what does I/O, bottom up: [`time`] (the only wall-clock read), [`metrics`], [`health`]
-//! (what `/readyz` reads), [`hub`] (history, fan-out, pair states), [`live`] (the only HTTP to
+//! (what `/readyz` reads), [`store`] (the event log on disk, the only module touching the data
+//! directory), [`hub`] (history, fan-out, pair states), [`live`] (the only HTTP to
 //! upstream), [`server`] (HTTP and WebSocket sessions), and [`app`], the composition root, the
 //! only module that imports everything. A module imports only from below it in this list;
 //! `tests/it/tidy.rs` checks it, and ARCHITECTURE.md draws it.
@@ -17,4 +18,5 @@ pub mod hub;
 pub mod live;
 pub mod metrics;
 pub mod server;
+pub mod store;
 pub mod time;

@@ -28,6 +28,7 @@ const APP: &[(&str, &[&str])] = &[
     ("time", &[]),
     ("metrics", &["model"]),
     ("health", &["time"]),
+    ("store", &[]),
     ("hub", &["time", "model", "protocol", "settings"]),
     (
         "live",
@@ -204,6 +205,8 @@ fn what_each_module_never_does() {
     only_under("tokio_tungstenite", &["src/server/", "src/bin/"]);
     only_under("axum", &["src/server/"]);
     only_under("hyper", &["src/server/"]);
+    // Only the store touches its files.
+    only_under("redb", &["src/store.rs"]);
     // Only `time` reads the wall clock.
     only_under("SystemTime::now", &["src/time.rs", "src/bin/loadgen.rs"]);
     only_under("Utc::now", &[]);
