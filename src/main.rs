@@ -74,6 +74,10 @@ enum Command {
         /// source.live.record.
         #[arg(long)]
         record: Option<PathBuf>,
+        /// Keep the event log here (created if absent); sets store.data_dir. Without it the
+        /// history is in memory and every start is a new epoch.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Run the market simulator and write its polls as a tape (everything says
     /// "source":"simulator"). The flags set [source.simulator] values.
@@ -160,12 +164,14 @@ fn main() -> ExitCode {
         config: PathBuf::from("config/default.toml"),
         bind: None,
         record: None,
+        data_dir: None,
     }) {
         Command::Serve {
             config,
             bind,
             record,
-        } => run_serve(&config, bind, record),
+            data_dir,
+        } => run_serve(&config, bind, record, data_dir),
         Command::Simulate {
             config,
             scenario,
@@ -218,10 +224,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_serve(config: &Path, bind: Option<String>, record: Option<PathBuf>) -> ExitCode {
+fn run_serve(
+    config: &Path,
+    bind: Option<String>,
+    record: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+) -> ExitCode {
     let mut layers = Layers::with_process_env(Some(config));
     if let Some(b) = bind {
         layers = layers.flag("--bind", "server.bind", b);
+    }
+    if let Some(d) = data_dir {
+        layers = layers.flag("--data-dir", "store.data_dir", d.display().to_string());
     }
     let recording = record.is_some();
     if let Some(r) = record {
@@ -276,7 +290,7 @@ fn run_serve(config: &Path, bind: Option<String>, record: Option<PathBuf>) -> Ex
                 return ExitCode::from(match e {
                     StartError::Tape { .. } => EXIT_NOINPUT,
                     StartError::Record { .. } => EXIT_CANTCREAT,
-                    StartError::Io(_) => EXIT_IO,
+                    StartError::Io(_) | StartError::Store(_) => EXIT_IO,
                 });
             }
         };

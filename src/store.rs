@@ -4,8 +4,7 @@
 //! data directory's files. It never overwrites a file it did not write: a foreign, corrupt or
 //! locked file is refused with an error naming it.
 //!
-//! Not yet wired into the hub (issue 12 continues): this is the log the durable history will
-//! write before it sends.
+//! `hub::durable` writes each batch here before it sends it.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +12,27 @@ use redb::{
     Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition,
 };
+
+/// `[store]`: where the event log lives. No directory: history in memory only (a new epoch at
+/// every start).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSettings {
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Settings {
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Settings {
+    pub fn parse(raw: &RawSettings) -> Settings {
+        Settings {
+            data_dir: raw.data_dir.clone().filter(|d| !d.as_os_str().is_empty()),
+        }
+    }
+}
 
 /// Seq (8 bytes, big-endian) → the frame's bytes.
 const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");

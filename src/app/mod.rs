@@ -43,6 +43,8 @@ pub enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the event log: {0}")]
+    Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -159,7 +161,14 @@ pub fn start(cfg: Config, listener: TcpListener, opts: Options) -> Result<Runnin
     let addr = listener.local_addr()?;
     let clock = opts.clock;
     let shutdown = CancellationToken::new();
-    let hub = Arc::new(Hub::new(cfg.hub.clone(), clock.clone()));
+    let hub = Arc::new(match &cfg.store.data_dir {
+        Some(dir) => {
+            let log = crate::store::EventLog::open(dir, || Hub::new_epoch(&clock))?;
+            tracing::info!(path = %log.path().display(), epoch = log.epoch(), head = log.head(), "event log opened");
+            Hub::durable(cfg.hub.clone(), clock.clone(), log)?
+        }
+        None => Hub::new(cfg.hub.clone(), clock.clone()),
+    });
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(clock.clone()));
     let state = AppState::new(server::Parts {

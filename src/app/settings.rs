@@ -15,7 +15,7 @@ use dexpulse_core::signal::{Params, RawParams};
 use dexpulse_core::source::simulator;
 
 use crate::server::{auth, session};
-use crate::{hub, live, server};
+use crate::{hub, live, server, store};
 
 /// The prefix of environment overrides: `DEXPULSE_SERVER__BIND=0.0.0.0:8080` sets
 /// `server.bind`; `__` separates the levels (field names have single underscores).
@@ -121,6 +121,7 @@ pub struct RawConfig {
     pub auth: auth::RawSettings,
     pub source: RawSource,
     pub signal: RawParams,
+    pub store: store::RawSettings,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -159,6 +160,7 @@ pub struct Config {
     pub auth: auth::Settings,
     pub source: Source,
     pub signal: Params,
+    pub store: store::Settings,
 }
 
 impl Config {
@@ -213,6 +215,7 @@ impl Config {
                 kind,
             },
             signal: Params::parse(&raw.signal).map_err(|e| e.within("signal"))?,
+            store: store::Settings::parse(&raw.store),
         })
     }
 }

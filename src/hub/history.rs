@@ -113,6 +113,55 @@ impl MemoryHistory {
     }
 }
 
+impl MemoryHistory {
+    /// A ring that continues a log: `head` and the newest retained `frames` (oldest first).
+    pub fn restored(
+        settings: Settings,
+        epoch: String,
+        head: u64,
+        frames: Vec<Arc<Frame>>,
+    ) -> MemoryHistory {
+        let h = MemoryHistory::new(settings, epoch);
+        h.head.store(head, Ordering::Release);
+        h.ring().extend(frames);
+        h
+    }
+
+    /// The frames `events` would become, numbered after the head; nothing is kept yet.
+    pub fn number(
+        &self,
+        published_at_us: i64,
+        events: Vec<(EventMeta, String)>,
+    ) -> Vec<Arc<Frame>> {
+        let mut seq = self.head.load(Ordering::Acquire);
+        events
+            .into_iter()
+            .map(|(meta, json)| {
+                seq += 1;
+                Arc::new(Frame {
+                    seq,
+                    published_at_us,
+                    meta,
+                    text: Bytes::from(signal_message(seq, published_at_us, &json)),
+                })
+            })
+            .collect()
+    }
+
+    /// Keeps frames `number` made (the caller is the only publisher) and moves the head.
+    pub fn keep(&self, frames: &[Arc<Frame>]) {
+        let Some(last) = frames.last() else {
+            return;
+        };
+        let mut ring = self.ring();
+        ring.extend(frames.iter().cloned());
+        self.evict(&mut ring, last.published_at_us);
+        // The head moves while the ring lock is held: a reader never sees a head its ring
+        // lacks.
+        self.head.store(last.seq, Ordering::Release);
+    }
+}
+
 impl History for MemoryHistory {
     fn epoch(&self) -> &str {
         &self.epoch
@@ -123,25 +172,9 @@ impl History for MemoryHistory {
     }
 
     fn append(&self, published_at_us: i64, events: Vec<(EventMeta, String)>) -> Vec<Arc<Frame>> {
-        let mut out = Vec::with_capacity(events.len());
-        let mut ring = self.ring();
-        let mut seq = self.head.load(Ordering::Relaxed);
-        for (meta, json) in events {
-            seq += 1;
-            let frame = Arc::new(Frame {
-                seq,
-                published_at_us,
-                meta,
-                text: Bytes::from(signal_message(seq, published_at_us, &json)),
-            });
-            ring.push_back(frame.clone());
-            out.push(frame);
-        }
-        self.evict(&mut ring, published_at_us);
-        // The head moves while the ring lock is held: a reader never sees a head its ring
-        // lacks.
-        self.head.store(seq, Ordering::Release);
-        out
+        let frames = self.number(published_at_us, events);
+        self.keep(&frames);
+        frames
     }
 
     fn since(&self, after: u64, limit: usize) -> Since {

@@ -8,6 +8,7 @@
 //! receiver that falls behind its channel lags and its session catches up from the history.
 //! No lock is held across an `.await` (there is none here), and none while matching filters.
 
+pub mod durable;
 pub mod fanout;
 pub mod history;
 pub mod pairs;
@@ -103,9 +104,24 @@ impl Hub {
     /// A hub with history in memory, in a new epoch (start time and process id: unique enough
     /// that a client holding a seq of an earlier process knows it cannot resume from it).
     pub fn new(settings: Settings, clock: Clock) -> Hub {
-        let epoch = format!("{:x}-{:x}", clock.now_us(), std::process::id());
-        let history = MemoryHistory::new(settings.clone(), epoch);
+        let history = MemoryHistory::new(settings.clone(), Hub::new_epoch(&clock));
         Hub::with_history(settings, clock, Box::new(history))
+    }
+
+    /// A hub whose history is the event log on disk: its epoch and head continue the log's.
+    pub fn durable(
+        settings: Settings,
+        clock: Clock,
+        log: crate::store::EventLog,
+    ) -> Result<Hub, crate::store::StoreError> {
+        let history = durable::LogHistory::open(settings.clone(), log)?;
+        Ok(Hub::with_history(settings, clock, Box::new(history)))
+    }
+
+    /// A new epoch's name: start time and process id, unique enough that a client holding a
+    /// seq of an earlier process (or log) knows it cannot resume from it.
+    pub fn new_epoch(clock: &Clock) -> String {
+        format!("{:x}-{:x}", clock.now_us(), std::process::id())
     }
 
     pub fn with_history(settings: Settings, clock: Clock, history: Box<dyn History>) -> Hub {

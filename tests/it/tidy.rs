@@ -29,7 +29,7 @@ const APP: &[(&str, &[&str])] = &[
     ("metrics", &["model"]),
     ("health", &["time"]),
     ("store", &[]),
-    ("hub", &["time", "model", "protocol", "settings"]),
+    ("hub", &["time", "model", "protocol", "settings", "store"]),
     (
         "live",
         &[
