@@ -87,7 +87,7 @@ enum Command {
         config: Option<PathBuf>,
         /// A scenario name, `all`, or several separated by commas: noise, breakout, pump_dump,
         /// lp_withdrawal, sell_crash, wash, honeypot, stale, irregular, outlier, new_pair,
-        /// clmm_selloff, clmm_withdrawal, old_burst, same_token, crowd.
+        /// clmm_selloff, clmm_withdrawal, old_burst, same_token, crowd, organic.
         #[arg(long)]
         scenario: Option<String>,
         /// The seed: the same seed gives the same tape, byte for byte.

@@ -2,10 +2,24 @@
 //! engine takes it) through the engine and the hub to a WebSocket client and the HTTP API.
 
 use dexpulse::app::settings::SourceKind;
+use dexpulse::app::Running;
 use dexpulse::source::simulator::{Scenario, SimOptions};
 
 use crate::server::*;
 use crate::support::tape;
+
+/// Waits until the replay source has played its whole tape.
+async fn source_ended(r: &Running) {
+    eventually("the source ends", || {
+        r.state
+            .health
+            .readiness(std::time::Duration::from_secs(3600))
+            .reason
+            .as_deref()
+            == Some("the source has ended")
+    })
+    .await;
+}
 
 #[tokio::test]
 async fn a_replayed_tape_reaches_a_subscriber_and_the_http_api() {
@@ -53,15 +67,7 @@ async fn a_replayed_tape_reaches_a_subscriber_and_the_http_api() {
     );
 
     // The tape is over: the server still serves, and says why it is not ready for live data.
-    eventually("the source ends", || {
-        r.state
-            .health
-            .readiness(std::time::Duration::from_secs(3600))
-            .reason
-            .as_deref()
-            == Some("the source has ended")
-    })
-    .await;
+    source_ended(&r).await;
     let (status, body) = http_get(&r, "/readyz", &[]).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(
@@ -126,15 +132,7 @@ async fn deduplicated_and_dropped_events_are_counted_in_the_metrics() {
     cfg.source.replay.speed = 0.0;
     cfg.signal.fsm.global_events_per_minute = 10.0;
     let r = start_sourced(cfg).await;
-    eventually("the tape is played", || {
-        r.state
-            .health
-            .readiness(std::time::Duration::from_secs(3600))
-            .reason
-            .as_deref()
-            == Some("the source has ended")
-    })
-    .await;
+    source_ended(&r).await;
     let (_, metrics) = http_get(&r, "/metrics", &[]).await;
     let count = |reason: &str| -> f64 {
         let key = format!("dexpulse_events_suppressed_total{{reason=\"{reason}\"}} ");

@@ -368,13 +368,10 @@ impl Study {
                 );
                 Band {
                     band: format!("{lo}-{hi}"),
-                    count: t.count,
-                    evaluated: t.evaluated,
-                    hits: t.hits,
-                    hit_rate: t.rate(),
+                    tally: t.counts(),
                 }
             })
-            .filter(|b| b.count > 0)
+            .filter(|b| b.tally.count > 0)
             .collect();
         let lift = match (mine.rate(), base.rate()) {
             (Some(m), Some(b)) if b > 0.0 => Some(round(m / b, 2)),
@@ -392,10 +389,7 @@ impl Study {
                 (None, Direction::Bearish) => "lower barrier first".into(),
                 (None, Direction::Neutral) => "either barrier".into(),
             },
-            count: mine.count,
-            evaluated: mine.evaluated,
-            hits: mine.hits,
-            hit_rate: mine.rate().map(|r| round(r, 4)),
+            tally: mine.counts(),
             hit_rate_ci95: mine.wilson(),
             median_return_pct: mine.median_returns(opts),
             median_lead_minutes: mine.median_lead_minutes(),
@@ -408,10 +402,7 @@ impl Study {
             },
             score_bands: bands,
             random: Baseline {
-                count: base.count,
-                evaluated: base.evaluated,
-                hits: base.hits,
-                hit_rate: base.rate().map(|r| round(r, 4)),
+                tally: base.counts(),
                 hit_rate_ci95: base.wilson(),
                 median_return_pct: base.median_returns(opts),
             },
@@ -582,6 +573,15 @@ impl Tally {
         t
     }
 
+    fn counts(&self) -> Counts {
+        Counts {
+            count: self.count,
+            evaluated: self.evaluated,
+            hits: self.hits,
+            hit_rate: self.rate().map(|r| round(r, 4)),
+        }
+    }
+
     fn rate(&self) -> Option<f64> {
         (self.evaluated > 0).then(|| self.hits as f64 / self.evaluated as f64)
     }
@@ -673,10 +673,8 @@ pub struct Row {
     pub kind: String,
     pub direction: Direction,
     pub hit_rule: String,
-    pub count: usize,
-    pub evaluated: usize,
-    pub hits: usize,
-    pub hit_rate: Option<f64>,
+    #[serde(flatten)]
+    pub tally: Counts,
     pub hit_rate_ci95: Option<[f64; 2]>,
     pub median_return_pct: BTreeMap<String, Option<f64>>,
     pub median_lead_minutes: Option<f64>,
@@ -691,6 +689,13 @@ pub struct Row {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Band {
     pub band: String,
+    #[serde(flatten)]
+    pub tally: Counts,
+}
+
+/// Alerts, those not censored, those that came true, and the rate.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Counts {
     pub count: usize,
     pub evaluated: usize,
     pub hits: usize,
@@ -699,10 +704,8 @@ pub struct Band {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Baseline {
-    pub count: usize,
-    pub evaluated: usize,
-    pub hits: usize,
-    pub hit_rate: Option<f64>,
+    #[serde(flatten)]
+    pub tally: Counts,
     pub hit_rate_ci95: Option<[f64; 2]>,
     pub median_return_pct: BTreeMap<String, Option<f64>>,
 }
@@ -739,10 +742,10 @@ impl Report {
                 "{:<16} {:<8} {:>5} {:>5} {:>15} {:>7} {:>6}",
                 r.kind,
                 r.direction.as_str(),
-                r.count,
-                r.evaluated,
-                format!("{}{ci}", pct(r.hit_rate)),
-                pct(r.random.hit_rate),
+                r.tally.count,
+                r.tally.evaluated,
+                format!("{}{ci}", pct(r.tally.hit_rate)),
+                pct(r.random.tally.hit_rate),
                 r.lift.map_or("-".to_string(), |l| format!("{l:.2}")),
             );
             for h in &self.horizons {

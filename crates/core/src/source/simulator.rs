@@ -846,6 +846,19 @@ fn pool(scenario: Scenario, idx: usize, spec: PoolSpec, start: i64) -> Pool {
     p
 }
 
+/// Buyers four times as many and twice as large: the scripted breakouts' flow.
+fn buying_burst(from_min: i64, to_min: i64, start: i64) -> Script {
+    script(
+        from_min,
+        to_min,
+        start,
+        Effect::BuyBoost {
+            rate: 4.0,
+            size: 2.0,
+        },
+    )
+}
+
 fn script(from_min: i64, to_min: i64, start: i64, effect: Effect) -> Script {
     Script {
         from_ms: start + from_min * MIN,
@@ -899,18 +912,7 @@ fn batch(scenario: Scenario, opts: &SimOptions) -> Batch {
                 }
             })
             .collect(),
-        Scenario::Breakout => vec![steady(
-            seed(0),
-            vec![script(
-                90,
-                120,
-                s,
-                Effect::BuyBoost {
-                    rate: 4.0,
-                    size: 2.0,
-                },
-            )],
-        )],
+        Scenario::Breakout => vec![steady(seed(0), vec![buying_burst(90, 120, s)])],
         Scenario::PumpDump => vec![steady(
             seed(0),
             vec![
@@ -969,34 +971,12 @@ fn batch(scenario: Scenario, opts: &SimOptions) -> Batch {
                 from_ms: s + 108 * MIN,
                 to_ms: s + 128 * MIN,
             };
-            vec![steady(
-                seed(0),
-                vec![script(
-                    90,
-                    120,
-                    s,
-                    Effect::BuyBoost {
-                        rate: 4.0,
-                        size: 2.0,
-                    },
-                )],
-            )]
+            vec![steady(seed(0), vec![buying_burst(90, 120, s)])]
         }
         Scenario::Irregular => {
             // Pair 00 is polled regularly in a batch of its own below; pair 01 sees the
             // same market (same seed) through irregular polls with two 20-minute gaps.
-            vec![steady(
-                seed(0),
-                vec![script(
-                    90,
-                    120,
-                    s,
-                    Effect::BuyBoost {
-                        rate: 4.0,
-                        size: 2.0,
-                    },
-                )],
-            )]
+            vec![steady(seed(0), vec![buying_burst(90, 120, s)])]
         }
         Scenario::Outlier => {
             polling = Polling::Outlier {
@@ -1028,15 +1008,7 @@ fn batch(scenario: Scenario, opts: &SimOptions) -> Batch {
         Scenario::OldBurst => vec![steady(
             seed(0),
             vec![
-                script(
-                    90,
-                    110,
-                    s,
-                    Effect::BuyBoost {
-                        rate: 4.0,
-                        size: 2.0,
-                    },
-                ),
+                buying_burst(90, 110, s),
                 script(140, 143, s, Effect::DriveTo { target: 0.95 }),
             ],
         )],
@@ -1047,36 +1019,12 @@ fn batch(scenario: Scenario, opts: &SimOptions) -> Batch {
             .map(|(i, liquidity_usd)| PoolSpec {
                 liquidity_usd,
                 token: Some(format!("{}mint", scenario.address_prefix())),
-                ..steady(
-                    seed(i as u64),
-                    vec![script(
-                        90,
-                        120,
-                        s,
-                        Effect::BuyBoost {
-                            rate: 4.0,
-                            size: 2.0,
-                        },
-                    )],
-                )
+                ..steady(seed(i as u64), vec![buying_burst(90, 120, s)])
             })
             .collect(),
         // Many pairs breaking out in the same minutes.
         Scenario::Crowd => (0..opts.crowd_pairs)
-            .map(|i| {
-                steady(
-                    seed(i as u64),
-                    vec![script(
-                        90,
-                        120,
-                        s,
-                        Effect::BuyBoost {
-                            rate: 4.0,
-                            size: 2.0,
-                        },
-                    )],
-                )
-            })
+            .map(|i| steady(seed(i as u64), vec![buying_burst(90, 120, s)]))
             .collect(),
         Scenario::NewPair => vec![PoolSpec {
             liquidity_usd: 80_000.0,
