@@ -285,14 +285,14 @@ fn store(c: &mut Criterion) {
     let mut log = dexpulse::store::EventLog::open(&dir, || "bench".into()).unwrap();
     let frame = vec![b'x'; 1200];
     // What the read measures is there whichever benches the filter runs.
-    log.append((1..=1000).map(|s| (s, frame.as_slice())))
+    log.append((1..=1000).map(|s| (s, frame.as_slice())), None)
         .unwrap();
     let mut g = c.benchmark_group("store");
     g.throughput(Throughput::Elements(10));
     g.bench_function("append_10_frames_durable", |b| {
         b.iter(|| {
             let h = log.head();
-            log.append((h + 1..=h + 10).map(|s| (s, frame.as_slice())))
+            log.append((h + 1..=h + 10).map(|s| (s, frame.as_slice())), None)
                 .unwrap();
         })
     });

@@ -29,6 +29,8 @@ struct Inner {
     upstream: BTreeMap<String, UpstreamState>,
     /// The first task that died: which, and why.
     failed: Option<(String, String)>,
+    /// Why the event log cannot be written now.
+    store_fault: Option<String>,
 }
 
 /// The readiness verdict and what it was judged on.
@@ -96,6 +98,11 @@ impl Health {
             .get_or_insert_with(|| (task.to_string(), reason.to_string()));
     }
 
+    /// The event log failed a write (`Some`), or writes again (`None`).
+    pub fn set_store_fault(&self, fault: Option<String>) {
+        self.inner().store_fault = fault;
+    }
+
     pub fn failed_task(&self) -> Option<(String, String)> {
         self.inner().failed.clone()
     }
@@ -109,6 +116,8 @@ impl Health {
         let inner = self.inner();
         let reason = if let Some((task, why)) = &inner.failed {
             Some(format!("task `{task}` failed: {why}"))
+        } else if let Some(fault) = &inner.store_fault {
+            Some(format!("the event log cannot be written: {fault}"))
         } else if !self.engine_running.load(Ordering::Acquire) {
             Some("the engine is not running".to_string())
         } else if inner.source_ended {

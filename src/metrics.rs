@@ -54,6 +54,25 @@ pub struct Metrics {
     pub circuit_open: Gauge,
     /// Seconds since each tracked pair was last asked for, sampled every tick.
     pub staleness: Histogram,
+    /// The event log (`store`): one write transaction per published batch.
+    pub log: LogMetrics,
+}
+
+/// The event log's metrics (`dexpulse_log_*`); all zero in memory-only mode.
+#[derive(Debug, Clone)]
+pub struct LogMetrics {
+    pub commit_seconds: Histogram,
+    pub commit_failures: Counter,
+    /// Events dropped unpublished: the log failed so long that more waited than
+    /// `store.max_pending_events`.
+    pub dropped_events: Counter,
+    /// Events waiting for the log to accept them again.
+    pub pending_events: Gauge,
+    pub file_bytes: Gauge,
+    pub stored_bytes: Gauge,
+    pub events: Gauge,
+    pub oldest_seq: Gauge,
+    pub trimmed_events: Counter,
 }
 
 impl Default for Metrics {
@@ -223,7 +242,65 @@ impl Metrics {
             "Seconds since each tracked pair was last asked for",
             staleness.clone(),
         );
+        // 50 µs to about 6.5 s.
+        let log = LogMetrics {
+            commit_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
+            commit_failures: Counter::default(),
+            dropped_events: Counter::default(),
+            pending_events: Gauge::default(),
+            file_bytes: Gauge::default(),
+            stored_bytes: Gauge::default(),
+            events: Gauge::default(),
+            oldest_seq: Gauge::default(),
+            trimmed_events: Counter::default(),
+        };
+        registry.register(
+            "log_commit_seconds",
+            "Event log: time of one write transaction (a published batch)",
+            log.commit_seconds.clone(),
+        );
+        registry.register(
+            "log_commit_failures",
+            "Event log: write transactions that failed (their events wait)",
+            log.commit_failures.clone(),
+        );
+        registry.register(
+            "log_dropped_events",
+            "Event log: events dropped because more than store.max_pending_events waited",
+            log.dropped_events.clone(),
+        );
+        registry.register(
+            "log_pending_events",
+            "Event log: events waiting for a write to succeed",
+            log.pending_events.clone(),
+        );
+        registry.register(
+            "log_file_bytes",
+            "Event log: the file's size",
+            log.file_bytes.clone(),
+        );
+        registry.register(
+            "log_stored_bytes",
+            "Event log: bytes of retained frames",
+            log.stored_bytes.clone(),
+        );
+        registry.register(
+            "log_events",
+            "Event log: retained events",
+            log.events.clone(),
+        );
+        registry.register(
+            "log_oldest_seq",
+            "Event log: the oldest retained seq",
+            log.oldest_seq.clone(),
+        );
+        registry.register(
+            "log_trimmed_events",
+            "Event log: events removed by retention",
+            log.trimmed_events.clone(),
+        );
         Metrics {
+            log,
             registry,
             upstream_requests,
             rate_limited,

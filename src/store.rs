@@ -6,42 +6,96 @@
 //!
 //! `hub::durable` writes each batch here before it sends it.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use redb::{
     Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition,
 };
 
-/// `[store]`: where the event log lives. No directory: history in memory only (a new epoch at
-/// every start).
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+use dexpulse_core::settings::{at_least, hours, in_range, seconds, FieldError};
+use dexpulse_core::signal::checkpoint::Checkpoint;
+
+/// `[store]`: where the event log lives and how much of it is kept. No directory: history in
+/// memory only (a new epoch at every start).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawSettings {
     pub data_dir: Option<PathBuf>,
+    /// Events older than this are trimmed ...
+    pub retain_hours: f64,
+    /// ... and the oldest beyond this many bytes of frames.
+    pub max_megabytes: f64,
+    /// How often retention runs (and a failing log is retried when nothing else writes).
+    pub maintain_seconds: f64,
+    /// The engine's state is saved with every batch of events it publishes, and at least this
+    /// often while its state changes without events.
+    pub checkpoint_seconds: f64,
+    /// While the log cannot be written, events wait in memory, up to this many (the oldest
+    /// are dropped beyond it, and counted).
+    pub max_pending_events: usize,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+impl Default for RawSettings {
+    fn default() -> Self {
+        RawSettings {
+            data_dir: None,
+            retain_hours: 168.0,
+            max_megabytes: 1024.0,
+            maintain_seconds: 10.0,
+            checkpoint_seconds: 30.0,
+            max_pending_events: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub data_dir: Option<PathBuf>,
+    pub retain: Duration,
+    pub max_bytes: u64,
+    pub maintain: Duration,
+    pub checkpoint: Duration,
+    pub max_pending_events: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::parse(&RawSettings::default()).unwrap_or_else(|e| unreachable!("defaults: {e}"))
+    }
 }
 
 impl Settings {
-    pub fn parse(raw: &RawSettings) -> Settings {
-        Settings {
+    /// Field names are relative to `[store]`.
+    pub fn parse(raw: &RawSettings) -> Result<Settings, FieldError> {
+        let mb = in_range("max_megabytes", raw.max_megabytes, 1.0, 1e9)?;
+        Ok(Settings {
             data_dir: raw.data_dir.clone().filter(|d| !d.as_os_str().is_empty()),
-        }
+            retain: hours("retain_hours", raw.retain_hours, 0.001, 24.0 * 3650.0)?,
+            max_bytes: (mb * 1024.0 * 1024.0) as u64,
+            maintain: seconds("maintain_seconds", raw.maintain_seconds, 0.05, 3600.0)?,
+            checkpoint: seconds("checkpoint_seconds", raw.checkpoint_seconds, 0.05, 3600.0)?,
+            max_pending_events: at_least("max_pending_events", raw.max_pending_events, 1)?,
+        })
     }
 }
 
 /// Seq (8 bytes, big-endian) → the frame's bytes.
 const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
-/// `format`, `epoch`, `head` (8 bytes, big-endian).
+/// `format`, `epoch`, `head` (8 bytes, big-endian); `engine` (the engine's global entry) and
+/// `engine_seq` (the head it was saved at).
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// The engine's pair states (`dexpulse_core::signal::checkpoint`), by pair.
+const ENGINE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("engine");
 /// What the `format` key says in a log this version wrote.
 pub const FORMAT: &str = "dexpulse.log/v1";
 /// The log's file name inside the data directory.
 pub const FILE: &str = "events.redb";
+/// Held locked for the life of the process, so that a reopen after a write failure never
+/// leaves the directory to another process in between.
+pub const LOCK: &str = "lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -66,10 +120,38 @@ struct Meta {
 
 /// An open log.
 pub struct EventLog {
-    db: Database,
+    /// `None` between a failed write and a successful reopen.
+    db: Option<Database>,
     path: PathBuf,
     epoch: String,
     head: u64,
+    _lock: File,
+}
+
+/// The engine's state as the log holds it.
+pub struct SavedEngine {
+    /// The head when it was saved: it reflects every event up to this seq.
+    pub seq: u64,
+    pub global: Vec<u8>,
+    pub pairs: Vec<Vec<u8>>,
+}
+
+/// Sizes, for metrics and the retention decision.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    /// The file's length on disk.
+    pub file_bytes: u64,
+    /// Bytes of frames (and their keys) in the events table.
+    pub stored_bytes: u64,
+    pub events: u64,
+    pub oldest: u64,
+}
+
+/// What `compact_if_worthwhile` did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Compaction {
+    pub before_bytes: u64,
+    pub after_bytes: u64,
 }
 
 fn be(seq: u64) -> [u8; 8] {
@@ -92,18 +174,30 @@ impl EventLog {
             path: dir.to_path_buf(),
             detail: format!("cannot create the data directory: {e}"),
         })?;
-        let db = Database::create(&path).map_err(|e| match e {
-            DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.clone() },
-            other => StoreError::Corrupt {
-                path: path.clone(),
-                detail: other.to_string(),
+        let lock_path = dir.join(LOCK);
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Io {
+                path: lock_path.clone(),
+                detail: e.to_string(),
+            })?;
+        lock.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => StoreError::Locked { path: path.clone() },
+            std::fs::TryLockError::Error(e) => StoreError::Io {
+                path: lock_path.clone(),
+                detail: e.to_string(),
             },
         })?;
+        let db = open_db(&path)?;
         let mut log = EventLog {
-            db,
+            db: Some(db),
             path,
             epoch: String::new(),
             head: 0,
+            _lock: lock,
         };
         let Meta {
             format,
@@ -136,6 +230,32 @@ impl EventLog {
         Ok(log)
     }
 
+    fn db(&self) -> Result<&Database, StoreError> {
+        self.db.as_ref().ok_or_else(|| StoreError::Io {
+            path: self.path.clone(),
+            detail: "closed after a failed write; not reopened yet".into(),
+        })
+    }
+
+    /// Whether the file is open (it is not after a failed write whose reopen failed too).
+    pub fn is_open(&self) -> bool {
+        self.db.is_some()
+    }
+
+    /// After a failed write redb answers every later one with the same error until the file is
+    /// opened again: drops it and opens it again (the directory lock is kept throughout).
+    pub fn reopen(&mut self) -> Result<(), StoreError> {
+        self.db = None;
+        let db = open_db(&self.path)?;
+        self.db = Some(db);
+        let m = self.read_meta()?;
+        if m.epoch.as_deref() != Some(self.epoch.as_str()) {
+            return Err(self.corrupt("the epoch changed under us"));
+        }
+        self.head = m.head.unwrap_or(self.head);
+        Ok(())
+    }
+
     fn corrupt(&self, detail: impl std::fmt::Display) -> StoreError {
         StoreError::Corrupt {
             path: self.path.clone(),
@@ -144,7 +264,7 @@ impl EventLog {
     }
 
     fn read_meta(&self) -> Result<Meta, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.corrupt(e))?;
+        let txn = self.db()?.begin_read().map_err(|e| self.corrupt(e))?;
         let tables = txn.list_tables().map_err(|e| self.corrupt(e))?.count();
         let meta = match txn.open_table(META) {
             Ok(t) => t,
@@ -175,7 +295,7 @@ impl EventLog {
     }
 
     fn write_meta_new(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.io(e))?;
+        let txn = self.db()?.begin_write().map_err(|e| self.io(e))?;
         {
             let mut meta = txn.open_table(META).map_err(|e| self.io(e))?;
             meta.insert("format", FORMAT.as_bytes())
@@ -185,6 +305,7 @@ impl EventLog {
             meta.insert("head", be(0).as_slice())
                 .map_err(|e| self.io(e))?;
             txn.open_table(EVENTS).map_err(|e| self.io(e))?;
+            txn.open_table(ENGINE).map_err(|e| self.io(e))?;
         }
         txn.commit().map_err(|e| self.io(e))
     }
@@ -210,14 +331,16 @@ impl EventLog {
         self.head
     }
 
-    /// Commits frames in one write transaction, the head with them. Their seqs must follow
-    /// the head densely; when this returns `Ok` they are on disk, and only then may they be
-    /// sent. On an error nothing of the batch is kept and the head does not move.
+    /// Commits frames in one write transaction, the head with them, and the engine's state
+    /// when given (so that it reflects exactly the events committed with it). Their seqs must
+    /// follow the head densely; when this returns `Ok` they are on disk, and only then may they
+    /// be sent. On an error nothing of the batch is kept and the head does not move.
     pub fn append<'a>(
         &mut self,
         frames: impl IntoIterator<Item = (u64, &'a [u8])>,
+        state: Option<&Checkpoint>,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.io(e))?;
+        let txn = self.db()?.begin_write().map_err(|e| self.io(e))?;
         let mut head = self.head;
         {
             let mut events = txn.open_table(EVENTS).map_err(|e| self.io(e))?;
@@ -235,15 +358,56 @@ impl EventLog {
             let mut meta = txn.open_table(META).map_err(|e| self.io(e))?;
             meta.insert("head", be(head).as_slice())
                 .map_err(|e| self.io(e))?;
+            if let Some(c) = state {
+                let mut engine = txn.open_table(ENGINE).map_err(|e| self.io(e))?;
+                if c.replace_all {
+                    engine.retain(|_, _| false).map_err(|e| self.io(e))?;
+                }
+                for (k, v) in &c.pairs {
+                    match v {
+                        Some(v) => engine.insert(k.as_slice(), v.as_slice()),
+                        None => engine.remove(k.as_slice()),
+                    }
+                    .map_err(|e| self.io(e))?;
+                }
+                meta.insert("engine", c.global.as_slice())
+                    .map_err(|e| self.io(e))?;
+                meta.insert("engine_seq", be(head).as_slice())
+                    .map_err(|e| self.io(e))?;
+            }
         }
         txn.commit().map_err(|e| self.io(e))?;
         self.head = head;
         Ok(())
     }
 
+    /// The engine's state as last saved, if any was.
+    pub fn engine_state(&self) -> Result<Option<SavedEngine>, StoreError> {
+        let txn = self.db()?.begin_read().map_err(|e| self.corrupt(e))?;
+        let meta = txn.open_table(META).map_err(|e| self.corrupt(e))?;
+        let Some(global) = meta.get("engine").map_err(|e| self.corrupt(e))? else {
+            return Ok(None);
+        };
+        let seq = meta
+            .get("engine_seq")
+            .map_err(|e| self.corrupt(e))?
+            .map_or(0, |v| seq_of(v.value()));
+        let engine = txn.open_table(ENGINE).map_err(|e| self.corrupt(e))?;
+        let mut pairs = Vec::new();
+        for item in engine.iter().map_err(|e| self.corrupt(e))? {
+            let (_, v) = item.map_err(|e| self.corrupt(e))?;
+            pairs.push(v.value().to_vec());
+        }
+        Ok(Some(SavedEngine {
+            seq,
+            global: global.value().to_vec(),
+            pairs,
+        }))
+    }
+
     /// Frames with `seq > after`, oldest first, at most `limit`.
     pub fn since(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.corrupt(e))?;
+        let txn = self.db()?.begin_read().map_err(|e| self.corrupt(e))?;
         let events = txn.open_table(EVENTS).map_err(|e| self.corrupt(e))?;
         let from = be(after.saturating_add(1));
         let mut out = Vec::new();
@@ -260,7 +424,7 @@ impl EventLog {
 
     /// The oldest retained seq (head + 1 when nothing is retained).
     pub fn oldest(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.corrupt(e))?;
+        let txn = self.db()?.begin_read().map_err(|e| self.corrupt(e))?;
         let events = txn.open_table(EVENTS).map_err(|e| self.corrupt(e))?;
         let first = events.first().map_err(|e| self.corrupt(e))?;
         Ok(first.map_or(self.head + 1, |(k, _)| seq_of(k.value())))
@@ -268,7 +432,7 @@ impl EventLog {
 
     /// Frames retained.
     pub fn len(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.corrupt(e))?;
+        let txn = self.db()?.begin_read().map_err(|e| self.corrupt(e))?;
         let events = txn.open_table(EVENTS).map_err(|e| self.corrupt(e))?;
         events.len().map_err(|e| self.corrupt(e))
     }
@@ -277,14 +441,22 @@ impl EventLog {
         Ok(self.len()? == 0)
     }
 
-    /// Removes the frames with `seq < keep_from` (retention); the head stays. Returns how
-    /// many went.
-    pub fn trim_below(&mut self, keep_from: u64) -> Result<u64, StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.io(e))?;
+    /// Removes the oldest frames with `seq < keep_from` (retention), at most `max` of them in
+    /// one transaction (so that a big trim never holds the writer long); the head stays.
+    /// Returns how many went.
+    pub fn trim_below(&mut self, keep_from: u64, max: u64) -> Result<u64, StoreError> {
+        let txn = self.db()?.begin_write().map_err(|e| self.io(e))?;
         let mut removed = 0;
         {
             let mut events = txn.open_table(EVENTS).map_err(|e| self.io(e))?;
-            let end = be(keep_from);
+            let first = events
+                .first()
+                .map_err(|e| self.io(e))?
+                .map(|(k, _)| seq_of(k.value()));
+            let Some(first) = first else {
+                return Ok(0);
+            };
+            let end = be(keep_from.min(first.saturating_add(max)));
             events
                 .retain_in::<&[u8], _>(..end.as_slice(), |_, _| {
                     removed += 1;
@@ -295,6 +467,113 @@ impl EventLog {
         txn.commit().map_err(|e| self.io(e))?;
         Ok(removed)
     }
+
+    /// The newest `limit` frames with `seq < before` (all when `None`), oldest first.
+    pub fn before(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let txn = self.db()?.begin_read().map_err(|e| self.corrupt(e))?;
+        let events = txn.open_table(EVENTS).map_err(|e| self.corrupt(e))?;
+        let end = be(before.unwrap_or(u64::MAX));
+        let mut out = Vec::new();
+        for item in events
+            .range::<&[u8]>(..end.as_slice())
+            .map_err(|e| self.corrupt(e))?
+            .rev()
+            .take(limit)
+        {
+            let (k, v) = item.map_err(|e| self.corrupt(e))?;
+            out.push((seq_of(k.value()), v.value().to_vec()));
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The first retained seq whose frame `published_at` (read by `time_of`) is at least
+    /// `t`, by bisection over the dense seqs; head + 1 when none is.
+    pub fn first_at_or_after(
+        &self,
+        t: i64,
+        time_of: impl Fn(&[u8]) -> Option<i64>,
+    ) -> Result<u64, StoreError> {
+        let txn = self.db()?.begin_read().map_err(|e| self.corrupt(e))?;
+        let events = txn.open_table(EVENTS).map_err(|e| self.corrupt(e))?;
+        let Some((first, _)) = events.first().map_err(|e| self.corrupt(e))? else {
+            return Ok(self.head + 1);
+        };
+        let (mut lo, mut hi) = (seq_of(first.value()), self.head + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let at = events
+                .get(be(mid).as_slice())
+                .map_err(|e| self.corrupt(e))?
+                .and_then(|v| time_of(v.value()));
+            // A frame that says no time is taken as old: retention may remove it.
+            if at.is_some_and(|a| a >= t) {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Ok(lo)
+    }
+
+    /// The file's and the events table's sizes.
+    pub fn usage(&self) -> Result<Usage, StoreError> {
+        let file_bytes = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        let txn = self.db()?.begin_read().map_err(|e| self.corrupt(e))?;
+        let events = txn.open_table(EVENTS).map_err(|e| self.corrupt(e))?;
+        let stats = events.stats().map_err(|e| self.corrupt(e))?;
+        let first = events.first().map_err(|e| self.corrupt(e))?;
+        Ok(Usage {
+            file_bytes,
+            stored_bytes: stats.stored_bytes(),
+            events: events.len().map_err(|e| self.corrupt(e))?,
+            oldest: first.map_or(self.head + 1, |(k, _)| seq_of(k.value())),
+        })
+    }
+
+    /// Compacts the file when more than half of it, and more than `min_free` bytes, is free
+    /// (after retention was lowered, say). Blocks every reader and writer while it runs, so it
+    /// is done at start-up, before anything is served.
+    pub fn compact_if_worthwhile(
+        &mut self,
+        min_free: u64,
+    ) -> Result<Option<Compaction>, StoreError> {
+        let u = self.usage()?;
+        let free = u.file_bytes.saturating_sub(u.stored_bytes);
+        if free <= min_free || free * 2 <= u.file_bytes {
+            return Ok(None);
+        }
+        let path = self.path.clone();
+        let db = self.db.as_mut().ok_or_else(|| StoreError::Io {
+            path: path.clone(),
+            detail: "closed".into(),
+        })?;
+        db.compact().map_err(|e| StoreError::Io {
+            path,
+            detail: e.to_string(),
+        })?;
+        let after = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        Ok(Some(Compaction {
+            before_bytes: u.file_bytes,
+            after_bytes: after,
+        }))
+    }
+}
+
+fn open_db(path: &Path) -> Result<Database, StoreError> {
+    Database::create(path).map_err(|e| match e {
+        DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+            path: path.to_path_buf(),
+        },
+        other => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: other.to_string(),
+        },
+    })
 }
 
 #[cfg(test)]
@@ -319,7 +598,7 @@ mod tests {
     }
 
     fn append(log: &mut EventLog, f: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
-        log.append(f.iter().map(|(s, b)| (*s, b.as_slice())))
+        log.append(f.iter().map(|(s, b)| (*s, b.as_slice())), None)
     }
 
     #[test]
@@ -359,11 +638,12 @@ mod tests {
         let d = dir("trim");
         let mut log = EventLog::open(&d, || "e".into()).unwrap();
         append(&mut log, &frames(1, 100)).unwrap();
-        assert_eq!(log.trim_below(91).unwrap(), 90);
+        assert_eq!(log.trim_below(91, 1000).unwrap(), 90);
         assert_eq!((log.oldest().unwrap(), log.head()), (91, 100));
         assert_eq!(log.since(0, 5).unwrap(), frames(91, 95));
         append(&mut log, &frames(101, 101)).unwrap();
-        assert_eq!(log.trim_below(1000).unwrap(), 11);
+        assert_eq!(log.trim_below(1000, 5).unwrap(), 5, "at most `max` at once");
+        assert_eq!(log.trim_below(1000, 1000).unwrap(), 6);
         assert_eq!((log.oldest().unwrap(), log.head()), (102, 101));
     }
 

@@ -4,18 +4,21 @@
 //! metric lookups and no allocation per snapshot.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use dexpulse_core::model::{Direction, Kind};
-use dexpulse_core::signal::{Engine, Verdict};
+use dexpulse_core::signal::checkpoint::Checkpoint;
+use dexpulse_core::signal::{Engine, Params, Verdict};
 use dexpulse_core::source::Input;
 
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::store::EventLog;
 
 /// The engine's counters, bound to their labels once.
 struct Counters {
@@ -67,23 +70,98 @@ impl Counters {
     }
 }
 
+/// What the engine task works with besides its engine and input.
+pub struct Ctx {
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub shutdown: CancellationToken,
+    /// Save the engine's state with every published batch and at least this often
+    /// (docs/store.md); `None`: the history is in memory, or the source starts over anyway.
+    pub checkpoints: Option<Duration>,
+}
+
+/// The engine the log's saved state describes, or `None` (start cold) with a log line saying
+/// why. The epoch is the log's either way.
+pub fn restore(log: &EventLog, params: &Params) -> Option<Engine> {
+    let saved = match log.engine_state() {
+        Ok(Some(s)) => s,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, "engine state unreadable; the engine starts cold (the epoch and the log are kept)");
+            return None;
+        }
+    };
+    match Engine::restore(
+        params.clone(),
+        &saved.global,
+        saved.pairs.iter().map(Vec::as_slice),
+    ) {
+        Ok(engine) => {
+            tracing::info!(
+                seq = saved.seq,
+                pairs = engine.pairs_tracked(),
+                "engine state restored: open episodes continue"
+            );
+            Some(engine)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, seq = saved.seq, "engine state not restored; the engine starts cold (the epoch and the log are kept)");
+            None
+        }
+    }
+}
+
+/// The state changed since the last checkpoint, when checkpoints are kept.
+fn checkpoint(engine: &mut Engine, on: bool, full: bool) -> Option<Checkpoint> {
+    if !on {
+        return None;
+    }
+    match engine.checkpoint(full) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "engine state not saved");
+            None
+        }
+    }
+}
+
 /// Runs until shutdown. When the source has ended (a tape's end), it keeps serving what is
 /// retained and says so to the health.
 pub async fn run(
     mut engine: Engine,
     mut rx: mpsc::Receiver<Input>,
-    hub: Arc<Hub>,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-    shutdown: CancellationToken,
+    ctx: Ctx,
 ) -> Result<(), String> {
+    let Ctx {
+        hub,
+        metrics,
+        health,
+        shutdown,
+        checkpoints,
+    } = ctx;
     let c = Counters::new(&metrics);
     health.set_engine_running(true);
+    // A restored engine's pairs are shown before their next snapshot.
+    for key in engine.pair_keys() {
+        if let Some((snap, m, open)) = engine.pair_view(&key) {
+            hub.pairs().update(snap, m, open);
+        }
+    }
+    let saving = checkpoints.is_some();
+    let mut timer = tokio::time::interval(checkpoints.unwrap_or(Duration::from_secs(3600)));
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut events = Vec::new();
     let mut seen = engine.stats();
     loop {
         let input = tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = timer.tick(), if saving => {
+                if let Some(state) = checkpoint(&mut engine, saving, false) {
+                    hub.publish_with(&[], Some(state));
+                }
+                continue;
+            }
             m = rx.recv() => match m {
                 Some(m) => m,
                 None => {
@@ -129,8 +207,14 @@ pub async fn run(
             for e in &events {
                 c.event(e.kind, e.direction);
             }
-            hub.publish(&events);
+            // The state that produced these events is committed with them: a restart never
+            // opens an episode twice, and the close of one open before it still comes.
+            let state = checkpoint(&mut engine, saving, false);
+            hub.publish_with(&events, state);
         }
+    }
+    if let Some(state) = checkpoint(&mut engine, saving, false) {
+        hub.publish_with(&[], Some(state));
     }
     health.set_engine_running(false);
     Ok(())

@@ -161,16 +161,40 @@ pub fn start(cfg: Config, listener: TcpListener, opts: Options) -> Result<Runnin
     let addr = listener.local_addr()?;
     let clock = opts.clock;
     let shutdown = CancellationToken::new();
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new(clock.clone()));
+    // Only a live source continues where it stopped; a tape or the simulator starts over, so
+    // an engine state saved under it would be wrong at the first snapshot.
+    let resumable = matches!(cfg.source.kind, SourceSettings::Live(_)) && !opts.no_source;
+    let mut restored = None;
     let hub = Arc::new(match &cfg.store.data_dir {
         Some(dir) => {
-            let log = crate::store::EventLog::open(dir, || Hub::new_epoch(&clock))?;
+            let mut log = crate::store::EventLog::open(dir, || Hub::new_epoch(&clock))?;
+            match log.compact_if_worthwhile(16 << 20) {
+                Ok(Some(c)) => tracing::info!(
+                    before = c.before_bytes,
+                    after = c.after_bytes,
+                    "event log compacted"
+                ),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "event log compaction failed; continuing"),
+            }
             tracing::info!(path = %log.path().display(), epoch = log.epoch(), head = log.head(), "event log opened");
-            Hub::durable(cfg.hub.clone(), clock.clone(), log)?
+            if resumable {
+                restored = engine::restore(&log, &cfg.signal);
+            }
+            Hub::durable(
+                cfg.hub.clone(),
+                clock.clone(),
+                cfg.store.clone(),
+                log,
+                &metrics,
+                health.clone(),
+            )?
         }
         None => Hub::new(cfg.hub.clone(), clock.clone()),
     });
-    let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::new(clock.clone()));
+    let checkpoints = (cfg.store.data_dir.is_some() && resumable).then_some(cfg.store.checkpoint);
     let state = AppState::new(server::Parts {
         settings: cfg.server.clone(),
         session: cfg.session.clone(),
@@ -238,12 +262,15 @@ pub fn start(cfg: Config, listener: TcpListener, opts: Options) -> Result<Runnin
             tasks.push(sup(
                 "engine",
                 Box::pin(engine::run(
-                    Engine::new(cfg.signal.clone()),
+                    restored.unwrap_or_else(|| Engine::new(cfg.signal.clone())),
                     rx,
-                    hub.clone(),
-                    metrics.clone(),
-                    health.clone(),
-                    shutdown.clone(),
+                    engine::Ctx {
+                        hub: hub.clone(),
+                        metrics: metrics.clone(),
+                        health: health.clone(),
+                        shutdown: shutdown.clone(),
+                        checkpoints,
+                    },
                 )),
             ));
             tasks.push(sup("source", feed));
@@ -263,6 +290,12 @@ pub fn start(cfg: Config, listener: TcpListener, opts: Options) -> Result<Runnin
         // No source: the tests publish into the hub themselves.
         _ => health.set_engine_running(true),
     }
+    if cfg.store.data_dir.is_some() {
+        tasks.push(sup(
+            "store",
+            Box::pin(maintain(hub.clone(), cfg.store.maintain, shutdown.clone())),
+        ));
+    }
     let server = tokio::spawn(server::serve(listener, state.clone()));
     Ok(Running {
         addr,
@@ -270,6 +303,28 @@ pub fn start(cfg: Config, listener: TcpListener, opts: Options) -> Result<Runnin
         tasks,
         server,
     })
+}
+
+/// The event log's upkeep every `every` (retention, retrying a failed write), on a blocking
+/// thread: it reads and writes the file.
+async fn maintain(
+    hub: Arc<Hub>,
+    every: std::time::Duration,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = interval.tick() => {
+                let hub = hub.clone();
+                tokio::task::spawn_blocking(move || hub.maintain())
+                    .await
+                    .map_err(|e| format!("event log upkeep: {e}"))?;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

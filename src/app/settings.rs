@@ -215,7 +215,7 @@ impl Config {
                 kind,
             },
             signal: Params::parse(&raw.signal).map_err(|e| e.within("signal"))?,
-            store: store::Settings::parse(&raw.store),
+            store: store::Settings::parse(&raw.store).map_err(|e| e.within("store"))?,
         })
     }
 }

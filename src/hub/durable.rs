@@ -1,31 +1,50 @@
 //! The durable history: [`History`] over the event log on disk ([`crate::store::EventLog`])
-//! with the recent window in memory. A batch is committed to the log before its frames are
-//! kept or sent, so no client ever sees a seq a crash could give to another event; a batch
-//! whose commit fails is not published at all (the error is logged and counted in
-//! `failed_commits`), and the next batch tries again. Reads of the recent window come from
-//! memory; older ones from the file.
+//! with the recent window in memory (docs/store.md). A batch is committed to the log, with the
+//! engine state that reflects it, before its frames are kept or sent, so no client ever sees a
+//! seq a crash could give to another event.
+//!
+//! When a write fails (a full disk, an I/O error) nothing is published: the events wait in
+//! memory, unnumbered, up to `store.max_pending_events`; `/readyz` fails with the reason; each
+//! later batch (and the maintenance tick) reopens the file and tries again, and the first
+//! commit that succeeds publishes everything that waited, in order, with the next seqs. Reads
+//! of the recent window come from memory, older ones from the file.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use bytes::Bytes;
 use serde::Deserialize;
 
 use dexpulse_core::model::{Direction, EventMeta, Kind, PairKey};
+use dexpulse_core::signal::checkpoint::Checkpoint;
 
 use super::history::{Frame, History, MemoryHistory, Since};
 use super::Settings;
-use crate::store::{EventLog, StoreError};
+use crate::health::Health;
+use crate::metrics::LogMetrics;
+use crate::store::{self, EventLog, StoreError};
+
+/// Rows removed by one retention transaction: the publisher waits at most that long.
+const TRIM_CHUNK: u64 = 10_000;
 
 pub struct LogHistory {
     memory: MemoryHistory,
-    log: Mutex<EventLog>,
-    failed_commits: AtomicU64,
-    /// The file keeps at most `hub.retain_max_events` frames, trimmed every `TRIM_EVERY` seqs.
-    keep: u64,
+    writer: Mutex<Writer>,
+    store: store::Settings,
+    metrics: LogMetrics,
+    health: Arc<Health>,
 }
 
-const TRIM_EVERY: u64 = 1024;
+struct Writer {
+    log: EventLog,
+    /// Events not yet committed (the log failed), oldest first, and the engine state that
+    /// goes with them.
+    pending: VecDeque<(EventMeta, String)>,
+    pending_state: Option<Checkpoint>,
+    /// The last write failed: the file must be opened again before the next.
+    broken: Option<String>,
+}
 
 /// What a stored frame says that filters read.
 #[derive(Deserialize)]
@@ -59,36 +78,234 @@ fn frame(seq: u64, bytes: Vec<u8>) -> Result<Arc<Frame>, String> {
     }))
 }
 
+/// `published_at_us` of a stored frame, read from its fixed prefix
+/// (`{"type":"signal","seq":N,"published_at_us":T,...`) without parsing the rest.
+fn published_at(bytes: &[u8]) -> Option<i64> {
+    const KEY: &[u8] = b"\"published_at_us\":";
+    let at = bytes.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let digits = bytes[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit() || **b == b'-')
+        .count();
+    std::str::from_utf8(&bytes[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The event JSON inside a frame (`…,"event":{…}}`): what a batch that failed to commit
+/// gives back to the queue.
+fn event_json(f: &Frame) -> String {
+    const KEY: &[u8] = b"\"event\":";
+    let text = f.text.as_ref();
+    let start = text
+        .windows(KEY.len())
+        .position(|w| w == KEY)
+        .map_or(0, |p| p + KEY.len());
+    String::from_utf8_lossy(&text[start..text.len().saturating_sub(1)]).into_owned()
+}
+
+fn corrupt(log: &EventLog, detail: String) -> StoreError {
+    StoreError::Corrupt {
+        path: log.path().to_path_buf(),
+        detail,
+    }
+}
+
+fn frames_of(log: &EventLog, rows: Vec<(u64, Vec<u8>)>) -> Result<Vec<Arc<Frame>>, StoreError> {
+    rows.into_iter()
+        .map(|(seq, bytes)| frame(seq, bytes).map_err(|d| corrupt(log, d)))
+        .collect()
+}
+
 impl LogHistory {
     /// Continues `log`: its epoch and head, its newest `retain_events` frames in memory.
-    pub fn open(settings: Settings, log: EventLog) -> Result<LogHistory, StoreError> {
+    pub fn open(
+        settings: Settings,
+        store: store::Settings,
+        log: EventLog,
+        metrics: LogMetrics,
+        health: Arc<Health>,
+    ) -> Result<LogHistory, StoreError> {
         let head = log.head();
         let n = settings.retain_events.max(1) as u64;
-        let mut frames = Vec::new();
-        for (seq, bytes) in log.since(head.saturating_sub(n), n as usize)? {
-            frames.push(frame(seq, bytes).map_err(|detail| StoreError::Corrupt {
-                path: log.path().to_path_buf(),
-                detail,
-            })?);
-        }
-        let keep = settings.retain_max_events.max(1) as u64;
+        let frames = frames_of(&log, log.since(head.saturating_sub(n), n as usize)?)?;
         let memory = MemoryHistory::restored(settings, log.epoch().to_string(), head, frames);
-        Ok(LogHistory {
+        let h = LogHistory {
             memory,
-            log: Mutex::new(log),
-            failed_commits: AtomicU64::new(0),
-            keep,
-        })
+            writer: Mutex::new(Writer {
+                log,
+                pending: VecDeque::new(),
+                pending_state: None,
+                broken: None,
+            }),
+            store,
+            metrics,
+            health,
+        };
+        h.measure(&h.writer());
+        Ok(h)
     }
 
-    fn log(&self) -> MutexGuard<'_, EventLog> {
-        // The log's own state is its file: a panic under the lock leaves nothing half-done.
-        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        // The writer's state is its file and a queue: a panic under the lock leaves both whole.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Batches whose commit failed (and which were therefore not published).
-    pub fn failed_commits(&self) -> u64 {
-        self.failed_commits.load(Ordering::Relaxed)
+    fn measure(&self, w: &Writer) {
+        if let Ok(u) = w.log.usage() {
+            let g = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
+            self.metrics.file_bytes.set(g(u.file_bytes));
+            self.metrics.stored_bytes.set(g(u.stored_bytes));
+            self.metrics.events.set(g(u.events));
+            self.metrics.oldest_seq.set(g(u.oldest));
+        }
+    }
+
+    /// Commits what waits (and `batch` after it) with the state; on success the frames are
+    /// kept in memory and returned for sending.
+    fn commit(
+        &self,
+        w: &mut Writer,
+        published_at_us: i64,
+        batch: Vec<(EventMeta, String)>,
+        state: Option<Checkpoint>,
+    ) -> Vec<Arc<Frame>> {
+        if let Some(s) = state {
+            match &mut w.pending_state {
+                Some(p) => p.merge(s),
+                None => w.pending_state = Some(s),
+            }
+        }
+        w.pending.extend(batch);
+        let over = w
+            .pending
+            .len()
+            .saturating_sub(self.store.max_pending_events);
+        if over > 0 {
+            w.pending.drain(..over);
+            self.metrics.dropped_events.inc_by(over as u64);
+            tracing::error!(
+                dropped = over,
+                "event log: more events waited than store.max_pending_events; the oldest were dropped unpublished"
+            );
+        }
+        // A log that failed is probed with a write even when nothing waits, so that readiness
+        // comes back as soon as writes succeed.
+        if w.pending.is_empty() && w.pending_state.is_none() && w.broken.is_none() {
+            return Vec::new();
+        }
+        if !w.log.is_open() {
+            if let Err(e) = w.log.reopen() {
+                return self.failed(w, e, Vec::new());
+            }
+        }
+        let frames = self
+            .memory
+            .number(published_at_us, w.pending.drain(..).collect());
+        let t0 = Instant::now();
+        let committed = w.log.append(
+            frames.iter().map(|f| (f.seq, f.text.as_ref())),
+            w.pending_state.as_ref(),
+        );
+        match committed {
+            Ok(()) => {
+                self.metrics
+                    .commit_seconds
+                    .observe(t0.elapsed().as_secs_f64());
+                w.pending_state = None;
+                self.metrics.pending_events.set(0);
+                if let Some(was) = w.broken.take() {
+                    tracing::info!(published = frames.len(), after = %was, "event log writable again; what waited is published");
+                    self.health.set_store_fault(None);
+                }
+                self.memory.keep(&frames);
+                frames
+            }
+            Err(e) => self.failed(w, e, frames),
+        }
+    }
+
+    /// A write failed: `frames` (numbered, not committed) go back to the queue unnumbered.
+    fn failed(&self, w: &mut Writer, e: StoreError, frames: Vec<Arc<Frame>>) -> Vec<Arc<Frame>> {
+        for f in frames.iter().rev() {
+            w.pending.push_front((f.meta.clone(), event_json(f)));
+        }
+        self.metrics.commit_failures.inc();
+        self.metrics
+            .pending_events
+            .set(i64::try_from(w.pending.len()).unwrap_or(i64::MAX));
+        if w.broken.is_none() {
+            tracing::error!(error = %e, waiting = w.pending.len(), "event log write failed; publishing stops until it succeeds");
+        }
+        // redb refuses every later write (and read) after a failed one until the file is
+        // opened again: reopen now, so that reads of what was committed go on working.
+        if w.log.is_open() {
+            if let Err(e) = w.log.reopen() {
+                tracing::warn!(error = %e, "event log reopen failed; retrying");
+            }
+        }
+        let reason = format!("{e} ({} events wait)", w.pending.len());
+        self.health.set_store_fault(Some(reason.clone()));
+        w.broken = Some(reason);
+        Vec::new()
+    }
+
+    /// Retention (by age and by bytes, `[store]`), in chunks so that the publisher waits at
+    /// most one chunk; a log that failed is retried. Returns how many events were trimmed and
+    /// the frames that waited and are now published (to be sent by the caller).
+    pub fn maintain(&self, now_us: i64) -> (u64, Vec<Arc<Frame>>) {
+        let mut published = Vec::new();
+        {
+            let mut w = self.writer();
+            if w.broken.is_some() {
+                published = self.commit(&mut w, now_us, Vec::new(), None);
+                if w.broken.is_some() {
+                    return (0, published);
+                }
+            }
+        }
+        let retain_us = i64::try_from(self.store.retain.as_micros()).unwrap_or(i64::MAX);
+        let keep_from = {
+            let w = self.writer();
+            let by_age = w
+                .log
+                .first_at_or_after(now_us.saturating_sub(retain_us), published_at);
+            let by_size = w.log.usage().map(|u| {
+                if u.stored_bytes <= self.store.max_bytes || u.events == 0 {
+                    u.oldest
+                } else {
+                    let per = (u.stored_bytes / u.events).max(1);
+                    u.oldest + (u.stored_bytes - self.store.max_bytes).div_ceil(per)
+                }
+            });
+            match (by_age, by_size) {
+                (Ok(a), Ok(s)) => a.max(s),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "event log retention skipped");
+                    return (0, published);
+                }
+            }
+        };
+        let mut trimmed = 0;
+        loop {
+            let mut w = self.writer();
+            match w.log.trim_below(keep_from, TRIM_CHUNK) {
+                Ok(n) => {
+                    trimmed += n;
+                    if n < TRIM_CHUNK {
+                        self.measure(&w);
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "event log trim failed; retrying at the next maintenance");
+                    break;
+                }
+            }
+        }
+        self.metrics.trimmed_events.inc_by(trimmed);
+        (trimmed, published)
     }
 }
 
@@ -101,30 +318,14 @@ impl History for LogHistory {
         self.memory.head()
     }
 
-    fn append(&self, published_at_us: i64, events: Vec<(EventMeta, String)>) -> Vec<Arc<Frame>> {
-        let frames = self.memory.number(published_at_us, events);
-        let mut log = self.log();
-        let committed = log.append(frames.iter().map(|f| (f.seq, f.text.as_ref())));
-        if let (Ok(()), Some(first), Some(last)) = (&committed, frames.first(), frames.last()) {
-            // Crossed a multiple of TRIM_EVERY: retention by count (by age: not yet).
-            if (first.seq - 1) / TRIM_EVERY != last.seq / TRIM_EVERY && last.seq > self.keep {
-                if let Err(e) = log.trim_below(last.seq - self.keep + 1) {
-                    tracing::warn!(error = %e, "event log trim failed; retrying later");
-                }
-            }
-        }
-        drop(log);
-        match committed {
-            Ok(()) => {
-                self.memory.keep(&frames);
-                frames
-            }
-            Err(e) => {
-                self.failed_commits.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, events = frames.len(), "event log commit failed; batch not published");
-                Vec::new()
-            }
-        }
+    fn append(
+        &self,
+        published_at_us: i64,
+        events: Vec<(EventMeta, String)>,
+        state: Option<Checkpoint>,
+    ) -> Vec<Arc<Frame>> {
+        let mut w = self.writer();
+        self.commit(&mut w, published_at_us, events, state)
     }
 
     fn since(&self, after: u64, limit: usize) -> Since {
@@ -133,24 +334,11 @@ impl History for LogHistory {
             return recent;
         }
         // Older than the window in memory: from the file.
-        let log = self.log();
-        let read = log.since(after, limit).and_then(|rows| {
-            let oldest_seq = log.oldest()?;
-            let mut frames = Vec::with_capacity(rows.len());
-            for (seq, bytes) in rows {
-                match frame(seq, bytes) {
-                    Ok(f) => frames.push(f),
-                    Err(detail) => {
-                        return Err(StoreError::Corrupt {
-                            path: log.path().to_path_buf(),
-                            detail,
-                        })
-                    }
-                }
-            }
+        let w = self.writer();
+        let read = w.log.since(after, limit).and_then(|rows| {
             Ok(Since {
-                frames,
-                oldest_seq,
+                frames: frames_of(&w.log, rows)?,
+                oldest_seq: w.log.oldest()?,
                 head: recent.head,
             })
         });
@@ -164,11 +352,57 @@ impl History for LogHistory {
     }
 
     fn oldest(&self) -> u64 {
-        let log = self.log();
-        log.oldest().unwrap_or_else(|_| self.memory.oldest())
+        let w = self.writer();
+        w.log.oldest().unwrap_or_else(|_| self.memory.oldest())
     }
 
     fn before(&self, before: Option<u64>, limit: usize) -> Since {
-        self.memory.before(before, limit)
+        let recent = self.memory.before(before, limit);
+        if recent.frames.len() == limit {
+            return recent;
+        }
+        let w = self.writer();
+        let read = w.log.before(before, limit).and_then(|rows| {
+            Ok(Since {
+                frames: frames_of(&w.log, rows)?,
+                oldest_seq: w.log.oldest()?,
+                head: recent.head,
+            })
+        });
+        match read {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "event log read failed; answering from memory");
+                recent
+            }
+        }
+    }
+
+    fn maintain(&self, now_us: i64) -> Vec<Arc<Frame>> {
+        self.maintain(now_us).1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_time_and_the_event_are_read_from_a_frame() {
+        let text = dexpulse_core::protocol::signal_message(7, -12, "{\"a\":1}");
+        assert_eq!(published_at(text.as_bytes()), Some(-12));
+        let f = Frame {
+            seq: 7,
+            published_at_us: -12,
+            meta: EventMeta {
+                pair: PairKey::new("sim", "p"),
+                kind: Kind::NewPair,
+                direction: Direction::Neutral,
+                score: 1,
+            },
+            text: Bytes::from(text),
+        };
+        assert_eq!(event_json(&f), "{\"a\":1}");
+        assert_eq!(published_at(b"{\"type\":\"signal\"}"), None);
     }
 }

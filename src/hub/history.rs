@@ -14,6 +14,7 @@ use bytes::Bytes;
 
 use dexpulse_core::model::EventMeta;
 use dexpulse_core::protocol::signal_message;
+use dexpulse_core::signal::checkpoint::Checkpoint;
 
 use super::Settings;
 
@@ -53,9 +54,17 @@ pub trait History: Send + Sync {
     fn epoch(&self) -> &str;
     /// The seq of the last published frame (0 before the first).
     fn head(&self) -> u64;
-    /// Gives each event the next seq, builds its frame and keeps it. Only one publisher calls
-    /// this, so seq order is publish order. The head moves before this returns.
-    fn append(&self, published_at_us: i64, events: Vec<(EventMeta, String)>) -> Vec<Arc<Frame>>;
+    /// Gives each event the next seq, builds its frame and keeps it, with the engine state
+    /// that reflects it where the history keeps one. Only one publisher calls this, so seq
+    /// order is publish order. The head moves before this returns. The frames returned are the
+    /// ones to send: a durable history returns none while it cannot write, and then also
+    /// those that waited.
+    fn append(
+        &self,
+        published_at_us: i64,
+        events: Vec<(EventMeta, String)>,
+        state: Option<Checkpoint>,
+    ) -> Vec<Arc<Frame>>;
     /// Frames with `seq > after`, oldest first, at most `limit`.
     fn since(&self, after: u64, limit: usize) -> Since;
     /// The oldest retained seq (head + 1 when nothing is retained).
@@ -63,6 +72,11 @@ pub trait History: Send + Sync {
     /// The newest `limit` frames with `seq < before` (all when `before` is `None`), oldest
     /// first.
     fn before(&self, before: Option<u64>, limit: usize) -> Since;
+    /// Background upkeep (retention, retrying a failed write); returns frames that waited and
+    /// are now published, for the caller to send.
+    fn maintain(&self, _now_us: i64) -> Vec<Arc<Frame>> {
+        Vec::new()
+    }
 }
 
 /// The retained ring in memory: at least `retain_events` frames and at least those younger
@@ -171,7 +185,12 @@ impl History for MemoryHistory {
         self.head.load(Ordering::Acquire)
     }
 
-    fn append(&self, published_at_us: i64, events: Vec<(EventMeta, String)>) -> Vec<Arc<Frame>> {
+    fn append(
+        &self,
+        published_at_us: i64,
+        events: Vec<(EventMeta, String)>,
+        _state: Option<Checkpoint>,
+    ) -> Vec<Arc<Frame>> {
         let frames = self.number(published_at_us, events);
         self.keep(&frames);
         frames
@@ -259,7 +278,7 @@ mod tests {
     #[test]
     fn seq_is_dense_and_reads_index_the_ring() {
         let h = ring(3, 3, Duration::ZERO);
-        let frames = h.append(10, (1..=5).map(meta).collect());
+        let frames = h.append(10, (1..=5).map(meta).collect(), None);
         assert_eq!(
             frames.iter().map(|f| f.seq).collect::<Vec<_>>(),
             [1, 2, 3, 4, 5]
@@ -291,9 +310,9 @@ mod tests {
     #[test]
     fn retention_keeps_recent_events_beyond_the_count() {
         let h = ring(2, 100, Duration::from_secs(3600));
-        h.append(1_000_000, (1..=5).map(meta).collect());
+        h.append(1_000_000, (1..=5).map(meta).collect(), None);
         assert_eq!(h.len(), 5, "all younger than the retention time");
-        h.append(1_000_000 + 3_601_000_000, vec![meta(6)]);
+        h.append(1_000_000 + 3_601_000_000, vec![meta(6)], None);
         assert_eq!(h.len(), 2, "the old ones expired down to the count");
     }
 }

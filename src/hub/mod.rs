@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use dexpulse_core::model::{EventMeta, SignalEvent};
 use dexpulse_core::protocol::FilterSet;
 use dexpulse_core::settings::{at_least, seconds, FieldError};
+use dexpulse_core::signal::checkpoint::Checkpoint;
 
 use crate::time::Clock;
 
@@ -112,9 +113,13 @@ impl Hub {
     pub fn durable(
         settings: Settings,
         clock: Clock,
+        store: crate::store::Settings,
         log: crate::store::EventLog,
+        metrics: &crate::metrics::Metrics,
+        health: Arc<crate::health::Health>,
     ) -> Result<Hub, crate::store::StoreError> {
-        let history = durable::LogHistory::open(settings.clone(), log)?;
+        let history =
+            durable::LogHistory::open(settings.clone(), store, log, metrics.log.clone(), health)?;
         Ok(Hub::with_history(settings, clock, Box::new(history)))
     }
 
@@ -150,6 +155,16 @@ impl Hub {
     /// then sent to every channel that wants them. Only the engine task (or the bench source)
     /// publishes, so seq order is event order.
     pub fn publish(&self, events: &[SignalEvent]) -> Vec<Arc<Frame>> {
+        self.publish_with(events, None)
+    }
+
+    /// Publishes events with the engine state that reflects them: a durable history commits
+    /// both in one transaction (docs/store.md, "Engine state"). With no events, saves the state.
+    pub fn publish_with(
+        &self,
+        events: &[SignalEvent],
+        state: Option<Checkpoint>,
+    ) -> Vec<Arc<Frame>> {
         let batch: Vec<(EventMeta, String)> = events
             .iter()
             .filter_map(|e| match serde_json::to_string(e) {
@@ -161,19 +176,38 @@ impl Hub {
                 }
             })
             .collect();
-        self.publish_serialized(batch)
+        self.publish_batch(batch, state)
     }
 
     /// Publishes events already serialized, with what filters read.
     pub fn publish_serialized(&self, batch: Vec<(EventMeta, String)>) -> Vec<Arc<Frame>> {
-        if batch.is_empty() {
+        self.publish_batch(batch, None)
+    }
+
+    fn publish_batch(
+        &self,
+        batch: Vec<(EventMeta, String)>,
+        state: Option<Checkpoint>,
+    ) -> Vec<Arc<Frame>> {
+        if batch.is_empty() && state.is_none() {
             return Vec::new();
         }
-        let frames = self.history.append(self.clock.now_us(), batch);
+        let frames = self.history.append(self.clock.now_us(), batch, state);
         // After the history moved the head: a session joining reads the head inside the
         // fan-out's lock, so every frame past that head reaches it (docs/protocol.md, resume).
-        self.fanout.send(&frames);
+        if !frames.is_empty() {
+            self.fanout.send(&frames);
+        }
         frames
+    }
+
+    /// The history's upkeep (retention; retrying a log that failed, whose waiting events are
+    /// sent from here). Blocking: run it off the async workers.
+    pub fn maintain(&self) {
+        let frames = self.history.maintain(self.clock.now_us());
+        if !frames.is_empty() {
+            self.fanout.send(&frames);
+        }
     }
 
     /// Joins the channel of a session's signal filter set; the head returned is the seq after

@@ -129,41 +129,82 @@ pub async fn pairs(State(state): State<AppState>) -> Response {
 }
 
 /// The query of `/v1/signals`.
-struct SignalsQuery<'a> {
+struct SignalsQuery {
     since: u64,
+    /// Reading backwards: the newest matching events below this seq (`u64::MAX`: the head).
+    before: Option<u64>,
     limit: usize,
     min_score: u8,
-    chain: Option<&'a String>,
+    chain: Option<String>,
     kind: Option<Kind>,
     direction: Option<Direction>,
 }
 
+impl SignalsQuery {
+    fn matches(&self, m: &dexpulse_core::model::EventMeta) -> bool {
+        m.score >= self.min_score
+            && self.kind.is_none_or(|k| m.kind == k)
+            && self.direction.is_none_or(|d| m.direction == d)
+            && self.chain.as_ref().is_none_or(|c| *c == m.pair.chain)
+    }
+}
+
 /// The most `/v1/signals` returns at once.
 pub const SIGNALS_MAX_LIMIT: u64 = 1000;
+/// The most events one request reads to find its page: a filter that matches rarely returns a
+/// short page and the cursor to continue from, rather than reading the whole log.
+pub const SIGNALS_MAX_SCAN: usize = 100_000;
 
-fn signals_query(q: &HashMap<String, String>) -> Result<SignalsQuery<'_>, String> {
+fn signals_query(q: &HashMap<String, String>) -> Result<SignalsQuery, String> {
     for k in q.keys() {
         if !matches!(
             k.as_str(),
-            "since" | "limit" | "chain" | "kind" | "direction" | "min_score" | "token"
+            "since"
+                | "before"
+                | "latest"
+                | "limit"
+                | "chain"
+                | "kind"
+                | "direction"
+                | "min_score"
+                | "token"
         ) {
             return Err(format!("unknown parameter `{k}`"));
         }
     }
-    let num = |k: &str, default: u64, max: u64| -> Result<u64, String> {
+    let num = |k: &str, default: u64, min: u64, max: u64| -> Result<u64, String> {
         match q.get(k) {
             None => Ok(default),
             Some(v) => match v.parse::<u64>() {
-                Ok(n) if n <= max => Ok(n),
-                _ => Err(format!("`{k}` must be an integer from 0 to {max}")),
+                Ok(n) if (min..=max).contains(&n) => Ok(n),
+                _ => Err(format!("`{k}` must be an integer from {min} to {max}")),
             },
         }
     };
+    let latest = q.contains_key("latest");
+    if latest
+        && ["since", "before", "limit"]
+            .iter()
+            .any(|k| q.contains_key(*k))
+    {
+        return Err("`latest=N` is the newest N: it takes no `since`, `before` or `limit`".into());
+    }
+    let limit = if latest {
+        num("latest", 100, 1, SIGNALS_MAX_LIMIT)?
+    } else {
+        num("limit", 100, 1, SIGNALS_MAX_LIMIT)?
+    };
+    let before = match (latest, q.contains_key("before")) {
+        (true, _) => Some(u64::MAX),
+        (false, true) => Some(num("before", 0, 1, u64::MAX)?),
+        (false, false) => None,
+    };
     Ok(SignalsQuery {
-        since: num("since", 0, u64::MAX - 1)?,
-        limit: usize::try_from(num("limit", 100, SIGNALS_MAX_LIMIT)?).unwrap_or(100),
-        min_score: u8::try_from(num("min_score", 0, 100)?).unwrap_or(100),
-        chain: q.get("chain"),
+        since: num("since", 0, 0, u64::MAX - 1)?,
+        before,
+        limit: usize::try_from(limit).unwrap_or(100),
+        min_score: u8::try_from(num("min_score", 0, 0, 100)?).unwrap_or(100),
+        chain: q.get("chain").cloned(),
         kind: q
             .get("kind")
             .map(|k| Kind::parse(k).ok_or_else(|| format!("unknown kind `{k}`")))
@@ -175,8 +216,11 @@ fn signals_query(q: &HashMap<String, String>) -> Result<SignalsQuery<'_>, String
     })
 }
 
-/// `GET /v1/signals?since=SEQ&limit=N&chain=&kind=&direction=&min_score=`: retained signal
-/// messages after `since`, oldest first, at most `limit` (default 100, at most 1,000).
+/// `GET /v1/signals`: retained signal messages, oldest first, filtered (docs/protocol.md,
+/// "HTTP"). Forwards: after `since`, at most `limit` (default 100, at most 1,000), with
+/// `next_since` to continue from. Backwards: with `before=SEQ` the newest matching ones below
+/// SEQ, or with `latest=N` the newest N, with `next_before`. One request reads at most
+/// `SIGNALS_MAX_SCAN` events; the cursor says where it stopped.
 pub async fn signals(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
@@ -185,39 +229,112 @@ pub async fn signals(
         Ok(sq) => sq,
         Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", &m),
     };
-    const CHUNK: usize = 4096;
+    // The history may read the file: off the async workers.
+    let hub = state.hub.clone();
+    let page = tokio::task::spawn_blocking(move || {
+        let epoch = hub.epoch().to_string();
+        match sq.before {
+            None => forwards(&hub, &sq, epoch),
+            Some(b) => backwards(&hub, &sq, b, epoch),
+        }
+    })
+    .await;
+    match page {
+        Ok(body) => json(StatusCode::OK, body),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &format!("reading the history failed: {e}"),
+        ),
+    }
+}
+
+const CHUNK: usize = 4096;
+
+fn forwards(hub: &crate::hub::Hub, sq: &SignalsQuery, epoch: String) -> String {
     let mut after = sq.since;
     let mut picked = Vec::with_capacity(sq.limit.min(CHUNK));
     let mut oldest = None;
     let mut head;
-    // Chunk by chunk: the history's lock is held only to copy a chunk's `Arc`s.
+    let mut scanned = 0;
+    // Chunk by chunk: the history's lock is held only to copy (or read) a chunk.
     loop {
-        let chunk = state.hub.since(after, CHUNK);
+        let chunk = hub.since(after, CHUNK);
         oldest.get_or_insert(chunk.oldest_seq);
         head = chunk.head;
         let n = chunk.frames.len();
         for f in chunk.frames {
             after = f.seq;
-            let m = &f.meta;
-            if m.score >= sq.min_score
-                && sq.kind.is_none_or(|k| m.kind == k)
-                && sq.direction.is_none_or(|d| m.direction == d)
-                && sq.chain.is_none_or(|c| *c == m.pair.chain)
-            {
+            scanned += 1;
+            if sq.matches(&f.meta) {
                 picked.push(f);
                 if picked.len() == sq.limit {
                     break;
                 }
             }
         }
-        if picked.len() == sq.limit || n < CHUNK {
+        if picked.len() == sq.limit || n < CHUNK || scanned >= SIGNALS_MAX_SCAN {
             break;
         }
     }
     let oldest = oldest.unwrap_or(head + 1);
+    page(
+        &epoch,
+        head,
+        oldest,
+        &format!("\"next_since\":{}", after.max(sq.since)),
+        &picked,
+    )
+}
+
+fn backwards(hub: &crate::hub::Hub, sq: &SignalsQuery, before: u64, epoch: String) -> String {
+    let mut cursor = before;
+    let mut picked = Vec::with_capacity(sq.limit.min(CHUNK));
+    let mut scanned = 0;
+    let (mut head, mut oldest);
+    'read: loop {
+        let chunk = hub.before(Some(cursor), CHUNK);
+        head = chunk.head;
+        oldest = chunk.oldest_seq;
+        let n = chunk.frames.len();
+        for f in chunk.frames.into_iter().rev() {
+            if f.seq <= sq.since {
+                cursor = sq.since + 1;
+                break 'read;
+            }
+            cursor = f.seq;
+            scanned += 1;
+            if sq.matches(&f.meta) {
+                picked.push(f);
+                if picked.len() == sq.limit {
+                    break 'read;
+                }
+            }
+        }
+        if n < CHUNK || scanned >= SIGNALS_MAX_SCAN {
+            break;
+        }
+    }
+    picked.reverse();
+    page(
+        &epoch,
+        head,
+        oldest,
+        &format!("\"next_before\":{}", cursor.min(head + 1)),
+        &picked,
+    )
+}
+
+fn page(
+    epoch: &str,
+    head: u64,
+    oldest: u64,
+    cursor: &str,
+    picked: &[std::sync::Arc<crate::hub::Frame>],
+) -> String {
     let mut body = format!(
-        "{{\"epoch\":{},\"head_seq\":{head},\"oldest_seq\":{oldest},\"signals\":[",
-        serde_json::Value::from(state.hub.epoch()),
+        "{{\"epoch\":{},\"head_seq\":{head},\"oldest_seq\":{oldest},{cursor},\"signals\":[",
+        serde_json::Value::from(epoch),
     );
     for (i, f) in picked.iter().enumerate() {
         if i > 0 {
@@ -227,5 +344,5 @@ pub async fn signals(
         body.push_str(&String::from_utf8_lossy(&f.text));
     }
     body.push_str("]}");
-    json(StatusCode::OK, body)
+    body
 }

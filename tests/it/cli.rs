@@ -740,3 +740,112 @@ async fn a_client_resumes_across_a_sigkill() {
     drop(ws);
     assert_eq!(sigterm(&mut child), Some(0));
 }
+
+/// The engine's state survives a SIGKILL: a liquidity drain opened by the first process (live
+/// source, a local upstream serving recorded pairs) is closed by the second, on the same data
+/// directory, and never opened twice. Without the checkpoint the second process would start
+/// cold: no reference depth, no open episode, so no close would ever come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_episode_open_before_a_sigkill_closes_after_the_restart() {
+    use serde_json::json;
+    const PAIR: &str = "BCDdHonby65iduz3Ev3c9v5XjNkzyu5e56KRFHpBM4T9";
+    let up = crate::upstream::Upstream::start().await;
+    up.with(|i| {
+        let q = i.pairs.get_mut(PAIR).unwrap();
+        let first = q[0].clone();
+        q.push_back(first.clone());
+        q.push_back(first.clone());
+        // Then the pool loses 80 % and holds there: each state differs (24-hour volume), so
+        // every poll is fresh and the drain's exit time runs.
+        for n in 0..2000 {
+            let mut pulled = first.clone();
+            for k in ["usd", "base", "quote"] {
+                pulled["liquidity"][k] = json!(first["liquidity"][k].as_f64().unwrap() * 0.2);
+            }
+            pulled["volume"]["m5"] = json!(5900.0);
+            pulled["volume"]["h24"] = json!(first["volume"]["h24"].as_f64().unwrap() + n as f64);
+            q.push_back(pulled);
+        }
+    });
+    let dir = tmp("data-engine");
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = format!(
+        "[server]\nbind = \"127.0.0.1:0\"\n[source]\nkind = \"live\"\n[source.live]\n\
+         pairs = [\"solana:{PAIR}\"]\ngecko_pools = []\ndiscovery = false\n\
+         min_interval_seconds = 0.2\nmax_staleness_seconds = 1.0\ntick_seconds = 0.1\n\
+         timeout_seconds = 0.5\nbackoff_base_seconds = 0.05\nbackoff_max_seconds = 0.5\n\
+         [source.live.dexscreener]\nbase_url = \"{url}\"\nrate_per_minute = 600.0\n\
+         [source.live.geckoterminal]\nbase_url = \"{url}\"\n\
+         [signal.liquidity]\ndrain_exit_minutes = 0.25\n[store]\ncheckpoint_seconds = 0.2\n",
+        url = up.url()
+    );
+    let env = [("DEXPULSE_STORE__DATA_DIR", dir.display().to_string())];
+    let drains = |addr: &str| -> Vec<serde_json::Value> {
+        get_json(addr, "/v1/signals?since=0&limit=1000&kind=liquidity_drain")["signals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["event"].clone())
+            .collect()
+    };
+    let (child, addr) = {
+        let cfg = cfg.clone();
+        let env = env.clone();
+        tokio::task::spawn_blocking(move || spawn_serve("engine.toml", &cfg, &env))
+            .await
+            .unwrap()
+    };
+    let mut child = child;
+    let a = addr.clone();
+    let (opened, epoch) = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let d = drains(&a);
+            if let Some(e) = d.iter().find(|e| e["phase"] == "opened") {
+                let epoch = get_json(&a, "/v1/signals?since=0&limit=1")["epoch"].clone();
+                return (e.clone(), epoch);
+            }
+            assert!(std::time::Instant::now() < deadline, "no drain opened");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(signal(&mut child, "-KILL"), None, "killed by a signal");
+    drop(child);
+
+    let (child, addr) = tokio::task::spawn_blocking(move || spawn_serve("engine.toml", &cfg, &env))
+        .await
+        .unwrap();
+    let mut child = child;
+    let a = addr.clone();
+    let (all, epoch2) = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let d = drains(&a);
+            if d.iter().any(|e| e["phase"] == "closed") {
+                let epoch = get_json(&a, "/v1/signals?since=0&limit=1")["epoch"].clone();
+                return (d, epoch);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the drain opened before the kill never closed: {d:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(epoch2, epoch);
+    let phases: Vec<&str> = all.iter().map(|e| e["phase"].as_str().unwrap()).collect();
+    assert_eq!(
+        phases.iter().filter(|p| **p == "opened").count(),
+        1,
+        "{phases:?}"
+    );
+    let closed = all.iter().find(|e| e["phase"] == "closed").unwrap();
+    assert_eq!(closed["episode_id"], opened["episode_id"]);
+    assert_eq!(closed["episode_started_at"], opened["episode_started_at"]);
+    assert_eq!(all[0], opened, "the opening as it was sent before the kill");
+    assert_eq!(sigterm(&mut child), Some(0));
+}

@@ -2,6 +2,7 @@
 //!
 //! - `support`: fixtures, running the simulator through a tape and the engine in memory.
 //! - `decode`: every recorded upstream payload decodes, checked field by field; drift and junk.
+//! - `checkpoint`: the engine restored from its checkpoints continues byte for byte.
 //! - `engine`: the worked example of docs/signals.md and the state machine's rules.
 //! - `scenarios`: the scenario table below, through simulator, tape, decoder and engine.
 //! - `properties`: proptest properties of the engine: bounds, duplicates, interleaving, missing data.
@@ -9,6 +10,7 @@
 //! - `server`: helpers for the server tests (a server on 127.0.0.1:0, real WebSocket clients).
 //! - `ws`: WebSocket protocol v1: subscribe, filters, resume, slow consumers, bad input, auth.
 //! - `http`: /v1/pairs, /v1/signals, /healthz, /readyz, /metrics.
+//! - `store`: the event log through the server: paging, retention, a long resume, a full disk.
 //! - `pipeline`: the whole streamer fed by a tape, as a client sees it.
 //! - `hostile`: the attacks found against the server, reproduced, and what holds instead.
 //! - `upstream`: a fake DexScreener/GeckoTerminal: recorded payloads, rate limits, faults.
@@ -17,6 +19,7 @@
 //! - `tidy`: the architecture's invariants, read from the source: the module DAG, what each
 //!   module never does, a `//!` header on every file.
 
+mod checkpoint;
 mod cli;
 mod decode;
 mod engine;
@@ -28,6 +31,7 @@ mod pipeline;
 mod properties;
 mod scenarios;
 mod server;
+mod store;
 mod support;
 mod tidy;
 mod upstream;

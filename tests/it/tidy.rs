@@ -28,8 +28,14 @@ const APP: &[(&str, &[&str])] = &[
     ("time", &[]),
     ("metrics", &["model"]),
     ("health", &["time"]),
-    ("store", &[]),
-    ("hub", &["time", "model", "protocol", "settings", "store"]),
+    // The engine's checkpoint is bytes to the store: `signal` only for its type.
+    ("store", &["settings", "signal"]),
+    (
+        "hub",
+        &[
+            "time", "metrics", "health", "model", "protocol", "settings", "signal", "store",
+        ],
+    ),
     (
         "live",
         &[

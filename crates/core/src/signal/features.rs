@@ -121,7 +121,7 @@ pub fn buy_pressure(buys: u64, sells: u64, prior: f64) -> f64 {
 
 /// Exponentially weighted mean and variance with a time-dependent α (Finch's incremental
 /// formulas; `α = 1 − exp(−ln2·Δt/H)`), as linkerd's EWMA: the time comes in as an argument.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EwStats {
     half_life_ms: f64,
     mean: f64,

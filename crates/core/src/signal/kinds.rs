@@ -9,7 +9,7 @@ use crate::model::{Direction, Kind};
 use super::features::ramp;
 
 /// Everything the rules read, computed once per fresh, valid snapshot. `None` is unknown.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Features {
     pub t_ms: i64,
     pub age_min: Option<f64>,

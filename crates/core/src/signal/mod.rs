@@ -11,6 +11,7 @@
 //! numeric payload) changes nothing at all, and a pair's events depend only on its own
 //! snapshots and the ticks, never on other pairs'.
 
+pub mod checkpoint;
 pub mod features;
 pub mod kinds;
 pub mod params;
@@ -18,6 +19,7 @@ pub mod params;
 use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 
 use sha2::{Digest, Sha256};
 
@@ -49,7 +51,7 @@ pub enum Verdict {
     OtherSource,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineStats {
     pub snapshots: u64,
     pub fresh: u64,
@@ -66,7 +68,7 @@ pub struct EngineStats {
     pub dropped: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Episode {
     start_ms: i64,
     dir: Direction,
@@ -76,7 +78,7 @@ struct Episode {
     ref_depth: f64,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct KindState {
     pending_n: u32,
     pending_first_ms: i64,
@@ -97,7 +99,7 @@ struct KindState {
     wash_until_ms: i64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct PairState {
     /// The pair's primary source: the first that reported it. Two providers' rolling windows
     /// differ, so mixing them would read their differences as market moves.
@@ -133,6 +135,10 @@ struct PairState {
     token: Option<usize>,
     /// The latest snapshot of any verdict: a pair still being polled is never forgotten.
     last_seen_ms: i64,
+    /// `Engine::step` when this state last changed: a checkpoint writes the pairs changed
+    /// since the one before.
+    #[serde(skip)]
+    touched: u64,
 }
 
 /// One event to build, decided by the state machine.
@@ -196,7 +202,7 @@ impl Tokens {
 
 /// The global event budget: a token bucket over event time (snapshot times), so that a replay
 /// drops exactly what the live run dropped.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Budget {
     capacity: f64,
     per_ms: f64,
@@ -284,6 +290,11 @@ pub struct Engine {
     budget: Option<Budget>,
     forgotten: Vec<PairKey>,
     stats: EngineStats,
+    /// Counts `observe` and `tick` calls; a pair's `touched` is the step that last changed it.
+    step: u64,
+    /// The step of the last checkpoint, and the pairs forgotten since then.
+    saved_step: u64,
+    forgotten_unsaved: Vec<PairKey>,
 }
 
 impl Engine {
@@ -300,6 +311,9 @@ impl Engine {
             budget,
             forgotten: Vec::new(),
             stats: EngineStats::default(),
+            step: 0,
+            saved_step: 0,
+            forgotten_unsaved: Vec::new(),
         }
     }
 
@@ -356,6 +370,8 @@ impl Engine {
     /// Feeds one snapshot; appends its events (in the order of docs/signals.md, "The event") to `out`.
     pub fn observe_into(&mut self, snap: &Snapshot, out: &mut Vec<SignalEvent>) -> Verdict {
         self.stats.snapshots += 1;
+        self.step += 1;
+        let now_step = self.step;
         let cfg = &self.cfg;
         let fields = snap.numeric_fields();
         let st = match self.pairs.get_mut(&snap.key) {
@@ -370,6 +386,7 @@ impl Engine {
             return Verdict::OtherSource;
         }
         st.last_seen_ms = st.last_seen_ms.max(snap.observed_at_ms);
+        st.touched = now_step;
         if st.last_fields == fields {
             self.stats.stale += 1;
             return Verdict::Stale;
@@ -497,6 +514,7 @@ impl Engine {
     pub fn tick(&mut self, now_ms: i64) -> Vec<SignalEvent> {
         let mut out = Vec::new();
         let mut emits = Vec::new();
+        self.step += 1;
         for st in self.pairs.values_mut() {
             emits.clear();
             expire(st, now_ms, &self.cfg, &mut emits);
@@ -506,6 +524,11 @@ impl Engine {
                 if let Some(e) = stance_change(st, at, &self.cfg) {
                     emits.push(e);
                 }
+            }
+            // A silent expiry (a pending confirmation running out) is not saved: it is a
+            // function of time, and the first tick after a restore makes it again.
+            if !emits.is_empty() {
+                st.touched = self.step;
             }
             for e in &emits {
                 let related = match st.token {
@@ -534,11 +557,13 @@ impl Engine {
         let idle = self.cfg.ms.forget_idle;
         let before = self.pairs.len();
         let forgotten = &mut self.forgotten;
+        let unsaved = &mut self.forgotten_unsaved;
         let tokens = &mut self.tokens;
         self.pairs.retain(|key, st| {
             let keep = now_ms - st.last_seen_ms < idle || st.busy(now_ms);
             if !keep {
                 forgotten.push(key.clone());
+                unsaved.push(key.clone());
                 if let Some(id) = st.token {
                     tokens.forget(id, key, &st.last.base_token.address);
                 }
@@ -553,6 +578,13 @@ impl Engine {
     /// the engine (the hub's pair states).
     pub fn take_forgotten(&mut self) -> Vec<PairKey> {
         let mut keys = std::mem::take(&mut self.forgotten);
+        keys.sort_unstable();
+        keys
+    }
+
+    /// The pairs the engine holds state for, sorted.
+    pub fn pair_keys(&self) -> Vec<PairKey> {
+        let mut keys: Vec<PairKey> = self.pairs.keys().cloned().collect();
         keys.sort_unstable();
         keys
     }
@@ -601,6 +633,7 @@ impl PairState {
             trend: None,
             token: None,
             last_seen_ms: snap.observed_at_ms,
+            touched: 0,
         }
     }
 }
