@@ -25,10 +25,14 @@ SUB='{"op":"subscribe","channel":"signals"}'
 points=("$@")
 [ ${#points[@]} -eq 0 ] && points=(p1 p2 p3 p4 p5)
 
+# BENCH_STORE=DIR: the server keeps its event log there (emptied before each start); without
+# it the history is in memory only, as config/bench.toml says.
+store_env=()
 server_pid=""
 start_server() { # rate [extra env...]
   local rate=$1; shift
-  env DEXPULSE_SOURCE__BENCH__EVENTS_PER_SECOND="$rate" RUST_LOG=warn "$@" \
+  if [ -n "${BENCH_STORE:-}" ]; then rm -rf "$BENCH_STORE"; store_env=(DEXPULSE_STORE__DATA_DIR="$BENCH_STORE"); fi
+  env DEXPULSE_SOURCE__BENCH__EVENTS_PER_SECOND="$rate" RUST_LOG=warn "${store_env[@]}" "$@" \
     "$DEX" serve --config config/bench.toml --bind 127.0.0.1:$PORT >/dev/null 2>&1 &
   server_pid=$!
   for _ in $(seq 100); do curl -sf http://127.0.0.1:$PORT/healthz >/dev/null 2>&1 && return; sleep 0.05; done

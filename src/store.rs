@@ -115,6 +115,7 @@ struct Meta {
     format: Option<String>,
     epoch: Option<String>,
     head: Option<u64>,
+    frame_bytes: Option<u64>,
     tables: usize,
 }
 
@@ -125,6 +126,9 @@ pub struct EventLog {
     path: PathBuf,
     epoch: String,
     head: u64,
+    /// Bytes of the retained frames and their keys, kept in `meta` with every write, so that
+    /// retention by size and the metrics never walk the table.
+    frame_bytes: u64,
     _lock: File,
 }
 
@@ -141,7 +145,7 @@ pub struct SavedEngine {
 pub struct Usage {
     /// The file's length on disk.
     pub file_bytes: u64,
-    /// Bytes of frames (and their keys) in the events table.
+    /// Bytes of the retained frames and their keys.
     pub stored_bytes: u64,
     pub events: u64,
     pub oldest: u64,
@@ -197,18 +201,25 @@ impl EventLog {
             path,
             epoch: String::new(),
             head: 0,
+            frame_bytes: 0,
             _lock: lock,
         };
         let Meta {
             format,
             epoch,
             head,
+            frame_bytes,
             tables,
         } = log.read_meta()?;
         match format.as_deref() {
             Some(FORMAT) => {
                 log.epoch = epoch.ok_or_else(|| log.corrupt("no epoch in the meta table"))?;
                 log.head = head.ok_or_else(|| log.corrupt("no head in the meta table"))?;
+                log.frame_bytes = match frame_bytes {
+                    Some(b) => b,
+                    // A log written before the count was kept: counted once.
+                    None => log.count_frame_bytes()?,
+                };
             }
             Some(other) => {
                 return Err(StoreError::Foreign {
@@ -253,7 +264,19 @@ impl EventLog {
             return Err(self.corrupt("the epoch changed under us"));
         }
         self.head = m.head.unwrap_or(self.head);
+        self.frame_bytes = m.frame_bytes.unwrap_or(self.frame_bytes);
         Ok(())
+    }
+
+    fn count_frame_bytes(&self) -> Result<u64, StoreError> {
+        let txn = self.db()?.begin_read().map_err(|e| self.corrupt(e))?;
+        let events = txn.open_table(EVENTS).map_err(|e| self.corrupt(e))?;
+        let mut n = 0;
+        for item in events.iter().map_err(|e| self.corrupt(e))? {
+            let (_, v) = item.map_err(|e| self.corrupt(e))?;
+            n += 8 + v.value().len() as u64;
+        }
+        Ok(n)
     }
 
     fn corrupt(&self, detail: impl std::fmt::Display) -> StoreError {
@@ -282,14 +305,17 @@ impl EventLog {
                 .map_err(|e| self.corrupt(e))?
                 .map(|v| String::from_utf8_lossy(v.value()).into_owned()))
         };
-        let head = meta
-            .get("head")
-            .map_err(|e| self.corrupt(e))?
-            .map(|v| seq_of(v.value()));
+        let num = |k: &str| -> Result<Option<u64>, StoreError> {
+            Ok(meta
+                .get(k)
+                .map_err(|e| self.corrupt(e))?
+                .map(|v| seq_of(v.value())))
+        };
         Ok(Meta {
             format: text("format")?,
             epoch: text("epoch")?,
-            head,
+            head: num("head")?,
+            frame_bytes: num("frame_bytes")?,
             tables,
         })
     }
@@ -342,21 +368,25 @@ impl EventLog {
     ) -> Result<(), StoreError> {
         let txn = self.db()?.begin_write().map_err(|e| self.io(e))?;
         let mut head = self.head;
+        let mut bytes = self.frame_bytes;
         {
             let mut events = txn.open_table(EVENTS).map_err(|e| self.io(e))?;
-            for (seq, bytes) in frames {
+            for (seq, frame) in frames {
                 if seq != head + 1 {
                     return Err(self.io(format!(
                         "seq {seq} does not follow the head {head}: nothing written"
                     )));
                 }
                 events
-                    .insert(be(seq).as_slice(), bytes)
+                    .insert(be(seq).as_slice(), frame)
                     .map_err(|e| self.io(e))?;
+                bytes += 8 + frame.len() as u64;
                 head = seq;
             }
             let mut meta = txn.open_table(META).map_err(|e| self.io(e))?;
             meta.insert("head", be(head).as_slice())
+                .map_err(|e| self.io(e))?;
+            meta.insert("frame_bytes", be(bytes).as_slice())
                 .map_err(|e| self.io(e))?;
             if let Some(c) = state {
                 let mut engine = txn.open_table(ENGINE).map_err(|e| self.io(e))?;
@@ -378,6 +408,7 @@ impl EventLog {
         }
         txn.commit().map_err(|e| self.io(e))?;
         self.head = head;
+        self.frame_bytes = bytes;
         Ok(())
     }
 
@@ -447,6 +478,7 @@ impl EventLog {
     pub fn trim_below(&mut self, keep_from: u64, max: u64) -> Result<u64, StoreError> {
         let txn = self.db()?.begin_write().map_err(|e| self.io(e))?;
         let mut removed = 0;
+        let mut removed_bytes = 0;
         {
             let mut events = txn.open_table(EVENTS).map_err(|e| self.io(e))?;
             let first = events
@@ -458,13 +490,21 @@ impl EventLog {
             };
             let end = be(keep_from.min(first.saturating_add(max)));
             events
-                .retain_in::<&[u8], _>(..end.as_slice(), |_, _| {
+                .retain_in::<&[u8], _>(..end.as_slice(), |_, v| {
                     removed += 1;
+                    removed_bytes += 8 + v.len() as u64;
                     false
                 })
                 .map_err(|e| self.io(e))?;
+            let mut meta = txn.open_table(META).map_err(|e| self.io(e))?;
+            meta.insert(
+                "frame_bytes",
+                be(self.frame_bytes.saturating_sub(removed_bytes)).as_slice(),
+            )
+            .map_err(|e| self.io(e))?;
         }
         txn.commit().map_err(|e| self.io(e))?;
+        self.frame_bytes = self.frame_bytes.saturating_sub(removed_bytes);
         Ok(removed)
     }
 
@@ -525,18 +565,18 @@ impl EventLog {
         let file_bytes = std::fs::metadata(&self.path).map_or(0, |m| m.len());
         let txn = self.db()?.begin_read().map_err(|e| self.corrupt(e))?;
         let events = txn.open_table(EVENTS).map_err(|e| self.corrupt(e))?;
-        let stats = events.stats().map_err(|e| self.corrupt(e))?;
         let first = events.first().map_err(|e| self.corrupt(e))?;
         Ok(Usage {
             file_bytes,
-            stored_bytes: stats.stored_bytes(),
+            stored_bytes: self.frame_bytes,
             events: events.len().map_err(|e| self.corrupt(e))?,
             oldest: first.map_or(self.head + 1, |(k, _)| seq_of(k.value())),
         })
     }
 
-    /// Compacts the file when more than half of it, and more than `min_free` bytes, is free
-    /// (after retention was lowered, say). Blocks every reader and writer while it runs, so it
+    /// Compacts the file when it is more than three times the frames it holds (redb's pages
+    /// and B-tree take about 1.6 times; BENCHMARKS.md) and more than `min_free` bytes would be
+    /// won (after retention was lowered, say). Blocks every reader and writer while it runs, so it
     /// is done at start-up, before anything is served.
     pub fn compact_if_worthwhile(
         &mut self,
@@ -544,7 +584,7 @@ impl EventLog {
     ) -> Result<Option<Compaction>, StoreError> {
         let u = self.usage()?;
         let free = u.file_bytes.saturating_sub(u.stored_bytes);
-        if free <= min_free || free * 2 <= u.file_bytes {
+        if free <= min_free || u.file_bytes <= u.stored_bytes.saturating_mul(3) {
             return Ok(None);
         }
         let path = self.path.clone();
@@ -641,10 +681,21 @@ mod tests {
         assert_eq!(log.trim_below(91, 1000).unwrap(), 90);
         assert_eq!((log.oldest().unwrap(), log.head()), (91, 100));
         assert_eq!(log.since(0, 5).unwrap(), frames(91, 95));
+        assert_eq!(
+            log.usage().unwrap().stored_bytes,
+            log.count_frame_bytes().unwrap()
+        );
         append(&mut log, &frames(101, 101)).unwrap();
         assert_eq!(log.trim_below(1000, 5).unwrap(), 5, "at most `max` at once");
         assert_eq!(log.trim_below(1000, 1000).unwrap(), 6);
         assert_eq!((log.oldest().unwrap(), log.head()), (102, 101));
+        assert_eq!(log.usage().unwrap().stored_bytes, 0);
+        append(&mut log, &frames(102, 150)).unwrap();
+        let kept = log.usage().unwrap().stored_bytes;
+        assert_eq!(kept, log.count_frame_bytes().unwrap());
+        drop(log);
+        let log = EventLog::open(&d, || unreachable!()).unwrap();
+        assert_eq!(log.usage().unwrap().stored_bytes, kept, "kept in meta");
     }
 
     #[test]

@@ -849,3 +849,33 @@ async fn an_episode_open_before_a_sigkill_closes_after_the_restart() {
     assert_eq!(all[0], opened, "the opening as it was sent before the kill");
     assert_eq!(sigterm(&mut child), Some(0));
 }
+
+/// A data directory whose `events.redb` is not a log (junk, or a redb file of someone else's)
+/// is refused at start with exit 74 and the file's path, and the file is left as it was.
+#[test]
+fn a_corrupt_or_foreign_log_is_refused_and_left_untouched() {
+    let cfg = tmp("corrupt.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nbind = \"127.0.0.1:0\"\n[source]\nkind = \"bench\"\n",
+    )
+    .unwrap();
+    let dir = tmp("data-corrupt");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let junk = b"not a database; nobody may overwrite it\n".repeat(200);
+    let file = dir.join("events.redb");
+    std::fs::write(&file, &junk).unwrap();
+    let out = dexpulse(&[
+        "serve",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(74), "{err}");
+    assert!(err.contains(&file.display().to_string()), "{err}");
+    assert!(!err.contains("listening"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), junk);
+}
