@@ -13,6 +13,7 @@
 pub use dexpulse_core::{evaluate, model, protocol, replay, schedule, settings, signal, source};
 
 pub mod app;
+pub mod cluster;
 pub mod health;
 pub mod hub;
 pub mod live;

@@ -309,6 +309,31 @@ impl LogHistory {
     }
 }
 
+impl LogHistory {
+    /// A read the memory window could not answer, from the file; on an error, what memory had.
+    fn read_file(
+        &self,
+        recent: Since,
+        read: impl FnOnce(&EventLog) -> Result<Vec<(u64, Vec<u8>)>, StoreError>,
+    ) -> Since {
+        let w = self.writer();
+        let got = read(&w.log).and_then(|rows| {
+            Ok(Since {
+                frames: frames_of(&w.log, rows)?,
+                oldest_seq: w.log.oldest()?,
+                head: recent.head,
+            })
+        });
+        match got {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "event log read failed; answering from memory");
+                recent
+            }
+        }
+    }
+}
+
 impl History for LogHistory {
     fn epoch(&self) -> &str {
         self.memory.epoch()
@@ -334,21 +359,7 @@ impl History for LogHistory {
             return recent;
         }
         // Older than the window in memory: from the file.
-        let w = self.writer();
-        let read = w.log.since(after, limit).and_then(|rows| {
-            Ok(Since {
-                frames: frames_of(&w.log, rows)?,
-                oldest_seq: w.log.oldest()?,
-                head: recent.head,
-            })
-        });
-        match read {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "event log read failed; answering from memory");
-                recent
-            }
-        }
+        self.read_file(recent, |log| log.since(after, limit))
     }
 
     fn oldest(&self) -> u64 {
@@ -361,21 +372,7 @@ impl History for LogHistory {
         if recent.frames.len() == limit {
             return recent;
         }
-        let w = self.writer();
-        let read = w.log.before(before, limit).and_then(|rows| {
-            Ok(Since {
-                frames: frames_of(&w.log, rows)?,
-                oldest_seq: w.log.oldest()?,
-                head: recent.head,
-            })
-        });
-        match read {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "event log read failed; answering from memory");
-                recent
-            }
-        }
+        self.read_file(recent, |log| log.before(before, limit))
     }
 
     fn maintain(&self, now_us: i64) -> Vec<Arc<Frame>> {

@@ -71,6 +71,16 @@ impl Store {
     }
 }
 
+/// The events of one engine fed every input.
+fn uninterrupted(inputs: &[Input]) -> Vec<dexpulse::model::SignalEvent> {
+    let mut engine = Engine::new(Params::default());
+    let mut out = Vec::new();
+    for i in inputs {
+        feed(&mut engine, i, &mut out);
+    }
+    out
+}
+
 fn scenario_tape() -> Vec<u8> {
     tape(
         &Scenario::ALL,
@@ -86,11 +96,7 @@ fn scenario_tape() -> Vec<u8> {
 #[test]
 fn an_engine_restored_anywhere_continues_byte_for_byte() {
     let inputs = inputs(&scenario_tape());
-    let mut whole = Engine::new(Params::default());
-    let mut expected = Vec::new();
-    for i in &inputs {
-        feed(&mut whole, i, &mut expected);
-    }
+    let expected = uninterrupted(&inputs);
     assert!(expected.len() > 50, "{}", expected.len());
     let opened = expected.iter().filter(|e| e.phase == Phase::Opened).count();
     assert!(opened > 10, "episodes to carry across: {opened}");
@@ -138,11 +144,7 @@ fn an_engine_restored_anywhere_continues_byte_for_byte() {
 #[test]
 fn a_cold_engine_after_the_cut_differs_so_the_test_can_fail() {
     let inputs = inputs(&scenario_tape());
-    let mut whole = Engine::new(Params::default());
-    let mut expected = Vec::new();
-    for i in &inputs {
-        feed(&mut whole, i, &mut expected);
-    }
+    let expected = uninterrupted(&inputs);
     let cut = inputs.len() / 2;
     let mut got = Vec::new();
     let mut engine = Engine::new(Params::default());

@@ -2,6 +2,7 @@
 //!
 //! - `support`: fixtures, running the simulator through a tape and the engine in memory.
 //! - `decode`: every recorded upstream payload decodes, checked field by field; drift and junk.
+//! - `cluster`: the JetStream event stream against a real nats-server started here.
 //! - `checkpoint`: the engine restored from its checkpoints continues byte for byte.
 //! - `engine`: the worked example of docs/signals.md and the state machine's rules.
 //! - `scenarios`: the scenario table below, through simulator, tape, decoder and engine.
@@ -21,6 +22,7 @@
 
 mod checkpoint;
 mod cli;
+mod cluster;
 mod decode;
 mod engine;
 mod hostile;
