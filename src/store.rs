@@ -461,17 +461,6 @@ impl EventLog {
         Ok(first.map_or(self.head + 1, |(k, _)| seq_of(k.value())))
     }
 
-    /// Frames retained.
-    pub fn len(&self) -> Result<u64, StoreError> {
-        let txn = self.db()?.begin_read().map_err(|e| self.corrupt(e))?;
-        let events = txn.open_table(EVENTS).map_err(|e| self.corrupt(e))?;
-        events.len().map_err(|e| self.corrupt(e))
-    }
-
-    pub fn is_empty(&self) -> Result<bool, StoreError> {
-        Ok(self.len()? == 0)
-    }
-
     /// Removes the oldest frames with `seq < keep_from` (retention), at most `max` of them in
     /// one transaction (so that a big trim never holds the writer long); the head stays.
     /// Returns how many went.
@@ -656,7 +645,7 @@ mod tests {
         assert_eq!(log.since(0, 1000).unwrap(), frames(1, 300));
         assert_eq!(log.since(255, 3).unwrap(), frames(256, 258));
         assert!(log.since(300, 10).unwrap().is_empty());
-        assert_eq!(log.len().unwrap(), 300);
+        assert_eq!(log.usage().unwrap().events, 300);
     }
 
     #[test]

@@ -113,11 +113,11 @@ pub fn restore(log: &EventLog, params: &Params) -> Option<Engine> {
 }
 
 /// The state changed since the last checkpoint, when checkpoints are kept.
-fn checkpoint(engine: &mut Engine, on: bool, full: bool) -> Option<Checkpoint> {
+fn checkpoint(engine: &mut Engine, on: bool) -> Option<Checkpoint> {
     if !on {
         return None;
     }
-    match engine.checkpoint(full) {
+    match engine.checkpoint(false) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "engine state not saved");
@@ -157,7 +157,7 @@ pub async fn run(
         let input = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = timer.tick(), if saving => {
-                if let Some(state) = checkpoint(&mut engine, saving, false) {
+                if let Some(state) = checkpoint(&mut engine, saving) {
                     hub.publish_with(&[], Some(state));
                 }
                 continue;
@@ -209,11 +209,11 @@ pub async fn run(
             }
             // The state that produced these events is committed with them: a restart never
             // opens an episode twice, and the close of one open before it still comes.
-            let state = checkpoint(&mut engine, saving, false);
+            let state = checkpoint(&mut engine, saving);
             hub.publish_with(&events, state);
         }
     }
-    if let Some(state) = checkpoint(&mut engine, saving, false) {
+    if let Some(state) = checkpoint(&mut engine, saving) {
         hub.publish_with(&[], Some(state));
     }
     health.set_engine_running(false);

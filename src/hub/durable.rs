@@ -177,32 +177,25 @@ impl LogHistory {
                 None => w.pending_state = Some(s),
             }
         }
-        w.pending.extend(batch);
-        let over = w
-            .pending
-            .len()
-            .saturating_sub(self.store.max_pending_events);
-        if over > 0 {
-            w.pending.drain(..over);
-            self.metrics.dropped_events.inc_by(over as u64);
-            tracing::error!(
-                dropped = over,
-                "event log: more events waited than store.max_pending_events; the oldest were dropped unpublished"
-            );
-        }
+        // Events wait only after a failed write (`requeue` bounds them); in the usual case the
+        // batch is numbered as it came, without a copy.
+        let batch: Vec<_> = if w.pending.is_empty() {
+            batch
+        } else {
+            w.pending.drain(..).chain(batch).collect()
+        };
         // A log that failed is probed with a write even when nothing waits, so that readiness
         // comes back as soon as writes succeed.
-        if w.pending.is_empty() && w.pending_state.is_none() && w.broken.is_none() {
+        if batch.is_empty() && w.pending_state.is_none() && w.broken.is_none() {
             return Vec::new();
         }
         if !w.log.is_open() {
             if let Err(e) = w.log.reopen() {
+                self.requeue(w, batch);
                 return self.failed(w, e, Vec::new());
             }
         }
-        let frames = self
-            .memory
-            .number(published_at_us, w.pending.drain(..).collect());
+        let frames = self.memory.number(published_at_us, batch);
         let t0 = Instant::now();
         let committed = w.log.append(
             frames.iter().map(|f| (f.seq, f.text.as_ref())),
@@ -226,11 +219,33 @@ impl LogHistory {
         }
     }
 
+    /// Events not committed go (back) to the front of the queue, which keeps at most
+    /// `store.max_pending_events`: the oldest beyond it are dropped and counted.
+    fn requeue(&self, w: &mut Writer, events: Vec<(EventMeta, String)>) {
+        for e in events.into_iter().rev() {
+            w.pending.push_front(e);
+        }
+        let over = w
+            .pending
+            .len()
+            .saturating_sub(self.store.max_pending_events);
+        if over > 0 {
+            w.pending.drain(..over);
+            self.metrics.dropped_events.inc_by(over as u64);
+            tracing::error!(
+                dropped = over,
+                "event log: more events waited than store.max_pending_events; the oldest were dropped unpublished"
+            );
+        }
+    }
+
     /// A write failed: `frames` (numbered, not committed) go back to the queue unnumbered.
     fn failed(&self, w: &mut Writer, e: StoreError, frames: Vec<Arc<Frame>>) -> Vec<Arc<Frame>> {
-        for f in frames.iter().rev() {
-            w.pending.push_front((f.meta.clone(), event_json(f)));
-        }
+        let events = frames
+            .iter()
+            .map(|f| (f.meta.clone(), event_json(f)))
+            .collect();
+        self.requeue(w, events);
         self.metrics.commit_failures.inc();
         self.metrics
             .pending_events
@@ -252,16 +267,16 @@ impl LogHistory {
     }
 
     /// Retention (by age and by bytes, `[store]`), in chunks so that the publisher waits at
-    /// most one chunk; a log that failed is retried. Returns how many events were trimmed and
-    /// the frames that waited and are now published (to be sent by the caller).
-    pub fn maintain(&self, now_us: i64) -> (u64, Vec<Arc<Frame>>) {
+    /// most one chunk; a log that failed is retried. Returns the frames that waited and are now
+    /// published (to be sent by the caller).
+    fn upkeep(&self, now_us: i64) -> Vec<Arc<Frame>> {
         let mut published = Vec::new();
         {
             let mut w = self.writer();
             if w.broken.is_some() {
                 published = self.commit(&mut w, now_us, Vec::new(), None);
                 if w.broken.is_some() {
-                    return (0, published);
+                    return published;
                 }
             }
         }
@@ -283,7 +298,7 @@ impl LogHistory {
                 (Ok(a), Ok(s)) => a.max(s),
                 (Err(e), _) | (_, Err(e)) => {
                     tracing::warn!(error = %e, "event log retention skipped");
-                    return (0, published);
+                    return published;
                 }
             }
         };
@@ -305,7 +320,7 @@ impl LogHistory {
             }
         }
         self.metrics.trimmed_events.inc_by(trimmed);
-        (trimmed, published)
+        published
     }
 }
 
@@ -376,7 +391,7 @@ impl History for LogHistory {
     }
 
     fn maintain(&self, now_us: i64) -> Vec<Arc<Frame>> {
-        self.maintain(now_us).1
+        self.upkeep(now_us)
     }
 }
 

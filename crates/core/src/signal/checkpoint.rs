@@ -157,7 +157,8 @@ impl Engine {
         // Sorted, so the rebuilt token index does not depend on the store's order.
         entries.sort_by(|a, b| a.key.cmp(&b.key));
         for PairEntry { key, mut state } in entries {
-            if let Some(_old) = state.token {
+            // The saved index is the old engine's: give the pair one in this engine's.
+            if state.token.is_some() {
                 let id = engine.tokens.id(&state.last.base_token.address);
                 state.token = Some(id);
                 if engine.cfg.fsm.dedupe_per_token && state.has_fresh {
