@@ -31,6 +31,10 @@ struct Inner {
     failed: Option<(String, String)>,
     /// Why the event log cannot be written now.
     store_fault: Option<String>,
+    /// Why the cluster's stream cannot be published to or consumed now.
+    cluster_fault: Option<String>,
+    /// An edge: it has no source of its own, the stream is its data.
+    relay: bool,
 }
 
 /// The readiness verdict and what it was judged on.
@@ -103,6 +107,21 @@ impl Health {
         self.inner().store_fault = fault;
     }
 
+    /// The cluster's stream is out of reach or behind (`Some`), or fine again (`None`).
+    pub fn set_cluster_fault(&self, fault: Option<String>) {
+        let mut inner = self.inner();
+        if inner.cluster_fault != fault {
+            inner.cluster_fault = fault;
+        }
+    }
+
+    /// This process relays the cluster's stream (an edge): no engine, no source, so silence
+    /// from a source is not a fault; readiness is the stream's.
+    pub fn set_relay(&self) {
+        self.inner().relay = true;
+        self.set_engine_running(true);
+    }
+
     pub fn failed_task(&self) -> Option<(String, String)> {
         self.inner().failed.clone()
     }
@@ -118,6 +137,10 @@ impl Health {
             Some(format!("task `{task}` failed: {why}"))
         } else if let Some(fault) = &inner.store_fault {
             Some(format!("the event log cannot be written: {fault}"))
+        } else if let Some(fault) = &inner.cluster_fault {
+            Some(format!("the cluster's stream: {fault}"))
+        } else if inner.relay {
+            None
         } else if !self.engine_running.load(Ordering::Acquire) {
             Some("the engine is not running".to_string())
         } else if inner.source_ended {
@@ -222,5 +245,20 @@ mod tests {
             reason(&h).as_deref(),
             Some("task `engine` failed: panicked: boom")
         );
+    }
+
+    #[test]
+    fn an_edge_is_ready_on_the_stream_alone() {
+        let h = Health::new(Clock::manual(1_000));
+        assert_eq!(reason(&h).as_deref(), Some("the engine is not running"));
+        h.set_relay();
+        assert_eq!(reason(&h), None, "no source, no data: still ready");
+        h.set_cluster_fault(Some("cannot reach nats://127.0.0.1:4222".into()));
+        assert_eq!(
+            reason(&h).as_deref(),
+            Some("the cluster's stream: cannot reach nats://127.0.0.1:4222")
+        );
+        h.set_cluster_fault(None);
+        assert_eq!(reason(&h), None);
     }
 }

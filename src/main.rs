@@ -78,6 +78,11 @@ enum Command {
         /// history is in memory and every start is a new epoch.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// `all` (one process, the default), `ingest` (sources and engine, publishing to the
+        /// cluster's NATS stream) or `edge` (serving clients from that stream); sets
+        /// cluster.role. `ingest` and `edge` need cluster.url (docs/cluster.md).
+        #[arg(long)]
+        role: Option<String>,
     },
     /// Run the market simulator and write its polls as a tape (everything says
     /// "source":"simulator"). The flags set [source.simulator] values.
@@ -165,13 +170,15 @@ fn main() -> ExitCode {
         bind: None,
         record: None,
         data_dir: None,
+        role: None,
     }) {
         Command::Serve {
             config,
             bind,
             record,
             data_dir,
-        } => run_serve(&config, bind, record, data_dir),
+            role,
+        } => run_serve(&config, bind, record, data_dir, role),
         Command::Simulate {
             config,
             scenario,
@@ -229,8 +236,12 @@ fn run_serve(
     bind: Option<String>,
     record: Option<PathBuf>,
     data_dir: Option<PathBuf>,
+    role: Option<String>,
 ) -> ExitCode {
     let mut layers = Layers::with_process_env(Some(config));
+    if let Some(r) = role {
+        layers = layers.flag("--role", "cluster.role", r);
+    }
     if let Some(b) = bind {
         layers = layers.flag("--bind", "server.bind", b);
     }
@@ -277,7 +288,9 @@ fn run_serve(
                 return ExitCode::from(EXIT_UNAVAILABLE);
             }
         };
+        let role = cfg.cluster.role.as_str();
         let source = match &cfg.source.kind {
+            _ if cfg.cluster.role == dexpulse::cluster::Role::Edge => "the cluster's stream",
             SourceSettings::Simulator(_) => "simulator",
             SourceSettings::Replay(_) => "replay",
             SourceSettings::Live(_) => "live",
@@ -294,7 +307,11 @@ fn run_serve(
                 });
             }
         };
-        tracing::info!(addr = %running.addr, source, "listening: ws://{}/v1/ws, http://{}/v1/pairs", running.addr, running.addr);
+        if role == "ingest" {
+            tracing::info!(addr = %running.addr, source, role, "listening: http://{}/readyz, http://{}/metrics (an ingest serves no clients)", running.addr, running.addr);
+        } else {
+            tracing::info!(addr = %running.addr, source, role, "listening: ws://{}/v1/ws, http://{}/v1/pairs", running.addr, running.addr);
+        }
         let token = running.shutdown_token();
         tokio::select! {
             s = signalled => tracing::info!(signal = s, "shutting down"),

@@ -56,6 +56,37 @@ pub struct Metrics {
     pub staleness: Histogram,
     /// The event log (`store`): one write transaction per published batch.
     pub log: LogMetrics,
+    /// The cluster roles (`cluster`): what an ingest publishes, what an edge consumes.
+    pub cluster: ClusterMetrics,
+}
+
+/// The cluster's metrics (`dexpulse_cluster_*`); all zero with `role = "all"`.
+#[derive(Debug, Clone)]
+pub struct ClusterMetrics {
+    /// Ingest: publishes the server acknowledged, and of those, ids it already held.
+    pub publish_acks: Counter,
+    pub publish_duplicates: Counter,
+    pub publish_failures: Counter,
+    /// Ingest: time from sending one event to its acknowledgement.
+    pub publish_seconds: Histogram,
+    /// Ingest: events published locally and not yet acknowledged by the stream.
+    pub unpublished_events: Gauge,
+    /// Ingest: events the local history dropped before they reached the stream.
+    pub unpublished_dropped: Counter,
+    /// Ingest: pair states written to the pairs bucket.
+    pub pair_updates: Counter,
+    /// Edge: events taken from the stream into the hub.
+    pub delivered: Counter,
+    /// Edge: deliveries the server marked as a repeat (an ordered consumer should have none).
+    pub redeliveries: Counter,
+    /// Edge: the stream's last seq minus the edge's head, and the age of the newest event
+    /// taken while more were pending (0 when caught up).
+    pub lag_messages: Gauge,
+    pub lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Both roles: connections to NATS lost and started again.
+    pub reconnects: Counter,
+    /// Edge: times the stream's identity changed (a new epoch) and sessions were closed.
+    pub epoch_changes: Counter,
 }
 
 /// The event log's metrics (`dexpulse_log_*`); all zero in memory-only mode.
@@ -299,8 +330,57 @@ impl Metrics {
             "Event log: events removed by retention",
             log.trimmed_events.clone(),
         );
+        let cluster = ClusterMetrics {
+            publish_acks: Counter::default(),
+            publish_duplicates: Counter::default(),
+            publish_failures: Counter::default(),
+            publish_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
+            unpublished_events: Gauge::default(),
+            unpublished_dropped: Counter::default(),
+            pair_updates: Counter::default(),
+            delivered: Counter::default(),
+            redeliveries: Counter::default(),
+            lag_messages: Gauge::default(),
+            lag_seconds: Gauge::default(),
+            reconnects: Counter::default(),
+            epoch_changes: Counter::default(),
+        };
+        for (name, help, m) in [
+            ("cluster_publish_acks", "Ingest: events the stream acknowledged", &cluster.publish_acks),
+            ("cluster_publish_duplicates", "Ingest: acknowledged publishes whose event id the stream already held (dropped by it)", &cluster.publish_duplicates),
+            ("cluster_publish_failures", "Ingest: publishes that failed or timed out (retried in order)", &cluster.publish_failures),
+            ("cluster_unpublished_dropped", "Ingest: events the local history dropped before the stream took them", &cluster.unpublished_dropped),
+            ("cluster_pair_updates", "Ingest: pair states written to the pairs bucket", &cluster.pair_updates),
+            ("cluster_delivered", "Edge: events taken from the stream", &cluster.delivered),
+            ("cluster_redeliveries", "Edge: deliveries marked as repeats by the server", &cluster.redeliveries),
+            ("cluster_reconnects", "Connections to the stream started again after a failure", &cluster.reconnects),
+            ("cluster_epoch_changes", "Edge: the stream was replaced (a new epoch); sessions were closed", &cluster.epoch_changes),
+        ] {
+            registry.register(name, help, m.clone());
+        }
+        registry.register(
+            "cluster_publish_seconds",
+            "Ingest: time from sending an event to the stream's acknowledgement",
+            cluster.publish_seconds.clone(),
+        );
+        registry.register(
+            "cluster_unpublished_events",
+            "Ingest: events published locally, not yet acknowledged by the stream",
+            cluster.unpublished_events.clone(),
+        );
+        registry.register(
+            "cluster_consumer_lag_messages",
+            "Edge: events in the stream not yet taken",
+            cluster.lag_messages.clone(),
+        );
+        registry.register(
+            "cluster_consumer_lag_seconds",
+            "Edge: age of the newest event taken while more were pending (0 when caught up)",
+            cluster.lag_seconds.clone(),
+        );
         Metrics {
             log,
+            cluster,
             registry,
             upstream_requests,
             rate_limited,

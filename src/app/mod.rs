@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use dexpulse_core::signal::Engine;
 
+use crate::cluster::{self, Role};
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::live;
@@ -154,10 +155,80 @@ pub struct Options {
     pub clock: Clock,
 }
 
-/// Starts the source, the engine and the server on `listener`. Files the source needs are
-/// opened first, so that a missing tape or an impossible recording path fails here, before
-/// anything runs.
+/// Starts what `cluster.role` says on `listener`. Files the source needs are opened first, so
+/// that a missing tape or an impossible recording path fails here, before anything runs.
 pub fn start(cfg: Config, listener: TcpListener, opts: Options) -> Result<Running, StartError> {
+    match cfg.cluster.role {
+        Role::Edge => start_edge(cfg, listener, opts),
+        Role::All | Role::Ingest => start_engine(cfg, listener, opts),
+    }
+}
+
+/// An edge: no source, no engine, no log; the cluster's stream feeds the hub.
+fn start_edge(cfg: Config, listener: TcpListener, opts: Options) -> Result<Running, StartError> {
+    let addr = listener.local_addr()?;
+    let clock = opts.clock;
+    let shutdown = CancellationToken::new();
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new(clock.clone()));
+    health.set_relay();
+    if cfg.store.data_dir.is_some() {
+        tracing::info!(
+            "an edge keeps no event log: store.data_dir is not used (the stream is the history)"
+        );
+    }
+    let history = cluster::edge::StreamHistory::new(cfg.hub.clone(), &clock);
+    let hub = Arc::new(Hub::with_history(
+        cfg.hub.clone(),
+        clock.clone(),
+        Box::new(history.clone()),
+    ));
+    let state = AppState::new(server::Parts {
+        settings: cfg.server.clone(),
+        session: cfg.session.clone(),
+        auth: cfg.auth.clone(),
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+        clock: clock.clone(),
+        shutdown: shutdown.clone(),
+        operations_only: false,
+    });
+    let sup = |name: &str, fut: Boxed| supervise(name, fut, health.clone(), shutdown.clone());
+    let tasks = vec![
+        sup(
+            "cluster",
+            Box::pin(cluster::edge::follow(cluster::edge::Ctx {
+                hub: hub.clone(),
+                history,
+                settings: cfg.cluster.clone(),
+                metrics: metrics.cluster.clone(),
+                health: health.clone(),
+                clock: clock.clone(),
+                shutdown: shutdown.clone(),
+            })),
+        ),
+        sup(
+            "cluster-pairs",
+            Box::pin(cluster::edge::follow_pairs(cluster::edge::PairsCtx {
+                hub: hub.clone(),
+                settings: cfg.cluster.clone(),
+                shutdown: shutdown.clone(),
+            })),
+        ),
+    ];
+    let server = tokio::spawn(server::serve(listener, state.clone()));
+    Ok(Running {
+        addr,
+        state,
+        tasks,
+        server,
+    })
+}
+
+/// `all` and `ingest`: the source, the engine (and for an ingest, the publishing to the stream)
+/// and the server on `listener`.
+fn start_engine(cfg: Config, listener: TcpListener, opts: Options) -> Result<Running, StartError> {
     let addr = listener.local_addr()?;
     let clock = opts.clock;
     let shutdown = CancellationToken::new();
@@ -204,8 +275,12 @@ pub fn start(cfg: Config, listener: TcpListener, opts: Options) -> Result<Runnin
         health: health.clone(),
         clock: clock.clone(),
         shutdown: shutdown.clone(),
+        operations_only: cfg.cluster.role == Role::Ingest,
     });
     let mut tasks = Vec::new();
+    // Read before anything publishes: with no trace of this history in the stream, the
+    // ingest publishes what comes after it.
+    let start_head = hub.head_seq();
     let sup = |name: &str, fut: Boxed| supervise(name, fut, health.clone(), shutdown.clone());
     let (tx, rx) = mpsc::channel(cfg.source.channel_capacity);
     let feed: Option<Boxed> = match &cfg.source.kind {
@@ -294,6 +369,29 @@ pub fn start(cfg: Config, listener: TcpListener, opts: Options) -> Result<Runnin
         tasks.push(sup(
             "store",
             Box::pin(maintain(hub.clone(), cfg.store.maintain, shutdown.clone())),
+        ));
+    }
+    if cfg.cluster.role == Role::Ingest {
+        tasks.push(sup(
+            "cluster",
+            Box::pin(cluster::ingest::forward(cluster::ingest::Ctx {
+                hub: hub.clone(),
+                settings: cfg.cluster.clone(),
+                metrics: metrics.cluster.clone(),
+                health: health.clone(),
+                shutdown: shutdown.clone(),
+                start_head,
+            })),
+        ));
+        tasks.push(sup(
+            "cluster-pairs",
+            Box::pin(cluster::ingest::share_pairs(cluster::ingest::PairsCtx {
+                hub: hub.clone(),
+                settings: cfg.cluster.clone(),
+                metrics: metrics.cluster.clone(),
+                health: health.clone(),
+                shutdown: shutdown.clone(),
+            })),
         ));
     }
     let server = tokio::spawn(server::serve(listener, state.clone()));

@@ -15,7 +15,7 @@ use dexpulse_core::signal::{Params, RawParams};
 use dexpulse_core::source::simulator;
 
 use crate::server::{auth, session};
-use crate::{hub, live, server, store};
+use crate::{cluster, hub, live, server, store};
 
 /// The prefix of environment overrides: `DEXPULSE_SERVER__BIND=0.0.0.0:8080` sets
 /// `server.bind`; `__` separates the levels (field names have single underscores).
@@ -122,6 +122,7 @@ pub struct RawConfig {
     pub source: RawSource,
     pub signal: RawParams,
     pub store: store::RawSettings,
+    pub cluster: cluster::RawSettings,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -161,6 +162,7 @@ pub struct Config {
     pub source: Source,
     pub signal: Params,
     pub store: store::Settings,
+    pub cluster: cluster::Settings,
 }
 
 impl Config {
@@ -216,6 +218,7 @@ impl Config {
             },
             signal: Params::parse(&raw.signal).map_err(|e| e.within("signal"))?,
             store: store::Settings::parse(&raw.store).map_err(|e| e.within("store"))?,
+            cluster: cluster::Settings::parse(&raw.cluster).map_err(|e| e.within("cluster"))?,
         })
     }
 }

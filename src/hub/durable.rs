@@ -16,10 +16,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use dexpulse_core::model::{Direction, EventMeta, Kind, PairKey};
+use dexpulse_core::model::EventMeta;
 use dexpulse_core::signal::checkpoint::Checkpoint;
 
-use super::history::{Frame, History, MemoryHistory, Since};
+use super::history::{EventFields, Frame, History, MemoryHistory, Since};
 use super::Settings;
 use crate::health::Health;
 use crate::metrics::LogMetrics;
@@ -50,16 +50,7 @@ struct Writer {
 #[derive(Deserialize)]
 struct Stored {
     published_at_us: i64,
-    event: StoredEvent,
-}
-
-#[derive(Deserialize)]
-struct StoredEvent {
-    chain: String,
-    pair_address: String,
-    kind: Kind,
-    direction: Direction,
-    score: u8,
+    event: EventFields,
 }
 
 /// A frame read back from the log. The bytes are the ones sent; only the meta is parsed.
@@ -68,12 +59,7 @@ fn frame(seq: u64, bytes: Vec<u8>) -> Result<Arc<Frame>, String> {
     Ok(Arc::new(Frame {
         seq,
         published_at_us: s.published_at_us,
-        meta: EventMeta {
-            pair: PairKey::new(s.event.chain, s.event.pair_address),
-            kind: s.event.kind,
-            direction: s.event.direction,
-            score: s.event.score,
-        },
+        meta: s.event.meta(),
         text: Bytes::from(bytes),
     }))
 }
@@ -91,18 +77,6 @@ fn published_at(bytes: &[u8]) -> Option<i64> {
         .ok()?
         .parse()
         .ok()
-}
-
-/// The event JSON inside a frame (`…,"event":{…}}`): what a batch that failed to commit
-/// gives back to the queue.
-fn event_json(f: &Frame) -> String {
-    const KEY: &[u8] = b"\"event\":";
-    let text = f.text.as_ref();
-    let start = text
-        .windows(KEY.len())
-        .position(|w| w == KEY)
-        .map_or(0, |p| p + KEY.len());
-    String::from_utf8_lossy(&text[start..text.len().saturating_sub(1)]).into_owned()
 }
 
 fn corrupt(log: &EventLog, detail: String) -> StoreError {
@@ -243,7 +217,12 @@ impl LogHistory {
     fn failed(&self, w: &mut Writer, e: StoreError, frames: Vec<Arc<Frame>>) -> Vec<Arc<Frame>> {
         let events = frames
             .iter()
-            .map(|f| (f.meta.clone(), event_json(f)))
+            .map(|f| {
+                (
+                    f.meta.clone(),
+                    String::from_utf8_lossy(&f.event_json()).into_owned(),
+                )
+            })
             .collect();
         self.requeue(w, events);
         self.metrics.commit_failures.inc();
@@ -350,7 +329,7 @@ impl LogHistory {
 }
 
 impl History for LogHistory {
-    fn epoch(&self) -> &str {
+    fn epoch(&self) -> Arc<str> {
         self.memory.epoch()
     }
 
@@ -398,6 +377,7 @@ impl History for LogHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dexpulse_core::model::{Direction, Kind, PairKey};
 
     #[test]
     fn the_time_and_the_event_are_read_from_a_frame() {
@@ -414,7 +394,7 @@ mod tests {
             },
             text: Bytes::from(text),
         };
-        assert_eq!(event_json(&f), "{\"a\":1}");
+        assert_eq!(&f.event_json()[..], b"{\"a\":1}");
         assert_eq!(published_at(b"{\"type\":\"signal\"}"), None);
     }
 }

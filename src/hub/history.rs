@@ -51,7 +51,7 @@ impl Since {
 pub trait History: Send + Sync {
     /// Names the lifetime of the numbering: a client holding a seq of another epoch knows it
     /// cannot resume from it.
-    fn epoch(&self) -> &str;
+    fn epoch(&self) -> Arc<str>;
     /// The seq of the last published frame (0 before the first).
     fn head(&self) -> u64;
     /// Gives each event the next seq, builds its frame and keeps it, with the engine state
@@ -77,23 +77,78 @@ pub trait History: Send + Sync {
     fn maintain(&self, _now_us: i64) -> Vec<Arc<Frame>> {
         Vec::new()
     }
+    /// Someone still needs every frame after `seq` (an ingest's stream has not taken them
+    /// yet): age alone must not evict them, only the hard cap. A history on disk keeps them
+    /// anyway.
+    fn hold_after(&self, _seq: u64) {}
+}
+
+/// What a signal event's JSON says that filters read.
+#[derive(serde::Deserialize)]
+pub struct EventFields {
+    chain: String,
+    pair_address: String,
+    kind: dexpulse_core::model::Kind,
+    direction: dexpulse_core::model::Direction,
+    score: u8,
+}
+
+impl EventFields {
+    pub fn meta(self) -> EventMeta {
+        EventMeta {
+            pair: dexpulse_core::model::PairKey::new(self.chain, self.pair_address),
+            kind: self.kind,
+            direction: self.direction,
+            score: self.score,
+        }
+    }
+}
+
+impl Frame {
+    /// The frame of an event numbered elsewhere (a cluster's stream): the same bytes any node
+    /// builds from the same `seq`, time and event.
+    pub fn of_event(seq: u64, published_at_us: i64, event_json: &str) -> Result<Frame, String> {
+        let fields: EventFields =
+            serde_json::from_str(event_json).map_err(|e| format!("event {seq}: {e}"))?;
+        Ok(Frame {
+            seq,
+            published_at_us,
+            meta: fields.meta(),
+            text: Bytes::from(signal_message(seq, published_at_us, event_json)),
+        })
+    }
+
+    /// The event JSON inside the frame (`…,"event":{…}}`), without copying.
+    pub fn event_json(&self) -> Bytes {
+        const KEY: &[u8] = b"\"event\":";
+        let text = self.text.as_ref();
+        let start = text
+            .windows(KEY.len())
+            .position(|w| w == KEY)
+            .map_or(0, |p| p + KEY.len());
+        self.text
+            .slice(start..text.len().saturating_sub(1).max(start))
+    }
 }
 
 /// The retained ring in memory: at least `retain_events` frames and at least those younger
 /// than `retain`, never more than `retain_max_events`.
 pub struct MemoryHistory {
-    epoch: String,
+    epoch: Arc<str>,
     settings: Settings,
     head: AtomicU64,
+    /// Frames after this seq are evicted only by the hard cap (see `History::hold_after`).
+    held_after: AtomicU64,
     ring: Mutex<VecDeque<Arc<Frame>>>,
 }
 
 impl MemoryHistory {
     pub fn new(settings: Settings, epoch: String) -> MemoryHistory {
         MemoryHistory {
-            epoch,
+            epoch: epoch.into(),
             settings,
             head: AtomicU64::new(0),
+            held_after: AtomicU64::new(u64::MAX),
             ring: Mutex::new(VecDeque::new()),
         }
     }
@@ -105,9 +160,11 @@ impl MemoryHistory {
 
     fn evict(&self, ring: &mut VecDeque<Arc<Frame>>, now_us: i64) {
         let keep_us = i64::try_from(self.settings.retain.as_micros()).unwrap_or(i64::MAX);
+        let held_after = self.held_after.load(Ordering::Acquire);
         while let Some(front) = ring.front() {
             let over_cap = ring.len() > self.settings.retain_max_events;
             let expendable = ring.len() > self.settings.retain_events
+                && front.seq <= held_after
                 && now_us.saturating_sub(front.published_at_us) > keep_us;
             if over_cap || expendable {
                 ring.pop_front();
@@ -177,8 +234,12 @@ impl MemoryHistory {
 }
 
 impl History for MemoryHistory {
-    fn epoch(&self) -> &str {
-        &self.epoch
+    fn hold_after(&self, seq: u64) {
+        self.held_after.store(seq, Ordering::Release);
+    }
+
+    fn epoch(&self) -> Arc<str> {
+        self.epoch.clone()
     }
 
     fn head(&self) -> u64 {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use dexpulse_core::model::{EventMeta, SignalEvent};
 use dexpulse_core::protocol::FilterSet;
@@ -99,6 +100,9 @@ pub struct Hub {
     history: Box<dyn History>,
     fanout: Arc<Fanout>,
     pairs: Pairs,
+    /// Cancelled when the numbering restarts under the sessions (a cluster's stream was
+    /// replaced), so that each closes and its client resumes against the new epoch.
+    epoch_over: std::sync::Mutex<CancellationToken>,
 }
 
 impl Hub {
@@ -139,10 +143,42 @@ impl Hub {
                 settings.max_filter_sets,
             )),
             pairs: Pairs::new(settings.broadcast_capacity),
+            epoch_over: std::sync::Mutex::new(CancellationToken::new()),
         }
     }
 
-    pub fn epoch(&self) -> &str {
+    /// Cancelled when the current epoch ends under the sessions (see [`Hub::end_epoch`]).
+    pub fn epoch_over(&self) -> CancellationToken {
+        self.epoch_over
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The history now numbers in another epoch: every session of the old one is told to
+    /// end (it closes with 1012, and its client resumes, learning `recovered: false`).
+    pub fn end_epoch(&self) {
+        let old = std::mem::replace(
+            &mut *self.epoch_over.lock().unwrap_or_else(|p| p.into_inner()),
+            CancellationToken::new(),
+        );
+        old.cancel();
+    }
+
+    /// Sends frames that the history has already numbered and kept (an edge's, taken from
+    /// the cluster's stream) to every channel that wants them.
+    pub fn deliver(&self, frames: &[Arc<Frame>]) {
+        if !frames.is_empty() {
+            self.fanout.send(frames);
+        }
+    }
+
+    /// See [`History::hold_after`].
+    pub fn hold_after(&self, seq: u64) {
+        self.history.hold_after(seq);
+    }
+
+    pub fn epoch(&self) -> Arc<str> {
         self.history.epoch()
     }
 

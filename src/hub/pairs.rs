@@ -4,7 +4,11 @@
 //! when asked. Keeping a state reuses its strings, so the engine task allocates nothing per
 //! snapshot in the steady state.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -25,10 +29,29 @@ struct PairState {
     snapshot: Snapshot,
     metrics: PairMetrics,
     open: KindSet,
+    /// Which update this is (`Pairs::changed` compares it).
+    version: u64,
+}
+
+/// A pair's state as another node receives it (a cluster's pairs bucket): JSON, every f64
+/// back bit for bit.
+#[derive(Serialize)]
+struct Shared<'a> {
+    snapshot: &'a Snapshot,
+    metrics: &'a PairMetrics,
+    open: KindSet,
+}
+
+#[derive(Deserialize)]
+struct Received {
+    snapshot: Snapshot,
+    metrics: PairMetrics,
+    open: KindSet,
 }
 
 pub struct Pairs {
     states: DashMap<PairKey, PairState>,
+    versions: AtomicU64,
     updates: broadcast::Sender<Arc<PairFrame>>,
 }
 
@@ -36,16 +59,19 @@ impl Pairs {
     pub fn new(capacity: usize) -> Pairs {
         Pairs {
             states: DashMap::new(),
+            versions: AtomicU64::new(0),
             updates: broadcast::channel(capacity).0,
         }
     }
 
     pub fn update(&self, snap: &Snapshot, metrics: PairMetrics, open: KindSet) {
+        let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
         match self.states.get_mut(&snap.key) {
             Some(mut s) => {
                 s.snapshot.clone_from(snap);
                 s.metrics = metrics;
                 s.open = open;
+                s.version = version;
             }
             None => {
                 self.states.insert(
@@ -54,6 +80,7 @@ impl Pairs {
                         snapshot: snap.clone(),
                         metrics,
                         open,
+                        version,
                     },
                 );
             }
@@ -90,6 +117,55 @@ impl Pairs {
             .collect()
     }
 
+    /// The pairs updated since `seen` recorded them, as JSON to share, and the pairs `seen`
+    /// holds that are gone; `seen` is brought up to date.
+    pub fn changed(
+        &self,
+        seen: &mut HashMap<PairKey, u64>,
+    ) -> (Vec<(PairKey, Vec<u8>)>, Vec<PairKey>) {
+        let mut changed = Vec::new();
+        for r in self.states.iter() {
+            if seen.get(r.key()) == Some(&r.version) {
+                continue;
+            }
+            let shared = Shared {
+                snapshot: &r.snapshot,
+                metrics: &r.metrics,
+                open: r.open,
+            };
+            match serde_json::to_vec(&shared) {
+                Ok(json) => {
+                    seen.insert(r.key().clone(), r.version);
+                    changed.push((r.key().clone(), json));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, pair = %r.key(), "pair state not serializable")
+                }
+            }
+        }
+        let gone: Vec<PairKey> = seen
+            .keys()
+            .filter(|k| !self.states.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in &gone {
+            seen.remove(k);
+        }
+        (changed, gone)
+    }
+
+    /// Takes a state another node shared (see [`Pairs::changed`]).
+    pub fn apply(&self, json: &[u8]) -> Result<PairKey, String> {
+        let r: Received = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+        self.update(&r.snapshot, r.metrics, r.open);
+        Ok(r.snapshot.key)
+    }
+
+    /// The keys held now, for pruning after a full resync.
+    pub fn keys(&self) -> Vec<PairKey> {
+        self.states.iter().map(|r| r.key().clone()).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.states.len()
     }
@@ -124,5 +200,35 @@ mod tests {
         assert!(all[0].contains("\"price_usd\":\"2.5\""));
         p.forget(&s.key);
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn shared_states_come_back_whole_and_only_changes_are_shared() {
+        let a = Pairs::new(16);
+        let b = Pairs::new(16);
+        let s = dexpulse_core::source::simulator::example_snapshot();
+        let m = PairMetrics {
+            r5: Some(0.1 + 0.2),
+            stance: Some(dexpulse_core::model::Direction::Bullish),
+            ..PairMetrics::default()
+        };
+        let mut open = KindSet::default();
+        open.insert(dexpulse_core::model::Kind::MomentumUp);
+        a.update(&s, m, open);
+        let mut seen = HashMap::new();
+        let (changed, gone) = a.changed(&mut seen);
+        assert_eq!((changed.len(), gone.len()), (1, 0));
+        assert_eq!(b.apply(&changed[0].1).unwrap(), s.key);
+        assert_eq!(
+            a.render_all(),
+            b.render_all(),
+            "the same state renders the same"
+        );
+        let (changed, gone) = a.changed(&mut seen);
+        assert!(changed.is_empty() && gone.is_empty(), "nothing changed");
+        a.forget(&s.key);
+        let (_, gone) = a.changed(&mut seen);
+        assert_eq!(gone, vec![s.key.clone()]);
+        assert!(b.apply(b"{\"snapshot\":1}").is_err());
     }
 }

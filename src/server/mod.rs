@@ -191,6 +191,7 @@ pub struct AppState {
     /// Filter entries over all sessions.
     pub filter_budget: Arc<session::FilterBudget>,
     next_session: Arc<AtomicU64>,
+    operations_only: bool,
 }
 
 /// What the server is built from.
@@ -203,6 +204,9 @@ pub struct Parts {
     pub health: Arc<Health>,
     pub clock: Clock,
     pub shutdown: CancellationToken,
+    /// An ingest: only `/healthz`, `/readyz` and `/metrics` (its events reach clients
+    /// through the edges).
+    pub operations_only: bool,
 }
 
 impl AppState {
@@ -228,6 +232,7 @@ impl AppState {
             sessions: TaskTracker::new(),
             filter_budget,
             next_session: Arc::new(AtomicU64::new(1)),
+            operations_only: p.operations_only,
         }
     }
 
@@ -237,6 +242,13 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    let operations = Router::new()
+        .route("/healthz", get(http::healthz))
+        .route("/readyz", get(http::readyz))
+        .route("/metrics", get(http::metrics));
+    if state.operations_only {
+        return operations.with_state(state);
+    }
     let data = Router::new()
         .route("/v1/pairs", get(http::pairs))
         .route("/v1/signals", get(http::signals))
@@ -248,9 +260,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(http::index))
         .route("/v1/ws", get(upgrade::upgrade))
         .merge(data)
-        .route("/healthz", get(http::healthz))
-        .route("/readyz", get(http::readyz))
-        .route("/metrics", get(http::metrics))
+        .merge(operations)
         .with_state(state)
 }
 

@@ -90,19 +90,36 @@ async fn events_go_to_jetstream_once_each_and_outlive_a_killed_server() {
     let s = EventStream::connect(&settings(&nats)).await.unwrap();
     let epoch = s.epoch().to_string();
     for i in 1..=50u64 {
-        let p = s.publish(&format!("e{i}"), payload(i)).await.unwrap();
+        let p = s
+            .publish(&format!("e{i}"), 1_000 + i as i64, ("local", i), payload(i))
+            .await
+            .unwrap();
         assert_eq!((p.seq, p.duplicate), (i, false));
     }
     // An ingest that crashed after publishing and publishes its last events again.
     for i in 41..=50u64 {
-        let p = s.publish(&format!("e{i}"), payload(i)).await.unwrap();
+        let p = s
+            .publish(&format!("e{i}"), 1_000 + i as i64, ("local", i), payload(i))
+            .await
+            .unwrap();
         assert_eq!((p.seq, p.duplicate), (i, true), "deduplicated by its id");
     }
     assert_eq!(s.bounds().await.unwrap(), (1, 50));
     for i in [1u64, 25, 50] {
-        let (id, bytes) = s.get(i).await.unwrap().unwrap();
-        assert_eq!((id, bytes), (format!("e{i}"), payload(i)));
+        let m = s.get(i).await.unwrap().unwrap();
+        assert_eq!(
+            (m.seq, m.event_id, m.payload),
+            (i, format!("e{i}"), payload(i))
+        );
+        assert_eq!(m.published_at_us, 1_000 + i as i64);
+        assert_eq!(m.origin, Some(("local".to_string(), i)));
     }
+    let range = s.range(20, 30).await.unwrap();
+    assert_eq!(
+        range.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (20..=30).collect::<Vec<_>>()
+    );
+    assert!(s.range(51, 60).await.unwrap().is_empty());
     assert!(s.get(51).await.unwrap().is_none());
     drop(s);
 
@@ -112,8 +129,14 @@ async fn events_go_to_jetstream_once_each_and_outlive_a_killed_server() {
     let s = EventStream::connect(&settings(&nats)).await.unwrap();
     assert_eq!(s.epoch(), epoch);
     assert_eq!(s.bounds().await.unwrap(), (1, 50));
-    assert_eq!(s.get(50).await.unwrap().unwrap().1, payload(50));
-    assert_eq!(s.publish("e51", payload(51)).await.unwrap().seq, 51);
+    assert_eq!(s.get(50).await.unwrap().unwrap().payload, payload(50));
+    assert_eq!(
+        s.publish("e51", 0, ("local", 51), payload(51))
+            .await
+            .unwrap()
+            .seq,
+        51
+    );
     drop(s);
     drop(nats);
 
@@ -121,7 +144,13 @@ async fn events_go_to_jetstream_once_each_and_outlive_a_killed_server() {
     let nats = Nats::start(store("basic-new"));
     let s = EventStream::connect(&settings(&nats)).await.unwrap();
     assert_ne!(s.epoch(), epoch);
-    assert_eq!(s.publish("e1", payload(1)).await.unwrap().seq, 1);
+    assert_eq!(
+        s.publish("e1", 0, ("local", 1), payload(1))
+            .await
+            .unwrap()
+            .seq,
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -390,7 +390,10 @@ impl Kind {
 }
 
 /// A set of kinds as a bit mask: asking which kinds are open allocates nothing.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(transparent)]
 pub struct KindSet(u16);
 
 impl KindSet {
@@ -621,7 +624,7 @@ pub struct EventMeta {
 
 /// A pair's derived metrics as the engine last computed them (rounded as in events; unknown is
 /// `None`): the plain output that pair views are rendered from.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct PairMetrics {
     pub age_minutes: Option<i64>,
     pub r5: Option<f64>,

@@ -206,6 +206,9 @@ where
     let shutdown = ctx.shutdown.child_token();
     let stopped = shutdown.cancelled();
     tokio::pin!(stopped);
+    let epoch_over = hub.epoch_over();
+    let restarted = epoch_over.cancelled();
+    tokio::pin!(restarted);
 
     let last = loop {
         let stall_at = st
@@ -216,6 +219,7 @@ where
         tokio::select! {
             biased;
             _ = &mut stopped => break Last::close(CloseCode::GoingAway),
+            _ = &mut restarted => break Last::close(CloseCode::Restart),
             w = std::future::poll_fn(|cx| writer.poll_drive(cx, &mut out, &mut sink, &m, &ctx.clock)), if writer.has_work(&out) => {
                 if w.is_err() {
                     m.sessions.dec();

@@ -32,14 +32,14 @@ use crate::metrics::Metrics;
 
 /// What a session reads of the hub when a client subscribes.
 pub trait HubView {
-    fn epoch(&self) -> &str;
+    fn epoch(&self) -> Arc<str>;
     fn head(&self) -> u64;
     /// The oldest retained seq (head + 1 when nothing is retained).
     fn oldest(&self) -> u64;
 }
 
 impl HubView for Hub {
-    fn epoch(&self) -> &str {
+    fn epoch(&self) -> Arc<str> {
         Hub::epoch(self)
     }
 
@@ -146,7 +146,7 @@ impl Session {
                 protocol: protocol::PROTOCOL_VERSION,
                 server: concat!("dexpulse/", env!("CARGO_PKG_VERSION")),
                 session: id,
-                epoch: hub.epoch(),
+                epoch: &hub.epoch(),
                 head_seq: hub.head(),
                 heartbeat_s: self.settings.heartbeat.as_secs_f64(),
             }
@@ -543,7 +543,7 @@ impl Session {
                 let (recovered, oldest_seq, from) = match (&resume_from, channel) {
                     (Some(r), Channel::Signals) => {
                         let oldest = hub.oldest();
-                        if r.epoch == hub.epoch()
+                        if *r.epoch == *hub.epoch()
                             && r.seq.saturating_add(1) >= oldest
                             && r.seq <= head
                         {

@@ -69,6 +69,9 @@ pub enum CloseCode {
     Policy,
     /// 1009: a client message over the size limit.
     TooBig,
+    /// 1012: the numbering restarted under the session (a cluster's stream was replaced):
+    /// reconnect and resume; the answer says `recovered: false`.
+    Restart,
     /// 4000: the client answered no ping for two heartbeat intervals.
     Heartbeat,
     /// 4008: the session's outgoing queue stayed full: a slow consumer.
@@ -76,8 +79,9 @@ pub enum CloseCode {
 }
 
 impl CloseCode {
-    pub const ALL: [CloseCode; 7] = [
+    pub const ALL: [CloseCode; 8] = [
         CloseCode::GoingAway,
+        CloseCode::Restart,
         CloseCode::Protocol,
         CloseCode::InvalidData,
         CloseCode::Policy,
@@ -93,6 +97,7 @@ impl CloseCode {
             CloseCode::InvalidData => 1007,
             CloseCode::Policy => 1008,
             CloseCode::TooBig => 1009,
+            CloseCode::Restart => 1012,
             CloseCode::Heartbeat => 4000,
             CloseCode::SlowConsumer => 4008,
         }
@@ -105,6 +110,7 @@ impl CloseCode {
             CloseCode::InvalidData => "invalid UTF-8",
             CloseCode::Policy => "rate limit exceeded",
             CloseCode::TooBig => "message too big",
+            CloseCode::Restart => "epoch ended: resume",
             CloseCode::Heartbeat => "heartbeat timeout",
             CloseCode::SlowConsumer => "slow consumer",
         }

@@ -1,0 +1,481 @@
+//! The edge's side of the stream (docs/cluster.md, "Edge"): an ordered consumer from the
+//! edge's head into its hub, and [`StreamHistory`], the [`History`] whose numbering is the
+//! stream's. Recent frames sit in a ring in memory; a read older than the ring goes to the
+//! stream (direct gets), so a client may resume on any edge with a seq another gave it. Every
+//! edge builds a frame from the message alone (its stream seq, the ingest's time, the event
+//! JSON), so two edges send the same bytes.
+//!
+//! Faults: while NATS is away the edge keeps its sessions and its ring, says not ready, and
+//! when NATS is back it asks for what follows its own head (no gap, no duplicate). A stream
+//! with another identity (deleted and created again) is a new epoch: the ring starts over and
+//! every session is closed with 1012, so its client resumes and learns `recovered: false`.
+//!
+//! The pairs task follows the pairs bucket into the hub's pairs room.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use dexpulse_core::model::{EventMeta, PairKey};
+use dexpulse_core::signal::checkpoint::Checkpoint;
+
+use super::stream::{EventStream, Stored};
+use super::Settings;
+use crate::health::Health;
+use crate::hub::{self, Frame, History, Hub, MemoryHistory, Since};
+use crate::metrics::ClusterMetrics;
+use crate::time::Clock;
+
+/// Messages taken from the consumer before the hub sends them on, at most.
+const BATCH: usize = 256;
+/// How often the edge compares the stream's identity and bounds with its own.
+const CHECK_EVERY: Duration = Duration::from_secs(2);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The frame every edge builds from one stored event.
+pub fn frame(m: &Stored) -> Result<Arc<Frame>, String> {
+    let json = std::str::from_utf8(&m.payload).map_err(|e| format!("event {}: {e}", m.seq))?;
+    Frame::of_event(m.seq, m.published_at_us, json).map(Arc::new)
+}
+
+/// The history of an edge: the stream's numbering, a ring of recent frames, older ones read
+/// from the stream. Cheap to clone: the follower keeps one to feed it.
+#[derive(Clone)]
+pub struct StreamHistory {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: hub::Settings,
+    /// Replaced whole when the numbering jumps (a new epoch, or a gap in the stream).
+    ring: RwLock<Arc<MemoryHistory>>,
+    /// The stream's oldest seq as last seen (0: not known yet).
+    first: AtomicU64,
+    /// The stream, for reads older than the ring (absent until the first connection).
+    reader: RwLock<Option<EventStream>>,
+}
+
+impl StreamHistory {
+    /// Before the first connection the epoch is a placeholder of this process: a client that
+    /// connects then learns nothing it could resume from.
+    pub fn new(settings: hub::Settings, clock: &Clock) -> StreamHistory {
+        let epoch = format!("unconnected-{}", Hub::new_epoch(clock));
+        StreamHistory {
+            inner: Arc::new(Inner {
+                ring: RwLock::new(Arc::new(MemoryHistory::new(settings.clone(), epoch))),
+                settings,
+                first: AtomicU64::new(0),
+                reader: RwLock::new(None),
+            }),
+        }
+    }
+
+    fn ring(&self) -> Arc<MemoryHistory> {
+        self.inner
+            .ring
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The numbering continues after `head` in `epoch`, with nothing retained.
+    fn restart(&self, epoch: &str, head: u64) {
+        let ring = MemoryHistory::restored(
+            self.inner.settings.clone(),
+            epoch.to_string(),
+            head,
+            Vec::new(),
+        );
+        *self.inner.ring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);
+    }
+
+    fn set_reader(&self, stream: EventStream) {
+        *self.inner.reader.write().unwrap_or_else(|p| p.into_inner()) = Some(stream);
+    }
+
+    fn set_first(&self, first: u64) {
+        self.inner.first.store(first, Ordering::Release);
+    }
+
+    /// Keeps frames taken from the stream, in order after the head (the follower is the only
+    /// caller).
+    fn keep(&self, frames: &[Arc<Frame>]) {
+        self.ring().keep(frames);
+    }
+
+    /// The stream's oldest seq, or the ring's when the stream's is not known.
+    fn stream_first(&self, ring: &MemoryHistory) -> u64 {
+        match self.inner.first.load(Ordering::Acquire) {
+            0 => ring.oldest(),
+            f => f.min(ring.oldest()),
+        }
+    }
+
+    /// Runs a read of the stream from synchronous code: the hub's readers are synchronous
+    /// (sessions, and `/v1/signals` on a blocking thread). `None` without a multi-threaded
+    /// runtime or a connection.
+    fn read<T, F>(&self, f: impl FnOnce(EventStream) -> F) -> Option<T>
+    where
+        F: Future<Output = Result<T, super::ClusterError>>,
+    {
+        let stream = self
+            .inner
+            .reader
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return None;
+        }
+        let timeout = Duration::from_secs(10);
+        let got = tokio::task::block_in_place(|| {
+            handle.block_on(async { tokio::time::timeout(timeout, f(stream)).await })
+        });
+        match got {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "a read of the stream failed; answering from memory");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("a read of the stream timed out; answering from memory");
+                None
+            }
+        }
+    }
+
+    fn frames_of(stored: Vec<Stored>) -> Vec<Arc<Frame>> {
+        stored
+            .iter()
+            .filter_map(|m| match frame(m) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::error!(error = %e, "an event in the stream is unreadable; skipped");
+                    None
+                }
+            })
+            .collect()
+    }
+}
+
+impl History for StreamHistory {
+    fn epoch(&self) -> Arc<str> {
+        self.ring().epoch()
+    }
+
+    fn head(&self) -> u64 {
+        self.ring().head()
+    }
+
+    fn append(
+        &self,
+        _published_at_us: i64,
+        events: Vec<(EventMeta, String)>,
+        _state: Option<Checkpoint>,
+    ) -> Vec<Arc<Frame>> {
+        // An edge has no engine: its numbering is the stream's.
+        if !events.is_empty() {
+            tracing::error!(
+                events = events.len(),
+                "an edge was asked to publish; refused"
+            );
+        }
+        Vec::new()
+    }
+
+    fn since(&self, after: u64, limit: usize) -> Since {
+        let ring = self.ring();
+        let mut recent = ring.since(after, limit);
+        let first = self.stream_first(&ring);
+        if recent.complete_after(after) || after >= recent.head {
+            recent.oldest_seq = first.min(recent.oldest_seq);
+            return recent;
+        }
+        // Older than the ring: from the stream, up to where the ring starts.
+        let from = after.saturating_add(1).max(first);
+        let ring_oldest = recent.oldest_seq;
+        let to = ring_oldest
+            .saturating_sub(1)
+            .min(from.saturating_add(limit as u64).saturating_sub(1));
+        match self.read(|s| async move { s.range(from, to).await }) {
+            Some(stored) => Since {
+                frames: Self::frames_of(stored),
+                oldest_seq: first,
+                head: recent.head,
+            },
+            None => recent,
+        }
+    }
+
+    fn oldest(&self) -> u64 {
+        let ring = self.ring();
+        self.stream_first(&ring)
+    }
+
+    fn before(&self, before: Option<u64>, limit: usize) -> Since {
+        let ring = self.ring();
+        let mut recent = ring.before(before, limit);
+        let first = self.stream_first(&ring);
+        if recent.frames.len() == limit || recent.oldest_seq <= first {
+            recent.oldest_seq = first.min(recent.oldest_seq);
+            return recent;
+        }
+        let end = before
+            .unwrap_or(u64::MAX)
+            .min(recent.oldest_seq)
+            .min(recent.head.saturating_add(1));
+        let want = (limit - recent.frames.len()) as u64;
+        let from = end.saturating_sub(want).max(first);
+        let to = end.saturating_sub(1);
+        match self.read(|s| async move { s.range(from, to).await }) {
+            Some(stored) => {
+                let mut frames = Self::frames_of(stored);
+                frames.append(&mut recent.frames);
+                Since {
+                    frames,
+                    oldest_seq: first,
+                    head: recent.head,
+                }
+            }
+            None => recent,
+        }
+    }
+}
+
+/// What the follower works with.
+pub struct Ctx {
+    pub hub: Arc<Hub>,
+    pub history: StreamHistory,
+    pub settings: Settings,
+    pub metrics: ClusterMetrics,
+    pub health: Arc<Health>,
+    pub clock: Clock,
+    pub shutdown: CancellationToken,
+}
+
+/// Runs until shutdown: the stream into the hub, connecting again after every failure.
+pub async fn follow(ctx: Ctx) -> Result<(), String> {
+    let mut backoff = BACKOFF_MIN;
+    let url = ctx.settings.url.clone().unwrap_or_default();
+    ctx.health
+        .set_cluster_fault(Some(format!("connecting to {url}")));
+    loop {
+        let mut progressed = false;
+        let r = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Ok(()),
+            r = follow_once(&ctx, &mut progressed) => r,
+        };
+        let e = match r {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if progressed {
+            backoff = BACKOFF_MIN;
+        }
+        tracing::warn!(error = %e, head = ctx.history.head(), "the cluster's stream was lost; following again from the head");
+        ctx.health.set_cluster_fault(Some(e));
+        ctx.metrics.reconnects.inc();
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Keeps the frames gathered so far and sends them on.
+fn flush(ctx: &Ctx, batch: &mut Vec<Arc<Frame>>) {
+    if batch.is_empty() {
+        return;
+    }
+    ctx.history.keep(batch);
+    ctx.hub.deliver(batch);
+    ctx.metrics.delivered.inc_by(batch.len() as u64);
+    batch.clear();
+}
+
+/// Compares the stream's identity with the edge's: a new one ends the epoch.
+fn adopt_epoch(ctx: &Ctx, epoch: &str) {
+    if *ctx.history.epoch() == *epoch {
+        return;
+    }
+    let was = ctx.history.epoch();
+    ctx.history.restart(epoch, 0);
+    if !was.starts_with("unconnected-") {
+        ctx.metrics.epoch_changes.inc();
+        tracing::warn!(was = %was, now = %epoch, "the cluster's stream was replaced: a new epoch; sessions are closed to resume");
+    }
+    ctx.hub.end_epoch();
+}
+
+async fn follow_once(ctx: &Ctx, progressed: &mut bool) -> Result<(), String> {
+    let stream = EventStream::connect(&ctx.settings)
+        .await
+        .map_err(|e| e.to_string())?;
+    let state = stream.state().await.map_err(|e| e.to_string())?;
+    adopt_epoch(ctx, &state.epoch);
+    ctx.history.set_reader(stream.clone());
+    ctx.history.set_first(state.first);
+    let head = ctx.history.head();
+    if state.last < head {
+        // The same stream holding fewer events than the edge has seen: numbering was reset
+        // under the same identity. Treat it as a new epoch rather than send seqs twice.
+        let epoch = format!("{}-r{:x}", state.epoch, ctx.clock.now_us());
+        adopt_epoch(ctx, &epoch);
+    }
+    let mut msgs = stream
+        .follow(ctx.history.head() + 1)
+        .await
+        .map_err(|e| e.to_string())?;
+    ctx.health.set_cluster_fault(None);
+    tracing::info!(epoch = %ctx.history.epoch(), head = ctx.history.head(), first = state.first, last = state.last, "following the cluster's stream");
+    let mut check = tokio::time::interval(CHECK_EVERY);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch: Vec<Arc<Frame>> = Vec::with_capacity(BATCH);
+    loop {
+        tokio::select! {
+            _ = check.tick() => {
+                let s = stream.state().await.map_err(|e| e.to_string())?;
+                if *s.epoch != *ctx.history.epoch() && !ctx.history.epoch().starts_with(&s.epoch) {
+                    return Err(format!("the stream's identity changed to {}", s.epoch));
+                }
+                ctx.history.set_first(s.first);
+                let head = ctx.history.head();
+                ctx.metrics.lag_messages.set(i64::try_from(s.last.saturating_sub(head)).unwrap_or(i64::MAX));
+                if s.last <= head {
+                    ctx.metrics.lag_seconds.set(0.0);
+                }
+            }
+            m = msgs.next() => {
+                let mut next = Some(m);
+                while let Some(m) = next.take() {
+                    let m = match m {
+                        None => return Err("the stream's consumer ended".to_string()),
+                        Some(Err(e)) => {
+                            flush(ctx, &mut batch);
+                            return Err(format!("the stream's consumer: {e}"));
+                        }
+                        Some(Ok(m)) => m,
+                    };
+                    let (stored, pending, delivered) = match Stored::of_message(&m) {
+                        Ok(x) => x,
+                        Err(e) => {
+                            flush(ctx, &mut batch);
+                            return Err(e);
+                        }
+                    };
+                    if delivered > 1 {
+                        ctx.metrics.redeliveries.inc();
+                    }
+                    let expected = ctx.history.head() + batch.len() as u64 + 1;
+                    if stored.seq < expected {
+                        // Already taken (a consumer recreated after a reconnect).
+                    } else {
+                        if stored.seq > expected {
+                            flush(ctx, &mut batch);
+                            tracing::warn!(from = expected, to = stored.seq - 1, "events the stream no longer holds were never taken; the numbering continues after them");
+                            ctx.history.restart(&ctx.history.epoch(), stored.seq - 1);
+                        }
+                        match frame(&stored) {
+                            Ok(f) => batch.push(f),
+                            Err(e) => {
+                                // Kept as a gap rather than stop every edge on one bad message.
+                                flush(ctx, &mut batch);
+                                tracing::error!(error = %e, seq = stored.seq, "an event in the stream is unreadable; skipped");
+                                ctx.history.restart(&ctx.history.epoch(), stored.seq);
+                            }
+                        }
+                        *progressed = true;
+                    }
+                    let lag = if pending == 0 {
+                        0.0
+                    } else {
+                        (ctx.clock.now_us() - stored.published_at_us).max(0) as f64 / 1e6
+                    };
+                    ctx.metrics.lag_seconds.set(lag);
+                    ctx.metrics.lag_messages.set(i64::try_from(pending).unwrap_or(i64::MAX));
+                    if batch.len() < BATCH {
+                        next = msgs.next().now_or_never();
+                    }
+                }
+                flush(ctx, &mut batch);
+            }
+        }
+    }
+}
+
+/// What the pairs task works with.
+pub struct PairsCtx {
+    pub hub: Arc<Hub>,
+    pub settings: Settings,
+    pub shutdown: CancellationToken,
+}
+
+/// Runs until shutdown: the pairs bucket into the hub's pairs room. After each (re)connection
+/// the bucket is read whole, and pairs it no longer holds are forgotten.
+pub async fn follow_pairs(ctx: PairsCtx) -> Result<(), String> {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let r = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Ok(()),
+            r = pairs_once(&ctx) => r,
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "the pairs bucket was lost; reading it again");
+        }
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn pairs_once(ctx: &PairsCtx) -> Result<(), String> {
+    let stream = EventStream::connect(&ctx.settings)
+        .await
+        .map_err(|e| e.to_string())?;
+    let kv = stream.pairs().await.map_err(|e| e.to_string())?;
+    let mut watch = kv
+        .watch_with_history(">")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut keys: HashMap<String, PairKey> = HashMap::new();
+    let mut synced = false;
+    let pairs = ctx.hub.pairs();
+    while let Some(entry) = watch.next().await {
+        let entry = entry.map_err(|e| e.to_string())?;
+        match entry.operation {
+            async_nats::jetstream::kv::Operation::Put => match pairs.apply(&entry.value) {
+                Ok(k) => {
+                    keys.insert(entry.key.clone(), k);
+                }
+                Err(e) => {
+                    tracing::warn!(key = %entry.key, error = %e, "a pair state in the bucket is unreadable; skipped")
+                }
+            },
+            _ => {
+                if let Some(k) = keys.remove(&entry.key) {
+                    pairs.forget(&k);
+                }
+            }
+        }
+        if !synced && (entry.seen_current || entry.delta == 0) {
+            synced = true;
+            let held: HashSet<&PairKey> = keys.values().collect();
+            for k in pairs.keys() {
+                if !held.contains(&k) {
+                    pairs.forget(&k);
+                }
+            }
+        }
+    }
+    Err("the bucket's watch ended".to_string())
+}

@@ -1,0 +1,394 @@
+//! The events stream on a NATS JetStream server: connecting, creating or adopting the stream
+//! and the pairs bucket, publishing one event with acknowledgement, and reading back by seq,
+//! by range, or as an ordered consumer from a seq on. What travels with each event:
+//!
+//! - `Nats-Msg-Id`: the event id, so that the server stores a republished event once;
+//! - `Dexpulse-Published-At`: the ingest's `published_at_us`, so that every edge builds the
+//!   same frame bytes from the same message;
+//! - `Dexpulse-Origin`: the ingest's own history epoch and seq, so that an ingest restarted
+//!   with its log knows where the stream stopped taking its events.
+//!
+//! The payload is the event's JSON, as the ingest serialized it once.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+
+use super::Settings;
+
+const MSG_ID: &str = "Nats-Msg-Id";
+const PUBLISHED_AT: &str = "Dexpulse-Published-At";
+const ORIGIN: &str = "Dexpulse-Origin";
+
+/// Direct gets in flight at once when reading a range (one round trip each).
+const READ_AHEAD: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cluster: no [cluster] url is set")]
+    NoUrl,
+    #[error("cluster: cannot connect to {url}: {detail}")]
+    Connect { url: String, detail: String },
+    #[error("cluster: stream {stream}: {detail}")]
+    Stream { stream: String, detail: String },
+    #[error("cluster: publish to {subject}: {detail}")]
+    Publish { subject: String, detail: String },
+    #[error("cluster: pairs bucket {bucket}: {detail}")]
+    Pairs { bucket: String, detail: String },
+}
+
+/// What the server said of one publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// The stream sequence: the event's `seq`.
+    pub seq: u64,
+    /// The event id was already in the stream (a republish): `seq` is the first one's.
+    pub duplicate: bool,
+}
+
+/// One event as the stream holds it.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub seq: u64,
+    pub event_id: String,
+    /// The ingest's time; the stream's own receive time for a message without the header.
+    pub published_at_us: i64,
+    /// The ingest's history epoch and seq of this event.
+    pub origin: Option<(String, u64)>,
+    /// The event's JSON.
+    pub payload: Bytes,
+}
+
+impl Stored {
+    fn of(
+        seq: u64,
+        headers: Option<&async_nats::HeaderMap>,
+        payload: Bytes,
+        time_ns: i128,
+    ) -> Stored {
+        let header = |name: &str| {
+            headers
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_string())
+        };
+        let published_at_us = header(PUBLISHED_AT)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| i64::try_from(time_ns / 1_000).unwrap_or(0));
+        let origin = header(ORIGIN).and_then(|v| {
+            let (epoch, seq) = v.rsplit_once(' ')?;
+            Some((epoch.to_string(), seq.parse().ok()?))
+        });
+        Stored {
+            seq,
+            event_id: header(MSG_ID).unwrap_or_default(),
+            published_at_us,
+            origin,
+            payload,
+        }
+    }
+
+    /// An event taken from a consumer (its seq and time are in the delivery's reply subject).
+    pub fn of_message(m: &jetstream::Message) -> Result<(Stored, u64, i64), String> {
+        let info = m
+            .info()
+            .map_err(|e| format!("a delivery without its metadata: {e}"))?;
+        let stored = Stored::of(
+            info.stream_sequence,
+            m.headers.as_ref(),
+            m.payload.clone(),
+            info.published.unix_timestamp_nanos(),
+        );
+        Ok((stored, info.pending, info.delivered))
+    }
+}
+
+/// The stream's state as the server reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    pub epoch: String,
+    /// The oldest seq held (`last + 1` when empty).
+    pub first: u64,
+    pub last: u64,
+}
+
+/// The events stream on a NATS JetStream server.
+#[derive(Clone)]
+pub struct EventStream {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    settings: Settings,
+    epoch: String,
+}
+
+fn epoch_of(settings: &Settings, info: &stream::Info) -> String {
+    format!(
+        "{}-{:x}",
+        settings.stream,
+        info.created.unix_timestamp_nanos()
+    )
+}
+
+impl EventStream {
+    /// Connects and creates the stream, or adopts it as it is. The stream keeps events by age
+    /// and bytes (the oldest are discarded), on file storage.
+    pub async fn connect(settings: &Settings) -> Result<EventStream, ClusterError> {
+        let url = settings.url.clone().ok_or(ClusterError::NoUrl)?;
+        let mut opts = async_nats::ConnectOptions::new()
+            .name("dexpulse")
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5));
+        if let Some(c) = &settings.credentials {
+            opts = opts
+                .credentials_file(c)
+                .await
+                .map_err(|e| ClusterError::Connect {
+                    url: url.clone(),
+                    detail: format!("{}: {e}", c.display()),
+                })?;
+        }
+        // `retry_on_initial_connect` makes `connect` return at once; the first request waits
+        // for the connection (bounded by its own time-out).
+        let client = opts
+            .connect(url.as_str())
+            .await
+            .map_err(|e| ClusterError::Connect {
+                url: url.clone(),
+                detail: e.to_string(),
+            })?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(settings.publish_timeout);
+        let stream_err = |detail: String| ClusterError::Stream {
+            stream: settings.stream.clone(),
+            detail,
+        };
+        let mut stream = js
+            .get_or_create_stream(stream::Config {
+                name: settings.stream.clone(),
+                subjects: vec![settings.subject.clone()],
+                max_age: settings.retain,
+                max_bytes: settings.max_bytes,
+                duplicate_window: settings.duplicate_window,
+                storage: stream::StorageType::File,
+                discard: stream::DiscardPolicy::Old,
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| stream_err(e.to_string()))?;
+        let info = stream.info().await.map_err(|e| stream_err(e.to_string()))?;
+        let epoch = epoch_of(settings, info);
+        Ok(EventStream {
+            client,
+            js,
+            settings: settings.clone(),
+            epoch,
+        })
+    }
+
+    /// The stream's identity when this connected: the same across server restarts with its
+    /// store, new when the stream is deleted and created again.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// Whether the connection is up now (the client reconnects by itself).
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    fn stream_err(&self, detail: String) -> ClusterError {
+        ClusterError::Stream {
+            stream: self.settings.stream.clone(),
+            detail,
+        }
+    }
+
+    /// Publishes one event and waits for the server's acknowledgement: when this returns the
+    /// event is stored, at `seq`.
+    pub async fn publish(
+        &self,
+        event_id: &str,
+        published_at_us: i64,
+        origin: (&str, u64),
+        payload: Bytes,
+    ) -> Result<Published, ClusterError> {
+        let err = |detail: String| ClusterError::Publish {
+            subject: self.settings.subject.clone(),
+            detail,
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        if !event_id.is_empty() {
+            headers.insert(MSG_ID, event_id);
+        }
+        headers.insert(PUBLISHED_AT, published_at_us.to_string().as_str());
+        headers.insert(ORIGIN, format!("{} {}", origin.0, origin.1).as_str());
+        let ack = self
+            .js
+            .publish_with_headers(self.settings.subject.clone(), headers, payload)
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        Ok(Published {
+            seq: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    async fn handle(&self) -> Result<stream::Stream<()>, ClusterError> {
+        self.js
+            .get_stream_no_info(&self.settings.stream)
+            .await
+            .map_err(|e| self.stream_err(e.to_string()))
+    }
+
+    /// The event stored at `seq`, or `None` when the stream no longer (or never) held it.
+    pub async fn get(&self, seq: u64) -> Result<Option<Stored>, ClusterError> {
+        let stream = self.handle().await?;
+        get_one(&stream, seq).await.map_err(|e| self.stream_err(e))
+    }
+
+    /// The events stored from `from` to `to` (inclusive), in seq order; seqs the stream no
+    /// longer holds are absent.
+    pub async fn range(&self, from: u64, to: u64) -> Result<Vec<Stored>, ClusterError> {
+        if from > to {
+            return Ok(Vec::new());
+        }
+        let stream = self.handle().await?;
+        let got: Vec<Option<Stored>> = futures_util::stream::iter(from..=to)
+            .map(|seq| {
+                let stream = &stream;
+                async move { get_one(stream, seq).await }
+            })
+            .buffered(READ_AHEAD)
+            .try_collect()
+            .await
+            .map_err(|e| self.stream_err(e))?;
+        Ok(got.into_iter().flatten().collect())
+    }
+
+    /// The stream's identity now and the seqs it holds.
+    pub async fn state(&self) -> Result<State, ClusterError> {
+        let mut stream = self
+            .js
+            .get_stream(&self.settings.stream)
+            .await
+            .map_err(|e| self.stream_err(e.to_string()))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| self.stream_err(e.to_string()))?;
+        Ok(State {
+            epoch: epoch_of(&self.settings, info),
+            first: info.state.first_sequence,
+            last: info.state.last_sequence,
+        })
+    }
+
+    /// The first and last seqs the stream holds (`first > last` when it is empty).
+    pub async fn bounds(&self) -> Result<(u64, u64), ClusterError> {
+        let s = self.state().await?;
+        Ok((s.first, s.last))
+    }
+
+    /// Every event from `from` on, in order, then each new one as it is stored: an ordered
+    /// consumer (ephemeral, no acks, flow-controlled, recreated by the client after a gap).
+    pub async fn follow(&self, from: u64) -> Result<consumer::push::Ordered, ClusterError> {
+        let stream = self.handle().await?;
+        let consumer = stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                filter_subject: self.settings.subject.clone(),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from.max(1),
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| self.stream_err(e.to_string()))?;
+        consumer
+            .messages()
+            .await
+            .map_err(|e| self.stream_err(e.to_string()))
+    }
+
+    /// The pairs bucket (latest state per pair), created when absent.
+    pub async fn pairs(&self) -> Result<kv::Store, ClusterError> {
+        let bucket = &self.settings.pairs_bucket;
+        if let Ok(store) = self.js.get_key_value(bucket.as_str()).await {
+            return Ok(store);
+        }
+        self.js
+            .create_key_value(kv::Config {
+                bucket: bucket.clone(),
+                history: 1,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ClusterError::Pairs {
+                bucket: bucket.clone(),
+                detail: e.to_string(),
+            })
+    }
+}
+
+async fn get_one(stream: &stream::Stream<()>, seq: u64) -> Result<Option<Stored>, String> {
+    match stream.direct_get(seq).await {
+        Ok(m) => Ok(Some(Stored::of(
+            m.sequence,
+            Some(&m.headers),
+            m.payload,
+            m.time.unix_timestamp_nanos(),
+        ))),
+        Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A pair's key in the bucket: `chain.address` when both are plain tokens, else the hex of
+/// the whole key (the value carries the key, so nothing parses this back).
+pub fn pair_key(chain: &str, address: &str) -> String {
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '=' | '/'))
+    };
+    if plain(chain) && plain(address) {
+        format!("{chain}.{address}")
+    } else {
+        let mut hex = String::from("x.");
+        for b in format!("{chain}:{address}").bytes() {
+            hex.push_str(&format!("{b:02x}"));
+        }
+        hex
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pair_keys_are_valid_bucket_keys() {
+        assert_eq!(pair_key("solana", "7xKX"), "solana.7xKX");
+        assert_eq!(pair_key("sim", "a.b"), "x.73696d3a612e62");
+        assert_eq!(pair_key("", "a"), "x.3a61");
+    }
+
+    #[test]
+    fn a_stored_event_reads_its_headers() {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(MSG_ID, "e1");
+        h.insert(PUBLISHED_AT, "1700000000000001");
+        h.insert(ORIGIN, "18f-1 42");
+        let s = Stored::of(7, Some(&h), Bytes::from_static(b"{}"), 5_000);
+        assert_eq!(s.event_id, "e1");
+        assert_eq!(s.published_at_us, 1_700_000_000_000_001);
+        assert_eq!(s.origin, Some(("18f-1".to_string(), 42)));
+        let bare = Stored::of(8, None, Bytes::new(), 5_000);
+        assert_eq!((bare.published_at_us, bare.origin), (5, None));
+    }
+}
