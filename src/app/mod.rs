@@ -177,6 +177,9 @@ fn start_edge(cfg: Config, listener: TcpListener, opts: Options) -> Result<Runni
             "an edge keeps no event log: store.data_dir is not used (the stream is the history)"
         );
     }
+    tracing::info!(
+        "an edge runs no source: [source] is not used (the ingest's events come from the stream)"
+    );
     let history = cluster::edge::StreamHistory::new(cfg.hub.clone(), &clock);
     let hub = Arc::new(Hub::with_history(
         cfg.hub.clone(),

@@ -176,6 +176,9 @@ pub async fn bench(
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let start = tokio::time::Instant::now();
+    // The ids are unique across restarts, as the engine's are: a cluster's ingest that restarts
+    // must not have new events taken for republished ones (docs/cluster.md).
+    let run = u64::try_from(clock.now_ms()).unwrap_or(0);
     let mut sent: u64 = 0;
     loop {
         tokio::select! {
@@ -195,7 +198,7 @@ pub async fn bench(
             let mut body = String::with_capacity(400);
             let _ = write!(
                 body,
-                "{{\"schema\":\"dexpulse.event/v1\",\"event_id\":\"{sent:032x}\",\"phase\":\"opened\",\"kind\":\"{}\",\"direction\":\"{}\",\"score\":{score},\"chain\":\"bench\",\"pair_address\":\"{}\",\"source\":\"bench\",\"observed_at_ms\":{}}}",
+                "{{\"schema\":\"dexpulse.event/v1\",\"event_id\":\"{run:016x}{sent:016x}\",\"phase\":\"opened\",\"kind\":\"{}\",\"direction\":\"{}\",\"score\":{score},\"chain\":\"bench\",\"pair_address\":\"{}\",\"source\":\"bench\",\"observed_at_ms\":{}}}",
                 kind.as_str(),
                 direction.as_str(),
                 pair.address,

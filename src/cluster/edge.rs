@@ -198,11 +198,12 @@ impl History for StreamHistory {
             recent.oldest_seq = first.min(recent.oldest_seq);
             return recent;
         }
-        // Older than the ring: from the stream, up to where the ring starts.
+        // Older than the ring: a whole page from the stream, which holds everything the edge
+        // has taken. Not "up to where the ring starts": the ring moves on during the read, and
+        // a short page tells a session it has caught up.
         let from = after.saturating_add(1).max(first);
-        let ring_oldest = recent.oldest_seq;
-        let to = ring_oldest
-            .saturating_sub(1)
+        let to = recent
+            .head
             .min(from.saturating_add(limit as u64).saturating_sub(1));
         match self.read(|s| async move { s.range(from, to).await }) {
             Some(stored) => Since {

@@ -320,18 +320,32 @@ impl EventStream {
         if let Ok(store) = self.js.get_key_value(bucket.as_str()).await {
             return Ok(store);
         }
+        let failed = |e: &dyn std::fmt::Display| ClusterError::Pairs {
+            bucket: bucket.clone(),
+            detail: e.to_string(),
+        };
+        // The bucket's stream as `create_key_value` would make it, created directly: that call
+        // first reads the account's info, whose reply from a 2.9 server lacks fields async-nats
+        // 0.51 requires (reserved_memory), so it fails before asking for the bucket.
         self.js
-            .create_key_value(kv::Config {
-                bucket: bucket.clone(),
-                history: 1,
+            .get_or_create_stream(stream::Config {
+                name: format!("KV_{bucket}"),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                max_messages_per_subject: 1,
                 storage: stream::StorageType::File,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: stream::DiscardPolicy::New,
+                num_replicas: 1,
                 ..Default::default()
             })
             .await
-            .map_err(|e| ClusterError::Pairs {
-                bucket: bucket.clone(),
-                detail: e.to_string(),
-            })
+            .map_err(|e| failed(&e))?;
+        self.js
+            .get_key_value(bucket.as_str())
+            .await
+            .map_err(|e| failed(&e))
     }
 }
 

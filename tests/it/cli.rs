@@ -17,14 +17,14 @@ fn dexpulse_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
-fn tmp(name: &str) -> PathBuf {
+pub fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("dexpulse-it-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
 }
 
 /// Kills the child process when dropped, so that a failing test never leaves a server behind.
-struct Reap(std::process::Child);
+pub struct Reap(pub std::process::Child);
 
 impl Drop for Reap {
     fn drop(&mut self) {
@@ -36,11 +36,22 @@ impl Drop for Reap {
 /// Starts `dexpulse serve` with a config text and environment; returns the process (killed on
 /// drop) and the address from its "listening" line.
 fn spawn_serve(name: &str, config_text: &str, env: &[(&str, String)]) -> (Reap, String) {
+    spawn_serve_with(name, config_text, env, &[])
+}
+
+/// `spawn_serve` with more arguments after `serve --config FILE` (`--role edge`, say).
+pub fn spawn_serve_with(
+    name: &str,
+    config_text: &str,
+    env: &[(&str, String)],
+    args: &[&str],
+) -> (Reap, String) {
     use std::io::{BufRead, BufReader};
     let cfg = tmp(name);
     std::fs::write(&cfg, config_text).unwrap();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dexpulse"));
     cmd.args(["serve", "--config", cfg.to_str().unwrap()])
+        .args(args)
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
@@ -61,7 +72,12 @@ fn spawn_serve(name: &str, config_text: &str, env: &[(&str, String)]) -> (Reap, 
         let line = rx
             .recv_timeout(std::time::Duration::from_secs(20))
             .expect("no listening line");
-        if let Some(rest) = line.split("listening: ws://").nth(1) {
+        // An ingest serves operations only: its line names http:// addresses.
+        if let Some(rest) = line
+            .split("listening: ws://")
+            .nth(1)
+            .or_else(|| line.split("listening: http://").nth(1))
+        {
             break rest.split('/').next().unwrap().to_string();
         }
     };
@@ -69,11 +85,11 @@ fn spawn_serve(name: &str, config_text: &str, env: &[(&str, String)]) -> (Reap, 
 }
 
 /// SIGTERM, then the exit code.
-fn sigterm(child: &mut Reap) -> Option<i32> {
+pub fn sigterm(child: &mut Reap) -> Option<i32> {
     signal(child, "-TERM")
 }
 
-fn signal(child: &mut Reap, sig: &str) -> Option<i32> {
+pub fn signal(child: &mut Reap, sig: &str) -> Option<i32> {
     let kill = std::process::Command::new("kill")
         .args([sig, &child.0.id().to_string()])
         .status()
@@ -584,7 +600,7 @@ fn the_demo_is_busy_from_its_first_seconds() {
 }
 
 /// `GET path` on a server, the body as JSON.
-fn get_json(addr: &str, path: &str) -> serde_json::Value {
+pub fn get_json(addr: &str, path: &str) -> serde_json::Value {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(

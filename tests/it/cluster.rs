@@ -175,3 +175,395 @@ async fn an_unreachable_server_is_a_clear_error() {
         "{err}"
     );
 }
+
+// ---- The real binaries: one NATS server, one ingest, edges ----
+
+use crate::cli::{get_json, signal, sigterm, spawn_serve_with, tmp, Reap};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+/// An edge keeps 100 frames in memory: a resume further back is read from the stream.
+const EDGE: &str =
+    "[server]\nbind = \"127.0.0.1:0\"\n[hub]\nretain_events = 100\nretain_seconds = 1.0\n";
+
+/// An ingest fed by the bench source: synthetic events, 200 a second.
+const INGEST: &str = "[server]\nbind = \"127.0.0.1:0\"\n[source]\nkind = \"bench\"\n[source.bench]\nevents_per_second = 200.0\n[hub]\nretain_events = 100\nretain_seconds = 1.0\n";
+
+type Ws = crate::server::Ws;
+
+/// How long a client waits for the next message: longer than a NATS restart takes.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn cluster_env(nats: &Nats) -> [(&'static str, String); 1] {
+    [("DEXPULSE_CLUSTER__URL", nats.url())]
+}
+
+fn edge(name: &str, nats: &Nats) -> (Reap, String) {
+    spawn_serve_with(name, EDGE, &cluster_env(nats), &["--role", "edge"])
+}
+
+fn ingest(name: &str, nats: &Nats, data_dir: Option<&std::path::Path>) -> (Reap, String) {
+    let mut args = vec!["--role", "ingest"];
+    let dir;
+    if let Some(d) = data_dir {
+        dir = d.display().to_string();
+        args.extend(["--data-dir", dir.as_str()]);
+    }
+    spawn_serve_with(name, INGEST, &cluster_env(nats), &args)
+}
+
+/// `GET path`: the status and the body.
+fn http(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (
+        head.split(' ').nth(1).unwrap().parse().unwrap(),
+        body.to_string(),
+    )
+}
+
+/// Polls `/readyz` until it says `want`, panicking after `PATIENCE`.
+fn wait_ready(addr: &str, want: bool) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = http(addr, "/readyz");
+        if (status == 200) == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{addr}: /readyz never became {want}: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A metric's value from a process's /metrics (0 when absent).
+fn metric_of(addr: &str, prefix: &str) -> f64 {
+    http(addr, "/metrics")
+        .1
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn open(addr: &str) -> (Ws, serde_json::Value) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws"))
+        .await
+        .unwrap();
+    let welcome = next_frame(&mut ws).await;
+    let welcome: serde_json::Value = serde_json::from_str(&welcome).unwrap();
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    (ws, welcome)
+}
+
+/// The next text frame, skipping pings; panics after `PATIENCE` or on a close.
+async fn next_frame(ws: &mut Ws) -> String {
+    loop {
+        match tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("timed out waiting for a message")
+        {
+            Some(Ok(Message::Text(t))) => return t.as_str().to_string(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+/// Subscribes to signals (resuming after `seq` of `epoch` if given); returns the answer.
+async fn subscribe(ws: &mut Ws, resume: Option<(&str, u64)>) -> serde_json::Value {
+    let op = match resume {
+        Some((epoch, seq)) => format!(
+            r#"{{"op":"subscribe","channel":"signals","resume_from":{{"epoch":"{epoch}","seq":{seq}}}}}"#
+        ),
+        None => r#"{"op":"subscribe","channel":"signals"}"#.to_string(),
+    };
+    ws.send(Message::text(op)).await.unwrap();
+    loop {
+        let t = next_frame(ws).await;
+        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+        if v["type"] != "signal" {
+            return v;
+        }
+    }
+}
+
+/// The next `n` signal frames as (seq, text), other messages skipped; each seq must follow
+/// the one before it exactly (`after` is the seq before the first).
+async fn signals(ws: &mut Ws, after: u64, n: usize) -> Vec<(u64, String)> {
+    let mut out: Vec<(u64, String)> = Vec::with_capacity(n);
+    let mut others = Vec::new();
+    let mut last = after;
+    while out.len() < n {
+        let t = next_frame(ws).await;
+        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+        if v["type"] == "gap" {
+            panic!("a gap after {last}: {v}");
+        }
+        if v["type"] != "signal" {
+            others.push(t);
+            continue;
+        }
+        let seq = v["seq"].as_u64().unwrap();
+        assert_eq!(
+            seq,
+            last + 1,
+            "contiguous, once each: {seq} after {last}; other messages: {others:?}"
+        );
+        last = seq;
+        out.push((seq, t));
+    }
+    out
+}
+
+/// The two edges serve one stream. Edges started before any ingest are ready and serve once
+/// it appears; a client on each, both resuming from the stream's start, get the same frames
+/// byte for byte with the same seqs (the first 300 are older than an edge's ring, so they are
+/// read from the stream). Then edge A is killed with SIGKILL, and its client resumes on edge
+/// B with the last seq it got: recovered, exact, the same bytes B's own client got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_edges_send_the_same_frames_and_a_client_resumes_on_the_other_after_a_sigkill() {
+    let nats = Nats::start(store("edges"));
+    let (mut edge_a, a) = edge("edge-a.toml", &nats);
+    let (mut edge_b, b) = edge("edge-b.toml", &nats);
+    wait_ready(&a, true);
+    wait_ready(&b, true);
+    let (_, w) = open(&a).await;
+    assert_eq!(w["head_seq"], 0, "nothing published yet: {w}");
+    let epoch = w["epoch"].as_str().unwrap().to_string();
+
+    let (mut ingest, i) = ingest("ingest.toml", &nats, None);
+    wait_ready(&i, true);
+    assert_eq!(http(&i, "/v1/pairs").0, 404, "an ingest serves no clients");
+    assert_eq!(http(&i, "/v1/ws").0, 404);
+
+    // Let the stream run past an edge's ring before anyone subscribes.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while get_json(&b, "/v1/signals?limit=1")["head_seq"]
+        .as_u64()
+        .unwrap()
+        < 400
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edges see no events"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (mut on_a, wa) = open(&a).await;
+    let (mut on_b, wb) = open(&b).await;
+    assert_eq!(wa["epoch"], epoch.as_str(), "one epoch: the stream's");
+    assert_eq!(wb["epoch"], epoch.as_str());
+    for ws in [&mut on_a, &mut on_b] {
+        let sub = subscribe(ws, Some((&epoch, 0))).await;
+        assert_eq!(sub["type"], "subscribed", "{sub}");
+        assert_eq!(sub["recovered"], true, "{sub}");
+    }
+    let from_a = signals(&mut on_a, 0, 600).await;
+    let from_b = signals(&mut on_b, 0, 900).await;
+    assert_eq!(
+        &from_b[..600],
+        &from_a[..],
+        "identical bytes, identical seqs"
+    );
+    let v: serde_json::Value = serde_json::from_str(&from_a[0].1).unwrap();
+    assert_eq!(v["event"]["source"], "bench", "{v}");
+
+    // Edge A dies; its client goes to B with the last seq it got.
+    assert_eq!(signal(&mut edge_a, "-KILL"), None);
+    let last = from_a.last().unwrap().0;
+    let (mut moved, w) = open(&b).await;
+    assert_eq!(w["epoch"], epoch.as_str());
+    let sub = subscribe(&mut moved, Some((&epoch, last))).await;
+    assert_eq!(sub["recovered"], true, "{sub}");
+    let after = signals(&mut moved, last, 400).await;
+    assert_eq!(
+        &after[..300],
+        &from_b[600..],
+        "what B's own client got, byte for byte"
+    );
+    drop(on_b);
+    drop(moved);
+    assert!(metric_of(&i, "dexpulse_cluster_publish_acks_total") >= 1000.0);
+    assert_eq!(metric_of(&i, "dexpulse_cluster_unpublished_events"), 0.0);
+    assert!(metric_of(&b, "dexpulse_cluster_delivered_total") >= 1000.0);
+    assert_eq!(sigterm(&mut ingest), Some(0));
+    assert_eq!(sigterm(&mut edge_b), Some(0));
+}
+
+/// Faults. NATS is killed with SIGKILL and restarted on its store mid-stream: the edge's
+/// client keeps its session, the edge reports not ready meanwhile, and afterwards the client
+/// has every event once, in order, in the same epoch. Then the ingest is killed with SIGKILL
+/// and restarted on its data directory: the stream holds every event of its log once, in
+/// order (each message names the local seq it came from), with no event id twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_and_the_ingest_restarted_mid_stream_leave_no_gap_and_no_duplicate() {
+    let nats = Nats::start(store("faults"));
+    let data = tmp("cluster-ingest-data");
+    let _ = std::fs::remove_dir_all(&data);
+    let (mut ingest1, i) = ingest("ingest-f.toml", &nats, Some(&data));
+    let (mut edge1, e) = edge("edge-f.toml", &nats);
+    wait_ready(&i, true);
+    wait_ready(&e, true);
+    let (mut ws, w) = open(&e).await;
+    let epoch = w["epoch"].as_str().unwrap().to_string();
+    let sub = subscribe(&mut ws, Some((&epoch, 0))).await;
+    assert_eq!(sub["recovered"], true, "{sub}");
+    let mut got = signals(&mut ws, 0, 200).await;
+
+    // NATS dies with its store on disk; the client reads on while it is away.
+    let (dir, port) = nats.kill();
+    wait_ready(&e, false);
+    wait_ready(&i, false);
+    std::thread::sleep(Duration::from_secs(1));
+    let nats = Nats::start_on(dir, port);
+    let last = got.last().unwrap().0;
+    got.extend(signals(&mut ws, last, 800).await);
+    wait_ready(&e, true);
+    wait_ready(&i, true);
+    let (_, w) = open(&e).await;
+    assert_eq!(
+        w["epoch"],
+        epoch.as_str(),
+        "a restarted server keeps the epoch"
+    );
+
+    // The ingest dies and restarts on its log.
+    assert_eq!(signal(&mut ingest1, "-KILL"), None);
+    let (mut ingest2, i) = ingest("ingest-f.toml", &nats, Some(&data));
+    wait_ready(&i, true);
+    let last = got.last().unwrap().0;
+    got.extend(signals(&mut ws, last, 600).await);
+    drop(ws);
+    assert_eq!(sigterm(&mut ingest2), Some(0));
+    assert_eq!(sigterm(&mut edge1), Some(0));
+
+    let s = EventStream::connect(&settings(&nats)).await.unwrap();
+    assert_eq!(s.epoch(), epoch);
+    let (first, head) = s.bounds().await.unwrap();
+    assert_eq!(first, 1);
+    let all = s.range(1, head).await.unwrap();
+    assert_eq!(all.len() as u64, head);
+    let mut ids = std::collections::HashSet::new();
+    let origin_epoch = all[0].origin.clone().unwrap().0;
+    for (n, m) in all.iter().enumerate() {
+        assert!(ids.insert(m.event_id.clone()), "{} twice", m.event_id);
+        assert_eq!(
+            m.origin,
+            Some((origin_epoch.clone(), n as u64 + 1)),
+            "the ingest's log, in order, once"
+        );
+    }
+    // What the client got is what the stream holds.
+    for (seq, text) in &got {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        let m = &all[*seq as usize - 1];
+        assert_eq!(v["event"]["event_id"], m.event_id.as_str());
+    }
+}
+
+/// Pair states reach the edges: an ingest running the simulator shares its pairs, an edge's
+/// `/v1/pairs` lists them (labelled simulated), and its `pairs` channel streams their updates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_serves_the_pairs_the_ingest_tracks() {
+    let nats = Nats::start(store("pairs"));
+    let sim = "[server]\nbind = \"127.0.0.1:0\"\n[source]\nkind = \"simulator\"\n[source.simulator]\nnoise_pairs = 5\n";
+    let (mut ing, i) = spawn_serve_with(
+        "ingest-sim.toml",
+        sim,
+        &cluster_env(&nats),
+        &["--role", "ingest"],
+    );
+    let (mut edge1, e) = edge("edge-p.toml", &nats);
+    wait_ready(&i, true);
+    wait_ready(&e, true);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let pairs = loop {
+        let p = get_json(&e, "/v1/pairs");
+        let list = p["pairs"].as_array().cloned().unwrap_or_default();
+        if list.len() >= 5 {
+            break list;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pairs on the edge: {p}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for p in &pairs {
+        assert_eq!(
+            (&p["chain"], &p["source"]),
+            (&"sim".into(), &"simulator".into()),
+            "{p}"
+        );
+        assert!(p["price_usd"].is_string() && p["r5"].is_number(), "{p}");
+    }
+    let (mut ws, _) = open(&e).await;
+    ws.send(Message::text(r#"{"op":"subscribe","channel":"pairs"}"#))
+        .await
+        .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 5 {
+        let v: serde_json::Value = serde_json::from_str(&next_frame(&mut ws).await).unwrap();
+        if v["type"] == "pair" {
+            assert_eq!(v["pair"]["source"], "simulator", "{v}");
+            seen.insert(v["pair"]["pair_address"].as_str().unwrap().to_string());
+        }
+    }
+    drop(ws);
+    assert_eq!(sigterm(&mut ing), Some(0));
+    assert_eq!(sigterm(&mut edge1), Some(0));
+}
+
+/// The stream created anew (here: NATS restarted on an empty store) is a new epoch: the edge
+/// closes its sessions with 1012, and a client resuming with the old epoch is told
+/// `recovered: false`, then gets the new stream from its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_created_anew_is_a_new_epoch_at_the_edge() {
+    let nats = Nats::start(store("anew"));
+    let (mut ing, i) = ingest("ingest-n.toml", &nats, None);
+    let (mut edge1, e) = edge("edge-n.toml", &nats);
+    wait_ready(&i, true);
+    wait_ready(&e, true);
+    let (mut ws, w) = open(&e).await;
+    let old = w["epoch"].as_str().unwrap().to_string();
+    let sub = subscribe(&mut ws, Some((&old, 0))).await;
+    assert_eq!(sub["recovered"], true, "{sub}");
+    let got = signals(&mut ws, 0, 100).await;
+
+    let (_, port) = nats.kill();
+    let nats = Nats::start_on(store("anew-2"), port);
+    let closed = loop {
+        match tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("the edge closes the session")
+        {
+            Some(Ok(Message::Close(c))) => break c.map(|c| u16::from(c.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close, got {other:?}"),
+        }
+    };
+    assert_eq!(closed, Some(1012));
+    wait_ready(&e, true);
+    let (mut ws, w) = open(&e).await;
+    let epoch = w["epoch"].as_str().unwrap().to_string();
+    assert_ne!(epoch, old);
+    let sub = subscribe(&mut ws, Some((&old, got.last().unwrap().0))).await;
+    assert_eq!(sub["recovered"], false, "{sub}");
+    assert_eq!(sub["oldest_seq"], 1, "{sub}");
+    drop(ws);
+    drop(nats);
+    assert_eq!(sigterm(&mut ing), Some(0));
+    assert_eq!(sigterm(&mut edge1), Some(0));
+}
