@@ -3,8 +3,12 @@
 //! JSON only when someone reads it: `pair` messages only while a session listens, `/v1/pairs`
 //! when asked. Keeping a state reuses its strings, so the engine task allocates nothing per
 //! snapshot in the steady state.
+//!
+//! Each state also keeps a short history of points (time, price, 5-minute volume, liquidity)
+//! for the dashboard's sparklines: at most `HISTORY_POINTS`, at least `HISTORY_SPACING_MS` of
+//! snapshot time apart, so its memory is bounded per pair whatever the polling rate.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -14,7 +18,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::sync::broadcast;
 
-use dexpulse_core::model::{KindSet, PairKey, PairMetrics, Snapshot};
+use dexpulse_core::model::{Kind, KindSet, PairKey, PairMetrics, Snapshot};
 use dexpulse_core::protocol::view::{pair_message, render_pair};
 
 /// A pair's state as sent on the `pairs` channel.
@@ -31,6 +35,155 @@ struct PairState {
     open: KindSet,
     /// Which update this is (`Pairs::changed` compares it).
     version: u64,
+    history: VecDeque<Point>,
+}
+
+/// The most points a pair's history keeps (an hour at the spacing below).
+pub const HISTORY_POINTS: usize = 240;
+/// Snapshots closer than this to the last point kept add no point.
+pub const HISTORY_SPACING_MS: i64 = 15_000;
+
+/// One point of a pair's recent history, as `/v1/pairs/{chain}/{address}` sends it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Point {
+    /// The snapshot's time, Unix ms.
+    pub t: i64,
+    pub price_usd: Option<f64>,
+    pub volume_m5_usd: Option<f64>,
+    pub liquidity_usd: Option<f64>,
+}
+
+impl Point {
+    fn of(s: &Snapshot) -> Point {
+        Point {
+            t: s.observed_at_ms,
+            price_usd: s.price_usd.as_ref().map(|p| p.value),
+            volume_m5_usd: s.volume_usd.m5,
+            liquidity_usd: s.liquidity_usd,
+        }
+    }
+}
+
+fn remember(history: &mut VecDeque<Point>, s: &Snapshot) {
+    if history
+        .back()
+        .is_some_and(|p| s.observed_at_ms < p.t.saturating_add(HISTORY_SPACING_MS))
+    {
+        return;
+    }
+    if history.len() == HISTORY_POINTS {
+        history.pop_front();
+    }
+    history.push_back(Point::of(s));
+}
+
+/// What `/v1/pairs` asks for (docs/protocol.md, "HTTP").
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairQuery {
+    pub chain: Option<String>,
+    pub dex: Option<String>,
+    pub min_liquidity_usd: Option<f64>,
+    pub open: OpenFilter,
+    pub sort: PairSort,
+    pub descending: bool,
+    pub limit: usize,
+}
+
+impl Default for PairQuery {
+    fn default() -> Self {
+        PairQuery {
+            chain: None,
+            dex: None,
+            min_liquidity_usd: None,
+            open: OpenFilter::Either,
+            sort: PairSort::Pair,
+            descending: false,
+            limit: usize::MAX,
+        }
+    }
+}
+
+/// Which pairs by their open signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenFilter {
+    Either,
+    /// At least one open signal.
+    Any,
+    /// None open.
+    No,
+    /// This kind open.
+    Kind(Kind),
+}
+
+/// The order of `/v1/pairs`. Pairs without the value sort last either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairSort {
+    Pair,
+    Liquidity,
+    VolumeH1,
+    VolumeH24,
+    ChangeM5,
+    ChangeH1,
+    Price,
+    Age,
+    OpenSignals,
+}
+
+impl PairSort {
+    pub const NAMES: [(&'static str, PairSort); 9] = [
+        ("pair", PairSort::Pair),
+        ("liquidity", PairSort::Liquidity),
+        ("volume_h1", PairSort::VolumeH1),
+        ("volume_h24", PairSort::VolumeH24),
+        ("change_m5", PairSort::ChangeM5),
+        ("change_h1", PairSort::ChangeH1),
+        ("price", PairSort::Price),
+        ("age", PairSort::Age),
+        ("open_signals", PairSort::OpenSignals),
+    ];
+
+    pub fn parse(s: &str) -> Option<PairSort> {
+        PairSort::NAMES
+            .iter()
+            .find(|(n, _)| *n == s)
+            .map(|(_, k)| *k)
+    }
+
+    fn value(self, st: &PairState) -> Option<f64> {
+        let s = &st.snapshot;
+        match self {
+            PairSort::Pair => None,
+            PairSort::Liquidity => s.liquidity_usd,
+            PairSort::VolumeH1 => s.volume_usd.h1,
+            PairSort::VolumeH24 => s.volume_usd.h24,
+            PairSort::ChangeM5 => s.price_change_pct.m5,
+            PairSort::ChangeH1 => s.price_change_pct.h1,
+            PairSort::Price => s.price_usd.as_ref().map(|p| p.value),
+            PairSort::Age => s.pair_created_at_ms.map(|c| (s.observed_at_ms - c) as f64),
+            PairSort::OpenSignals => Some(st.open.iter().count() as f64),
+        }
+        .filter(|v| v.is_finite())
+    }
+}
+
+impl PairQuery {
+    fn matches(&self, st: &PairState) -> bool {
+        let s = &st.snapshot;
+        self.chain.as_ref().is_none_or(|c| *c == s.key.chain)
+            && self
+                .dex
+                .as_ref()
+                .is_none_or(|d| s.dex_id.as_deref() == Some(d.as_str()))
+            && self
+                .min_liquidity_usd
+                .is_none_or(|m| s.liquidity_usd.is_some_and(|l| l >= m))
+            && match self.open {
+                OpenFilter::Either => true,
+                OpenFilter::Any => !st.open.is_empty(),
+                OpenFilter::No => st.open.is_empty(),
+                OpenFilter::Kind(k) => st.open.contains(k),
+            }
+    }
 }
 
 /// A pair's state as another node receives it (a cluster's pairs bucket): JSON, every f64
@@ -72,6 +225,7 @@ impl Pairs {
                 s.metrics = metrics;
                 s.open = open;
                 s.version = version;
+                remember(&mut s.history, snap);
             }
             None => {
                 self.states.insert(
@@ -81,6 +235,7 @@ impl Pairs {
                         metrics,
                         open,
                         version,
+                        history: VecDeque::from([Point::of(snap)]),
                     },
                 );
             }
@@ -115,6 +270,63 @@ impl Pairs {
                     .map(|s| render_pair(&s.snapshot, &s.metrics, s.open))
             })
             .collect()
+    }
+
+    /// The pairs a query selects, rendered, in its order and up to its limit; and how many
+    /// matched before the limit. The sort keys are read under each shard's lock, and the
+    /// states rendered one by one after, never under the whole map's.
+    pub fn select(&self, q: &PairQuery) -> (usize, Vec<String>) {
+        let mut picked: Vec<(PairKey, Option<f64>)> = self
+            .states
+            .iter()
+            .filter(|r| q.matches(r.value()))
+            .map(|r| (r.key().clone(), q.sort.value(r.value())))
+            .collect();
+        let matched = picked.len();
+        picked.sort_by(|(ka, a), (kb, b)| {
+            let by_value = match (a, b) {
+                (Some(a), Some(b)) if q.descending => b.total_cmp(a),
+                (Some(a), Some(b)) => a.total_cmp(b),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            };
+            let by_key = if q.descending && q.sort == PairSort::Pair {
+                kb.cmp(ka)
+            } else {
+                ka.cmp(kb)
+            };
+            by_value.then(by_key)
+        });
+        let out = picked
+            .iter()
+            .take(q.limit)
+            .filter_map(|(k, _)| {
+                self.states
+                    .get(k)
+                    .map(|s| render_pair(&s.snapshot, &s.metrics, s.open))
+            })
+            .collect();
+        (matched, out)
+    }
+
+    /// One pair's state as a `pair` message, as the channel sends it.
+    pub fn message(&self, key: &PairKey) -> Option<Bytes> {
+        let s = self.states.get(key)?;
+        Some(Bytes::from(pair_message(&render_pair(
+            &s.snapshot,
+            &s.metrics,
+            s.open,
+        ))))
+    }
+
+    /// One pair's state and its recent history, as JSON; `None` for a pair not tracked.
+    pub fn detail(&self, key: &PairKey) -> Option<String> {
+        let s = self.states.get(key)?;
+        let pair = render_pair(&s.snapshot, &s.metrics, s.open);
+        // Points are numbers and options: they always serialize.
+        let history = serde_json::to_string(&s.history).unwrap_or_else(|_| "[]".into());
+        Some(format!("{{\"pair\":{pair},\"history\":{history}}}"))
     }
 
     /// The pairs updated since `seen` recorded them, as JSON to share, and the pairs `seen`

@@ -4,11 +4,13 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use dexpulse_core::model::{Direction, Kind};
+use dexpulse_core::model::{Direction, Kind, PairKey};
+
+use crate::hub::pairs::{OpenFilter, PairQuery, PairSort};
 
 use super::auth::{self, Refusal};
 use super::AppState;
@@ -108,16 +110,98 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            // What prometheus-client writes: OpenMetrics text (`# EOF` at the end).
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         state.metrics.render(),
     )
         .into_response()
 }
 
-pub async fn pairs(State(state): State<AppState>) -> Response {
-    let all = state.hub.pairs().render_all();
-    let mut body = format!("{{\"count\":{},\"pairs\":[", all.len());
+/// The most `/v1/pairs` returns at once (its default: every pair up to this).
+pub const PAIRS_MAX_LIMIT: usize = 5000;
+
+fn pairs_query(q: &HashMap<String, String>) -> Result<PairQuery, String> {
+    for k in q.keys() {
+        if !matches!(
+            k.as_str(),
+            "chain" | "dex" | "min_liquidity" | "open" | "sort" | "order" | "limit" | "token"
+        ) {
+            return Err(format!("unknown parameter `{k}`"));
+        }
+    }
+    let text = |k: &str| -> Result<Option<String>, String> {
+        match q.get(k) {
+            Some(v) if v.is_empty() => Err(format!("`{k}` must not be empty")),
+            v => Ok(v.cloned()),
+        }
+    };
+    let min_liquidity_usd = match q.get("min_liquidity") {
+        None => None,
+        Some(v) => match v.parse::<f64>() {
+            Ok(x) if x.is_finite() && x >= 0.0 => Some(x),
+            _ => return Err("`min_liquidity` must be a number of USD, 0 or more".into()),
+        },
+    };
+    let open =
+        match q.get("open").map(String::as_str) {
+            None => OpenFilter::Either,
+            Some("true") => OpenFilter::Any,
+            Some("false") => OpenFilter::No,
+            Some(k) => OpenFilter::Kind(Kind::parse(k).ok_or_else(|| {
+                format!("`open` must be true, false or a kind; unknown kind `{k}`")
+            })?),
+        };
+    let sort = match q.get("sort") {
+        None => PairSort::Pair,
+        Some(v) => PairSort::parse(v).ok_or_else(|| {
+            let names: Vec<&str> = PairSort::NAMES.iter().map(|(n, _)| *n).collect();
+            format!("`sort` must be one of {}", names.join(", "))
+        })?,
+    };
+    let descending = match q.get("order").map(String::as_str) {
+        None => sort != PairSort::Pair,
+        Some("desc") => true,
+        Some("asc") => false,
+        Some(_) => return Err("`order` must be asc or desc".into()),
+    };
+    let limit = match q.get("limit") {
+        None => PAIRS_MAX_LIMIT,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=PAIRS_MAX_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(format!(
+                    "`limit` must be an integer from 1 to {PAIRS_MAX_LIMIT}"
+                ))
+            }
+        },
+    };
+    Ok(PairQuery {
+        chain: text("chain")?,
+        dex: text("dex")?,
+        min_liquidity_usd,
+        open,
+        sort,
+        descending,
+        limit,
+    })
+}
+
+/// `GET /v1/pairs`: the tracked pairs' latest states, filtered and sorted (docs/protocol.md,
+/// "HTTP"): `count` pairs in `pairs`, of `matched`.
+pub async fn pairs(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let pq = match pairs_query(&q) {
+        Ok(pq) => pq,
+        Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", &m),
+    };
+    let (matched, all) = state.hub.pairs().select(&pq);
+    let mut body = format!(
+        "{{\"count\":{},\"matched\":{matched},\"pairs\":[",
+        all.len()
+    );
     for (i, p) in all.iter().enumerate() {
         if i > 0 {
             body.push(',');
@@ -126,6 +210,54 @@ pub async fn pairs(State(state): State<AppState>) -> Response {
     }
     body.push_str("]}");
     json(StatusCode::OK, body)
+}
+
+/// `GET /v1/pairs/{chain}/{address}`: one pair's state and its recent history (the points of
+/// `hub::pairs::HISTORY_POINTS`), for sparklines.
+pub async fn pair(
+    State(state): State<AppState>,
+    Path((chain, address)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(k) = q.keys().find(|k| *k != "token") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &format!("unknown parameter `{k}`"),
+        );
+    }
+    let key = PairKey::new(chain, address);
+    match state.hub.pairs().detail(&key) {
+        Some(body) => json(StatusCode::OK, body),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "unknown_pair",
+            &format!("`{key}` is not tracked"),
+        ),
+    }
+}
+
+/// Any path no route serves.
+pub async fn not_found(uri: axum::http::Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &format!("no route for `{}`", uri.path()),
+    )
+}
+
+/// A route asked with a method it does not serve (every route here is GET).
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &format!("`{}` takes GET, not {method}", uri.path()),
+    );
+    r.headers_mut().insert(
+        header::ALLOW,
+        axum::http::HeaderValue::from_static("GET, HEAD"),
+    );
+    r
 }
 
 /// The query of `/v1/signals`.

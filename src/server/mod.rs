@@ -247,10 +247,14 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(http::readyz))
         .route("/metrics", get(http::metrics));
     if state.operations_only {
-        return operations.with_state(state);
+        return operations
+            .fallback(http::not_found)
+            .method_not_allowed_fallback(http::method_not_allowed)
+            .with_state(state);
     }
     let data = Router::new()
         .route("/v1/pairs", get(http::pairs))
+        .route("/v1/pairs/{chain}/{address}", get(http::pair))
         .route("/v1/signals", get(http::signals))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -261,6 +265,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/ws", get(upgrade::upgrade))
         .merge(data)
         .merge(operations)
+        .fallback(http::not_found)
+        .method_not_allowed_fallback(http::method_not_allowed)
         .with_state(state)
 }
 

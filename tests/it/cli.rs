@@ -62,9 +62,13 @@ pub fn spawn_serve_with(
     let stderr = child.stderr.take().unwrap();
     let child = Reap(child);
     let (tx, rx) = std::sync::mpsc::channel();
+    // The log is also kept in `<name>.log` beside the config, for a failing test to show.
+    let mut log = std::fs::File::create(tmp(&format!("{name}.log"))).unwrap();
     std::thread::spawn(move || {
+        use std::io::Write;
         // Reads the whole log, so that the child never blocks on a full pipe.
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = writeln!(log, "{line}");
             let _ = tx.send(line);
         }
     });

@@ -246,6 +246,16 @@ fn wait_ready(addr: &str, want: bool) {
     }
 }
 
+/// The warnings and errors in the log of the process started with this config name.
+fn warnings(name: &str) -> String {
+    let log = std::fs::read_to_string(tmp(&format!("{name}.log"))).unwrap_or_default();
+    let picked: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    format!("\n{name}: {}", picked.join("\n"))
+}
+
 /// A metric's value from a process's /metrics (0 when absent).
 fn metric_of(addr: &str, prefix: &str) -> f64 {
     http(addr, "/metrics")
@@ -397,7 +407,18 @@ async fn two_edges_send_the_same_frames_and_a_client_resumes_on_the_other_after_
     drop(moved);
     assert!(metric_of(&i, "dexpulse_cluster_publish_acks_total") >= 1000.0);
     assert_eq!(metric_of(&i, "dexpulse_cluster_unpublished_events"), 0.0);
-    assert!(metric_of(&b, "dexpulse_cluster_delivered_total") >= 1000.0);
+    let delivered = metric_of(&b, "dexpulse_cluster_delivered_total");
+    assert!(
+        delivered >= 1000.0,
+        "{delivered}: {}",
+        http(&b, "/metrics")
+            .1
+            .lines()
+            .filter(|l| l.starts_with("dexpulse_cluster"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            + &warnings("edge-b.toml")
+    );
     assert_eq!(sigterm(&mut ingest), Some(0));
     assert_eq!(sigterm(&mut edge_b), Some(0));
 }

@@ -127,3 +127,216 @@ async fn api_keys_guard_the_data_routes_not_health() {
     assert_eq!(http_get(&r, "/metrics", &[]).await.0, 200);
     r.shutdown().await.unwrap();
 }
+
+/// A request with any method: the status, the head (lower-cased) and the body.
+async fn request(r: &dexpulse::app::Running, method: &str, path: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(r.addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(buf).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// A pair state in the hub: chain, address, DEX, liquidity, 5-minute change, open kinds.
+fn put_pair(
+    r: &dexpulse::app::Running,
+    chain: &str,
+    address: &str,
+    dex: &str,
+    liquidity: Option<f64>,
+    m5: f64,
+    open: &[Kind],
+) {
+    let mut s = dexpulse::source::simulator::example_snapshot();
+    s.key = dexpulse::model::PairKey::new(chain, address);
+    s.dex_id = Some(dex.into());
+    s.liquidity_usd = liquidity;
+    s.price_change_pct.m5 = Some(m5);
+    let mut kinds = dexpulse::model::KindSet::default();
+    for k in open {
+        kinds.insert(*k);
+    }
+    r.hub()
+        .pairs()
+        .update(&s, dexpulse::model::PairMetrics::default(), kinds);
+}
+
+#[tokio::test]
+async fn pairs_are_filtered_sorted_and_limited() {
+    let r = start(test_config()).await;
+    put_pair(&r, "solana", "a", "raydium", Some(50_000.0), 3.0, &[]);
+    put_pair(
+        &r,
+        "solana",
+        "b",
+        "orca",
+        Some(5_000.0),
+        -8.0,
+        &[Kind::SellPressure],
+    );
+    put_pair(
+        &r,
+        "base",
+        "c",
+        "aerodrome",
+        None,
+        12.0,
+        &[Kind::MomentumUp],
+    );
+    put_pair(
+        &r,
+        "solana",
+        "d",
+        "raydium",
+        Some(900_000.0),
+        0.5,
+        &[Kind::MomentumUp, Kind::VolumeSurge],
+    );
+    let check = |path: &'static str, want: &'static [&'static str], matched: u64| {
+        let r = &r;
+        async move {
+            let (status, body) = http_get(r, path, &[]).await;
+            assert_eq!(status, 200, "{path}: {body}");
+            let v = json(&body);
+            let got: Vec<&str> = v["pairs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["pair_address"].as_str().unwrap())
+                .collect();
+            assert_eq!(got, want, "{path}");
+            assert_eq!(v["count"], want.len(), "{path}");
+            assert_eq!(v["matched"], matched, "{path}");
+        }
+    };
+    check("/v1/pairs", &["c", "a", "b", "d"], 4).await; // by key: base:c first
+    check("/v1/pairs?chain=solana", &["a", "b", "d"], 3).await;
+    check("/v1/pairs?dex=raydium", &["a", "d"], 2).await;
+    check("/v1/pairs?min_liquidity=10000", &["a", "d"], 2).await;
+    check("/v1/pairs?open=true", &["c", "b", "d"], 3).await;
+    check("/v1/pairs?open=false", &["a"], 1).await;
+    check("/v1/pairs?open=momentum_up", &["c", "d"], 2).await;
+    check("/v1/pairs?sort=liquidity", &["d", "a", "b", "c"], 4).await; // unknown last
+    check(
+        "/v1/pairs?sort=liquidity&order=asc",
+        &["b", "a", "d", "c"],
+        4,
+    )
+    .await;
+    check("/v1/pairs?sort=change_m5&limit=2", &["c", "a"], 4).await;
+    check("/v1/pairs?sort=open_signals&limit=1", &["d"], 4).await;
+    check(
+        "/v1/pairs?chain=solana&open=true&sort=liquidity",
+        &["d", "b"],
+        2,
+    )
+    .await;
+    check("/v1/pairs?chain=eth", &[], 0).await;
+    for bad in [
+        "/v1/pairs?chian=solana",
+        "/v1/pairs?min_liquidity=-1",
+        "/v1/pairs?min_liquidity=lots",
+        "/v1/pairs?open=moon",
+        "/v1/pairs?sort=hype",
+        "/v1/pairs?order=up",
+        "/v1/pairs?limit=0",
+        "/v1/pairs?limit=5001",
+        "/v1/pairs?chain=",
+    ] {
+        let (status, body) = http_get(&r, bad, &[]).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(json(&body)["error"]["code"], "bad_request", "{bad}");
+    }
+    r.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_pair_comes_with_its_recent_history_bounded() {
+    use dexpulse::hub::pairs::{HISTORY_POINTS, HISTORY_SPACING_MS};
+    let r = start(test_config()).await;
+    let mut s = dexpulse::source::simulator::example_snapshot();
+    let t0 = s.observed_at_ms;
+    // Every 10 s: one point per 20 s is kept (15 s apart at least).
+    for i in 0..100i64 {
+        s.observed_at_ms = t0 + i * 10_000;
+        s.price_usd = dexpulse::model::Price::parse(&format!("{}", 1.0 + i as f64 / 100.0));
+        r.hub().pairs().update(
+            &s,
+            dexpulse::model::PairMetrics::default(),
+            dexpulse::model::KindSet::default(),
+        );
+    }
+    let path = format!("/v1/pairs/{}/{}", s.key.chain, s.key.address);
+    let (status, body) = http_get(&r, &path, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["pair"]["pair_address"], s.key.address.as_str());
+    assert_eq!(v["pair"]["price_usd"], "1.99");
+    let h = v["history"].as_array().unwrap();
+    assert_eq!(h.len(), 50);
+    assert_eq!(h[0]["t"], t0);
+    assert_eq!(h[1]["t"], t0 + 20_000);
+    assert!(h
+        .windows(2)
+        .all(|w| w[1]["t"].as_i64().unwrap() - w[0]["t"].as_i64().unwrap() >= HISTORY_SPACING_MS));
+    assert_eq!(h[49]["price_usd"], 1.98);
+    assert_eq!(h[0]["liquidity_usd"], 500000.0);
+    // Long runs keep only the newest points.
+    for i in 100..2000i64 {
+        s.observed_at_ms = t0 + i * 20_000;
+        r.hub().pairs().update(
+            &s,
+            dexpulse::model::PairMetrics::default(),
+            dexpulse::model::KindSet::default(),
+        );
+    }
+    let v = json(&http_get(&r, &path, &[]).await.1);
+    let h = v["history"].as_array().unwrap();
+    assert_eq!(h.len(), HISTORY_POINTS);
+    assert_eq!(h[HISTORY_POINTS - 1]["t"], t0 + 1999 * 20_000);
+
+    let (status, body) = http_get(&r, "/v1/pairs/solana/nothing-here", &[]).await;
+    assert_eq!(status, 404);
+    assert_eq!(json(&body)["error"]["code"], "unknown_pair");
+    let (status, body) = http_get(&r, &format!("{path}?window=1h"), &[]).await;
+    assert_eq!(status, 400, "{body}");
+    r.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_json_errors_and_metrics_say_their_format() {
+    let r = start(test_config()).await;
+    for (method, path, status, code) in [
+        ("GET", "/nope", 404, "not_found"),
+        ("GET", "/v1/pairs/solana", 404, "not_found"),
+        ("POST", "/v1/pairs", 405, "method_not_allowed"),
+        ("DELETE", "/v1/signals", 405, "method_not_allowed"),
+        ("PUT", "/metrics", 405, "method_not_allowed"),
+    ] {
+        let (got, head, body) = request(&r, method, path).await;
+        assert_eq!(got, status, "{method} {path}: {body}");
+        assert!(head.contains("content-type: application/json"), "{head}");
+        assert_eq!(json(&body)["error"]["code"], code, "{method} {path}");
+        if status == 405 {
+            assert!(head.contains("allow: get"), "{head}");
+        }
+    }
+    let (status, head, body) = request(&r, "GET", "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    assert!(body.ends_with("# EOF\n"), "OpenMetrics text ends so");
+    r.shutdown().await.unwrap();
+}

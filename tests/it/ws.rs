@@ -714,6 +714,59 @@ async fn the_pairs_channel_streams_pair_states() {
     r.shutdown().await.unwrap();
 }
 
+/// A `pairs` subscription starts with the current state of every pair its filter matches, in
+/// pair order, right after `subscribed`; then changes. 600 pairs of about 800 bytes are more
+/// than a small outbox holds at once: they come as it drains, none lost.
+#[tokio::test]
+async fn a_pairs_subscription_starts_with_every_matching_state() {
+    let mut cfg = test_config();
+    cfg.session.queue_max_bytes = 64 * 1024;
+    let r = start(cfg).await;
+    let mut snap = dexpulse::source::simulator::example_snapshot();
+    for i in 0..600 {
+        snap.key = dexpulse::model::PairKey::new(
+            if i % 3 == 0 { "base" } else { "solana" },
+            format!("p{i:04}"),
+        );
+        r.hub()
+            .pairs()
+            .update(&snap, Default::default(), Default::default());
+    }
+    let mut ws = connect(&r).await;
+    next_json(&mut ws).await;
+    ws.send(Message::text(
+        r#"{"op":"subscribe","channel":"pairs","filter":{"chains":["solana"]}}"#,
+    ))
+    .await
+    .unwrap();
+    let sub = next_json(&mut ws).await;
+    assert_eq!(sub["type"], "subscribed", "{sub}");
+    let mut got = Vec::new();
+    while got.len() < 400 {
+        let m = next_json(&mut ws).await;
+        assert_eq!(m["type"], "pair", "{m}");
+        assert_eq!(m["pair"]["chain"], "solana", "{m}");
+        got.push(m["pair"]["pair_address"].as_str().unwrap().to_string());
+    }
+    let want: Vec<String> = (0..600)
+        .filter(|i| i % 3 != 0)
+        .map(|i| format!("p{i:04}"))
+        .collect();
+    assert_eq!(got, want, "every matching pair once, in order");
+    // Then changes only.
+    snap.key = dexpulse::model::PairKey::new("solana", "p0001");
+    snap.price_usd = dexpulse::model::Price::parse("7.5");
+    r.hub()
+        .pairs()
+        .update(&snap, Default::default(), Default::default());
+    let m = next_json(&mut ws).await;
+    assert_eq!(
+        (&m["pair"]["pair_address"], &m["pair"]["price_usd"]),
+        (&"p0001".into(), &"7.5".into())
+    );
+    r.shutdown().await.unwrap();
+}
+
 /// A session that fell behind once and caught up is not a slow consumer later: the stall timer
 /// stops when its queue drains, not when the next frame comes (a filtered client after a large
 /// resume is the likely case), and a resume larger than its queue arrives whole, in order.

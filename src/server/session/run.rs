@@ -215,6 +215,7 @@ where
             .stall_deadline()
             .map(|ms| start + Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
         let history = st.history_wanted(&out, chunk);
+        let pair_states = st.pair_states_wanted(&out, chunk);
         let live = st.is_live();
         tokio::select! {
             biased;
@@ -231,6 +232,12 @@ where
                 if let Some((after, limit)) = history {
                     let since = hub.since(after, limit);
                     st.on_history(since, limit, &mut out, now(), &m);
+                }
+            }
+            _ = std::future::ready(()), if pair_states.is_some() => {
+                if let Some(keys) = pair_states {
+                    let p = hub.pairs();
+                    st.on_pair_states(keys.iter().map(|k| p.message(k)).collect(), &mut out);
                 }
             }
             r = recv(link.as_mut().map(|l| &mut l.rx)), if live && link.is_some() => {
@@ -313,6 +320,13 @@ where
                     Some(true) => pairs = Some(hub.pairs().subscribe()),
                     Some(false) => pairs = None,
                     None => {}
+                }
+                // After joining the channel: a change from now on comes live as well.
+                if let Some(f) = effects.pair_states {
+                    let mut keys = hub.pairs().keys();
+                    keys.retain(|k| f.matches_pair(k));
+                    keys.sort_unstable();
+                    st.queue_pair_states(keys);
                 }
             }
             _ = async { tokio::time::sleep_until(stall_at.unwrap_or(start)).await }, if stall_at.is_some() => {

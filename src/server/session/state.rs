@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use dexpulse_core::model::PairKey;
 use dexpulse_core::protocol::{
     self, Channel, ClientOp, CloseCode, ErrorCode, Filter, FilterSet, OpError, ServerMsg,
 };
@@ -53,12 +54,15 @@ impl HubView for Hub {
 }
 
 /// What the shell must do after a client message.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Effects {
     /// The signal filter set changed: join its channel.
     pub rejoin: bool,
     /// Join (`true`) or leave (`false`) the pairs channel.
     pub pairs: Option<bool>,
+    /// A pairs subscription began: queue the current state of every pair this filter matches
+    /// ([`Session::queue_pair_states`]).
+    pub pair_states: Option<Arc<Filter>>,
     /// End the session with this close code.
     pub close: Option<CloseCode>,
 }
@@ -102,6 +106,9 @@ pub struct Session {
     drain_cut: Option<u64>,
     inbound: TokenBucket,
     last_pong_ms: i64,
+    /// Pairs whose current state is owed to a new `pairs` subscription, sent as the outbox
+    /// drains (rendered when sent, so never staler than a live update sent before them).
+    pair_backlog: VecDeque<PairKey>,
 }
 
 impl Drop for Session {
@@ -136,6 +143,41 @@ impl Session {
             drain_cut: None,
             inbound,
             last_pong_ms: now_ms,
+            pair_backlog: VecDeque::new(),
+        }
+    }
+
+    /// Owes the current state of these pairs (the shell read which pairs a new subscription's
+    /// filter matches, after joining the channel so that no change falls between).
+    pub fn queue_pair_states(&mut self, keys: impl IntoIterator<Item = PairKey>) {
+        self.pair_backlog.extend(keys);
+    }
+
+    /// The next pairs whose state the shell should render, when the outbox has room.
+    pub fn pair_states_wanted(&self, out: &Outbox, chunk: usize) -> Option<Vec<PairKey>> {
+        if !out.has_room() || self.pair_backlog.is_empty() {
+            return None;
+        }
+        Some(self.pair_backlog.iter().take(chunk).cloned().collect())
+    }
+
+    /// The states of the pairs [`Session::pair_states_wanted`] named, in its order (`None`: no
+    /// longer tracked). What does not fit stays owed.
+    pub fn on_pair_states(&mut self, states: Vec<Option<Bytes>>, out: &mut Outbox) {
+        for state in states {
+            let Some(key) = self.pair_backlog.front() else {
+                return;
+            };
+            if let Some(text) = state {
+                let wanted = self
+                    .subs
+                    .iter()
+                    .any(|s| s.channel == Channel::Pairs && s.filter.matches_pair(key));
+                if wanted && !out.push_droppable(text) {
+                    return;
+                }
+            }
+            self.pair_backlog.pop_front();
         }
     }
 
@@ -482,10 +524,13 @@ impl Session {
                 .to_json();
                 self.reply(out, reply, now);
                 let pairs_left = self.subs.iter().any(|s| s.channel == Channel::Pairs);
+                if !pairs_left {
+                    self.pair_backlog.clear();
+                }
                 Effects {
                     rejoin: sub.channel == Channel::Signals,
                     pairs: (sub.channel == Channel::Pairs && !pairs_left).then_some(false),
-                    close: None,
+                    ..Effects::default()
                 }
             }
             Ok(ClientOp::Subscribe {
@@ -587,6 +632,7 @@ impl Session {
                         if !self.subs.iter().any(|s| s.channel == Channel::Pairs) {
                             effects.pairs = Some(true);
                         }
+                        effects.pair_states = Some(filter.clone());
                     }
                 }
                 self.filter_entries += filter.size();
