@@ -70,6 +70,24 @@ pub struct Running {
     server: JoinHandle<std::io::Result<()>>,
 }
 
+impl Running {
+    /// The server on `listener`, beside the tasks already started.
+    fn serve(
+        addr: SocketAddr,
+        listener: TcpListener,
+        state: AppState,
+        tasks: Vec<Task>,
+    ) -> Running {
+        let server = tokio::spawn(server::serve(listener, state.clone()));
+        Running {
+            addr,
+            state,
+            tasks,
+            server,
+        }
+    }
+}
+
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
@@ -220,13 +238,7 @@ fn start_edge(cfg: Config, listener: TcpListener, opts: Options) -> Result<Runni
             })),
         ),
     ];
-    let server = tokio::spawn(server::serve(listener, state.clone()));
-    Ok(Running {
-        addr,
-        state,
-        tasks,
-        server,
-    })
+    Ok(Running::serve(addr, listener, state, tasks))
 }
 
 /// `all` and `ingest`: the source, the engine (and for an ingest, the publishing to the stream)
@@ -397,13 +409,7 @@ fn start_engine(cfg: Config, listener: TcpListener, opts: Options) -> Result<Run
             })),
         ));
     }
-    let server = tokio::spawn(server::serve(listener, state.clone()));
-    Ok(Running {
-        addr,
-        state,
-        tasks,
-        server,
-    })
+    Ok(Running::serve(addr, listener, state, tasks))
 }
 
 /// The event log's upkeep every `every` (retention, retrying a failed write), on a blocking

@@ -603,8 +603,8 @@ fn the_demo_is_busy_from_its_first_seconds() {
     }
 }
 
-/// `GET path` on a server, the body as JSON.
-pub fn get_json(addr: &str, path: &str) -> serde_json::Value {
+/// `GET path` on a server: the status and the body.
+pub fn http_status(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(
@@ -614,7 +614,16 @@ pub fn get_json(addr: &str, path: &str) -> serde_json::Value {
     .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    serde_json::from_str(out.split_once("\r\n\r\n").unwrap().1).unwrap()
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (
+        head.split(' ').nth(1).unwrap().parse().unwrap(),
+        body.to_string(),
+    )
+}
+
+/// `GET path` on a server, the body as JSON.
+pub fn get_json(addr: &str, path: &str) -> serde_json::Value {
+    serde_json::from_str(&http_status(addr, path).1).unwrap()
 }
 
 /// The event log outlives the process: `serve` with a data directory publishes 300 events a

@@ -178,7 +178,7 @@ async fn an_unreachable_server_is_a_clear_error() {
 
 // ---- The real binaries: one NATS server, one ingest, edges ----
 
-use crate::cli::{get_json, signal, sigterm, spawn_serve_with, tmp, Reap};
+use crate::cli::{get_json, http_status as http, signal, sigterm, spawn_serve_with, tmp, Reap};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -210,24 +210,6 @@ fn ingest(name: &str, nats: &Nats, data_dir: Option<&std::path::Path>) -> (Reap,
         args.extend(["--data-dir", dir.as_str()]);
     }
     spawn_serve_with(name, INGEST, &cluster_env(nats), &args)
-}
-
-/// `GET path`: the status and the body.
-fn http(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    (
-        head.split(' ').nth(1).unwrap().parse().unwrap(),
-        body.to_string(),
-    )
 }
 
 /// Polls `/readyz` until it says `want`, panicking after `PATIENCE`.

@@ -128,25 +128,6 @@ async fn api_keys_guard_the_data_routes_not_health() {
     r.shutdown().await.unwrap();
 }
 
-/// A request with any method: the status, the head (lower-cased) and the body.
-async fn request(r: &dexpulse::app::Running, method: &str, path: &str) -> (u16, String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(r.addr).await.unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8(buf).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, head.to_ascii_lowercase(), body.to_string())
-}
-
 /// A pair state in the hub: chain, address, DEX, liquidity, 5-minute change, open kinds.
 fn put_pair(
     r: &dexpulse::app::Running,
@@ -323,7 +304,7 @@ async fn unknown_routes_and_methods_get_json_errors_and_metrics_say_their_format
         ("DELETE", "/v1/signals", 405, "method_not_allowed"),
         ("PUT", "/metrics", 405, "method_not_allowed"),
     ] {
-        let (got, head, body) = request(&r, method, path).await;
+        let (got, head, body) = http_request(&r, method, path, &[]).await;
         assert_eq!(got, status, "{method} {path}: {body}");
         assert!(head.contains("content-type: application/json"), "{head}");
         assert_eq!(json(&body)["error"]["code"], code, "{method} {path}");
@@ -331,7 +312,7 @@ async fn unknown_routes_and_methods_get_json_errors_and_metrics_say_their_format
             assert!(head.contains("allow: get"), "{head}");
         }
     }
-    let (status, head, body) = request(&r, "GET", "/metrics").await;
+    let (status, head, body) = http_request(&r, "GET", "/metrics", &[]).await;
     assert_eq!(status, 200);
     assert!(
         head.contains("content-type: application/openmetrics-text; version=1.0.0"),

@@ -155,12 +155,27 @@ pub fn set(e: &mut SignalEvent, chain: &str, kind: Kind, direction: Direction, s
 
 /// A plain HTTP/1.1 GET over loopback: status and body.
 pub async fn http_get(r: &Running, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let (status, head, body) = http_request(r, "GET", path, headers).await;
+    assert!(!head.contains("transfer-encoding: chunked"), "{head}");
+    (status, body)
+}
+
+/// A request with any method over loopback: the status, the head (lower-cased) and the body.
+pub async fn http_request(
+    r: &Running,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = TcpStream::connect(r.addr).await.unwrap();
     let mut req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
         r.addr
     );
+    if method != "GET" {
+        req.push_str("Content-Length: 0\r\n");
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -174,13 +189,7 @@ pub async fn http_get(r: &Running, path: &str, headers: &[(&str, &str)]) -> (u16
     let text = String::from_utf8(buf).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    assert!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "{head}"
-    );
-    (status, body.to_string())
+    (status, head.to_ascii_lowercase(), body.to_string())
 }
 
 /// Waits until a condition on the server holds (polled every 10 ms), panicking after `WAIT`.
