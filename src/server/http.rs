@@ -76,10 +76,6 @@ pub fn client_ip<B>(req: &axum::http::Request<B>) -> Option<std::net::IpAddr> {
         .map(|c| c.0.ip())
 }
 
-pub async fn index() -> &'static str {
-    "dexpulse: WebSocket at /v1/ws; HTTP: /v1/pairs, /v1/signals, /healthz, /readyz, /metrics\n"
-}
-
 pub async fn healthz() -> &'static str {
     "ok\n"
 }

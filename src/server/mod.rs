@@ -4,6 +4,7 @@
 //! a shutdown token, so tests bind 127.0.0.1:0 and pull their own trigger.
 
 pub mod auth;
+pub mod dashboard;
 pub mod http;
 pub mod listener;
 pub mod session;
@@ -261,7 +262,8 @@ pub fn router(state: AppState) -> Router {
             http::require_key,
         ));
     Router::new()
-        .route("/", get(http::index))
+        .route("/", get(dashboard::index))
+        .route("/assets/{name}", get(dashboard::asset))
         .route("/v1/ws", get(upgrade::upgrade))
         .merge(data)
         .merge(operations)

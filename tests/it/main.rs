@@ -23,6 +23,7 @@
 mod checkpoint;
 mod cli;
 mod cluster;
+mod dashboard;
 mod decode;
 mod engine;
 mod hostile;

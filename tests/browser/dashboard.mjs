@@ -1,0 +1,112 @@
+// The dashboard in a real browser: Debian's chromium driven by playwright-core (pinned in
+// package.json to the release built for that chromium). Run by tests/it/dashboard.rs against
+// the real binary:  node dashboard.mjs BASE_URL SCREENSHOT_PATH [API_KEY]
+// Checks that the table fills, events reach the feed, a filter hides what it should, a dropped
+// connection is resumed without a gap, nothing is fetched from elsewhere and the console has no
+// errors. Prints one JSON line; exits 1 with the reason on the first failure.
+import { chromium } from 'playwright-core';
+
+const [base, shot, key] = process.argv.slice(2);
+const origin = new URL(base).origin;
+const problems = [];
+const foreign = [];
+const facts = {};
+
+function fail(why) {
+  throw new Error(why);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
+});
+let code = 0;
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  page.on('console', (m) => { if (m.type() === 'error') problems.push('console: ' + m.text()); });
+  page.on('pageerror', (e) => problems.push('page error: ' + e.message));
+  page.on('request', (r) => {
+    const u = new URL(r.url());
+    if (u.origin !== origin && !(u.protocol === 'ws:' && u.host === new URL(origin).host) && u.protocol !== 'data:') foreign.push(r.url());
+  });
+  const st = (expr, arg) => page.evaluate(expr, arg);
+
+  await page.goto(base + '/' + (key ? '?token=' + encodeURIComponent(key) : ''));
+
+  // The table fills from the pairs channel.
+  await page.waitForFunction(() => document.querySelectorAll('#pairs tbody tr').length >= 5, null, { timeout: 30000 });
+  facts.rows = await page.locator('#pairs tbody tr').count();
+  const simTagged = await page.locator('#pairs tbody tr .tag-sim').count();
+  if (simTagged !== facts.rows) fail(`simulated rows not all marked: ${simTagged} of ${facts.rows}`);
+  if (await page.locator('#simulated').isHidden()) fail('the SIMULATED banner is hidden');
+
+  // Events reach the feed, newest first, two kinds at least (for the filter).
+  await page.waitForFunction(() => {
+    const kinds = new Set([...document.querySelectorAll('#feed > li .kind')].map((e) => e.textContent));
+    return kinds.size >= 2;
+  }, null, { timeout: 60000 });
+  const seqs = await page.$$eval('#feed > li', (l) => l.map((e) => Number(e.dataset.seq)));
+  for (let i = 1; i < seqs.length; i++) if (seqs[i] >= seqs[i - 1]) fail(`feed not newest first: ${seqs.slice(0, 10)}`);
+  facts.feed = seqs.length;
+
+  // A filter hides what it should: only the chosen kind stays, in the feed and in the table.
+  // A kind in the feed that some pair has open, when there is one: then the table is checked
+  // on rows it must keep, not only on rows it must hide.
+  const kind = await st(() => {
+    const inFeed = [...document.querySelectorAll('#feed > li .kind')].map((e) => e.textContent);
+    const open = new Set([...window.dexpulse.pairs.values()].flatMap((p) => p.open_signals || []));
+    return inFeed.find((k) => open.has(k)) || inFeed[0];
+  });
+  await page.selectOption('#f-kind', kind);
+  // Read in one turn of the page's loop, so that no event arrives between the two counts.
+  const { kinds, total, matching } = await st((k) => ({
+    kinds: [...document.querySelectorAll('#feed > li .kind')].map((e) => e.textContent),
+    total: window.dexpulse.events.length,
+    matching: window.dexpulse.events.filter(({ e }) => e.kind === k).length,
+  }), kind);
+  if (!kinds.length || kinds.some((k) => k !== kind)) fail(`kind filter ${kind} shows ${[...new Set(kinds)]}`);
+  if (kinds.length !== matching || kinds.length >= total) fail(`kind filter shows ${kinds.length}, ${matching} match, of ${total}`);
+  // The table rendered and compared with the pairs in the same turn: updates keep coming.
+  const { open, expected } = await st((k) => {
+    window.dexpulse.render();
+    return {
+      open: [...document.querySelectorAll('#pairs tbody tr td:nth-child(9)')].map((e) => e.textContent),
+      expected: [...window.dexpulse.pairs.values()].filter((p) => (p.open_signals || []).includes(k)).length,
+    };
+  }, kind);
+  if (open.some((o) => !o.split(', ').includes(kind))) fail(`table rows without an open ${kind}: ${open.slice(0, 5)}`);
+  if (open.length !== expected) fail(`${open.length} rows for ${kind}, ${expected} pairs have it open`);
+  facts.filter = { kind, feed: kinds.length, rows: open.length };
+  await page.selectOption('#f-kind', '');
+  await page.fill('#f-score', '101');
+  if (await page.locator('#feed > li').count() !== 0) fail('min score 101 left events in the feed');
+  await page.fill('#f-score', '0');
+
+  // A pair's sparklines.
+  await page.locator('#pairs tbody tr').first().click();
+  await page.waitForSelector('#spark-price canvas', { timeout: 10000 });
+
+  // The connection drops; the page resumes from its last seq: no gap, no duplicate.
+  const before = await st(() => ({ seq: window.dexpulse.seq, gaps: window.dexpulse.gaps }));
+  if (before.gaps !== 0) fail(`gaps before the drop: ${before.gaps}`);
+  await st(() => window.dexpulse.ws.close());
+  await page.waitForFunction(() => window.dexpulse.resumes >= 1, null, { timeout: 20000 });
+  await page.waitForFunction((s) => window.dexpulse.seq >= s + 3, before.seq, { timeout: 90000 });
+  const after = await st(() => ({ seq: window.dexpulse.seq, gaps: window.dexpulse.gaps, resumes: window.dexpulse.resumes, duplicates: window.dexpulse.duplicates, conn: document.getElementById('conn').dataset.state }));
+  if (after.gaps !== 0 || after.duplicates !== 0) fail(`after the resume: ${JSON.stringify(after)}`);
+  const all = await page.$$eval('#feed > li', (l) => l.map((e) => Number(e.dataset.seq)));
+  for (let i = 1; i < all.length; i++) if (all[i] !== all[i - 1] - 1) fail(`feed seqs not contiguous at ${all[i - 1]} → ${all[i]}`);
+  if (!all.includes(before.seq) || !all.includes(before.seq + 1)) fail(`the seqs around the drop are missing: ${before.seq}`);
+  facts.resume = { before, after };
+
+  await page.screenshot({ path: shot, fullPage: false });
+  if (foreign.length) fail(`requests to other origins: ${foreign}`);
+  if (problems.length) fail(problems.join('; '));
+  console.log(JSON.stringify({ ok: true, ...facts }));
+} catch (e) {
+  console.log(JSON.stringify({ ok: false, error: String(e && e.message ? e.message : e), problems, facts }));
+  code = 1;
+} finally {
+  await browser.close();
+}
+process.exit(code);
