@@ -1,7 +1,8 @@
 //! The dashboard at `/`: static files embedded in the binary at build time (docs/dashboard.md),
 //! so nothing is fetched from anywhere else and no Node toolchain is needed to build or run.
 //! The page is a client like any other: it reads `/v1/ws`, `/v1/pairs` and
-//! `/v1/pairs/{chain}/{address}` with the user's key.
+//! `/v1/pairs/{chain}/{address}` with the user's key. The API documents a client is generated
+//! from (`/v1/asyncapi.json`, `/v1/openapi.json`) are served from here too.
 
 use axum::extract::Path;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -62,6 +63,18 @@ fn page(content_type: &'static str, body: &'static [u8]) -> Response {
         HeaderValue::from_static("public, max-age=300"),
     );
     r
+}
+
+/// The API documents (docs/api/), served as written; tests/it/apidocs.rs keeps them true.
+const ASYNCAPI: &str = include_str!("../../docs/api/asyncapi.json");
+const OPENAPI: &str = include_str!("../../docs/api/openapi.json");
+
+pub async fn asyncapi() -> Response {
+    super::http::json(StatusCode::OK, ASYNCAPI.to_string())
+}
+
+pub async fn openapi() -> Response {
+    super::http::json(StatusCode::OK, OPENAPI.to_string())
 }
 
 pub async fn index() -> Response {

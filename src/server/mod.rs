@@ -264,6 +264,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(dashboard::index))
         .route("/assets/{name}", get(dashboard::asset))
+        .route("/v1/asyncapi.json", get(dashboard::asyncapi))
+        .route("/v1/openapi.json", get(dashboard::openapi))
         .route("/v1/ws", get(upgrade::upgrade))
         .merge(data)
         .merge(operations)

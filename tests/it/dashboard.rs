@@ -1,6 +1,6 @@
 //! The dashboard at `/`: the page and its assets come from the binary (the vendored uPlot
 //! unchanged, by checksum), with a policy that forbids other origins; and the real page in
-//! Debian's chromium through tests/browser/dashboard.mjs (playwright-core), against the real
+//! Debian's chromium through tests/node/dashboard.mjs (playwright-core), against the real
 //! binary with a busy simulator: the table fills, events arrive, a filter hides, a dropped
 //! connection resumes without a gap, no console errors, a screenshot in the test's output
 //! directory. `.ci/run` installs chromium and the pinned playwright-core; where they are
@@ -72,12 +72,12 @@ fn the_vendored_files_are_the_published_ones() {
 /// What the browser test needs, or why it cannot run.
 fn browser() -> Result<(std::path::PathBuf, std::path::PathBuf), String> {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
     if !std::path::Path::new(&chromium).exists() {
         return Err(format!("{chromium} is missing (apt-get install chromium)"));
     }
     if !script.join("node_modules/playwright-core").exists() {
-        return Err("tests/browser/node_modules is missing (npm ci --prefix tests/browser)".into());
+        return Err("tests/node/node_modules is missing (npm ci --prefix tests/node)".into());
     }
     Ok((chromium.into(), script))
 }

@@ -20,6 +20,7 @@
 //! - `tidy`: the architecture's invariants, read from the source: the module DAG, what each
 //!   module never does, a `//!` header on every file.
 
+mod apidocs;
 mod checkpoint;
 mod cli;
 mod cluster;

@@ -555,6 +555,7 @@ async fn a_client_that_never_reads_gets_lagged_then_4008_while_others_get_everyt
     assert_eq!(close, Some((4008, "slow consumer".to_string())));
     let last: Value = serde_json::from_str(texts.last().unwrap()).unwrap();
     assert_eq!(last["type"], "lagged", "{last}");
+    crate::apidocs::check_server_message(&last);
     assert_eq!(last["subscription"], "s1");
     assert!(last["missed_from"].as_u64().unwrap() <= last["missed_to"].as_u64().unwrap());
     assert!(last["missed_to"].as_u64().unwrap() <= published);
