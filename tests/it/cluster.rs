@@ -238,6 +238,19 @@ fn warnings(name: &str) -> String {
     format!("\n{name}: {}", picked.join("\n"))
 }
 
+/// The warnings of every process this test binary started, for a failure to show.
+fn all_warnings() -> String {
+    let dir = tmp("x").parent().unwrap().to_path_buf();
+    let mut out = String::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(cfg) = name.strip_suffix(".log") {
+            out.push_str(&warnings(cfg));
+        }
+    }
+    out
+}
+
 /// A metric's value from a process's /metrics (0 when absent).
 fn metric_of(addr: &str, prefix: &str) -> f64 {
     http(addr, "/metrics")
@@ -264,7 +277,7 @@ async fn next_frame(ws: &mut Ws) -> String {
     loop {
         match tokio::time::timeout(PATIENCE, ws.next())
             .await
-            .expect("timed out waiting for a message")
+            .unwrap_or_else(|_| panic!("timed out waiting for a message{}", all_warnings()))
         {
             Some(Ok(Message::Text(t))) => return t.as_str().to_string(),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
@@ -326,6 +339,7 @@ async fn signals(ws: &mut Ws, after: u64, n: usize) -> Vec<(u64, String)> {
 /// B with the last seq it got: recovered, exact, the same bytes B's own client got.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_edges_send_the_same_frames_and_a_client_resumes_on_the_other_after_a_sigkill() {
+    let _heavy = crate::support::heavy().await;
     let nats = Nats::start(store("edges"));
     let (mut edge_a, a) = edge("edge-a.toml", &nats);
     let (mut edge_b, b) = edge("edge-b.toml", &nats);
@@ -387,7 +401,8 @@ async fn two_edges_send_the_same_frames_and_a_client_resumes_on_the_other_after_
     );
     drop(on_b);
     drop(moved);
-    assert!(metric_of(&i, "dexpulse_cluster_publish_acks_total") >= 1000.0);
+    let acks = metric_of(&i, "dexpulse_cluster_publish_acks_total");
+    assert!(acks >= 1000.0, "{acks} acks{}", warnings("ingest.toml"));
     assert_eq!(metric_of(&i, "dexpulse_cluster_unpublished_events"), 0.0);
     let delivered = metric_of(&b, "dexpulse_cluster_delivered_total");
     assert!(
@@ -412,6 +427,7 @@ async fn two_edges_send_the_same_frames_and_a_client_resumes_on_the_other_after_
 /// order (each message names the local seq it came from), with no event id twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_and_the_ingest_restarted_mid_stream_leave_no_gap_and_no_duplicate() {
+    let _heavy = crate::support::heavy().await;
     let nats = Nats::start(store("faults"));
     let data = tmp("cluster-ingest-data");
     let _ = std::fs::remove_dir_all(&data);
@@ -480,6 +496,7 @@ async fn nats_and_the_ingest_restarted_mid_stream_leave_no_gap_and_no_duplicate(
 /// `/v1/pairs` lists them (labelled simulated), and its `pairs` channel streams their updates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_serves_the_pairs_the_ingest_tracks() {
+    let _heavy = crate::support::heavy().await;
     let nats = Nats::start(store("pairs"));
     let sim = "[server]\nbind = \"127.0.0.1:0\"\n[source]\nkind = \"simulator\"\n[source.simulator]\nnoise_pairs = 5\n";
     let (mut ing, i) = spawn_serve_with(
@@ -534,6 +551,7 @@ async fn an_edge_serves_the_pairs_the_ingest_tracks() {
 /// `recovered: false`, then gets the new stream from its start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_created_anew_is_a_new_epoch_at_the_edge() {
+    let _heavy = crate::support::heavy().await;
     let nats = Nats::start(store("anew"));
     let (mut ing, i) = ingest("ingest-n.toml", &nats, None);
     let (mut edge1, e) = edge("edge-n.toml", &nats);

@@ -94,11 +94,14 @@ fn the_dashboard_works_in_a_browser() {
             return;
         }
     };
-    // The demo's simulator, busier: copies of the scripted scenarios every 6 s.
+    let _heavy = crate::support::heavy_blocking();
+    // The demo's simulator, busier: copies of the scripted scenarios every 6 s; behind a key,
+    // which the page takes from `?token=`.
     let cfg =
         "[server]\nbind = \"127.0.0.1:0\"\n[source]\nkind = \"simulator\"\n[source.simulator]\n\
         scenarios = [\"all\"]\nseed = 7\nnoise_pairs = 20\nlead_minutes = 91.2\nwaves = 98\n\
-        wave_every_minutes = 0.1\nfirst_wave_minutes = -5.0\nhours = 24.0\n";
+        wave_every_minutes = 0.1\nfirst_wave_minutes = -5.0\nhours = 24.0\n\
+        [[auth.keys]]\nkey = \"dashboard-test-key\"\nmax_connections = 10\n";
     let (mut server, addr) = crate::cli::spawn_serve_with("dashboard.toml", cfg, &[], &[]);
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
     std::fs::create_dir_all(&out).unwrap();
@@ -108,6 +111,7 @@ fn the_dashboard_works_in_a_browser() {
         .arg(dir.join("dashboard.mjs"))
         .arg(format!("http://{addr}"))
         .arg(&shot)
+        .arg("dashboard-test-key")
         .env("CHROMIUM", &chromium)
         .output()
         .expect("node is needed");

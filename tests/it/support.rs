@@ -149,3 +149,16 @@ pub fn tx(buys: u64, sells: u64) -> Option<dexpulse::model::Txns> {
         sellers: None,
     })
 }
+
+/// Taken by the tests that run several real processes at once (the cluster's nodes, the
+/// browser): on two cores, two of them side by side starve each other's time-outs. An async
+/// lock, since most of them hold it across awaits; `heavy_blocking` for plain tests.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().await
+}
+
+pub fn heavy_blocking() -> tokio::sync::MutexGuard<'static, ()> {
+    HEAVY.blocking_lock()
+}

@@ -100,6 +100,30 @@ try {
   facts.resume = { before, after };
 
   await page.screenshot({ path: shot, fullPage: false });
+
+  // Without the key the socket is refused: the page says so and does not pretend to be live.
+  const keyless = await browser.newPage();
+  keyless.on('console', () => {}); // the refused upgrade logs a network error by design
+  await keyless.goto(base + '/');
+  await keyless.waitForFunction(() => document.getElementById('conn').textContent.includes('API key'), null, { timeout: 15000 });
+  facts.keyless = await keyless.evaluate(() => ({ connections: window.dexpulse.connections, says: document.getElementById('conn').textContent }));
+  if (facts.keyless.connections !== 0) fail(`a keyless page got a session: ${JSON.stringify(facts.keyless)}`);
+  await keyless.close();
+
+  // On a phone: one column, nothing wider than the screen but the table's own scroller.
+  const phone = await browser.newPage({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true });
+  phone.on('console', (m) => { if (m.type() === 'error') problems.push('phone console: ' + m.text()); });
+  await phone.goto(base + '/?token=' + encodeURIComponent(key || ''));
+  await phone.waitForFunction(() => document.querySelectorAll('#pairs tbody tr').length >= 5, null, { timeout: 30000 });
+  facts.phone = await phone.evaluate(() => ({
+    // clientWidth is the screen's width in CSS pixels; a wider document would scroll sideways.
+    width: document.documentElement.scrollWidth,
+    screen: document.documentElement.clientWidth,
+    fits: document.documentElement.scrollWidth <= document.documentElement.clientWidth + 1,
+    columns: getComputedStyle(document.querySelector('main')).gridTemplateColumns.split(' ').length,
+  }));
+  await phone.screenshot({ path: shot.replace(/\.png$/, '-phone.png') });
+  await phone.close();
   if (foreign.length) fail(`requests to other origins: ${foreign}`);
   if (problems.length) fail(problems.join('; '));
   console.log(JSON.stringify({ ok: true, ...facts }));

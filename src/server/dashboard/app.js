@@ -65,10 +65,20 @@
       try { msg = JSON.parse(m.data); } catch (_) { return; }
       handle(ws, msg);
     };
+    let opened = false;
+    ws.onopen = () => { opened = true; };
     ws.onclose = (ev) => {
       if (st.ws !== ws) return;
-      const why = ev.code === 4001 || ev.code === 1008 ? ' (' + (ev.reason || 'refused') + ')' : '';
-      setConn('reconnecting', 'reconnecting' + why);
+      setConn('reconnecting', 'reconnecting' + (ev.reason ? ' (' + ev.reason + ')' : ''));
+      if (!opened) {
+        // A refused upgrade gives the page no status: ask an HTTP route the same question.
+        fetch('/v1/signals?latest=1' + (token() ? '&' + token().slice(1) : '')).then((r) => {
+          if (st.ws !== ws) return;
+          if (r.status === 401) setConn('reconnecting', 'reconnecting: the API key is missing or wrong');
+          else if (r.status === 429) setConn('reconnecting', 'reconnecting: too many connections or wrong keys');
+          else if (r.status === 503) setConn('reconnecting', 'reconnecting: the server is full');
+        }).catch(() => {});
+      }
       setTimeout(connect, st.retry);
       st.retry = Math.min(st.retry * 2, 10000);
     };
