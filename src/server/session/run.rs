@@ -206,7 +206,7 @@ where
     let shutdown = ctx.shutdown.child_token();
     let stopped = shutdown.cancelled();
     tokio::pin!(stopped);
-    let epoch_over = hub.epoch_over();
+    let epoch_over = hub.epoch_over().child_token();
     let restarted = epoch_over.cancelled();
     tokio::pin!(restarted);
 
