@@ -28,11 +28,19 @@ SUB='{"op":"subscribe","channel":"signals"}'
 points=("$@")
 [ ${#points[@]} -eq 0 ] && points=(c1 c2 c3 c4)
 
+# The shipped NATS configuration (users and permissions) on the bench's port and store, and the
+# cluster's keys: the figures include the signatures and their checks.
+KEYS="$STORE.keys"
+rm -rf "$KEYS"; "$DEX" keygen --out "$KEYS" >/dev/null
+export DEXPULSE_INGEST_PASSWORD=bench-ingest DEXPULSE_EDGE_PASSWORD=bench-edge
 pids=()
+edges_waiting=()
 nats_pid=""
 start_nats() {
   rm -rf "$STORE"; mkdir -p "$STORE"
-  nats-server -js -a 127.0.0.1 -p $NATS_PORT -sd "$STORE" >/dev/null 2>&1 &
+  sed -e "s#^listen:.*#listen: 127.0.0.1:$NATS_PORT#" -e "s#store_dir:.*#store_dir: \"$STORE\"#" \
+    config/nats/dexpulse.conf > "$STORE.conf"
+  nats-server -c "$STORE.conf" >/dev/null 2>&1 &
   nats_pid=$!
   for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$NATS_PORT) 2>/dev/null && return; sleep 0.05; done
   echo "nats-server did not start" >&2; exit 1
@@ -41,11 +49,19 @@ wait_ready() { # port
   for _ in $(seq 400); do curl -sf http://127.0.0.1:$1/readyz >/dev/null 2>&1 && return; sleep 0.05; done
   echo "127.0.0.1:$1 not ready: $(curl -s http://127.0.0.1:$1/readyz)" >&2; exit 1
 }
-start() { # role port rate
-  env DEXPULSE_SOURCE__BENCH__EVENTS_PER_SECOND="$3" DEXPULSE_CLUSTER__URL=nats://127.0.0.1:$NATS_PORT RUST_LOG=warn \
+start() { # role port rate; an edge is ready only once an ingest has created the stream
+  local auth=()
+  case "$1" in
+    ingest) auth=(DEXPULSE_CLUSTER__URL=nats://ingest:bench-ingest@127.0.0.1:$NATS_PORT DEXPULSE_CLUSTER__SIGNING_KEY_FILE="$KEYS/signing.key") ;;
+    edge) auth=(DEXPULSE_CLUSTER__URL=nats://edge:bench-edge@127.0.0.1:$NATS_PORT DEXPULSE_CLUSTER__VERIFY_KEY_FILE="$KEYS/verify.key") ;;
+  esac
+  env DEXPULSE_SOURCE__BENCH__EVENTS_PER_SECOND="$3" "${auth[@]}" RUST_LOG=warn \
     "$DEX" serve --config config/bench.toml --role "$1" --bind 127.0.0.1:"$2" >/dev/null 2>&1 &
   pids+=($!)
+  if [ "$1" = edge ]; then edges_waiting+=("$2"); return; fi
   wait_ready "$2"
+  for e in "${edges_waiting[@]}"; do wait_ready "$e"; done
+  edges_waiting=()
 }
 stop_all() {
   for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
@@ -53,7 +69,7 @@ stop_all() {
   pids=()
   if [ -n "$nats_pid" ]; then kill "$nats_pid" 2>/dev/null || true; wait "$nats_pid" 2>/dev/null || true; nats_pid=""; fi
 }
-trap 'stop_all; rm -rf "$STORE"' EXIT
+trap 'stop_all; rm -rf "$STORE" "$STORE.conf" "$KEYS"' EXIT
 field() { python3 -c "import json,sys; d=json.loads(sys.stdin.read()); print($1)"; }
 cpu_ticks() { awk '{print $14 + $15}' /proc/"$1"/stat; }
 metric() { curl -s http://127.0.0.1:$1/metrics | awk -v m="$2" '$1 == m {print $2}'; }

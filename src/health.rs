@@ -33,6 +33,9 @@ struct Inner {
     store_fault: Option<String>,
     /// Why the cluster's stream cannot be published to or consumed now.
     cluster_fault: Option<String>,
+    /// The stream or the bucket held something the ingest did not sign: what, and until when
+    /// (Unix ms) readiness says so.
+    forged: Option<(String, i64)>,
     /// An edge: it has no source of its own, the stream is its data.
     relay: bool,
 }
@@ -115,6 +118,11 @@ impl Health {
         }
     }
 
+    /// Forged data was refused (`what`): readiness says so until `until_ms`.
+    pub fn set_forged(&self, what: String, until_ms: i64) {
+        self.inner().forged = Some((what, until_ms));
+    }
+
     /// This process relays the cluster's stream (an edge): no engine, no source, so silence
     /// from a source is not a fault; readiness is the stream's.
     pub fn set_relay(&self) {
@@ -139,6 +147,8 @@ impl Health {
             Some(format!("the event log cannot be written: {fault}"))
         } else if let Some(fault) = &inner.cluster_fault {
             Some(format!("the cluster's stream: {fault}"))
+        } else if let Some((what, _)) = inner.forged.as_ref().filter(|(_, until)| *until > now) {
+            Some(format!("the cluster's stream holds forged data: {what}"))
         } else if inner.relay {
             None
         } else if !self.engine_running.load(Ordering::Acquire) {

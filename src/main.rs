@@ -143,6 +143,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make the cluster's key pair (docs/cluster.md, "Trust"): DIR/signing.key, the ingest's
+    /// secret (mode 0600; cluster.signing_key_file), and DIR/verify.key for every edge
+    /// (cluster.verify_key_file). Existing files are never overwritten.
+    Keygen {
+        /// The directory to write the two files to (created if absent).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -228,6 +236,20 @@ fn main() -> ExitCode {
             seed,
             json,
         ),
+        Command::Keygen { out } => match dexpulse::cluster::trust::keygen(&out) {
+            Ok(id) => {
+                println!(
+                    "key {id}: {} (secret: the ingest's cluster.signing_key_file), {} (every edge's cluster.verify_key_file)",
+                    out.join("signing.key").display(),
+                    out.join("verify.key").display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_CANTCREAT)
+            }
+        },
     }
 }
 

@@ -87,6 +87,20 @@ pub struct ClusterMetrics {
     pub reconnects: Counter,
     /// Edge: times the stream's identity changed (a new epoch) and sessions were closed.
     pub epoch_changes: Counter,
+    /// Edge (events and pair states) and ingest (where to continue): messages refused as not
+    /// the ingest's, by `what` and `reason` (unsigned, bad_signature, replay, wrong_key).
+    pub forged: Family<Labels, Counter>,
+}
+
+impl ClusterMetrics {
+    pub fn forged(&self, what: &'static str, reason: &'static str) {
+        self.forged
+            .get_or_create(&vec![
+                ("what", what.to_string()),
+                ("reason", reason.to_string()),
+            ])
+            .inc();
+    }
 }
 
 /// The event log's metrics (`dexpulse_log_*`); all zero in memory-only mode.
@@ -344,6 +358,7 @@ impl Metrics {
             lag_seconds: Gauge::default(),
             reconnects: Counter::default(),
             epoch_changes: Counter::default(),
+            forged: Family::default(),
         };
         for (name, help, m) in [
             ("cluster_publish_acks", "Ingest: events the stream acknowledged", &cluster.publish_acks),
@@ -358,6 +373,11 @@ impl Metrics {
         ] {
             registry.register(name, help, m.clone());
         }
+        registry.register(
+            "cluster_forged",
+            "Messages in the stream or the pairs bucket refused as not the ingest's (unsigned, badly signed, replayed)",
+            cluster.forged.clone(),
+        );
         registry.register(
             "cluster_publish_seconds",
             "Ingest: time from sending an event to the stream's acknowledgement",

@@ -198,7 +198,15 @@ fn start_edge(cfg: Config, listener: TcpListener, opts: Options) -> Result<Runni
     tracing::info!(
         "an edge runs no source: [source] is not used (the ingest's events come from the stream)"
     );
-    let history = cluster::edge::StreamHistory::new(cfg.hub.clone(), &clock);
+    warn_if_insecure(&cfg.cluster);
+    let alarm = Arc::new(cluster::ForgeryAlarm::new(
+        metrics.cluster.clone(),
+        health.clone(),
+        clock.clone(),
+        cfg.cluster.forged_alarm,
+    ));
+    let trust = cluster::edge::Trust::of(&cfg.cluster, alarm.clone());
+    let history = cluster::edge::StreamHistory::new(cfg.hub.clone(), &clock, trust);
     let hub = Arc::new(Hub::with_history(
         cfg.hub.clone(),
         clock.clone(),
@@ -234,11 +242,29 @@ fn start_edge(cfg: Config, listener: TcpListener, opts: Options) -> Result<Runni
             Box::pin(cluster::edge::follow_pairs(cluster::edge::PairsCtx {
                 hub: hub.clone(),
                 settings: cfg.cluster.clone(),
+                alarm,
                 shutdown: shutdown.clone(),
             })),
         ),
     ];
     Ok(Running::serve(addr, listener, state, tasks))
+}
+
+/// A node of the cluster without its key says so at every start (docs/cluster.md, "Trust").
+fn warn_if_insecure(c: &cluster::Settings) {
+    match &c.keys {
+        cluster::Keys::None => tracing::warn!(
+            role = c.role.as_str(),
+            "cluster.insecure = true: events and pair states are not signed or not verified, so anyone who can write to the NATS account decides what clients see"
+        ),
+        cluster::Keys::Sign(s) => {
+            tracing::info!(key_id = s.id(), "signing every event and pair state")
+        }
+        cluster::Keys::Verify(v) => tracing::info!(
+            key_id = v.id(),
+            "serving only events and pair states the ingest signed"
+        ),
+    }
 }
 
 /// `all` and `ingest`: the source, the engine (and for an ingest, the publishing to the stream)
@@ -387,6 +413,15 @@ fn start_engine(cfg: Config, listener: TcpListener, opts: Options) -> Result<Run
         ));
     }
     if cfg.cluster.role == Role::Ingest {
+        warn_if_insecure(&cfg.cluster);
+        // An ingest passes over forged messages when it looks for where to continue: counted
+        // and logged; its readiness is its publishing, which they do not touch.
+        let alarm = Arc::new(cluster::ForgeryAlarm::new(
+            metrics.cluster.clone(),
+            health.clone(),
+            clock.clone(),
+            std::time::Duration::ZERO,
+        ));
         tasks.push(sup(
             "cluster",
             Box::pin(cluster::ingest::forward(cluster::ingest::Ctx {
@@ -396,6 +431,7 @@ fn start_engine(cfg: Config, listener: TcpListener, opts: Options) -> Result<Run
                 health: health.clone(),
                 shutdown: shutdown.clone(),
                 start_head,
+                alarm,
             })),
         ));
         tasks.push(sup(

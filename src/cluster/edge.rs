@@ -10,6 +10,11 @@
 //! with another identity (deleted and created again) is a new epoch: the ring starts over and
 //! every session is closed with 1012, so its client resumes and learns `recovered: false`.
 //!
+//! Trust: with a verify key (docs/cluster.md, "Trust") every message is checked before its
+//! frame is built, on the live path and on reads of the stream's past; one the ingest did not
+//! sign, or one signed but replayed, is never served (its seq is a gap, as a filtered-out
+//! event's is), is counted, and makes readiness say so. Pair states likewise.
+//!
 //! The pairs task follows the pairs bucket into the hub's pairs room.
 
 use std::collections::{HashMap, HashSet};
@@ -24,8 +29,9 @@ use tokio_util::sync::CancellationToken;
 use dexpulse_core::model::{EventMeta, PairKey};
 use dexpulse_core::signal::checkpoint::Checkpoint;
 
-use super::stream::{EventStream, Stored};
-use super::Settings;
+use super::stream::{pair_key, EventStream, Stored};
+use super::trust::{Forgery, Refused, Replay, Verifier};
+use super::{ForgeryAlarm, Keys, Settings};
 use crate::health::Health;
 use crate::hub::{self, Frame, History, Hub, MemoryHistory, Since};
 use crate::metrics::ClusterMetrics;
@@ -37,6 +43,80 @@ const BATCH: usize = 256;
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What an edge checks messages with: its verify key, and what it refused so far.
+pub struct Trust {
+    verifier: Verifier,
+    subject: String,
+    refused: std::sync::Mutex<Refused>,
+    replay: std::sync::Mutex<Replay>,
+    alarm: Arc<ForgeryAlarm>,
+}
+
+impl Trust {
+    /// `None` when the settings hold no verify key (`insecure = true`).
+    pub fn of(settings: &Settings, alarm: Arc<ForgeryAlarm>) -> Option<Arc<Trust>> {
+        match &settings.keys {
+            Keys::Verify(v) => Some(Arc::new(Trust {
+                verifier: (**v).clone(),
+                subject: settings.subject.clone(),
+                refused: std::sync::Mutex::default(),
+                replay: std::sync::Mutex::default(),
+                alarm,
+            })),
+            _ => None,
+        }
+    }
+
+    /// Judges an event the follower took, in stream order: signed, and not a replay.
+    fn admit(&self, m: &Stored) -> Result<(), Forgery> {
+        let judged = m.verify(&self.subject, &self.verifier).and_then(|()| {
+            let (epoch, seq) = m.origin.as_ref().ok_or(Forgery::Malformed)?;
+            self.replay
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .admit(epoch, *seq)
+        });
+        if let Err(why) = &judged {
+            self.refuse(m.seq, why);
+        }
+        judged
+    }
+
+    /// A new stream: its seqs and the ingest's origins in it start over.
+    fn restart(&self) {
+        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = Refused::default();
+        *self.replay.lock().unwrap_or_else(|p| p.into_inner()) = Replay::default();
+    }
+
+    fn refuse(&self, seq: u64, why: &Forgery) {
+        self.refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(seq);
+        self.alarm.refused("event", &format!("seq {seq}"), why);
+    }
+
+    /// Whether an event read from the stream's past may be served: the follower did not refuse
+    /// it, and it is signed.
+    fn servable(&self, m: &Stored) -> bool {
+        if self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(m.seq)
+        {
+            return false;
+        }
+        match m.verify(&self.subject, &self.verifier) {
+            Ok(()) => true,
+            Err(why) => {
+                self.refuse(m.seq, &why);
+                false
+            }
+        }
+    }
+}
 
 /// The frame every edge builds from one stored event.
 pub fn frame(m: &Stored) -> Result<Arc<Frame>, String> {
@@ -59,12 +139,14 @@ struct Inner {
     first: AtomicU64,
     /// The stream, for reads older than the ring (absent until the first connection).
     reader: RwLock<Option<EventStream>>,
+    /// What reads of the stream's past are checked with (`None`: insecure).
+    trust: Option<Arc<Trust>>,
 }
 
 impl StreamHistory {
     /// Before the first connection the epoch is a placeholder of this process: a client that
     /// connects then learns nothing it could resume from.
-    pub fn new(settings: hub::Settings, clock: &Clock) -> StreamHistory {
+    pub fn new(settings: hub::Settings, clock: &Clock, trust: Option<Arc<Trust>>) -> StreamHistory {
         let epoch = format!("unconnected-{}", Hub::new_epoch(clock));
         StreamHistory {
             inner: Arc::new(Inner {
@@ -72,8 +154,14 @@ impl StreamHistory {
                 settings,
                 first: AtomicU64::new(0),
                 reader: RwLock::new(None),
+                trust,
             }),
         }
+    }
+
+    /// What the follower checks with.
+    pub fn trust(&self) -> Option<Arc<Trust>> {
+        self.inner.trust.clone()
     }
 
     fn ring(&self) -> Arc<MemoryHistory> {
@@ -151,9 +239,10 @@ impl StreamHistory {
         }
     }
 
-    fn frames_of(stored: Vec<Stored>) -> Vec<Arc<Frame>> {
+    fn frames_of(&self, stored: Vec<Stored>) -> Vec<Arc<Frame>> {
         stored
             .iter()
+            .filter(|m| self.inner.trust.as_ref().is_none_or(|t| t.servable(m)))
             .filter_map(|m| match frame(m) {
                 Ok(f) => Some(f),
                 Err(e) => {
@@ -207,7 +296,7 @@ impl History for StreamHistory {
             .min(from.saturating_add(limit as u64).saturating_sub(1));
         match self.read(|s| async move { s.range(from, to).await }) {
             Some(stored) => Since {
-                frames: Self::frames_of(stored),
+                frames: self.frames_of(stored),
                 oldest_seq: first,
                 head: recent.head,
             },
@@ -237,7 +326,7 @@ impl History for StreamHistory {
         let to = end.saturating_sub(1);
         match self.read(|s| async move { s.range(from, to).await }) {
             Some(stored) => {
-                let mut frames = Self::frames_of(stored);
+                let mut frames = self.frames_of(stored);
                 frames.append(&mut recent.frames);
                 Since {
                     frames,
@@ -309,6 +398,9 @@ fn adopt_epoch(ctx: &Ctx, epoch: &str) {
     }
     let was = ctx.history.epoch();
     ctx.history.restart(epoch, 0);
+    if let Some(t) = ctx.history.trust() {
+        t.restart();
+    }
     if !was.starts_with("unconnected-") {
         ctx.metrics.epoch_changes.inc();
         tracing::warn!(was = %was, now = %epoch, "the cluster's stream was replaced: a new epoch; sessions are closed to resume");
@@ -317,10 +409,11 @@ fn adopt_epoch(ctx: &Ctx, epoch: &str) {
 }
 
 async fn follow_once(ctx: &Ctx, progressed: &mut bool) -> Result<(), String> {
-    let stream = EventStream::connect(&ctx.settings)
+    let stream = EventStream::connect_reader(&ctx.settings)
         .await
         .map_err(|e| e.to_string())?;
     let state = stream.state().await.map_err(|e| e.to_string())?;
+    let trust = ctx.history.trust();
     adopt_epoch(ctx, &state.epoch);
     ctx.history.set_reader(stream.clone());
     ctx.history.set_first(state.first);
@@ -384,12 +477,16 @@ async fn follow_once(ctx: &Ctx, progressed: &mut bool) -> Result<(), String> {
                             tracing::warn!(from = expected, to = stored.seq - 1, "events the stream no longer holds were never taken; the numbering continues after them");
                             ctx.history.restart(&ctx.history.epoch(), stored.seq - 1);
                         }
-                        match frame(&stored) {
+                        let admitted = match &trust {
+                            Some(t) => t.admit(&stored),
+                            None => Ok(()),
+                        };
+                        match admitted.map_err(|e| e.to_string()).and_then(|()| frame(&stored)) {
                             Ok(f) => batch.push(f),
                             Err(e) => {
                                 // Kept as a gap rather than stop every edge on one bad message.
                                 flush(ctx, &mut batch);
-                                tracing::error!(error = %e, seq = stored.seq, "an event in the stream is unreadable; skipped");
+                                tracing::debug!(error = %e, seq = stored.seq, "an event in the stream is refused or unreadable; skipped");
                                 ctx.history.restart(&ctx.history.epoch(), stored.seq);
                             }
                         }
@@ -416,6 +513,7 @@ async fn follow_once(ctx: &Ctx, progressed: &mut bool) -> Result<(), String> {
 pub struct PairsCtx {
     pub hub: Arc<Hub>,
     pub settings: Settings,
+    pub alarm: Arc<ForgeryAlarm>,
     pub shutdown: CancellationToken,
 }
 
@@ -439,38 +537,66 @@ pub async fn follow_pairs(ctx: PairsCtx) -> Result<(), String> {
     }
 }
 
+/// A pair state from the bucket, checked: signed for its key, filed under its own key, and
+/// not older than the one held. Returns its JSON.
+fn open_pair<'a>(
+    ctx: &PairsCtx,
+    held: &HashMap<String, (PairKey, i64)>,
+    key: &str,
+    value: &'a [u8],
+) -> Result<&'a [u8], Forgery> {
+    let json = match &ctx.settings.keys {
+        Keys::Verify(v) => v.open_pair(&ctx.settings.pairs_bucket, key, value)?,
+        _ => value,
+    };
+    if let Ok((pair, at)) = hub::Pairs::peek(json) {
+        if pair_key(&pair.chain, &pair.address) != key {
+            return Err(Forgery::WrongKey);
+        }
+        if held.get(key).is_some_and(|(_, t)| at < *t) {
+            return Err(Forgery::Stale);
+        }
+    }
+    Ok(json)
+}
+
 async fn pairs_once(ctx: &PairsCtx) -> Result<(), String> {
-    let stream = EventStream::connect(&ctx.settings)
+    let stream = EventStream::connect_reader(&ctx.settings)
         .await
         .map_err(|e| e.to_string())?;
-    let kv = stream.pairs().await.map_err(|e| e.to_string())?;
+    let kv = stream.pairs(false).await.map_err(|e| e.to_string())?;
     let mut watch = kv
         .watch_with_history(">")
         .await
         .map_err(|e| e.to_string())?;
-    let mut keys: HashMap<String, PairKey> = HashMap::new();
+    let mut keys: HashMap<String, (PairKey, i64)> = HashMap::new();
     let mut synced = false;
     let pairs = ctx.hub.pairs();
     while let Some(entry) = watch.next().await {
         let entry = entry.map_err(|e| e.to_string())?;
         match entry.operation {
-            async_nats::jetstream::kv::Operation::Put => match pairs.apply(&entry.value) {
-                Ok(k) => {
-                    keys.insert(entry.key.clone(), k);
+            async_nats::jetstream::kv::Operation::Put => {
+                match open_pair(ctx, &keys, &entry.key, &entry.value) {
+                    Err(why) => ctx.alarm.refused("pair", &entry.key, &why),
+                    Ok(json) => match pairs.apply(json) {
+                        Ok((k, at)) => {
+                            keys.insert(entry.key.clone(), (k, at));
+                        }
+                        Err(e) => {
+                            tracing::warn!(key = %entry.key, error = %e, "a pair state in the bucket is unreadable; skipped")
+                        }
+                    },
                 }
-                Err(e) => {
-                    tracing::warn!(key = %entry.key, error = %e, "a pair state in the bucket is unreadable; skipped")
-                }
-            },
+            }
             _ => {
-                if let Some(k) = keys.remove(&entry.key) {
+                if let Some((k, _)) = keys.remove(&entry.key) {
                     pairs.forget(&k);
                 }
             }
         }
         if !synced && (entry.seen_current || entry.delta == 0) {
             synced = true;
-            let held: HashSet<&PairKey> = keys.values().collect();
+            let held: HashSet<&PairKey> = keys.values().map(|(k, _)| k).collect();
             for k in pairs.keys() {
                 if !held.contains(&k) {
                     pairs.forget(&k);

@@ -9,7 +9,8 @@
 //! Where to start: the last message in the stream names the local history epoch and seq it
 //! came from. An ingest restarted on the same log continues after it, so a restart neither
 //! repeats nor skips an event; a republish inside the duplicate window would be dropped by
-//! the server anyway (`Nats-Msg-Id`).
+//! the server anyway (`Nats-Msg-Id`). Only an origin this ingest's key signed is believed:
+//! messages others slipped in after it are passed over (and counted as forged).
 //!
 //! Pair states go to the pairs bucket every `pairs_seconds`, only those that changed.
 
@@ -23,7 +24,7 @@ use dexpulse_core::model::PairKey;
 use dexpulse_core::protocol::FilterSet;
 
 use super::stream::{pair_key, EventStream};
-use super::Settings;
+use super::{ForgeryAlarm, Keys, Settings};
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::metrics::ClusterMetrics;
@@ -43,7 +44,11 @@ pub struct Ctx {
     /// The local head when the process started: with no trace of this history in the stream,
     /// what came before was published by an earlier process (or never will be).
     pub start_head: u64,
+    pub alarm: Arc<ForgeryAlarm>,
 }
+
+/// Messages looked at, newest first, for the last one this ingest signed.
+const LOOK_BACK: u64 = 10_000;
 
 /// Connects, retrying until it works or shutdown (`None`).
 async fn connect(
@@ -70,22 +75,46 @@ async fn connect(
     }
 }
 
-/// The last local seq the stream already holds.
+/// The last local seq the stream already holds: the origin of the newest message this ingest's
+/// key signed (without a key, of the newest message), if it is of this history's epoch.
 async fn published_up_to(
     stream: &EventStream,
+    settings: &Settings,
+    alarm: &ForgeryAlarm,
     epoch: &str,
     start_head: u64,
     head: u64,
 ) -> Result<u64, String> {
-    let (_, last) = stream.bounds().await.map_err(|e| e.to_string())?;
-    if last == 0 {
+    let (first, last) = stream.bounds().await.map_err(|e| e.to_string())?;
+    if last == 0 || first > last {
         return Ok(start_head);
     }
-    let found = stream.get(last).await.map_err(|e| e.to_string())?;
-    Ok(match found.and_then(|m| m.origin) {
-        Some((e, seq)) if e == epoch && seq <= head => seq,
-        _ => start_head,
-    })
+    let verifier = match &settings.keys {
+        Keys::Sign(s) => Some(s.verifier()),
+        _ => None,
+    };
+    let floor = last.saturating_sub(LOOK_BACK).max(first);
+    let mut to = last;
+    loop {
+        let from = to.saturating_sub(CHUNK as u64 - 1).max(floor);
+        let page = stream.range(from, to).await.map_err(|e| e.to_string())?;
+        for m in page.iter().rev() {
+            if let Some(v) = &verifier {
+                if let Err(why) = m.verify(&settings.subject, v) {
+                    alarm.refused("event", &format!("seq {}", m.seq), &why);
+                    continue;
+                }
+            }
+            return Ok(match &m.origin {
+                Some((e, seq)) if e == epoch && *seq <= head => *seq,
+                _ => start_head,
+            });
+        }
+        if from <= floor {
+            return Ok(start_head);
+        }
+        to = from - 1;
+    }
 }
 
 /// Runs until shutdown: the local history into the stream.
@@ -97,16 +126,26 @@ pub async fn forward(ctx: Ctx) -> Result<(), String> {
         health,
         shutdown,
         start_head,
+        alarm,
     } = ctx;
     hub.hold_after(start_head);
     let epoch = hub.epoch();
     // Every published frame wakes the loop; what it reads comes from the history.
     let (mut wake, _) = hub.join_signals(&FilterSet::Everything);
-    let Some(stream) = connect(&settings, &health, &metrics, &shutdown).await else {
+    let Some(mut stream) = connect(&settings, &health, &metrics, &shutdown).await else {
         return Ok(());
     };
     let mut done = loop {
-        match published_up_to(&stream, &epoch, start_head, hub.head_seq()).await {
+        match published_up_to(
+            &stream,
+            &settings,
+            &alarm,
+            &epoch,
+            start_head,
+            hub.head_seq(),
+        )
+        .await
+        {
             Ok(d) => break d,
             Err(e) => {
                 health.set_cluster_fault(Some(e.clone()));
@@ -179,6 +218,17 @@ pub async fn forward(ctx: Ctx) -> Result<(), String> {
                     }
                     Err(e) => {
                         metrics.publish_failures.inc();
+                        if matches!(e, super::ClusterError::NoStream { .. }) {
+                            // Deleted, or a server on a new store: created again, a new epoch
+                            // for the edges.
+                            tracing::warn!("the cluster's stream is gone; creating it again");
+                            let Some(s) = connect(&settings, &health, &metrics, &shutdown).await
+                            else {
+                                return Ok(());
+                            };
+                            stream = s;
+                            continue;
+                        }
                         let waiting = hub.head_seq().saturating_sub(done);
                         health.set_cluster_fault(Some(format!(
                             "{waiting} events wait to be published: {e}"
@@ -241,7 +291,7 @@ pub async fn share_pairs(ctx: PairsCtx) -> Result<(), String> {
             let Some(stream) = connect(&settings, &health, &metrics, &shutdown).await else {
                 return Ok(());
             };
-            match stream.pairs().await {
+            match stream.pairs(true).await {
                 Ok(b) => bucket = Some(b),
                 Err(e) => {
                     tracing::warn!(error = %e, "the pairs bucket is out of reach; retrying");
@@ -253,10 +303,12 @@ pub async fn share_pairs(ctx: PairsCtx) -> Result<(), String> {
         let (changed, gone) = hub.pairs().changed(&mut seen);
         let mut failed = None;
         for (key, json) in changed {
-            match kv
-                .put(pair_key(&key.chain, &key.address), json.into())
-                .await
-            {
+            let name = pair_key(&key.chain, &key.address);
+            let value = match &settings.keys {
+                Keys::Sign(s) => s.seal_pair(&settings.pairs_bucket, &name, &json),
+                _ => json,
+            };
+            match kv.put(name, value.into()).await {
                 Ok(_) => {
                     metrics.pair_updates.inc();
                 }

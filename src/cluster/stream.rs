@@ -6,9 +6,13 @@
 //! - `Dexpulse-Published-At`: the ingest's `published_at_us`, so that every edge builds the
 //!   same frame bytes from the same message;
 //! - `Dexpulse-Origin`: the ingest's own history epoch and seq, so that an ingest restarted
-//!   with its log knows where the stream stopped taking its events.
+//!   with its log knows where the stream stopped taking its events;
+//! - `Dexpulse-Signature`: the ingest's Ed25519 signature over all of the above and the
+//!   payload ([`super::trust`]).
 //!
-//! The payload is the event's JSON, as the ingest serialized it once.
+//! The payload is the event's JSON, as the ingest serialized it once. Only an ingest creates
+//! the stream and the bucket; an edge opens them as they are and never writes (its NATS user
+//! may not: `config/nats/dexpulse.conf`).
 
 use std::time::Duration;
 
@@ -21,6 +25,7 @@ use super::Settings;
 const MSG_ID: &str = "Nats-Msg-Id";
 const PUBLISHED_AT: &str = "Dexpulse-Published-At";
 const ORIGIN: &str = "Dexpulse-Origin";
+use super::trust::SIGNATURE;
 
 /// Direct gets in flight at once when reading a range (one round trip each).
 const READ_AHEAD: usize = 64;
@@ -35,6 +40,9 @@ pub enum ClusterError {
     Stream { stream: String, detail: String },
     #[error("cluster: publish to {subject}: {detail}")]
     Publish { subject: String, detail: String },
+    /// The stream is gone (deleted, or the server's store is new): an ingest creates it again.
+    #[error("cluster: publish to {subject}: no stream takes it")]
+    NoStream { subject: String },
     #[error("cluster: pairs bucket {bucket}: {detail}")]
     Pairs { bucket: String, detail: String },
 }
@@ -55,8 +63,14 @@ pub struct Stored {
     pub event_id: String,
     /// The ingest's time; the stream's own receive time for a message without the header.
     pub published_at_us: i64,
-    /// The ingest's history epoch and seq of this event.
+    /// The ingest's history epoch and seq of this event, as the header says it (`EPOCH SEQ`).
+    pub origin_header: Option<String>,
+    /// The same, parsed.
     pub origin: Option<(String, u64)>,
+    /// The `Dexpulse-Signature` header.
+    pub signature: Option<String>,
+    /// The `Dexpulse-Published-At` header as sent (what the signature covers).
+    published_at_header: Option<String>,
     /// The event's JSON.
     pub payload: Bytes,
 }
@@ -73,10 +87,13 @@ impl Stored {
                 .and_then(|h| h.get(name))
                 .map(|v| v.as_str().to_string())
         };
-        let published_at_us = header(PUBLISHED_AT)
+        let published_at_header = header(PUBLISHED_AT);
+        let published_at_us = published_at_header
+            .as_deref()
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| i64::try_from(time_ns / 1_000).unwrap_or(0));
-        let origin = header(ORIGIN).and_then(|v| {
+        let origin_header = header(ORIGIN);
+        let origin = origin_header.as_deref().and_then(|v| {
             let (epoch, seq) = v.rsplit_once(' ')?;
             Some((epoch.to_string(), seq.parse().ok()?))
         });
@@ -84,9 +101,38 @@ impl Stored {
             seq,
             event_id: header(MSG_ID).unwrap_or_default(),
             published_at_us,
+            origin_header,
             origin,
+            signature: header(SIGNATURE),
+            published_at_header,
             payload,
         }
+    }
+
+    /// Whether the ingest signed this event as it is, headers and all; an event without the
+    /// headers the signature covers is not.
+    pub fn verify(
+        &self,
+        subject: &str,
+        verifier: &super::trust::Verifier,
+    ) -> Result<(), super::trust::Forgery> {
+        use super::trust::{EventFields, Forgery};
+        let (Some(at), Some(origin)) = (&self.published_at_header, &self.origin_header) else {
+            return Err(Forgery::Unsigned);
+        };
+        if at.parse::<i64>().ok() != Some(self.published_at_us) {
+            return Err(Forgery::Malformed);
+        }
+        verifier.check_event(
+            &EventFields {
+                subject,
+                event_id: &self.event_id,
+                published_at_us: self.published_at_us,
+                origin,
+                payload: &self.payload,
+            },
+            self.signature.as_deref(),
+        )
     }
 
     /// An event taken from a consumer (its seq and time are in the delivery's reply subject).
@@ -131,40 +177,28 @@ fn epoch_of(settings: &Settings, info: &stream::Info) -> String {
 }
 
 impl EventStream {
-    /// Connects and creates the stream, or adopts it as it is. The stream keeps events by age
-    /// and bytes (the oldest are discarded), on file storage.
+    /// Connects and creates the stream, or adopts it as it is (an ingest). The stream keeps
+    /// events by age and bytes (the oldest are discarded), on file storage.
     pub async fn connect(settings: &Settings) -> Result<EventStream, ClusterError> {
-        let url = settings.url.clone().ok_or(ClusterError::NoUrl)?;
-        let mut opts = async_nats::ConnectOptions::new()
-            .name("dexpulse")
-            .retry_on_initial_connect()
-            .connection_timeout(Duration::from_secs(5));
-        if let Some(c) = &settings.credentials {
-            opts = opts
-                .credentials_file(c)
-                .await
-                .map_err(|e| ClusterError::Connect {
-                    url: url.clone(),
-                    detail: format!("{}: {e}", c.display()),
-                })?;
-        }
-        // `retry_on_initial_connect` makes `connect` return at once; the first request waits
-        // for the connection (bounded by its own time-out).
-        let client = opts
-            .connect(url.as_str())
-            .await
-            .map_err(|e| ClusterError::Connect {
-                url: url.clone(),
-                detail: e.to_string(),
-            })?;
+        Self::open(settings, true).await
+    }
+
+    /// Connects and opens the stream as it is, never creating or changing it (an edge: its
+    /// user may only read). A stream not created yet is an error, to be tried again.
+    pub async fn connect_reader(settings: &Settings) -> Result<EventStream, ClusterError> {
+        Self::open(settings, false).await
+    }
+
+    async fn open(settings: &Settings, create: bool) -> Result<EventStream, ClusterError> {
+        let client = client(settings).await?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(settings.publish_timeout);
         let stream_err = |detail: String| ClusterError::Stream {
             stream: settings.stream.clone(),
             detail,
         };
-        let mut stream = js
-            .get_or_create_stream(stream::Config {
+        let mut stream = if create {
+            js.get_or_create_stream(stream::Config {
                 name: settings.stream.clone(),
                 subjects: vec![settings.subject.clone()],
                 max_age: settings.retain,
@@ -176,7 +210,18 @@ impl EventStream {
                 ..Default::default()
             })
             .await
-            .map_err(|e| stream_err(e.to_string()))?;
+            .map_err(|e| stream_err(e.to_string()))?
+        } else {
+            js.get_stream(&settings.stream).await.map_err(|e| {
+                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+                {
+                    stream_err("does not exist yet (only an ingest creates it)".to_string())
+                } else {
+                    stream_err(e.to_string())
+                }
+            })?
+        };
         let info = stream.info().await.map_err(|e| stream_err(e.to_string()))?;
         let epoch = epoch_of(settings, info);
         Ok(EventStream {
@@ -223,14 +268,31 @@ impl EventStream {
             headers.insert(MSG_ID, event_id);
         }
         headers.insert(PUBLISHED_AT, published_at_us.to_string().as_str());
-        headers.insert(ORIGIN, format!("{} {}", origin.0, origin.1).as_str());
+        let origin = format!("{} {}", origin.0, origin.1);
+        if let super::Keys::Sign(signer) = &self.settings.keys {
+            let sig = signer.sign_event(&super::trust::EventFields {
+                subject: &self.settings.subject,
+                event_id,
+                published_at_us,
+                origin: &origin,
+                payload: &payload,
+            });
+            headers.insert(SIGNATURE, sig.as_str());
+        }
+        headers.insert(ORIGIN, origin.as_str());
+        let judge = |e: jetstream::context::PublishError| match e.kind() {
+            jetstream::context::PublishErrorKind::StreamNotFound => ClusterError::NoStream {
+                subject: self.settings.subject.clone(),
+            },
+            _ => err(e.to_string()),
+        };
         let ack = self
             .js
             .publish_with_headers(self.settings.subject.clone(), headers, payload)
             .await
-            .map_err(|e| err(e.to_string()))?
+            .map_err(judge)?
             .await
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(judge)?;
         Ok(Published {
             seq: ack.sequence,
             duplicate: ack.duplicate,
@@ -314,16 +376,18 @@ impl EventStream {
             .map_err(|e| self.stream_err(e.to_string()))
     }
 
-    /// The pairs bucket (latest state per pair), created when absent.
-    pub async fn pairs(&self) -> Result<kv::Store, ClusterError> {
+    /// The pairs bucket (latest state per pair), created when absent if `create` (an ingest).
+    pub async fn pairs(&self, create: bool) -> Result<kv::Store, ClusterError> {
         let bucket = &self.settings.pairs_bucket;
-        if let Ok(store) = self.js.get_key_value(bucket.as_str()).await {
-            return Ok(store);
-        }
         let failed = |e: &dyn std::fmt::Display| ClusterError::Pairs {
             bucket: bucket.clone(),
             detail: e.to_string(),
         };
+        match self.js.get_key_value(bucket.as_str()).await {
+            Ok(store) => return Ok(store),
+            Err(e) if !create => return Err(failed(&e)),
+            Err(_) => {}
+        }
         // The bucket's stream as `create_key_value` would make it, created directly: that call
         // first reads the account's info, whose reply from a 2.9 server lacks fields async-nats
         // 0.51 requires (reserved_memory), so it fails before asking for the bucket.
@@ -347,6 +411,51 @@ impl EventStream {
             .await
             .map_err(|e| failed(&e))
     }
+}
+
+/// A NATS client as the settings say: the URL (without user information), one way of
+/// authenticating, TLS. Errors and logs name the URL without secrets.
+async fn client(settings: &Settings) -> Result<async_nats::Client, ClusterError> {
+    use super::Auth;
+    let url = settings.url.clone().ok_or(ClusterError::NoUrl)?;
+    let connect_err = |detail: String| ClusterError::Connect {
+        url: url.clone(),
+        detail,
+    };
+    let inbox = match settings.role {
+        super::Role::Edge => "_INBOX_edge",
+        _ => "_INBOX_ingest",
+    };
+    let mut opts = async_nats::ConnectOptions::new()
+        .name("dexpulse")
+        .custom_inbox_prefix(inbox)
+        .connection_timeout(Duration::from_secs(5));
+    opts = match &settings.auth {
+        Auth::None => opts,
+        Auth::UserPassword { user, password } => {
+            opts.user_and_password(user.clone(), password.expose().to_string())
+        }
+        Auth::Token(t) => opts.token(t.expose().to_string()),
+        Auth::NKey(seed) => opts.nkey(seed.expose().to_string()),
+        Auth::Credentials(c) => opts
+            .credentials_file(c)
+            .await
+            .map_err(|e| connect_err(format!("{}: {e}", c.display())))?,
+    };
+    if settings.tls.required {
+        opts = opts.require_tls(true);
+    }
+    if let Some(ca) = &settings.tls.ca {
+        opts = opts.add_root_certificates(ca.clone());
+    }
+    if let Some((cert, key)) = &settings.tls.client {
+        opts = opts.add_client_certificate(cert.clone(), key.clone());
+    }
+    // The first connection fails fast (a refused address, a wrong password) with its cause;
+    // the callers retry with their own backoff. Once connected, the client reconnects itself.
+    opts.connect(url.as_str())
+        .await
+        .map_err(|e| connect_err(e.to_string()))
 }
 
 async fn get_one(stream: &stream::Stream<()>, seq: u64) -> Result<Option<Stored>, String> {

@@ -366,11 +366,27 @@ impl Pairs {
         (changed, gone)
     }
 
-    /// Takes a state another node shared (see [`Pairs::changed`]).
-    pub fn apply(&self, json: &[u8]) -> Result<PairKey, String> {
+    /// Takes a state another node shared (see [`Pairs::changed`]): its pair and the time of
+    /// its snapshot.
+    pub fn apply(&self, json: &[u8]) -> Result<(PairKey, i64), String> {
         let r: Received = serde_json::from_slice(json).map_err(|e| e.to_string())?;
         self.update(&r.snapshot, r.metrics, r.open);
-        Ok(r.snapshot.key)
+        Ok((r.snapshot.key, r.snapshot.observed_at_ms))
+    }
+
+    /// The pair and snapshot time of a shared state, without taking it.
+    pub fn peek(json: &[u8]) -> Result<(PairKey, i64), String> {
+        #[derive(Deserialize)]
+        struct Snap {
+            key: PairKey,
+            observed_at_ms: i64,
+        }
+        #[derive(Deserialize)]
+        struct Peek {
+            snapshot: Snap,
+        }
+        let p: Peek = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+        Ok((p.snapshot.key, p.snapshot.observed_at_ms))
     }
 
     /// The keys held now, for pruning after a full resync.
@@ -430,7 +446,14 @@ mod tests {
         let mut seen = HashMap::new();
         let (changed, gone) = a.changed(&mut seen);
         assert_eq!((changed.len(), gone.len()), (1, 0));
-        assert_eq!(b.apply(&changed[0].1).unwrap(), s.key);
+        assert_eq!(
+            b.apply(&changed[0].1).unwrap(),
+            (s.key.clone(), s.observed_at_ms)
+        );
+        assert_eq!(
+            Pairs::peek(&changed[0].1).unwrap(),
+            (s.key.clone(), s.observed_at_ms)
+        );
         assert_eq!(
             a.render_all(),
             b.render_all(),

@@ -262,16 +262,6 @@ async fn real_responses_validate_against_the_openapi_document() {
 }
 
 /// What the validators need, or why they cannot run.
-fn validators() -> Result<std::path::PathBuf, String> {
-    let dir = std::path::Path::new(ROOT).join("tests/node");
-    for m in ["@asyncapi/parser", "@seriousme/openapi-schema-validator"] {
-        if !dir.join("node_modules").join(m).exists() {
-            return Err(format!("{m} is missing (npm ci --prefix tests/node)"));
-        }
-    }
-    Ok(dir)
-}
-
 fn validate(
     dir: &std::path::Path,
     asyncapi: &std::path::Path,
@@ -295,14 +285,14 @@ fn validate(
 
 #[test]
 fn the_documents_pass_their_validators() {
-    let dir = match validators() {
-        Ok(d) => d,
-        Err(why) if std::env::var_os("CI").is_some() => panic!("the validators cannot run: {why}"),
-        Err(why) => {
-            eprintln!("SKIPPED the_documents_pass_their_validators: {why}; .ci/run installs them");
-            return;
-        }
-    };
+    use crate::support::{requires, Component};
+    if !requires(
+        "the_documents_pass_their_validators",
+        &[Component::NodeModules],
+    ) {
+        return;
+    }
+    let dir = std::path::Path::new(ROOT).join("tests/node");
     let api = std::path::Path::new(ROOT).join("docs/api");
     let (ok, said) = validate(&dir, &api.join("asyncapi.json"), &api.join("openapi.json"));
     assert!(ok, "{said}");

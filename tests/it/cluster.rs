@@ -4,14 +4,47 @@
 //! server killed and restarted with its store (same epoch), a new epoch when the stream is
 //! created anew. `.ci/run` installs the server; without it these tests fail, they never skip.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dexpulse::cluster::{EventStream, RawSettings, Settings};
+use dexpulse::cluster::{EventStream, RawSettings, Role, Settings};
 
-/// A `nats-server -js` on a free port, killed when dropped.
+/// The passwords the shipped configuration reads from the environment, in these tests.
+pub const INGEST_PASSWORD: &str = "ingest-test-password";
+pub const EDGE_PASSWORD: &str = "edge-test-password";
+
+/// The shipped nats-server configuration (config/nats/dexpulse.conf) with its listen address
+/// and store moved to the test's: the accounts and permissions are the shipped ones.
+pub(crate) fn shipped_config(store: &Path, port: u16) -> PathBuf {
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/nats/dexpulse.conf"
+    ))
+    .unwrap();
+    let conf: String = shipped
+        .lines()
+        .map(|l| {
+            if l.starts_with("listen:") {
+                format!("listen: 127.0.0.1:{port}")
+            } else if l.trim_start().starts_with("store_dir:") {
+                format!("  store_dir: \"{}\"", store.display())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(conf.contains(&format!("listen: 127.0.0.1:{port}")));
+    std::fs::create_dir_all(store).unwrap();
+    let path = store.with_extension("conf");
+    std::fs::write(&path, conf).unwrap();
+    path
+}
+
+/// A `nats-server` on a free port with the shipped configuration, killed when dropped.
 pub struct Nats {
     child: Child,
     pub port: u16,
@@ -29,26 +62,61 @@ impl Nats {
     }
 
     pub fn start_on(store: PathBuf, port: u16) -> Nats {
+        let conf = shipped_config(&store, port);
+        Nats::spawn(&["-c", conf.to_str().unwrap()], store, port)
+    }
+
+    /// A server with its own configuration (`{port}` and `{store}` filled in).
+    pub fn start_with(conf: &str, store: PathBuf) -> Nats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::fs::create_dir_all(&store).unwrap();
+        let path = store.with_extension("conf");
+        let text = conf
+            .replace("{port}", &port.to_string())
+            .replace("{store}", &store.display().to_string());
+        std::fs::write(&path, text).unwrap();
+        Nats::spawn(&["-c", path.to_str().unwrap()], store, port)
+    }
+
+    fn spawn(args: &[&str], store: PathBuf, port: u16) -> Nats {
+        let log = std::fs::File::create(store.with_extension("log")).unwrap();
         let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(&store)
+            .args(args)
+            .env("DEXPULSE_INGEST_PASSWORD", INGEST_PASSWORD)
+            .env("DEXPULSE_EDGE_PASSWORD", EDGE_PASSWORD)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
-            .expect("nats-server is needed (Debian's package; .ci/run installs it)");
+            .expect("nats-server is needed (Debian's package; scripts/test installs it)");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "nats-server did not start"
+                "nats-server did not start: {}",
+                std::fs::read_to_string(store.with_extension("log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
         Nats { child, port, store }
     }
 
+    /// The address, without credentials.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The address with a user of the shipped configuration and its password.
+    pub fn url_as(&self, user: &str) -> String {
+        let pw = if user == "ingest" {
+            INGEST_PASSWORD
+        } else {
+            EDGE_PASSWORD
+        };
+        format!("nats://{user}:{pw}@127.0.0.1:{}", self.port)
     }
 
     /// SIGKILL: no clean shutdown of the store.
@@ -66,26 +134,48 @@ impl Drop for Nats {
     }
 }
 
-fn store(name: &str) -> PathBuf {
+pub(crate) fn store(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("dexpulse-it-nats-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
 }
 
-fn settings(nats: &Nats) -> Settings {
+/// The cluster's key pair for this test binary (`dexpulse keygen`'s own code).
+pub fn keys() -> &'static Path {
+    static KEYS: OnceLock<PathBuf> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("dexpulse-it-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dexpulse::cluster::trust::keygen(&dir).unwrap();
+        dir
+    })
+}
+
+/// An ingest's settings against `nats`: its user, its signing key.
+pub(crate) fn settings(nats: &Nats) -> Settings {
     Settings::parse(&RawSettings {
-        url: Some(nats.url()),
+        url: Some(nats.url_as("ingest")),
+        role: Role::Ingest,
+        signing_key_file: Some(keys().join("signing.key")),
         ..RawSettings::default()
     })
     .unwrap()
 }
 
-fn payload(i: u64) -> Bytes {
+/// Whether the cluster tests can run here (they need nats-server).
+pub(crate) fn nats_here(test: &str) -> bool {
+    crate::support::requires(test, &[crate::support::Component::Nats])
+}
+
+pub(crate) fn payload(i: u64) -> Bytes {
     Bytes::from(format!(r#"{{"event_id":"e{i}","n":{i}}}"#))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_go_to_jetstream_once_each_and_outlive_a_killed_server() {
+    if !nats_here("events_go_to_jetstream_once_each_and_outlive_a_killed_server") {
+        return;
+    }
     let nats = Nats::start(store("basic"));
     let s = EventStream::connect(&settings(&nats)).await.unwrap();
     let epoch = s.epoch().to_string();
@@ -183,37 +273,59 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
 /// An edge keeps 100 frames in memory: a resume further back is read from the stream.
-const EDGE: &str =
+pub(crate) const EDGE: &str =
     "[server]\nbind = \"127.0.0.1:0\"\n[hub]\nretain_events = 100\nretain_seconds = 1.0\n";
 
 /// An ingest fed by the bench source: synthetic events, 200 a second.
-const INGEST: &str = "[server]\nbind = \"127.0.0.1:0\"\n[source]\nkind = \"bench\"\n[source.bench]\nevents_per_second = 200.0\n[hub]\nretain_events = 100\nretain_seconds = 1.0\n";
+pub(crate) const INGEST: &str = "[server]\nbind = \"127.0.0.1:0\"\n[source]\nkind = \"bench\"\n[source.bench]\nevents_per_second = 200.0\n[hub]\nretain_events = 100\nretain_seconds = 1.0\n";
 
 type Ws = crate::server::Ws;
 
 /// How long a client waits for the next message: longer than a NATS restart takes.
-const PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 
-fn cluster_env(nats: &Nats) -> [(&'static str, String); 1] {
-    [("DEXPULSE_CLUSTER__URL", nats.url())]
+/// What a node of `role` is started with: its NATS user and its key.
+pub(crate) fn cluster_env(nats: &Nats, role: &str) -> [(&'static str, String); 2] {
+    let key = if role == "ingest" {
+        ("DEXPULSE_CLUSTER__SIGNING_KEY_FILE", "signing.key")
+    } else {
+        ("DEXPULSE_CLUSTER__VERIFY_KEY_FILE", "verify.key")
+    };
+    [
+        ("DEXPULSE_CLUSTER__URL", nats.url_as(role)),
+        (key.0, keys().join(key.1).display().to_string()),
+    ]
 }
 
-fn edge(name: &str, nats: &Nats) -> (Reap, String) {
-    spawn_serve_with(name, EDGE, &cluster_env(nats), &["--role", "edge"])
+pub(crate) fn edge(name: &str, nats: &Nats) -> (Reap, String) {
+    spawn_serve_with(name, EDGE, &cluster_env(nats, "edge"), &["--role", "edge"])
 }
 
-fn ingest(name: &str, nats: &Nats, data_dir: Option<&std::path::Path>) -> (Reap, String) {
+pub(crate) fn ingest(
+    name: &str,
+    nats: &Nats,
+    data_dir: Option<&std::path::Path>,
+) -> (Reap, String) {
+    ingest_with(name, INGEST, nats, data_dir)
+}
+
+pub(crate) fn ingest_with(
+    name: &str,
+    config: &str,
+    nats: &Nats,
+    data_dir: Option<&std::path::Path>,
+) -> (Reap, String) {
     let mut args = vec!["--role", "ingest"];
     let dir;
     if let Some(d) = data_dir {
         dir = d.display().to_string();
         args.extend(["--data-dir", dir.as_str()]);
     }
-    spawn_serve_with(name, INGEST, &cluster_env(nats), &args)
+    spawn_serve_with(name, config, &cluster_env(nats, "ingest"), &args)
 }
 
 /// Polls `/readyz` until it says `want`, panicking after `PATIENCE`.
-fn wait_ready(addr: &str, want: bool) {
+pub(crate) fn wait_ready(addr: &str, want: bool) {
     let deadline = std::time::Instant::now() + PATIENCE;
     loop {
         let (status, body) = http(addr, "/readyz");
@@ -229,7 +341,7 @@ fn wait_ready(addr: &str, want: bool) {
 }
 
 /// The warnings and errors in the log of the process started with this config name.
-fn warnings(name: &str) -> String {
+pub(crate) fn warnings(name: &str) -> String {
     let log = std::fs::read_to_string(tmp(&format!("{name}.log"))).unwrap_or_default();
     let picked: Vec<&str> = log
         .lines()
@@ -239,7 +351,7 @@ fn warnings(name: &str) -> String {
 }
 
 /// The warnings of every process this test binary started, for a failure to show.
-fn all_warnings() -> String {
+pub(crate) fn all_warnings() -> String {
     let dir = tmp("x").parent().unwrap().to_path_buf();
     let mut out = String::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {
@@ -252,7 +364,7 @@ fn all_warnings() -> String {
 }
 
 /// A metric's value from a process's /metrics (0 when absent).
-fn metric_of(addr: &str, prefix: &str) -> f64 {
+pub(crate) fn metric_of(addr: &str, prefix: &str) -> f64 {
     http(addr, "/metrics")
         .1
         .lines()
@@ -262,7 +374,7 @@ fn metric_of(addr: &str, prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn open(addr: &str) -> (Ws, serde_json::Value) {
+pub(crate) async fn open(addr: &str) -> (Ws, serde_json::Value) {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws"))
         .await
         .unwrap();
@@ -273,7 +385,7 @@ async fn open(addr: &str) -> (Ws, serde_json::Value) {
 }
 
 /// The next text frame, skipping pings; panics after `PATIENCE` or on a close.
-async fn next_frame(ws: &mut Ws) -> String {
+pub(crate) async fn next_frame(ws: &mut Ws) -> String {
     loop {
         match tokio::time::timeout(PATIENCE, ws.next())
             .await
@@ -287,7 +399,7 @@ async fn next_frame(ws: &mut Ws) -> String {
 }
 
 /// Subscribes to signals (resuming after `seq` of `epoch` if given); returns the answer.
-async fn subscribe(ws: &mut Ws, resume: Option<(&str, u64)>) -> serde_json::Value {
+pub(crate) async fn subscribe(ws: &mut Ws, resume: Option<(&str, u64)>) -> serde_json::Value {
     let op = match resume {
         Some((epoch, seq)) => format!(
             r#"{{"op":"subscribe","channel":"signals","resume_from":{{"epoch":"{epoch}","seq":{seq}}}}}"#
@@ -306,7 +418,7 @@ async fn subscribe(ws: &mut Ws, resume: Option<(&str, u64)>) -> serde_json::Valu
 
 /// The next `n` signal frames as (seq, text), other messages skipped; each seq must follow
 /// the one before it exactly (`after` is the seq before the first).
-async fn signals(ws: &mut Ws, after: u64, n: usize) -> Vec<(u64, String)> {
+pub(crate) async fn signals(ws: &mut Ws, after: u64, n: usize) -> Vec<(u64, String)> {
     let mut out: Vec<(u64, String)> = Vec::with_capacity(n);
     let mut others = Vec::new();
     let mut last = after;
@@ -339,18 +451,36 @@ async fn signals(ws: &mut Ws, after: u64, n: usize) -> Vec<(u64, String)> {
 /// B with the last seq it got: recovered, exact, the same bytes B's own client got.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_edges_send_the_same_frames_and_a_client_resumes_on_the_other_after_a_sigkill() {
+    if !nats_here(
+        "two_edges_send_the_same_frames_and_a_client_resumes_on_the_other_after_a_sigkill",
+    ) {
+        return;
+    }
     let _heavy = crate::support::heavy().await;
     let nats = Nats::start(store("edges"));
     let (mut edge_a, a) = edge("edge-a.toml", &nats);
     let (mut edge_b, b) = edge("edge-b.toml", &nats);
-    wait_ready(&a, true);
-    wait_ready(&b, true);
+    // Only an ingest creates the stream: until one has, the edges serve nothing and say why.
+    for addr in [&a, &b] {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let (status, body) = http(addr, "/readyz");
+            assert_eq!(status, 503, "{body}");
+            if body.contains("does not exist yet") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{body}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     let (_, w) = open(&a).await;
     assert_eq!(w["head_seq"], 0, "nothing published yet: {w}");
-    let epoch = w["epoch"].as_str().unwrap().to_string();
 
     let (mut ingest, i) = ingest("ingest.toml", &nats, None);
     wait_ready(&i, true);
+    wait_ready(&a, true);
+    wait_ready(&b, true);
+    let epoch = open(&a).await.1["epoch"].as_str().unwrap().to_string();
     assert_eq!(http(&i, "/v1/pairs").0, 404, "an ingest serves no clients");
     assert_eq!(http(&i, "/v1/ws").0, 404);
 
@@ -427,6 +557,9 @@ async fn two_edges_send_the_same_frames_and_a_client_resumes_on_the_other_after_
 /// order (each message names the local seq it came from), with no event id twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_and_the_ingest_restarted_mid_stream_leave_no_gap_and_no_duplicate() {
+    if !nats_here("nats_and_the_ingest_restarted_mid_stream_leave_no_gap_and_no_duplicate") {
+        return;
+    }
     let _heavy = crate::support::heavy().await;
     let nats = Nats::start(store("faults"));
     let data = tmp("cluster-ingest-data");
@@ -496,15 +629,13 @@ async fn nats_and_the_ingest_restarted_mid_stream_leave_no_gap_and_no_duplicate(
 /// `/v1/pairs` lists them (labelled simulated), and its `pairs` channel streams their updates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_serves_the_pairs_the_ingest_tracks() {
+    if !nats_here("an_edge_serves_the_pairs_the_ingest_tracks") {
+        return;
+    }
     let _heavy = crate::support::heavy().await;
     let nats = Nats::start(store("pairs"));
     let sim = "[server]\nbind = \"127.0.0.1:0\"\n[source]\nkind = \"simulator\"\n[source.simulator]\nnoise_pairs = 5\n";
-    let (mut ing, i) = spawn_serve_with(
-        "ingest-sim.toml",
-        sim,
-        &cluster_env(&nats),
-        &["--role", "ingest"],
-    );
+    let (mut ing, i) = ingest_with("ingest-sim.toml", sim, &nats, None);
     let (mut edge1, e) = edge("edge-p.toml", &nats);
     wait_ready(&i, true);
     wait_ready(&e, true);
@@ -551,6 +682,9 @@ async fn an_edge_serves_the_pairs_the_ingest_tracks() {
 /// `recovered: false`, then gets the new stream from its start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_created_anew_is_a_new_epoch_at_the_edge() {
+    if !nats_here("a_stream_created_anew_is_a_new_epoch_at_the_edge") {
+        return;
+    }
     let _heavy = crate::support::heavy().await;
     let nats = Nats::start(store("anew"));
     let (mut ing, i) = ingest("ingest-n.toml", &nats, None);

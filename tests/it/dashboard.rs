@@ -69,31 +69,17 @@ fn the_vendored_files_are_the_published_ones() {
     }
 }
 
-/// What the browser test needs, or why it cannot run.
-fn browser() -> Result<(std::path::PathBuf, std::path::PathBuf), String> {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
-    if !std::path::Path::new(&chromium).exists() {
-        return Err(format!("{chromium} is missing (apt-get install chromium)"));
-    }
-    if !script.join("node_modules/playwright-core").exists() {
-        return Err("tests/node/node_modules is missing (npm ci --prefix tests/node)".into());
-    }
-    Ok((chromium.into(), script))
-}
-
 #[test]
 fn the_dashboard_works_in_a_browser() {
-    let (chromium, dir) = match browser() {
-        Ok(b) => b,
-        Err(why) if std::env::var_os("CI").is_some() => {
-            panic!("the browser test cannot run: {why}")
-        }
-        Err(why) => {
-            eprintln!("SKIPPED the_dashboard_works_in_a_browser: {why}; .ci/run installs it");
-            return;
-        }
-    };
+    use crate::support::{requires, Component};
+    if !requires(
+        "the_dashboard_works_in_a_browser",
+        &[Component::Chromium, Component::NodeModules],
+    ) {
+        return;
+    }
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
     let _heavy = crate::support::heavy_blocking();
     // The demo's simulator, busier: copies of the scripted scenarios every 6 s; behind a key,
     // which the page takes from `?token=`.

@@ -17,6 +17,7 @@
 //! - `upstream`: a fake DexScreener/GeckoTerminal: recorded payloads, rate limits, faults.
 //! - `live`: the live sources against it: values, events, 429s, faults, fallback, recording.
 //! - `loadgen`: the load generator against a server that is not dexpulse, and against dexpulse.
+//! - `trust`: the cluster's trust boundary: NATS permissions, forgeries, replays, authentication.
 //! - `tidy`: the architecture's invariants, read from the source: the module DAG, what each
 //!   module never does, a `//!` header on every file.
 
@@ -38,5 +39,6 @@ mod server;
 mod store;
 mod support;
 mod tidy;
+mod trust;
 mod upstream;
 mod ws;

@@ -162,3 +162,56 @@ pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
 pub fn heavy_blocking() -> tokio::sync::MutexGuard<'static, ()> {
     HEAVY.blocking_lock()
 }
+
+/// Something a test starts or drives that `cargo test` alone does not bring: `scripts/test`
+/// installs each of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    /// Debian's `nats-server`.
+    Nats,
+    /// Debian's `chromium`.
+    Chromium,
+    /// The pinned npm packages of `tests/node` (`npm ci --prefix tests/node`).
+    NodeModules,
+}
+
+impl Component {
+    /// Why it is missing, or `None` when it is here.
+    pub fn missing(self) -> Option<String> {
+        let on_path = |bin: &str| {
+            std::env::var_os("PATH")
+                .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+        };
+        match self {
+            Component::Nats => (!on_path("nats-server"))
+                .then(|| "nats-server is not installed (apt-get install nats-server)".into()),
+            Component::Chromium => {
+                let c = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+                (!std::path::Path::new(&c).exists())
+                    .then(|| format!("{c} is missing (apt-get install chromium)"))
+            }
+            Component::NodeModules => {
+                let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
+                (!dir.join("node_modules/.package-lock.json").exists()).then(|| {
+                    "tests/node/node_modules is missing (npm ci --prefix tests/node)".into()
+                })
+            }
+        }
+    }
+}
+
+/// Whether `test` can run with what it needs. Where something is missing it prints `SKIPPED`,
+/// the reason and the command that installs it, and the caller returns; under `CI` nothing is
+/// ever skipped: it fails instead.
+pub fn requires(test: &str, needs: &[Component]) -> bool {
+    let why: Vec<String> = needs.iter().filter_map(|c| c.missing()).collect();
+    if why.is_empty() {
+        return true;
+    }
+    let why = why.join("; ");
+    if std::env::var_os("CI").is_some() {
+        panic!("{test} cannot run under CI: {why}");
+    }
+    eprintln!("SKIPPED {test}: {why}; scripts/test installs it");
+    false
+}
