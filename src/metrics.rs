@@ -45,6 +45,8 @@ pub struct Metrics {
     /// Live sources: requests by endpoint class and status ("error" for no response).
     pub upstream_requests: Family<Labels, Counter>,
     pub rate_limited: Counter,
+    /// Snapshots of pairs a poll's answer carried that were not asked for (ignored).
+    pub unrequested: Counter,
     pub backoff_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     /// Requests in the last minute as a percentage of the configured rate, by class.
     pub budget_used_pct: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -245,6 +247,12 @@ impl Metrics {
             "Upstream requests by endpoint class and status",
             upstream_requests.clone(),
         );
+        let unrequested = Counter::default();
+        registry.register(
+            "upstream_unrequested_pairs",
+            "Pairs in an upstream poll's answer that were not asked for (ignored, never adopted)",
+            unrequested.clone(),
+        );
         let rate_limited = Counter::default();
         registry.register(
             "upstream_rate_limited",
@@ -404,6 +412,7 @@ impl Metrics {
             registry,
             upstream_requests,
             rate_limited,
+            unrequested,
             backoff_seconds,
             budget_used_pct,
             watchlist,

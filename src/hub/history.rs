@@ -132,14 +132,42 @@ impl Frame {
 }
 
 /// The retained ring in memory: at least `retain_events` frames and at least those younger
-/// than `retain`, never more than `retain_max_events`.
+/// than `retain`, never more than `retain_max_events` nor `retain_max_bytes` of frames (the
+/// newest frame is always kept).
 pub struct MemoryHistory {
     epoch: Arc<str>,
     settings: Settings,
     head: AtomicU64,
     /// Frames after this seq are evicted only by the hard cap (see `History::hold_after`).
     held_after: AtomicU64,
-    ring: Mutex<VecDeque<Arc<Frame>>>,
+    ring: Mutex<Ring>,
+}
+
+/// The frames and their bytes, under one lock.
+#[derive(Default)]
+struct Ring {
+    frames: VecDeque<Arc<Frame>>,
+    bytes: usize,
+}
+
+impl std::ops::Deref for Ring {
+    type Target = VecDeque<Arc<Frame>>;
+    fn deref(&self) -> &VecDeque<Arc<Frame>> {
+        &self.frames
+    }
+}
+
+impl Ring {
+    fn push(&mut self, f: Arc<Frame>) {
+        self.bytes += f.text.len();
+        self.frames.push_back(f);
+    }
+
+    fn pop(&mut self) {
+        if let Some(f) = self.frames.pop_front() {
+            self.bytes -= f.text.len();
+        }
+    }
 }
 
 impl MemoryHistory {
@@ -149,29 +177,35 @@ impl MemoryHistory {
             settings,
             head: AtomicU64::new(0),
             held_after: AtomicU64::new(u64::MAX),
-            ring: Mutex::new(VecDeque::new()),
+            ring: Mutex::new(Ring::default()),
         }
     }
 
-    fn ring(&self) -> MutexGuard<'_, VecDeque<Arc<Frame>>> {
+    fn ring(&self) -> MutexGuard<'_, Ring> {
         // Pushes, pops and copies only: a panic under the lock leaves it consistent.
         self.ring.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn evict(&self, ring: &mut VecDeque<Arc<Frame>>, now_us: i64) {
+    fn evict(&self, ring: &mut Ring, now_us: i64) {
         let keep_us = i64::try_from(self.settings.retain.as_micros()).unwrap_or(i64::MAX);
         let held_after = self.held_after.load(Ordering::Acquire);
         while let Some(front) = ring.front() {
-            let over_cap = ring.len() > self.settings.retain_max_events;
+            let over_cap = ring.len() > self.settings.retain_max_events
+                || (ring.bytes > self.settings.retain_max_bytes && ring.len() > 1);
             let expendable = ring.len() > self.settings.retain_events
                 && front.seq <= held_after
                 && now_us.saturating_sub(front.published_at_us) > keep_us;
             if over_cap || expendable {
-                ring.pop_front();
+                ring.pop();
             } else {
                 break;
             }
         }
+    }
+
+    /// Bytes of the frames retained now.
+    pub fn bytes(&self) -> usize {
+        self.ring().bytes
     }
 
     /// Frames retained now.
@@ -194,7 +228,11 @@ impl MemoryHistory {
     ) -> MemoryHistory {
         let h = MemoryHistory::new(settings, epoch);
         h.head.store(head, Ordering::Release);
-        h.ring().extend(frames);
+        let mut ring = h.ring();
+        for f in frames {
+            ring.push(f);
+        }
+        drop(ring);
         h
     }
 
@@ -225,7 +263,9 @@ impl MemoryHistory {
             return;
         };
         let mut ring = self.ring();
-        ring.extend(frames.iter().cloned());
+        for f in frames {
+            ring.push(f.clone());
+        }
         self.evict(&mut ring, last.published_at_us);
         // The head moves while the ring lock is held: a reader never sees a head its ring
         // lacks.
@@ -334,6 +374,37 @@ mod tests {
 
     fn seqs(s: &Since) -> Vec<u64> {
         s.frames.iter().map(|f| f.seq).collect()
+    }
+
+    #[test]
+    fn large_frames_are_bounded_by_bytes_as_well_as_count() {
+        let h = MemoryHistory::new(
+            Settings {
+                retain_events: 1_000,
+                retain: Duration::from_secs(3_600),
+                retain_max_events: 1_000,
+                retain_max_bytes: 10_000,
+                ..Settings::default()
+            },
+            "e".into(),
+        );
+        let big = |i: u64| {
+            let (m, _) = meta(i);
+            (m, format!("{{\"s\":\"{}\"}}", "x".repeat(3_000)))
+        };
+        h.append(10, (1..=10).map(big).collect(), None);
+        assert_eq!(h.head(), 10);
+        assert!(h.bytes() <= 10_000, "{}", h.bytes());
+        assert_eq!(h.len(), 3, "three frames of ~3 KB fit in 10 KB");
+        assert_eq!(h.oldest(), 8);
+        // One frame larger than the cap is still kept: the newest frame always is.
+        let (m, _) = meta(11);
+        h.append(
+            11,
+            vec![(m, format!("{{\"s\":\"{}\"}}", "y".repeat(20_000)))],
+            None,
+        );
+        assert_eq!((h.len(), h.oldest()), (1, 11));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use dexpulse_core::model::{EventMeta, SignalEvent};
 use dexpulse_core::protocol::FilterSet;
-use dexpulse_core::settings::{at_least, seconds, FieldError};
+use dexpulse_core::settings::{at_least, in_range, seconds, FieldError};
 use dexpulse_core::signal::checkpoint::Checkpoint;
 
 use crate::time::Clock;
@@ -38,8 +38,11 @@ pub struct RawSettings {
     pub retain_events: usize,
     /// ... and at least this long (by age); the ring keeps whichever is more.
     pub retain_seconds: f64,
-    /// Hard cap on retained events, whatever their age.
+    /// Hard cap on retained events, whatever their age ...
     pub retain_max_events: usize,
+    /// ... and on their bytes (the frames as sent), so that large events cannot make the
+    /// history hold more memory than this.
+    pub retain_max_megabytes: f64,
     /// The broadcast channel for sessions that take every event.
     pub broadcast_capacity: usize,
     /// The same for each distinct filter set (sessions sharing a filter set share a channel).
@@ -56,6 +59,7 @@ impl Default for RawSettings {
             retain_events: 1_000,
             retain_seconds: 120.0,
             retain_max_events: 100_000,
+            retain_max_megabytes: 256.0,
             broadcast_capacity: 8_192,
             topic_capacity: 1_024,
             max_filter_sets: 1_024,
@@ -69,6 +73,7 @@ pub struct Settings {
     pub retain_events: usize,
     pub retain: Duration,
     pub retain_max_events: usize,
+    pub retain_max_bytes: usize,
     pub broadcast_capacity: usize,
     pub topic_capacity: usize,
     pub max_filter_sets: usize,
@@ -88,6 +93,13 @@ impl Settings {
             retain_events,
             retain: seconds("retain_seconds", raw.retain_seconds, 0.0, 86_400.0)?,
             retain_max_events: at_least("retain_max_events", raw.retain_max_events, retain_events)?,
+            retain_max_bytes: (in_range(
+                "retain_max_megabytes",
+                raw.retain_max_megabytes,
+                0.001,
+                1e6,
+            )? * 1024.0
+                * 1024.0) as usize,
             broadcast_capacity: at_least("broadcast_capacity", raw.broadcast_capacity, 16)?,
             topic_capacity: at_least("topic_capacity", raw.topic_capacity, 16)?,
             max_filter_sets: at_least("max_filter_sets", raw.max_filter_sets, 1)?,

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use dexpulse_core::model::{Discovered, PairKey, Source};
+use dexpulse_core::model::{Discovered, PairKey};
 use dexpulse_core::schedule::{
     self, Change, Class, DropReason, Next, Outcome, Policy, Scheduler, Via,
 };
@@ -506,11 +506,6 @@ async fn handle(f: Fetched, sched: &mut Scheduler, ctx: &mut Ctx, causes: &mut C
             tracing::warn!(error = %e, "recording failed");
         }
     }
-    let via = if source == Source::Geckoterminal {
-        Via::Gecko
-    } else {
-        Via::Dex
-    };
     let (outcome, cause) = match f.status {
         Some(429) => (
             Outcome::RateLimited {
@@ -536,12 +531,16 @@ async fn handle(f: Fetched, sched: &mut Scheduler, ctx: &mut Ctx, causes: &mut C
                     }
                     let mut keep = Vec::with_capacity(d.snapshots.len());
                     for snap in d.snapshots {
-                        let (tracked, change) = sched.observe(&snap, via);
+                        let (tracked, change) = sched.observe(&snap, &f.req);
                         if let Some(c) = &change {
                             log_change(c, &ctx.metrics);
                         }
                         if tracked {
                             keep.push(snap);
+                        } else if !f.req.discovers() {
+                            // A poll's answer with a pair nobody asked for: upstream's doing.
+                            ctx.metrics.unrequested.inc();
+                            tracing::debug!(pair = %snap.key, path = %f.path, "a pair not asked for; ignored");
                         }
                     }
                     if !keep.is_empty() && ctx.tx.send(Input::Snapshots(keep)).await.is_err() {

@@ -1,7 +1,11 @@
 //! API keys and connection limits (docs/protocol.md, "Connecting"). With no key configured the
 //! server is open. A key is never compared byte by byte as given: both sides are hashed and the
 //! digests compared in constant time against every configured key, so neither the timing nor
-//! the length of a guess tells anything; and an address that keeps guessing is throttled.
+//! the length of a guess tells anything; and an address that keeps guessing wrong keys gets
+//! 429 for its wrong keys. A right key is never refused because of wrong ones from the same
+//! address (a proxy, a NAT or a load balancer puts many clients behind one): the throttle
+//! makes guessing cost a refusal and a log line, and a key's length is what makes it
+//! unguessable (docs/hardening.md).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -77,18 +81,40 @@ fn digest(s: &str) -> [u8; 32] {
 impl Settings {
     /// Field names are relative to `[auth]`.
     pub fn parse(raw: &RawSettings) -> Result<Settings, FieldError> {
-        let mut keys = Vec::new();
-        for k in &raw.keys {
-            if k.key.len() < 8 || k.key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        let mut keys: Vec<ApiKey> = Vec::new();
+        for (i, k) in raw.keys.iter().enumerate() {
+            let field = format!("keys[{i}].key");
+            // Printable ASCII only: it travels in a header and in `?token=`, and a key that
+            // only one of them can carry would work in one client and not another.
+            if !k.key.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(FieldError::new(
-                    "keys.key",
-                    "must be at least 8 characters, no spaces",
-                    "a short or blank key",
+                    &field,
+                    "must be printable ASCII (no spaces, no other characters)",
+                    "a key with other characters (not shown)",
+                ));
+            }
+            if k.key.len() < 8 {
+                return Err(FieldError::new(
+                    &field,
+                    "must be at least 8 characters (32 random ones are better)",
+                    format!("{} characters", k.key.len()),
+                ));
+            }
+            let d = digest(&k.key);
+            if let Some(j) = keys.iter().position(|o| o.digest == d) {
+                return Err(FieldError::new(
+                    &field,
+                    format!("is the same key as keys[{j}]"),
+                    "a duplicate (not shown)",
                 ));
             }
             keys.push(ApiKey {
-                digest: digest(&k.key),
-                max_connections: at_least("keys.max_connections", k.max_connections, 1)?,
+                digest: d,
+                max_connections: at_least(
+                    &format!("keys[{i}].max_connections"),
+                    k.max_connections,
+                    1,
+                )?,
             });
         }
         let per_min = in_range(
@@ -172,20 +198,19 @@ pub fn authenticate(
     if auth.is_open() {
         return Ok(Authenticated(None));
     }
-    if from.is_some_and(|ip| !failed.may_try(ip)) {
-        return Err(Refusal::Throttled);
-    }
     let presented = presented_key(headers, query);
     match presented.and_then(|p| auth.find(p)) {
         Some(i) => Ok(Authenticated(Some(i))),
-        None => {
-            if let (Some(ip), Some(_)) = (from, presented) {
+        None => match (from, presented) {
+            (Some(ip), Some(_)) if !failed.may_try(ip) => Err(Refusal::Throttled),
+            (Some(ip), Some(_)) => {
                 failed.failed(ip);
+                Err(Refusal::Unauthorized { presented: true })
             }
-            Err(Refusal::Unauthorized {
+            _ => Err(Refusal::Unauthorized {
                 presented: presented.is_some(),
-            })
-        }
+            }),
+        },
     }
 }
 
@@ -346,7 +371,7 @@ mod tests {
     }
 
     #[test]
-    fn an_address_that_keeps_guessing_is_throttled() {
+    fn an_address_that_keeps_guessing_is_throttled_but_a_right_key_is_never_refused() {
         let auth = settings(&[("key-one-1", 1)]);
         let clock = Clock::manual(0);
         let failed = FailedKeys::new(Some(Rate::try_new(3.0, 3.0).unwrap()), clock.clone());
@@ -366,13 +391,46 @@ mod tests {
             ));
         }
         assert_eq!(try_key("wrong-guess"), Err(Refusal::Throttled));
+        assert!(
+            try_key("key-one-1").is_ok(),
+            "another client behind the same address, with the right key"
+        );
         assert_eq!(
-            try_key("key-one-1"),
+            try_key("wrong-guess"),
             Err(Refusal::Throttled),
             "until the budget refills"
         );
         clock.advance(std::time::Duration::from_secs(20));
-        assert!(try_key("key-one-1").is_ok());
+        assert!(matches!(
+            try_key("wrong-guess"),
+            Err(Refusal::Unauthorized { .. })
+        ));
+    }
+
+    #[test]
+    fn keys_are_printable_ascii_long_enough_and_distinct() {
+        let bad = |keys: &[&str]| {
+            Settings::parse(&RawSettings {
+                keys: keys
+                    .iter()
+                    .map(|k| RawKey {
+                        key: k.to_string(),
+                        max_connections: 1,
+                    })
+                    .collect(),
+                ..RawSettings::default()
+            })
+            .err()
+            .map(|e| (e.field, e.message))
+        };
+        assert_eq!(bad(&["key-one-1", "key-two-2"]), None);
+        let (field, _) = bad(&["key-one-1", "clé-unique-2"]).unwrap();
+        assert_eq!(field, "keys[1].key");
+        assert_eq!(bad(&["has space 1"]).unwrap().0, "keys[0].key");
+        assert_eq!(bad(&["short"]).unwrap().0, "keys[0].key");
+        let (field, why) = bad(&["key-one-1", "key-two-2", "key-one-1"]).unwrap();
+        assert_eq!(field, "keys[2].key");
+        assert!(why.contains("keys[0]"), "{why}");
     }
 
     #[test]

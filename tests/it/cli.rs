@@ -195,6 +195,14 @@ fn a_bad_config_exits_64_naming_the_field() {
         ),
         ("[signal.fsm]\nconfirm_snapshot = 2\n", "confirm_snapshot"),
         ("[signal.gates\n", "invalid config"),
+        (
+            "[[auth.keys]]\nkey = \"key-one-1\"\n[[auth.keys]]\nkey = \"clé-non-ascii\"\n",
+            "auth.keys[1].key",
+        ),
+        (
+            "[[auth.keys]]\nkey = \"key-one-1\"\n[[auth.keys]]\nkey = \"key-two-2\"\n[[auth.keys]]\nkey = \"key-one-1\"\n",
+            "auth.keys[2].key",
+        ),
     ] {
         let c = tmp("bad.toml");
         std::fs::write(&c, toml).unwrap();

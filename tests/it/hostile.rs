@@ -550,3 +550,118 @@ async fn handshakes_origins_and_wrong_keys() {
     assert!(metric(&r, "dexpulse_rejected_upgrades_total{status=\"429\"}") >= 2.0);
     r.shutdown().await.unwrap();
 }
+
+/// Clients behind one address (a proxy, a NAT, the load balancer in front of edges): one of
+/// them keeps presenting wrong keys, and every other with the right key still gets in, every
+/// time, while the guesser gets 429.
+#[tokio::test]
+async fn wrong_keys_from_a_shared_address_never_lock_out_a_right_key() {
+    let mut cfg = test_config();
+    cfg.auth.keys = vec![dexpulse::server::auth::RawKey {
+        key: "the-right-key".into(),
+        max_connections: 1_000,
+    }];
+    cfg.auth.failed_keys_per_ip_per_minute = 10.0;
+    let r = start(cfg).await;
+    let ws_with = |auth: &str| {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = url(&r, "/v1/ws").into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", auth.parse().unwrap());
+        req
+    };
+    let (mut wrong, mut right, mut throttled) = (0, 0, 0);
+    for i in 0..60 {
+        // Two guesses for every honest connection: the address is over its budget from the
+        // sixth round on.
+        for g in 0..2 {
+            match tokio_tungstenite::connect_async(ws_with(&format!("Bearer guess-{i}-{g}"))).await
+            {
+                Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                    match resp.status().as_u16() {
+                        401 => wrong += 1,
+                        429 => throttled += 1,
+                        s => panic!("{s}"),
+                    }
+                }
+                other => panic!("a wrong key got in: {:?}", other.map(|_| ())),
+            }
+        }
+        let (mut ws, _) = tokio_tungstenite::connect_async(ws_with("Bearer the-right-key"))
+            .await
+            .unwrap_or_else(|e| panic!("round {i}: the right key was refused: {e}"));
+        right += 1;
+        ws.close(None).await.unwrap();
+    }
+    assert_eq!(right, 60);
+    assert!(throttled >= 100, "{wrong} 401, {throttled} 429");
+    r.shutdown().await.unwrap();
+}
+
+/// A hostile DexScreener (or a mirror set by the base-URL variables): the pair asked for has a
+/// symbol with a zero-width space, a right-to-left override and a megabyte of letters, a DEX
+/// id and labels as large; every answer also carries unrequested pairs with megabyte symbols
+/// and an address that is a script. With `discovery = false`: nothing unasked is adopted, the
+/// strings kept are short and visibly marked, and the server's memory does not grow with them.
+#[tokio::test]
+async fn a_hostile_upstream_cannot_make_us_hold_large_or_deceptive_strings() {
+    const PAIR: &str = "BCDdHonby65iduz3Ev3c9v5XjNkzyu5e56KRFHpBM4T9";
+    let up = Upstream::start().await;
+    // Within the body limit (8 MiB): about 4 MiB an answer.
+    let mb = "W".repeat(1 << 20);
+    let big = "V".repeat(100_000);
+    up.with(|i| {
+        let mut p = i.pairs[PAIR].front().unwrap().clone();
+        p["baseToken"]["symbol"] = Value::from(format!("\u{202e}US\u{200b}DC{mb}"));
+        p["dexId"] = Value::from(big.clone());
+        p["labels"] = Value::from(vec!["L".repeat(10_000); 50]);
+        i.pairs
+            .insert(PAIR.into(), std::collections::VecDeque::from([p.clone()]));
+        for n in 0..20 {
+            let mut x = p.clone();
+            x["pairAddress"] = Value::from(format!("Unasked{n:04}"));
+            x["baseToken"]["symbol"] = Value::from(big.clone());
+            x["dexId"] = Value::from("raydium");
+            x["labels"] = Value::from(Vec::<String>::new());
+            i.extra.push(x);
+        }
+        let mut script = p.clone();
+        script["pairAddress"] = Value::from("javascript:alert(7)");
+        i.extra.push(script);
+    });
+    let mut cfg = crate::live::live_config(&up);
+    cfg.source.live.pairs = vec![format!("solana:{PAIR}")];
+    cfg.source.live.gecko_pools.clear();
+    cfg.source.live.discovery = false;
+    let r = start_sourced(cfg).await;
+    eventually("the pair polled 10 times", || {
+        up.with(|i| i.pair_refreshes) >= 10
+    })
+    .await;
+    let (status, body) = http_get(&r, "/v1/pairs", &[]).await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let pairs = v["pairs"].as_array().unwrap();
+    assert_eq!(
+        pairs.len(),
+        1,
+        "only the pair asked for: {}",
+        &body[..body.len().min(500)]
+    );
+    let p = &pairs[0];
+    assert_eq!(p["pair_address"], PAIR);
+    let symbol = p["base_token"]["symbol"].as_str().unwrap();
+    assert!(symbol.starts_with("\u{FFFD}US\u{FFFD}DC"), "{symbol}");
+    assert_eq!(symbol.chars().count(), 32);
+    assert!(symbol.ends_with('…'));
+    assert!(p["dex_id"].as_str().unwrap().chars().count() <= 32);
+    assert!(
+        body.len() < 8_000,
+        "the whole answer is small: {} bytes",
+        body.len()
+    );
+    assert!(!body.contains("Unasked") && !body.contains("javascript"));
+    assert!(p["labels"].as_array().is_none_or(|l| l.len() <= 8), "{p}");
+    assert!(metric(&r, "dexpulse_upstream_unrequested_pairs_total") >= 20.0);
+    r.shutdown().await.unwrap();
+}

@@ -65,6 +65,8 @@ pub struct Inner {
     pub profiles: Option<Value>,
     /// Answer every request with this status (a storm), whatever else is set.
     pub always: Option<u16>,
+    /// Pairs added to every `/latest/dex/pairs` answer, asked for or not (a hostile mirror).
+    pub extra: Vec<Value>,
 }
 
 #[derive(Clone)]
@@ -347,6 +349,7 @@ async fn dex_pairs(
             }
         }
         inner.pair_refreshes += pairs.len() as u64;
+        pairs.extend(inner.extra.iter().cloned());
         let body = if pairs.is_empty() {
             json!({"schemaVersion":"1.0.0","pairs":null})
         } else {

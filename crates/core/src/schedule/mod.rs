@@ -94,6 +94,19 @@ impl Request {
         }
     }
 
+    /// Whether this request looks for new pairs (its answer may add some to the watchlist).
+    pub fn discovers(&self) -> bool {
+        matches!(
+            self,
+            Request::DexTokens { .. }
+                | Request::DexSearch { .. }
+                | Request::DexProfiles
+                | Request::DexBoosts
+                | Request::GeckoNewPools { .. }
+                | Request::GeckoTrending { .. }
+        )
+    }
+
     pub fn class(&self) -> Class {
         match self {
             Request::DexPairs { .. } | Request::DexTokens { .. } | Request::DexSearch { .. } => {
@@ -244,10 +257,17 @@ impl Scheduler {
         &self.watch
     }
 
-    /// A snapshot upstream returned: the watchlist's policy decides whether it is for a tracked
-    /// pair (adopting an eligible discovered one), drops a dead one, and marks activity.
-    pub fn observe(&mut self, s: &Snapshot, via: Via) -> (bool, Option<Change>) {
-        self.watch.observe(s, via)
+    /// A snapshot upstream returned for `req`: the watchlist's policy decides whether it is for
+    /// a tracked pair, drops a dead one, and marks activity. Only a discovery request's answer
+    /// (with discovery on) may add a pair: a pair in a poll's answer that nobody asked for is
+    /// not ours, whatever upstream says.
+    pub fn observe(&mut self, s: &Snapshot, req: &Request) -> (bool, Option<Change>) {
+        let via = match req.class() {
+            Class::Gecko => Via::Gecko,
+            _ => Via::Dex,
+        };
+        let discovering = self.s.discovery_interval_ms > 0 || self.s.gecko_discovery;
+        self.watch.observe(s, via, discovering && req.discovers())
     }
 
     /// Discovered token addresses to look up on DexScreener.
@@ -619,7 +639,13 @@ mod tests {
             buyers: None,
             sellers: None,
         });
-        s.observe(&snap, Via::Dex);
+        s.observe(
+            &snap,
+            &Request::DexPairs {
+                chain: k.chain.clone(),
+                ids: vec![k.address.clone()],
+            },
+        );
         assert!(s.watchlist().is_hot(k));
     }
 

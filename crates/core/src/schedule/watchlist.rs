@@ -160,14 +160,16 @@ impl Watchlist {
         self.pairs.get(key).is_some_and(|t| t.hot)
     }
 
-    /// A snapshot upstream returned (by `via`): adopts an eligible discovered pair, drops a dead
-    /// tracked one, marks activity. Returns whether the snapshot is for a tracked pair (the
-    /// engine gets only those) and what changed.
-    pub fn observe(&mut self, s: &Snapshot, via: Via) -> (bool, Option<Change>) {
+    /// A snapshot upstream returned (by `via`): adopts an eligible discovered pair when `adopt`
+    /// (the answer to a discovery request), drops a dead tracked one, marks activity. Returns
+    /// whether the snapshot is for a tracked pair (the engine gets only those) and what
+    /// changed.
+    pub fn observe(&mut self, s: &Snapshot, via: Via, adopt: bool) -> (bool, Option<Change>) {
         let p = &self.policy;
         let mut change = None;
         if !self.pairs.contains_key(&s.key) {
-            let eligible = p.discovery_chains.contains(&s.key.chain)
+            let eligible = adopt
+                && p.discovery_chains.contains(&s.key.chain)
                 && s.liquidity_usd.is_some_and(|l| l >= p.min_liquidity_usd);
             if !(eligible && self.track(s.key.clone(), via, false)) {
                 return (false, None);
@@ -309,21 +311,26 @@ mod tests {
     #[test]
     fn discovery_adopts_eligible_pairs_and_drops_dead_ones() {
         let mut w = Watchlist::new(Policy::default());
-        let (keep, c) = w.observe(&snap("A", Some(50_000.0), 1, 100), Via::Dex);
+        let (keep, c) = w.observe(&snap("A", Some(50_000.0), 1, 100), Via::Dex, true);
         assert!(keep);
         assert_eq!(c, Some(Change::Added(PairKey::new("solana", "A"))));
         assert_eq!(
-            w.observe(&snap("B", Some(500.0), 1, 100), Via::Dex),
+            w.observe(&snap("B", Some(500.0), 1, 100), Via::Dex, true),
             (false, None)
         );
         let mut other = snap("C", Some(50_000.0), 1, 100);
         other.key.chain = "base".into();
         assert_eq!(
-            w.observe(&other, Via::Dex),
+            w.observe(&other, Via::Dex, true),
             (false, None),
             "not a discovery chain"
         );
-        let (_, c) = w.observe(&snap("A", Some(900.0), 1, 100), Via::Dex);
+        assert_eq!(
+            w.observe(&snap("D", Some(50_000.0), 1, 100), Via::Dex, false),
+            (false, None),
+            "not an answer to a discovery request: never adopted"
+        );
+        let (_, c) = w.observe(&snap("A", Some(900.0), 1, 100), Via::Dex, true);
         assert!(matches!(
             c,
             Some(Change::Dropped {
@@ -332,7 +339,7 @@ mod tests {
             })
         ));
         w.track(PairKey::new("solana", "P"), Via::Dex, true);
-        let (keep, c) = w.observe(&snap("P", Some(900.0), 0, 0), Via::Dex);
+        let (keep, c) = w.observe(&snap("P", Some(900.0), 0, 0), Via::Dex, true);
         assert!(keep && c.is_none(), "pinned pairs are never dead");
     }
 
@@ -341,9 +348,9 @@ mod tests {
         let mut w = Watchlist::new(Policy::default());
         let k = PairKey::new("solana", "A");
         w.track(k.clone(), Via::Dex, true);
-        w.observe(&snap("A", Some(50_000.0), 12, 100), Via::Dex);
+        w.observe(&snap("A", Some(50_000.0), 12, 100), Via::Dex, true);
         assert!(w.is_hot(&k));
-        w.observe(&snap("A", Some(50_000.0), 2, 100), Via::Dex);
+        w.observe(&snap("A", Some(50_000.0), 2, 100), Via::Dex, true);
         assert!(!w.is_hot(&k));
     }
 
@@ -390,10 +397,10 @@ mod tests {
             for (op, i, liq) in ops {
                 let s = snap(&format!("P{i}"), Some(liq), 1, 10);
                 match op {
-                    0 => { w.observe(&s, Via::Dex); }
+                    0 => { w.observe(&s, Via::Dex, true); }
                     1 => { w.found(&[s.key.clone(), pinned.clone()], &[]); }
                     2 => { w.refused(&[s.key.clone(), pinned.clone()], 400, 0, &mut rng); }
-                    _ => { w.observe(&snap("PIN", Some(liq), 0, 0), Via::Dex); }
+                    _ => { w.observe(&snap("PIN", Some(liq), 0, 0), Via::Dex, true); }
                 }
                 prop_assert!(w.len() <= 11, "{}", w.len());
                 prop_assert!(w.contains(&pinned));

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value};
 
-use super::{count, int_ms, non_neg, num, text, type_name, DecodeError, Decoded, Skipped};
+use super::{bounds, count, int_ms, non_neg, num, text, type_name, DecodeError, Decoded, Skipped};
 use crate::model::{Discovered, PairKey, Price, Snapshot, Source, Token, Txns, Windows};
 
 /// Decodes a DexScreener response (or a simulator response, which has the same shape).
@@ -75,7 +75,7 @@ pub fn decode_pairs(
     let mut out = Decoded::default();
     let mut seen: HashSet<PairKey> = HashSet::new();
     for (index, item) in items.into_iter().enumerate() {
-        match pair(item, observed_at_ms, source) {
+        match pair(item, observed_at_ms, source).and_then(bounds::snapshot) {
             Ok(snap) => {
                 // The legacy shape repeats the pair under `pairs` and `pair`; a search can list
                 // a pair twice. One snapshot per pair and response.
@@ -93,7 +93,7 @@ fn upstream_error(obj: &Map<String, Value>) -> Option<DecodeError> {
     let msg = text(obj.get("error"))
         .or_else(|| text(obj.get("message")))
         .map(str::to_string)?;
-    Some(DecodeError::Upstream(msg))
+    Some(DecodeError::Upstream(bounds::message(&msg)))
 }
 
 fn token(v: Option<&Value>) -> Token {
@@ -200,6 +200,9 @@ pub fn decode_discovery(body: &Value) -> Result<Decoded, DecodeError> {
     for (index, item) in items.iter().enumerate() {
         let chain = text(item.get("chainId"));
         let address = text(item.get("tokenAddress"));
+        let chain = chain.filter(|v| bounds::identifier("chain", v, bounds::CHAIN_BYTES).is_ok());
+        let address =
+            address.filter(|v| bounds::identifier("address", v, bounds::ADDRESS_BYTES).is_ok());
         match (chain, address) {
             (Some(chain), Some(address)) => {
                 let d = Discovered::Token {
@@ -212,7 +215,7 @@ pub fn decode_discovery(body: &Value) -> Result<Decoded, DecodeError> {
             }
             _ => out.skipped.push(Skipped {
                 index,
-                reason: "missing `chainId` or `tokenAddress`".to_string(),
+                reason: "missing or malformed `chainId` or `tokenAddress`".to_string(),
             }),
         }
     }

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::Value;
 
 use super::dexscreener::txns_of;
-use super::{int_ms, non_neg, num, text, type_name, Candle, DecodeError, Decoded, Skipped};
+use super::{bounds, int_ms, non_neg, num, text, type_name, Candle, DecodeError, Decoded, Skipped};
 use crate::model::{
     parse_rfc3339_ms, Discovered, PairKey, Price, Snapshot, Source, Token, Windows,
 };
@@ -65,7 +65,7 @@ pub fn decode(request: &str, body: &Value, observed_at_ms: i64) -> Result<Decode
                 format!("{status} {title}")
             })
             .unwrap_or_else(|| "errors".to_string());
-        return Err(DecodeError::Upstream(msg));
+        return Err(DecodeError::Upstream(bounds::message(&msg)));
     }
     let data = obj
         .get("data")
@@ -90,7 +90,7 @@ pub fn decode(request: &str, body: &Value, observed_at_ms: i64) -> Result<Decode
     let mut out = Decoded::default();
     let mut seen = HashSet::new();
     for (index, item) in items.into_iter().enumerate() {
-        match pool(item, net_hint, &tokens, observed_at_ms) {
+        match pool(item, net_hint, &tokens, observed_at_ms).and_then(bounds::snapshot) {
             Ok(snap) => {
                 if !seen.insert(snap.key.clone()) {
                     continue;

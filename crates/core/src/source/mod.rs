@@ -7,6 +7,7 @@
 //! reads each field on its own and an item it cannot use is skipped with a reason, never
 //! allowed to sink the rest of the response.
 
+pub mod bounds;
 pub mod dexscreener;
 pub mod geckoterminal;
 pub mod simulator;
