@@ -594,6 +594,14 @@ impl EventLog {
 }
 
 fn open_db(path: &Path) -> Result<Database, StoreError> {
+    // redb would take an empty file for a new database and write one into it; a file that is
+    // there and empty was not made by us, so it is refused and left alone like any other.
+    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+        return Err(StoreError::Foreign {
+            path: path.to_path_buf(),
+            detail: "an empty file, not an event log (remove it to start a new log)".to_string(),
+        });
+    }
     Database::create(path).map_err(|e| match e {
         DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
             path: path.to_path_buf(),
@@ -723,5 +731,14 @@ mod tests {
         }
         let err = EventLog::open(&d, || "e".into()).err().unwrap();
         assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
+
+        // An empty file is not a new log either: refused, and still empty.
+        let d = dir("empty");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(FILE), b"").unwrap();
+        let err = EventLog::open(&d, || "e".into()).err().unwrap();
+        assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
+        assert!(err.to_string().contains("empty"), "{err}");
+        assert_eq!(std::fs::metadata(d.join(FILE)).unwrap().len(), 0);
     }
 }

@@ -193,7 +193,7 @@ async fn slowloris(
         match connected.await {
             Ok(mut s) => {
                 let _ = s
-                    .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                    .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
                     .await;
                 open.push(s);
             }

@@ -404,6 +404,8 @@ pub async fn accept_loop(listener: TcpListener, state: AppState, app: axum::Rout
             let entry = idle.enter();
             let for_requests = permit.clone();
             let (on_request, on_response) = (entry.clone(), entry.clone());
+            let dispatched = Arc::new(super::raw_errors::Dispatched::default());
+            let answered = dispatched.clone();
             let svc = app
                 .map_request(move |req: Request<Incoming>| {
                     on_request.busy();
@@ -414,6 +416,7 @@ pub async fn accept_loop(listener: TcpListener, state: AppState, app: axum::Rout
                     req
                 })
                 .map_response(move |res: axum::response::Response| {
+                    answered.responses.fetch_add(1, Ordering::AcqRel);
                     // After an upgrade the connection is the session's, never idle here.
                     if res.status() != axum::http::StatusCode::SWITCHING_PROTOCOLS {
                         on_response.idle();
@@ -427,7 +430,10 @@ pub async fn accept_loop(listener: TcpListener, state: AppState, app: axum::Rout
                 .header_read_timeout(header_timeout)
                 .keep_alive(true);
             let conn = builder
-                .serve_connection(TokioIo::new(tcp), hyper_svc)
+                .serve_connection(
+                    TokioIo::new(super::raw_errors::JsonErrorIo::new(tcp, dispatched)),
+                    hyper_svc,
+                )
                 .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {

@@ -5,8 +5,10 @@
 
 pub mod auth;
 pub mod dashboard;
+pub mod guard;
 pub mod http;
 pub mod listener;
+pub mod raw_errors;
 pub mod session;
 pub mod upgrade;
 
@@ -50,6 +52,10 @@ pub struct RawSettings {
     /// Browser origins that may open a WebSocket (`Origin` header), besides the server's own;
     /// `["*"]` allows any. Clients that send no `Origin` (bots) are not affected.
     pub allowed_origins: Vec<String>,
+    /// Names a request's `Host` may carry (DNS rebinding): an IP literal always may, and
+    /// `localhost` names when bound to loopback; others must be listed (`*.example.com`
+    /// covers the names under it, `"*"` allows any).
+    pub allowed_hosts: Vec<String>,
     /// How long shutdown waits for sessions to take their close frames.
     pub shutdown_grace_seconds: f64,
     /// `/readyz` fails when the source has delivered no data for this long.
@@ -70,6 +76,7 @@ impl Default for RawSettings {
             connects_per_ip_per_minute: 0.0,
             header_read_timeout_seconds: 10.0,
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             shutdown_grace_seconds: 5.0,
             ready_max_silence_seconds: 120.0,
             send_buffer_bytes: 256 * 1024,
@@ -87,6 +94,7 @@ pub struct Settings {
     pub connects_per_ip: Option<dexpulse_core::schedule::Rate>,
     pub header_read_timeout: Duration,
     pub allowed_origins: Vec<String>,
+    pub allowed_hosts: Vec<String>,
     pub shutdown_grace: Duration,
     pub ready_max_silence: Duration,
     /// `None`: the kernel's autotuning.
@@ -156,6 +164,18 @@ impl Settings {
                 .iter()
                 .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
                 .collect(),
+            allowed_hosts: {
+                for (i, h) in raw.allowed_hosts.iter().enumerate() {
+                    if h.trim().is_empty() || h.contains(['/', ' ']) {
+                        return Err(FieldError::new(
+                            &format!("allowed_hosts[{i}]"),
+                            "must be a host name, with or without a port (no scheme, no path)",
+                            h,
+                        ));
+                    }
+                }
+                raw.allowed_hosts.clone()
+            },
             shutdown_grace: seconds(
                 "shutdown_grace_seconds",
                 raw.shutdown_grace_seconds,
@@ -191,6 +211,8 @@ pub struct AppState {
     pub sessions: TaskTracker,
     /// Filter entries over all sessions.
     pub filter_budget: Arc<session::FilterBudget>,
+    /// Which `Host` values are ours.
+    pub allowed_hosts: Arc<guard::AllowedHosts>,
     next_session: Arc<AtomicU64>,
     operations_only: bool,
 }
@@ -219,7 +241,12 @@ impl AppState {
         let filter_budget = Arc::new(session::FilterBudget::new(
             p.session.max_total_filter_entries,
         ));
+        let allowed_hosts = Arc::new(guard::AllowedHosts::new(
+            &p.settings.allowed_hosts,
+            p.settings.bind,
+        ));
         AppState {
+            allowed_hosts,
             settings: Arc::new(p.settings),
             session: Arc::new(p.session),
             auth: Arc::new(p.auth),
@@ -243,6 +270,7 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    let guard = axum::middleware::from_fn_with_state(state.clone(), guard::guard);
     let operations = Router::new()
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
@@ -251,6 +279,7 @@ pub fn router(state: AppState) -> Router {
         return operations
             .fallback(http::not_found)
             .method_not_allowed_fallback(http::method_not_allowed)
+            .layer(guard)
             .with_state(state);
     }
     let data = Router::new()
@@ -271,6 +300,7 @@ pub fn router(state: AppState) -> Router {
         .merge(operations)
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
+        .layer(guard)
         .with_state(state)
 }
 

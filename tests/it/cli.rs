@@ -324,7 +324,7 @@ async fn serve_polls_a_mirror_named_by_the_base_url_variables() {
         let mut s = std::net::TcpStream::connect(&addr).unwrap();
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut out = String::new();
@@ -617,7 +617,7 @@ pub fn http_status(addr: &str, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();
@@ -900,19 +900,24 @@ fn a_corrupt_or_foreign_log_is_refused_and_left_untouched() {
     let dir = tmp("data-corrupt");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let junk = b"not a database; nobody may overwrite it\n".repeat(200);
     let file = dir.join("events.redb");
-    std::fs::write(&file, &junk).unwrap();
-    let out = dexpulse(&[
-        "serve",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--data-dir",
-        dir.to_str().unwrap(),
-    ]);
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(74), "{err}");
-    assert!(err.contains(&file.display().to_string()), "{err}");
-    assert!(!err.contains("listening"), "{err}");
-    assert_eq!(std::fs::read(&file).unwrap(), junk);
+    // Junk, and an empty file (which redb alone would have taken for a new database).
+    for junk in [
+        b"not a database; nobody may overwrite it\n".repeat(200),
+        Vec::new(),
+    ] {
+        std::fs::write(&file, &junk).unwrap();
+        let out = dexpulse(&[
+            "serve",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(74), "{err}");
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        assert!(!err.contains("listening"), "{err}");
+        assert_eq!(std::fs::read(&file).unwrap(), junk);
+    }
 }

@@ -27,7 +27,7 @@ async fn half_sent(r: &dexpulse::app::Running, n: usize) -> Vec<TcpStream> {
     let mut held = Vec::new();
     for _ in 0..n {
         let mut s = TcpStream::connect(r.addr).await.unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             .await
             .unwrap();
         held.push(s);
@@ -128,7 +128,7 @@ async fn half_sent_requests_are_closed_and_cannot_hold_shutdown() {
     cfg.server.header_read_timeout_seconds = 0.3;
     let r = start(cfg).await;
     let mut s = TcpStream::connect(r.addr).await.unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         .await
         .unwrap();
     let mut buf = vec![0u8; 4096];
@@ -207,7 +207,7 @@ async fn a_full_server_makes_room_by_closing_the_longest_idle_connection() {
     // Idle for a second: they may now be closed to make room.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let mut s = TcpStream::connect(r.addr).await.unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut answer = Vec::new();
@@ -469,6 +469,37 @@ async fn protocol_violations_get_their_close_codes() {
     r.shutdown().await.unwrap();
 }
 
+/// Control frames count towards the inbound rate: 20,000 pings are not 20,000 pongs, they are
+/// a flood, closed with 1008 after the burst, as a flood of text messages is.
+#[tokio::test]
+async fn a_flood_of_pings_is_closed_like_any_flood() {
+    let r = start(test_config()).await;
+    let mut ws = connect(&r).await;
+    next_json(&mut ws).await;
+    let (mut tx, mut rx) = ws.split();
+    let sender = tokio::spawn(async move {
+        for _ in 0..20_000 {
+            if tx.send(Message::Ping(vec![1].into())).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut pongs = 0;
+    let close = loop {
+        match tokio::time::timeout(WAIT, rx.next()).await.unwrap() {
+            Some(Ok(Message::Close(c))) => break c.map(|c| u16::from(c.code)),
+            Some(Ok(Message::Pong(_))) => pongs += 1,
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(close, Some(1008));
+    // The burst (40 by default), answered before the close: not thousands.
+    assert!(pongs <= 100, "{pongs} pongs");
+    sender.abort();
+    r.shutdown().await.unwrap();
+}
+
 /// The handshake is checked: a bad key is a 400, a browser page of another origin a 403 (unless
 /// listed), an address that keeps presenting wrong API keys is throttled (429), and `bearer` in
 /// lowercase is a bearer.
@@ -663,5 +694,159 @@ async fn a_hostile_upstream_cannot_make_us_hold_large_or_deceptive_strings() {
     assert!(!body.contains("Unasked") && !body.contains("javascript"));
     assert!(p["labels"].as_array().is_none_or(|l| l.len() <= 8), "{p}");
     assert!(metric(&r, "dexpulse_upstream_unrequested_pairs_total") >= 20.0);
+    r.shutdown().await.unwrap();
+}
+
+/// Bytes as a client sends them, and the server's first answer: up to its close, the end of
+/// its body (`content-length`) or, for a 101, its head.
+async fn raw_exchange(r: &dexpulse::app::Running, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(r.addr).await.unwrap();
+    // A server may answer and close before it has read everything: that is not an error here.
+    let _ = s.write_all(request).await;
+    let mut buf = Vec::new();
+    let complete = |buf: &[u8]| {
+        let text = String::from_utf8_lossy(buf);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            return false;
+        };
+        if head.starts_with("HTTP/1.1 101") {
+            return true;
+        }
+        head.to_ascii_lowercase()
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .is_some_and(|n| body.len() >= n)
+    };
+    let _ = tokio::time::timeout(WAIT, async {
+        let mut chunk = [0u8; 65536];
+        while !complete(&buf) {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn status_and_json(answer: &str) -> (u16, Value) {
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((answer, ""));
+    let status = head.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// Every error is JSON, including the ones hyper answers before any route (a request line it
+/// cannot parse, a URI or headers over its limits) and a path segment that is not UTF-8; every
+/// response says `Referrer-Policy: no-referrer`.
+#[tokio::test]
+async fn every_error_body_is_json() {
+    let r = start(test_config()).await;
+    let host = r.addr.to_string();
+    for (request, status, code) in [
+        (b"GARBAGE\r\n\r\n".to_vec(), 400, "bad_request"),
+        (
+            format!(
+                "GET /{} HTTP/1.1\r\nHost: {host}\r\n\r\n",
+                "a".repeat(70_000)
+            )
+            .into_bytes(),
+            414,
+            "uri_too_long",
+        ),
+        (
+            format!(
+                "GET / HTTP/1.1\r\nHost: {host}\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(1_500_000)
+            )
+            .into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+        (
+            format!(
+                "GET /v1/pairs/sim/%ff%fe HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            )
+            .into_bytes(),
+            400,
+            "bad_request",
+        ),
+        (
+            format!(
+                "GET /v1/pairs?since=%ff HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            )
+            .into_bytes(),
+            400,
+            "bad_request",
+        ),
+    ] {
+        let answer = raw_exchange(&r, &request).await;
+        let (got, body) = status_and_json(&answer);
+        assert_eq!(got, status, "{answer}");
+        assert_eq!(body["error"]["code"], code, "{answer}");
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains("referrer-policy: no-referrer"),
+            "{answer}"
+        );
+    }
+    for path in ["/", "/assets/app.js", "/v1/pairs", "/nope"] {
+        let (_, head, _) = http_request(&r, "GET", path, &[]).await;
+        assert!(
+            head.contains("referrer-policy: no-referrer"),
+            "{path}: {head}"
+        );
+    }
+    r.shutdown().await.unwrap();
+}
+
+/// DNS rebinding: a page on `evil.example` whose name now resolves to this server sends
+/// `Host: evil.example` (and an `Origin` to match), so it is refused on every route, the
+/// WebSocket upgrade included; this machine's own names and IP literals are served.
+#[tokio::test]
+async fn a_rebound_name_is_refused_on_every_request() {
+    let r = start(test_config()).await;
+    let port = r.addr.port();
+    let upgrade = |host: &str| {
+        format!(
+            "GET /v1/ws HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+    };
+    let evil = format!("evil.example:{port}");
+    let answer = raw_exchange(&r, upgrade(&evil).as_bytes()).await;
+    let (status, body) = status_and_json(&answer);
+    assert_eq!(status, 421, "{answer}");
+    assert_eq!(body["error"]["code"], "host_not_allowed");
+    for path in ["/v1/pairs", "/", "/v1/signals", "/metrics"] {
+        let answer = raw_exchange(
+            &r,
+            format!("GET {path} HTTP/1.1\r\nHost: {evil}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(status_and_json(&answer).0, 421, "{path}: {answer}");
+    }
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
+        let answer = raw_exchange(&r, upgrade(&host).as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 101"), "{host}: {answer}");
+    }
+    // A listed name is served.
+    let mut cfg = test_config();
+    cfg.server.allowed_hosts = vec!["stream.example".into()];
+    let listed = start(cfg).await;
+    let answer = raw_exchange(
+        &listed,
+        b"GET /v1/pairs HTTP/1.1\r\nHost: stream.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    listed.shutdown().await.unwrap();
     r.shutdown().await.unwrap();
 }

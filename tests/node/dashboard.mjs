@@ -10,6 +10,7 @@ const [base, shot, key] = process.argv.slice(2);
 const origin = new URL(base).origin;
 const problems = [];
 const foreign = [];
+const leaked = [];
 const facts = {};
 
 function fail(why) {
@@ -26,12 +27,18 @@ try {
   page.on('console', (m) => { if (m.type() === 'error') problems.push('console: ' + m.text()); });
   page.on('pageerror', (e) => problems.push('page error: ' + e.message));
   page.on('request', (r) => {
+    // No request may carry the page's URL (and its ?token=) in a Referer.
+    const referer = r.headers()['referer'];
+    if (referer) leaked.push(r.url() + ' <- ' + referer);
     const u = new URL(r.url());
     if (u.origin !== origin && !(u.protocol === 'ws:' && u.host === new URL(origin).host) && u.protocol !== 'data:') foreign.push(r.url());
   });
   const st = (expr, arg) => page.evaluate(expr, arg);
 
   await page.goto(base + '/' + (key ? '?token=' + encodeURIComponent(key) : ''));
+  // The key leaves the address bar (and so the history) once the page has read it.
+  await page.waitForFunction(() => !location.search.includes('token'), null, { timeout: 5000 });
+  facts.url = page.url();
 
   // The table fills from the pairs channel.
   await page.waitForFunction(() => document.querySelectorAll('#pairs tbody tr').length >= 5, null, { timeout: 30000 });
@@ -99,6 +106,34 @@ try {
   if (!all.includes(before.seq) || !all.includes(before.seq + 1)) fail(`the seqs around the drop are missing: ${before.seq}`);
   facts.resume = { before, after };
 
+  // Hostile strings (the server caps and marks them; the page must still show them safely): a
+  // symbol with a character the server replaced, a Cyrillic look-alike of USDC, and one of
+  // 20,000 characters.
+  const hostile = await st(() => {
+    const model = [...window.dexpulse.pairs.values()][0];
+    const mk = (addr, symbol) => ({ ...model, pair_address: addr, base_token: { ...model.base_token, symbol } });
+    window.dexpulse.pairs.set(model.chain + ':hostile1', mk('hostile1', 'US\uFFFDDC'));
+    window.dexpulse.pairs.set(model.chain + ':hostile2', mk('hostile2', 'USD\u0421'));
+    window.dexpulse.pairs.set(model.chain + ':hostile3', mk('hostile3', 'W'.repeat(20000)));
+    window.dexpulse.render();
+    const syms = [...document.querySelectorAll('#pairs .sym')];
+    return {
+      suspicious: [...document.querySelectorAll('#pairs .sym.suspicious')].map((e) => e.textContent),
+      widest: Math.max(...syms.map((e) => e.getBoundingClientRect().width)),
+      fits: document.documentElement.scrollWidth <= document.documentElement.clientWidth + 1,
+    };
+  });
+  if (hostile.suspicious.length !== 2) fail(`suspicious symbols marked: ${JSON.stringify(hostile.suspicious)}`);
+  if (hostile.widest > 200 || !hostile.fits) fail(`a long symbol is not cut: ${JSON.stringify(hostile)}`);
+  facts.hostile = hostile;
+  await st(() => {
+    for (const k of [...window.dexpulse.pairs.keys()]) if (k.includes(':hostile')) window.dexpulse.pairs.delete(k);
+    window.dexpulse.render();
+  });
+  // A fragment that does not decode is ignored (no uncaught error).
+  await page.evaluate(() => { location.hash = '#pair=%E0%A4%A'; });
+  await page.waitForTimeout(300);
+
   await page.screenshot({ path: shot, fullPage: false });
 
   // Without the key the socket is refused: the page says so and does not pretend to be live.
@@ -125,6 +160,7 @@ try {
   await phone.screenshot({ path: shot.replace(/\.png$/, '-phone.png') });
   await phone.close();
   if (foreign.length) fail(`requests to other origins: ${foreign}`);
+  if (leaked.length) fail(`requests with a Referer: ${leaked.slice(0, 3)}`);
   if (problems.length) fail(problems.join('; '));
   console.log(JSON.stringify({ ok: true, ...facts }));
 } catch (e) {

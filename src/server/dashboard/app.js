@@ -17,6 +17,13 @@
 
   const params = new URLSearchParams(location.search);
   $('key').value = params.get('token') || localStorage.getItem('dexpulse.key') || '';
+  // The key is read once and leaves the address bar and the history at once (it would stay in
+  // both, and in bookmarks and screenshots); the page keeps it in memory.
+  if (params.has('token')) {
+    params.delete('token');
+    const rest = params.toString();
+    history.replaceState(null, '', location.pathname + (rest ? '?' + rest : '') + location.hash);
+  }
   const token = () => {
     const k = $('key').value.trim();
     return k ? '?token=' + encodeURIComponent(k) : '';
@@ -39,6 +46,23 @@
     return e;
   };
   const simTag = () => el('span', { className: 'tag-sim', textContent: ' SIM' });
+  // A symbol that could pass for another: characters the server replaced (U+FFFD stands for an
+  // invisible or reordering one), or Latin letters mixed with Greek or Cyrillic look-alikes.
+  const suspicious = (s) => /\uFFFD|[\u200B-\u200F\u202A-\u202E\u2066-\u2069\uFEFF]/.test(s)
+    || (/[A-Za-z]/.test(s) && /[\u0370-\u03FF\u0400-\u04FF]/.test(s));
+  // A token symbol as text, cut with an ellipsis when long (the whole in its tooltip), marked
+  // when suspicious.
+  const sym = (s) => {
+    const text = s || '?';
+    const span = el('span', { className: 'sym', textContent: text, title: text });
+    if (suspicious(text)) {
+      span.classList.add('suspicious');
+      span.title = text + ' (hidden or look-alike characters: not necessarily the token it looks like)';
+      span.prepend(el('span', { className: 'warn', textContent: '⚠ ' }));
+    }
+    return span;
+  };
+  const pairNameOf = (base, quote) => el('span', { className: 'pairname' }, sym(base), '/', sym(quote));
 
   function setConn(state, text) {
     const c = $('conn');
@@ -189,10 +213,11 @@
     const body = el('tbody');
     for (const p of rows) {
       const k = keyOf(p.chain, p.pair_address);
-      const name = el('td', {}, (p.base_token.symbol || '?') + '/' + (p.quote_token.symbol || '?'));
+      const name = el('td', {}, pairNameOf(p.base_token.symbol, p.quote_token.symbol));
       if (p.source === 'simulator') name.append(simTag());
       const tr = el('tr', { className: st.selected === k ? 'selected' : '' },
-        el('td', { textContent: p.chain }), el('td', { textContent: p.dex_id || '–' }), name,
+        el('td', { className: 'clip', textContent: p.chain, title: p.chain }),
+        el('td', { className: 'clip', textContent: p.dex_id || '–', title: p.dex_id || '' }), name,
         el('td', { className: 'num', textContent: price(p.price_usd) }),
         el('td', { className: 'num ' + cls(p.price_change_pct.m5), textContent: pct(p.price_change_pct.m5) }),
         el('td', { className: 'num ' + cls(p.price_change_pct.h1), textContent: pct(p.price_change_pct.h1) }),
@@ -243,13 +268,13 @@
 
   function eventItem(seq, e) {
     const k = keyOf(e.chain, e.pair_address);
-    const pairName = ((e.base_token && e.base_token.symbol) || e.pair_address) + '/' + ((e.quote_token && e.quote_token.symbol) || '?');
+    const pairName = pairNameOf((e.base_token && e.base_token.symbol) || e.pair_address, e.quote_token && e.quote_token.symbol);
     const head = el('div', { className: 'head' },
       el('span', { className: 'kind ' + (e.direction === 'bullish' ? 'up' : e.direction === 'bearish' ? 'down' : ''), textContent: e.kind }),
       el('span', { textContent: e.phase }),
       el('span', { textContent: 'score ' + e.score }),
       el('span', { className: 'sev-' + e.severity, textContent: e.severity }),
-      el('a', { href: '#pair=' + encodeURIComponent(k), textContent: e.chain + ' ' + pairName }),
+      el('a', { href: '#pair=' + encodeURIComponent(k) }, e.chain + ' ', pairName),
       el('small', { textContent: '#' + seq + ' ' + (e.observed_at || '') }));
     if (e.source === 'simulator') head.append(simTag());
     const li = el('li', {}, head);
@@ -282,7 +307,7 @@
     if (st.selected !== k) return;
     const p = body.pair;
     $('detail').hidden = false;
-    $('detail-title').textContent = p.chain + ' ' + (p.base_token.symbol || '?') + '/' + (p.quote_token.symbol || '?') + ' on ' + (p.dex_id || '?');
+    $('detail-title').replaceChildren(p.chain + ' ', pairNameOf(p.base_token.symbol, p.quote_token.symbol), ' on ' + (p.dex_id || '?'));
     if (p.source === 'simulator') $('detail-title').append(simTag());
     $('detail-meta').textContent = 'price ' + price(p.price_usd) + ' · liquidity ' + usd(p.liquidity_usd) + ' · stance ' + (p.stance || '–') + ' · ' + body.history.length + ' points';
     for (const c of st.charts) c.destroy();
@@ -301,7 +326,12 @@
 
   function route() {
     const m = location.hash.match(/^#pair=(.+)$/);
-    if (m) showPair(decodeURIComponent(m[1]));
+    if (!m) return;
+    // A fragment anyone can type or link: one that does not decode, or names no pair, is
+    // ignored.
+    let k;
+    try { k = decodeURIComponent(m[1]); } catch (_) { return; }
+    if (k.indexOf(':') > 0) showPair(k);
   }
   window.addEventListener('hashchange', route);
   setInterval(() => { if (st.selected) showPair(st.selected); }, 15000);

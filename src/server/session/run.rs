@@ -287,10 +287,11 @@ where
                     Some(Ok(Message::Binary(_))) => st.on_binary(now(), &mut out),
                     Some(Ok(Message::Pong(_))) => {
                         st.on_pong(now());
-                        Effects::default()
+                        st.on_control(now())
                     }
-                    // tungstenite answers pings itself.
-                    Some(Ok(Message::Ping(_) | Message::Frame(_))) => Effects::default(),
+                    // tungstenite answers pings itself; they count towards the inbound rate.
+                    Some(Ok(Message::Ping(_))) => st.on_control(now()),
+                    Some(Ok(Message::Frame(_))) => Effects::default(),
                 };
                 if let Some(code) = effects.close {
                     break Last::close(code);

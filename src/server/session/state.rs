@@ -463,6 +463,20 @@ impl Session {
         }
     }
 
+    /// A control frame from the client (ping or pong): counted by the inbound rate like any
+    /// message, so that a flood of pings (each of which the WebSocket layer answers) closes
+    /// with 1008 as a flood of text does.
+    pub fn on_control(&mut self, now: i64) -> Effects {
+        if self.inbound.try_take(now) {
+            Effects::default()
+        } else {
+            Effects {
+                close: Some(CloseCode::Policy),
+                ..Effects::default()
+            }
+        }
+    }
+
     /// A binary message: not part of the protocol, answered with an error (and rate limited).
     pub fn on_binary(&mut self, now: i64, out: &mut Outbox) -> Effects {
         if !self.inbound.try_take(now) {
