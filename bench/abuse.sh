@@ -57,7 +57,7 @@ ws_ok=$( (timeout 5 "$LOAD" --url "$URL" --connections 1 --duration 1 >/dev/null
 sleep 5
 h2=$(healthz)
 wait $slow || true
-record "{\"phase\":\"slowloris\",\"result\":$(cat /tmp/abuse-slow.json),\"healthz_at_5s\":$h,\"healthz_at_12s\":$h2,\"new_websocket_at_5s\":$ws_ok,\"shed\":\"$(curl -s http://127.0.0.1:$PORT/metrics | awk '/^dexpulse_shed_connections_total/ {s=s $0 "; "} END {print s}')\",\"rss_kib\":$(rss)}"
+record "{\"phase\":\"slowloris\",\"result\":$(cat /tmp/abuse-slow.json),\"healthz_at_5s\":$h,\"healthz_at_12s\":$h2,\"new_websocket_at_5s\":$ws_ok,\"shed\":\"$(curl -s http://127.0.0.1:$PORT/metrics | awk '/^dexpulse_shed_connections_total/ {gsub(/"/, "\\\""); s=s $0 "; "} END {print s}')\",\"rss_kib\":$(rss)}"
 r=$("$ABUSE" protocol "$URL")
 record "{\"phase\":\"protocol\",\"result\":$r}"
 # Clients that stop reading (receive buffer 4 KiB) for 12 s (within their queue), 30 s (past
@@ -88,7 +88,7 @@ sleep 4
 h=$(healthz)
 ws_ok=$( (timeout 5 "$LOAD" --url "$URL?token=abuse-key-0001" --connections 1 --duration 1 >/dev/null 2>&1 && echo true) || echo false)
 wait $slow || true
-record "{\"phase\":\"slowloris_per_ip_limit\",\"result\":$(cat /tmp/abuse-slow2.json),\"healthz_during\":$h,\"new_websocket_during\":$ws_ok,\"shed\":\"$(curl -s http://127.0.0.1:$PORT/metrics | awk '/^dexpulse_shed_connections_total/ {s=s $0 "; "} END {print s}')\"}"
+record "{\"phase\":\"slowloris_per_ip_limit\",\"result\":$(cat /tmp/abuse-slow2.json),\"healthz_during\":$h,\"new_websocket_during\":$ws_ok,\"shed\":\"$(curl -s http://127.0.0.1:$PORT/metrics | awk '/^dexpulse_shed_connections_total/ {gsub(/"/, "\\\""); s=s $0 "; "} END {print s}')\"}"
 # SIGTERM while half-sent requests are open.
 "$ABUSE" slowloris 127.0.0.1:$PORT --sockets 200 --hold 30 >/dev/null &
 slow=$!
@@ -107,8 +107,9 @@ r=$("$ABUSE" resume "$URL" --events 90000)
 record "{\"phase\":\"resume_90000\",\"result\":$r,\"rss_kib\":$(rss)}"
 stop
 
-# Upstream attacks: the live source pointed at a hostile DexScreener.
-for mode in bomb 429 403; do
+# Upstream attacks: the live source pointed at a hostile DexScreener. `strings`: 1 MiB symbols in
+# every answer, on the pair asked for and on six pairs nobody asked for.
+for mode in bomb 429 403 strings; do
   "$ABUSE" upstream 127.0.0.1:$UP --mode $mode --bomb-mib 1024 2>/dev/null &
   up=$!
   sleep 1
@@ -119,8 +120,10 @@ for mode in bomb 429 403; do
   rss0=$(rss); peak=$rss0
   for _ in $(seq 20); do sleep 0.5; r=$(rss); [ "$r" -gt "$peak" ] && peak=$r; done
   ready=$(curl -s http://127.0.0.1:$PORT/readyz)
-  errors=$(curl -s http://127.0.0.1:$PORT/metrics | awk '/^dexpulse_upstream_requests_total/ {s=s $0 "; "} END {print s}')
-  record "{\"phase\":\"upstream_$mode\",\"rss_kib_start\":$rss0,\"rss_kib_peak\":$peak,\"readyz\":$ready,\"requests\":\"$errors\"}"
+  errors=$(curl -s http://127.0.0.1:$PORT/metrics | awk '/^dexpulse_upstream_requests_total/ {gsub(/"/, "\\\""); s=s $0 "; "} END {print s}')
+  pairs_bytes=$(curl -s http://127.0.0.1:$PORT/v1/pairs | wc -c)
+  signals_bytes=$(curl -s "http://127.0.0.1:$PORT/v1/signals?limit=1000" | wc -c)
+  record "{\"phase\":\"upstream_$mode\",\"rss_kib_start\":$rss0,\"rss_kib_peak\":$peak,\"rss_kib_end\":$(rss),\"pairs_bytes\":$pairs_bytes,\"signals_bytes\":$signals_bytes,\"readyz\":$ready,\"requests\":\"$errors\"}"
   stop
   kill $up 2>/dev/null || true; wait $up 2>/dev/null || true
 done

@@ -77,7 +77,9 @@ enum Attack {
         #[arg(long)]
         chain: Option<String>,
     },
-    /// A hostile DexScreener: every request answered with a gzip bomb, 429 or 403.
+    /// A hostile DexScreener: every request answered with a gzip bomb, 429 or 403; or
+    /// (`strings`) with the pair asked for and six unasked ones, each with a 1 MiB symbol (the
+    /// asked one's behind a right-to-left override and a zero-width space).
     Upstream {
         addr: String,
         #[arg(long)]
@@ -497,6 +499,20 @@ async fn upstream(addr: String, mode: String, bomb_mib: usize) -> Value {
                         Ok(n) => got.extend_from_slice(&buf[..n]),
                     }
                 }
+                if mode == "strings" {
+                    let request = String::from_utf8_lossy(&got).into_owned();
+                    let body = hostile_strings(&request).to_string();
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if s.write_all(head.as_bytes()).await.is_err()
+                        || s.write_all(body.as_bytes()).await.is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
                 let head: Vec<u8> = match mode.as_str() {
                     "bomb" => format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
@@ -515,6 +531,38 @@ async fn upstream(addr: String, mode: String, bomb_mib: usize) -> Value {
             }
         });
     }
+}
+
+/// A pairs answer with 1 MiB symbols: the pair the request line asks for, and six others.
+fn hostile_strings(request: &str) -> Value {
+    let path = request.split(' ').nth(1).unwrap_or("/");
+    let asked = path
+        .rsplit('/')
+        .next()
+        .unwrap_or("x")
+        .split(',')
+        .next()
+        .unwrap_or("x");
+    let mb = "W".repeat(1 << 20);
+    let pair = |address: &str, symbol: String| {
+        json!({
+            "chainId": "solana", "dexId": "raydium", "pairAddress": address,
+            "labels": ["CLMM"],
+            "baseToken": {"address": "So11111111111111111111111111111111111111112", "symbol": symbol},
+            "quoteToken": {"address": "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v", "symbol": "USDC"},
+            "priceUsd": "1.0001", "priceChange": {"m5": 0.1, "h1": 0.2, "h6": 0.3, "h24": 0.4},
+            "volume": {"m5": 1000.0, "h1": 12000.0, "h6": 70000.0, "h24": 300000.0},
+            "txns": {"m5": {"buys": 5, "sells": 5}, "h1": {"buys": 60, "sells": 60},
+                     "h6": {"buys": 300, "sells": 300}, "h24": {"buys": 1200, "sells": 1200}},
+            "liquidity": {"usd": 500000.0, "base": 250000.0, "quote": 250000.0},
+            "pairCreatedAt": 1700000000000i64
+        })
+    };
+    let mut pairs = vec![pair(asked, format!("\u{202e}US\u{200b}DC{mb}"))];
+    for i in 0..6 {
+        pairs.push(pair(&format!("Unasked{i:04}"), mb.clone()));
+    }
+    json!({"schemaVersion": "1.0.0", "pairs": pairs})
 }
 
 #[tokio::main]
