@@ -55,6 +55,7 @@ fn example(t: i64) -> Snapshot {
         fdv_usd: Some(1_200_000.0),
         market_cap_usd: None,
         pair_created_at_ms: Some(T0 - 400 * MIN),
+        lp_burned: None,
     }
 }
 

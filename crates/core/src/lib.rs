@@ -5,11 +5,13 @@
 //!
 //! Reading order, bottom up: [`model`] (pair keys, snapshots, events) and [`settings`] (the
 //! raw-to-typed conversion of configuration); then [`signal`] (the engine), [`source`]
-//! (decoders, tapes, the simulator), [`schedule`] (the polling schedule and the watchlist's
+//! (decoders, tapes, the simulator), [`chain`] (the chain follower: pools' logs into
+//! snapshots), [`schedule`] (the polling schedule and the watchlist's
 //! policy) and [`protocol`] (WebSocket protocol v1); then [`replay`] (a tape through the
 //! decoders and the engine: the backtest). No module reaches up this list.
 #![forbid(unsafe_code)]
 
+pub mod chain;
 pub mod evaluate;
 #[cfg(test)]
 mod fuzz;

@@ -62,6 +62,8 @@ pub enum Source {
     Geckoterminal,
     Simulator,
     Bench,
+    /// A chain's own logs over JSON-RPC (`[source] kind = "evm"`).
+    Evm,
 }
 
 impl Source {
@@ -71,6 +73,7 @@ impl Source {
             Source::Geckoterminal => "geckoterminal",
             Source::Simulator => "simulator",
             Source::Bench => "bench",
+            Source::Evm => "evm",
         }
     }
 
@@ -80,6 +83,7 @@ impl Source {
             "geckoterminal" => Some(Source::Geckoterminal),
             "simulator" => Some(Source::Simulator),
             "bench" => Some(Source::Bench),
+            "evm" => Some(Source::Evm),
             _ => None,
         }
     }
@@ -168,6 +172,11 @@ pub struct Snapshot {
     pub fdv_usd: Option<f64>,
     pub market_cap_usd: Option<f64>,
     pub pair_created_at_ms: Option<i64>,
+    /// The share of the pool's liquidity its LPs burned within the drain lookback, measured
+    /// exactly from the chain's `Burn` logs (the chain source); `None` from aggregators, which
+    /// only show liquidity in USD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lp_burned: Option<f64>,
 }
 
 impl Clone for Snapshot {
@@ -191,6 +200,7 @@ impl Clone for Snapshot {
             fdv_usd: self.fdv_usd,
             market_cap_usd: self.market_cap_usd,
             pair_created_at_ms: self.pair_created_at_ms,
+            lp_burned: self.lp_burned,
         };
         out.dex_id.clone_from(&self.dex_id);
         out.labels.clone_from(&self.labels);
@@ -296,6 +306,10 @@ impl Snapshot {
         let mut h = Sha256::new();
         for x in self.numeric_fields() {
             h.update(x.to_le_bytes());
+        }
+        // Only the chain source measures burns: the aggregators' fingerprints stay as they were.
+        if let Some(b) = self.lp_burned {
+            h.update(b.to_bits().to_le_bytes());
         }
         hex::encode(&h.finalize()[..16])
     }

@@ -49,6 +49,8 @@ pub struct Features {
     /// `lp_removed` came from USD liquidity (adjusted for the price move), not the pool
     /// invariant: it never raises a rug warning.
     pub liq_usd_proxy: bool,
+    /// `lp_removed` is the chain's own measure: the LP burns of the lookback, exact.
+    pub lp_burn: bool,
     pub dd30: Option<f64>,
     pub fdv: Option<f64>,
     /// Some optional field was missing (lowers `q_data`).
@@ -86,8 +88,9 @@ impl RiskFlags {
     pub const LOW_FLOAT: u16 = 1 << 7;
     pub const FLAT_HIGH_VOLUME: u16 = 1 << 8;
     pub const LIQ_USD_PROXY: u16 = 1 << 9;
+    pub const LP_BURN: u16 = 1 << 10;
 
-    const NAMES: [&'static str; 10] = [
+    const NAMES: [&'static str; 11] = [
         "sell_side_absent",
         "wash_suspected",
         "few_wallets",
@@ -98,6 +101,7 @@ impl RiskFlags {
         "low_float",
         "flat_high_volume",
         "liq_usd_proxy",
+        "lp_burn",
     ];
 
     pub fn has(self, flag: u16) -> bool {
@@ -184,6 +188,9 @@ pub fn risk(f: &Features, cfg: &Params) -> (RiskFlags, u32) {
     }
     if f.liq_usd_proxy && f.lp_removed.is_some() {
         flags.set(RiskFlags::LIQ_USD_PROXY);
+    }
+    if f.lp_burn && f.lp_removed.is_some_and(|x| x > 0.0) {
+        flags.set(RiskFlags::LP_BURN);
     }
     (flags, p)
 }
@@ -625,7 +632,9 @@ pub fn reasons(kind: Kind, dir: Direction, f: &Features, cfg: &Params) -> Vec<St
         }
         Kind::LiquidityDrain | Kind::RugWarning => {
             if let Some(x) = f.lp_removed {
-                let what = if f.liq_usd_proxy {
+                let what = if f.lp_burn {
+                    "the pool's liquidity, burned by its LPs (lp_burn, from the chain)"
+                } else if f.liq_usd_proxy {
                     "USD liquidity (adjusted for the price move; no pool invariant)"
                 } else {
                     "pool invariant K"

@@ -717,8 +717,11 @@ fn compute_features(snap: &Snapshot, st: &mut PairState, cfg: &Params) -> Featur
     };
     let depth = k.map(|(d, _)| d);
     let price_now = snap.price_usd.as_ref().map(|p| p.value);
-    let (lp_removed, liq_usd_proxy) = match k {
-        Some((depth, usd)) => {
+    let (lp_removed, liq_usd_proxy) = match (snap.lp_burned, k) {
+        // The chain's own measure: what the LPs burned in the lookback, exactly. Swaps and
+        // price moves never count, in any kind of pool.
+        (Some(burned), _) => (Some(burned.clamp(0.0, 1.0)), false),
+        (None, Some((depth, usd))) => {
             if usd != st.depth_is_usd {
                 st.depth_hist.clear();
                 st.depth_is_usd = usd;
@@ -750,7 +753,7 @@ fn compute_features(snap: &Snapshot, st: &mut PairState, cfg: &Params) -> Featur
             };
             (Some(removed), usd)
         }
-        None => (None, false),
+        (None, None) => (None, false),
     };
     if let Some(l) = liquidity {
         st.liq_hist.push_back((t, l));
@@ -824,6 +827,7 @@ fn compute_features(snap: &Snapshot, st: &mut PairState, cfg: &Params) -> Featur
         depth,
         lp_removed,
         liq_usd_proxy,
+        lp_burn: snap.lp_burned.is_some(),
         dd30,
         fdv: snap.fdv_usd,
         optional_missing: snap.fdv_usd.is_none()

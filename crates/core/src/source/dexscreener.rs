@@ -176,6 +176,7 @@ fn pair(item: &Value, observed_at_ms: i64, source: Source) -> Result<Snapshot, S
         fdv_usd: non_neg(obj.get("fdv")),
         market_cap_usd: non_neg(obj.get("marketCap")),
         pair_created_at_ms: int_ms(obj.get("pairCreatedAt")).filter(|t| *t > 0),
+        lp_burned: None,
     })
 }
 

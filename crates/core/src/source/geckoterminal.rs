@@ -227,6 +227,7 @@ fn pool(
         pair_created_at_ms: text(attrs.get("pool_created_at"))
             .and_then(parse_rfc3339_ms)
             .or_else(|| int_ms(attrs.get("pool_created_at_ms"))),
+        lp_burned: None,
     })
 }
 

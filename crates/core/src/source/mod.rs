@@ -80,7 +80,9 @@ pub fn decode(
             dexscreener::decode(request, body, observed_at_ms, source)
         }
         Source::Geckoterminal => geckoterminal::decode(request, body, observed_at_ms),
-        Source::Bench => Err(DecodeError::UnknownRequest {
+        // A chain's replies are read by its follower, which keeps state between them
+        // (`crate::chain`), never one by one.
+        Source::Bench | Source::Evm => Err(DecodeError::UnknownRequest {
             origin: source.as_str().to_string(),
             request: request.to_string(),
         }),
