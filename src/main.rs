@@ -272,7 +272,9 @@ fn run_serve(
     }
     let recording = record.is_some();
     if let Some(r) = record {
+        // Whichever source records: the live APIs or a chain.
         layers = layers.flag("--record", "source.live.record", r.display().to_string());
+        layers = layers.flag("--record", "source.evm.record", r.display().to_string());
     }
     let cfg = match load(&layers) {
         Ok(c) => c,
@@ -281,8 +283,15 @@ fn run_serve(
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if recording && !matches!(cfg.source.kind, SourceSettings::Live(_)) {
-        eprintln!("error: --record records the live sources, and source.kind is not \"live\"");
+    if recording
+        && !matches!(
+            cfg.source.kind,
+            SourceSettings::Live(_) | SourceSettings::Evm(_)
+        )
+    {
+        eprintln!(
+            "error: --record records the live sources or a chain, and source.kind is neither \"live\" nor \"evm\""
+        );
         return ExitCode::from(EXIT_CONFIG);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -317,6 +326,7 @@ fn run_serve(
             SourceSettings::Replay(_) => "replay",
             SourceSettings::Live(_) => "live",
             SourceSettings::Bench(_) => "bench",
+            SourceSettings::Evm(_) => "evm",
         };
         let running = match app::start(cfg, listener, app::Options::default()) {
             Ok(r) => r,

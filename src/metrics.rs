@@ -47,6 +47,13 @@ pub struct Metrics {
     pub rate_limited: Counter,
     /// Snapshots of pairs a poll's answer carried that were not asked for (ignored).
     pub unrequested: Counter,
+    /// The chain source: JSON-RPC calls by method (a batch counts each), what it refused or
+    /// noted, the last block applied, how far behind the head it is, the pools it follows.
+    pub evm_calls_total: Family<Labels, Counter>,
+    pub evm_problems: Counter,
+    pub evm_block: Gauge,
+    pub evm_behind: Gauge,
+    pub evm_pools: Gauge,
     pub backoff_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     /// Requests in the last minute as a percentage of the configured rate, by class.
     pub budget_used_pct: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -247,6 +254,36 @@ impl Metrics {
             "Upstream requests by endpoint class and status",
             upstream_requests.clone(),
         );
+        let evm_calls_total = Family::<Labels, Counter>::default();
+        registry.register(
+            "evm_calls",
+            "Chain source: JSON-RPC calls answered, by method (each call of a batch counts)",
+            evm_calls_total.clone(),
+        );
+        let evm_problems = Counter::default();
+        registry.register(
+            "evm_problems",
+            "Chain source: replies refused or noted (a lying provider, a refused range, a reorganisation)",
+            evm_problems.clone(),
+        );
+        let evm_block = Gauge::default();
+        registry.register(
+            "evm_block",
+            "Chain source: the last block applied",
+            evm_block.clone(),
+        );
+        let evm_behind = Gauge::default();
+        registry.register(
+            "evm_behind_blocks",
+            "Chain source: blocks between the head (less the confirmations) and the last applied",
+            evm_behind.clone(),
+        );
+        let evm_pools = Gauge::default();
+        registry.register(
+            "evm_pools",
+            "Chain source: pools followed",
+            evm_pools.clone(),
+        );
         let unrequested = Counter::default();
         registry.register(
             "upstream_unrequested_pairs",
@@ -413,6 +450,11 @@ impl Metrics {
             upstream_requests,
             rate_limited,
             unrequested,
+            evm_calls_total,
+            evm_problems,
+            evm_block,
+            evm_behind,
+            evm_pools,
             backoff_seconds,
             budget_used_pct,
             watchlist,
@@ -490,6 +532,12 @@ impl Metrics {
                 ("status", status.to_string()),
             ])
             .inc();
+    }
+
+    pub fn evm_calls(&self, method: &str, n: usize) {
+        self.evm_calls_total
+            .get_or_create(&vec![("method", method.to_string())])
+            .inc_by(n as u64);
     }
 
     pub fn watchlist_drop(&self, reason: &str) {

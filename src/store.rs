@@ -137,6 +137,8 @@ pub struct SavedEngine {
     /// The head when it was saved: it reflects every event up to this seq.
     pub seq: u64,
     pub global: Vec<u8>,
+    /// The source's own state saved with it (the chain follower's).
+    pub source: Option<Vec<u8>>,
     pub pairs: Vec<Vec<u8>>,
 }
 
@@ -404,6 +406,10 @@ impl EventLog {
                     .map_err(|e| self.io(e))?;
                 meta.insert("engine_seq", be(head).as_slice())
                     .map_err(|e| self.io(e))?;
+                if let Some(source) = &c.source {
+                    meta.insert("source", source.as_slice())
+                        .map_err(|e| self.io(e))?;
+                }
             }
         }
         txn.commit().map_err(|e| self.io(e))?;
@@ -423,6 +429,10 @@ impl EventLog {
             .get("engine_seq")
             .map_err(|e| self.corrupt(e))?
             .map_or(0, |v| seq_of(v.value()));
+        let source = meta
+            .get("source")
+            .map_err(|e| self.corrupt(e))?
+            .map(|v| v.value().to_vec());
         let engine = txn.open_table(ENGINE).map_err(|e| self.corrupt(e))?;
         let mut pairs = Vec::new();
         for item in engine.iter().map_err(|e| self.corrupt(e))? {
@@ -432,6 +442,7 @@ impl EventLog {
         Ok(Some(SavedEngine {
             seq,
             global: global.value().to_vec(),
+            source,
             pairs,
         }))
     }

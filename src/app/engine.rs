@@ -81,9 +81,9 @@ pub struct Ctx {
     pub checkpoints: Option<Duration>,
 }
 
-/// The engine the log's saved state describes, or `None` (start cold) with a log line saying
-/// why. The epoch is the log's either way.
-pub fn restore(log: &EventLog, params: &Params) -> Option<Engine> {
+/// The engine the log's saved state describes, with the source's state saved beside it, or
+/// `None` (start cold) with a log line saying why. The epoch is the log's either way.
+pub fn restore(log: &EventLog, params: &Params) -> Option<(Engine, Option<Vec<u8>>)> {
     let saved = match log.engine_state() {
         Ok(Some(s)) => s,
         Ok(None) => return None,
@@ -103,7 +103,7 @@ pub fn restore(log: &EventLog, params: &Params) -> Option<Engine> {
                 pairs = engine.pairs_tracked(),
                 "engine state restored: open episodes continue"
             );
-            Some(engine)
+            Some((engine, saved.source))
         }
         Err(e) => {
             tracing::warn!(error = %e, seq = saved.seq, "engine state not restored; the engine starts cold (the epoch and the log are kept)");
@@ -112,13 +112,18 @@ pub fn restore(log: &EventLog, params: &Params) -> Option<Engine> {
     }
 }
 
-/// The state changed since the last checkpoint, when checkpoints are kept.
-fn checkpoint(engine: &mut Engine, on: bool) -> Option<Checkpoint> {
+/// The state changed since the last checkpoint, when checkpoints are kept, with the source's
+/// state received since (which waits for the next checkpoint otherwise).
+fn checkpoint(engine: &mut Engine, on: bool, source: &mut Option<Vec<u8>>) -> Option<Checkpoint> {
     if !on {
         return None;
     }
     match engine.checkpoint(false) {
-        Ok(c) => c,
+        Ok(Some(mut c)) => {
+            c.source = source.take();
+            Some(c)
+        }
+        Ok(None) => None,
         Err(e) => {
             tracing::error!(error = %e, "engine state not saved");
             None
@@ -153,11 +158,12 @@ pub async fn run(
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut events = Vec::new();
     let mut seen = engine.stats();
+    let mut source_state: Option<Vec<u8>> = None;
     loop {
         let input = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = timer.tick(), if saving => {
-                if let Some(state) = checkpoint(&mut engine, saving) {
+                if let Some(state) = checkpoint(&mut engine, saving, &mut source_state) {
                     hub.publish_with(&[], Some(state));
                 }
                 continue;
@@ -184,6 +190,21 @@ pub async fn run(
                 c.problems.inc();
                 tracing::warn!(problem = %p, "source data skipped");
             }
+            Input::Reorg {
+                pairs,
+                from_block,
+                to_block,
+                at_ms,
+            } => {
+                tracing::warn!(
+                    from_block,
+                    to_block,
+                    pairs = pairs.len(),
+                    "a reorganisation: the pairs read from the replaced blocks get a reorg notice"
+                );
+                events.extend(engine.reorg(&pairs, from_block, to_block, at_ms));
+            }
+            Input::SourceState(state) => source_state = Some(state),
             Input::Snapshots(snaps) => {
                 if !snaps.is_empty() {
                     health.data_received();
@@ -209,11 +230,11 @@ pub async fn run(
             }
             // The state that produced these events is committed with them: a restart never
             // opens an episode twice, and the close of one open before it still comes.
-            let state = checkpoint(&mut engine, saving);
+            let state = checkpoint(&mut engine, saving, &mut source_state);
             hub.publish_with(&events, state);
         }
     }
-    if let Some(state) = checkpoint(&mut engine, saving) {
+    if let Some(state) = checkpoint(&mut engine, saving, &mut source_state) {
         hub.publish_with(&[], Some(state));
     }
     health.set_engine_running(false);

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use dexpulse_core::signal::Engine;
 
 use crate::cluster::{self, Role};
+use crate::evm;
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::live;
@@ -277,8 +278,12 @@ fn start_engine(cfg: Config, listener: TcpListener, opts: Options) -> Result<Run
     let health = Arc::new(Health::new(clock.clone()));
     // Only a live source continues where it stopped; a tape or the simulator starts over, so
     // an engine state saved under it would be wrong at the first snapshot.
-    let resumable = matches!(cfg.source.kind, SourceSettings::Live(_)) && !opts.no_source;
+    let resumable = matches!(
+        cfg.source.kind,
+        SourceSettings::Live(_) | SourceSettings::Evm(_)
+    ) && !opts.no_source;
     let mut restored = None;
+    let mut source_state: Option<Vec<u8>> = None;
     let hub = Arc::new(match &cfg.store.data_dir {
         Some(dir) => {
             let mut log = crate::store::EventLog::open(dir, || Hub::new_epoch(&clock))?;
@@ -293,7 +298,10 @@ fn start_engine(cfg: Config, listener: TcpListener, opts: Options) -> Result<Run
             }
             tracing::info!(path = %log.path().display(), epoch = log.epoch(), head = log.head(), "event log opened");
             if resumable {
-                restored = engine::restore(&log, &cfg.signal);
+                if let Some((engine, source)) = engine::restore(&log, &cfg.signal) {
+                    restored = Some(engine);
+                    source_state = source;
+                }
             }
             Hub::durable(
                 cfg.hub.clone(),
@@ -324,55 +332,81 @@ fn start_engine(cfg: Config, listener: TcpListener, opts: Options) -> Result<Run
     let start_head = hub.head_seq();
     let sup = |name: &str, fut: Boxed| supervise(name, fut, health.clone(), shutdown.clone());
     let (tx, rx) = mpsc::channel(cfg.source.channel_capacity);
-    let feed: Option<Boxed> = match &cfg.source.kind {
-        _ if opts.no_source => None,
-        SourceSettings::Simulator(s) => Some(Box::pin(source::simulator(
-            s.clone(),
-            clock.clone(),
-            tx,
-            shutdown.clone(),
-        ))),
-        SourceSettings::Replay(r) => {
-            let file = std::fs::File::open(&r.tape).map_err(|source| StartError::Tape {
-                path: r.tape.clone(),
-                source,
-            })?;
-            Some(Box::pin(source::replay(
-                r.clone(),
-                file,
+    let feed: Option<Boxed> =
+        match &cfg.source.kind {
+            _ if opts.no_source => None,
+            SourceSettings::Simulator(s) => Some(Box::pin(source::simulator(
+                s.clone(),
                 clock.clone(),
                 tx,
                 shutdown.clone(),
-            )))
-        }
-        SourceSettings::Live(l) => {
-            let recorder = match &l.record {
-                None => None,
-                Some(path) => {
-                    Some(
-                        live::open_recorder(path).map_err(|source| StartError::Record {
-                            path: path.clone(),
-                            source,
-                        })?,
-                    )
-                }
-            };
-            let ctx = live::Ctx {
-                settings: Arc::new((**l).clone()),
-                tx,
-                shutdown: shutdown.clone(),
-                metrics: metrics.clone(),
-                health: health.clone(),
-                clock: clock.clone(),
-                recorder,
-            };
-            Some(Box::pin(async move {
-                live::run(ctx).await.map_err(|e| e.to_string())
-            }))
-        }
-        // The bench source has no engine: it publishes straight into the hub.
-        SourceSettings::Bench(_) => None,
-    };
+            ))),
+            SourceSettings::Replay(r) => {
+                let file = std::fs::File::open(&r.tape).map_err(|source| StartError::Tape {
+                    path: r.tape.clone(),
+                    source,
+                })?;
+                Some(Box::pin(source::replay(
+                    r.clone(),
+                    file,
+                    clock.clone(),
+                    tx,
+                    shutdown.clone(),
+                )))
+            }
+            SourceSettings::Live(l) => {
+                let recorder =
+                    match &l.record {
+                        None => None,
+                        Some(path) => Some(live::open_recorder(path).map_err(|source| {
+                            StartError::Record {
+                                path: path.clone(),
+                                source,
+                            }
+                        })?),
+                    };
+                let ctx = live::Ctx {
+                    settings: Arc::new((**l).clone()),
+                    tx,
+                    shutdown: shutdown.clone(),
+                    metrics: metrics.clone(),
+                    health: health.clone(),
+                    clock: clock.clone(),
+                    recorder,
+                };
+                Some(Box::pin(async move {
+                    live::run(ctx).await.map_err(|e| e.to_string())
+                }))
+            }
+            SourceSettings::Evm(e) => {
+                let recorder =
+                    match &e.record {
+                        None => None,
+                        Some(path) => Some(live::open_recorder(path).map_err(|source| {
+                            StartError::Record {
+                                path: path.clone(),
+                                source,
+                            }
+                        })?),
+                    };
+                let ctx = evm::Ctx {
+                    settings: Arc::new((**e).clone()),
+                    tx,
+                    shutdown: shutdown.clone(),
+                    metrics: metrics.clone(),
+                    health: health.clone(),
+                    clock: clock.clone(),
+                    recorder,
+                    restored: source_state.take(),
+                    save_every: checkpoints,
+                };
+                Some(Box::pin(async move {
+                    evm::run(ctx).await.map_err(|e| e.to_string())
+                }))
+            }
+            // The bench source has no engine: it publishes straight into the hub.
+            SourceSettings::Bench(_) => None,
+        };
     match (&cfg.source.kind, feed) {
         (_, Some(feed)) => {
             tasks.push(sup(

@@ -15,7 +15,7 @@ use dexpulse_core::signal::{Params, RawParams};
 use dexpulse_core::source::simulator;
 
 use crate::server::{auth, session};
-use crate::{cluster, hub, live, server, store};
+use crate::{cluster, evm, hub, live, server, store};
 
 /// The prefix of environment overrides: `DEXPULSE_SERVER__BIND=0.0.0.0:8080` sets
 /// `server.bind`; `__` separates the levels (field names have single underscores).
@@ -47,6 +47,8 @@ pub enum SourceKind {
     /// Synthetic events straight into the hub (`[source.bench]`), labelled `"source":"bench"`:
     /// measures fan-out apart from the engine (config/bench.toml).
     Bench,
+    /// A chain's own logs over JSON-RPC: Uniswap V2 pairs and V3 pools (`[source.evm]`).
+    Evm,
 }
 
 /// `[source.replay]`.
@@ -96,6 +98,7 @@ pub struct RawSource {
     pub replay: RawReplay,
     pub bench: RawBench,
     pub live: live::RawSettings,
+    pub evm: evm::RawSettings,
 }
 
 impl Default for RawSource {
@@ -107,6 +110,7 @@ impl Default for RawSource {
             replay: RawReplay::default(),
             bench: RawBench::default(),
             live: live::RawSettings::default(),
+            evm: evm::RawSettings::default(),
         }
     }
 }
@@ -144,6 +148,7 @@ pub enum SourceSettings {
     Replay(Replay),
     Live(Box<live::Settings>),
     Bench(Bench),
+    Evm(Box<evm::Settings>),
 }
 
 #[derive(Debug, Clone)]
@@ -197,6 +202,16 @@ impl Config {
             SourceKind::Live => SourceSettings::Live(Box::new(
                 live::Settings::parse(&s.live).map_err(|e| e.within("source.live"))?,
             )),
+            SourceKind::Evm => {
+                // LP burns are measured over the engine's drain lookback.
+                let lookback = Params::parse(&raw.signal)
+                    .map_err(|e| e.within("signal"))?
+                    .liquidity
+                    .drain_lookback;
+                SourceSettings::Evm(Box::new(
+                    evm::Settings::parse(&s.evm, lookback).map_err(|e| e.within("source.evm"))?,
+                ))
+            }
             SourceKind::Bench => SourceSettings::Bench(Bench {
                 events_per_second: in_range(
                     "source.bench.events_per_second",

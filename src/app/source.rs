@@ -118,12 +118,13 @@ pub async fn replay(
         Ok(())
     });
     let mut origin: Option<(i64, i64)> = None;
+    let mut chain = dexpulse_core::chain::TapeFollower::default();
     while let Some(item) = tokio::select! {
         _ = shutdown.cancelled() => None,
         m = line_rx.recv() => m,
     } {
-        let input = match item {
-            Err(problem) => Input::Problem(problem),
+        let inputs = match item {
+            Err(problem) => vec![Input::Problem(problem)],
             Ok(rec) => {
                 let t = rec.t_ms();
                 if r.speed > 0.0 {
@@ -134,13 +135,25 @@ pub async fn replay(
                     }
                 }
                 match rec {
-                    TapeRecord::Tick { t_ms } => Input::Tick(t_ms),
-                    TapeRecord::Response(resp) => decoded(resp.decode(), &resp.request),
+                    TapeRecord::Tick { t_ms } => vec![Input::Tick(t_ms)],
+                    // A chain's replies go to its follower, in order (`replay` does the same).
+                    TapeRecord::Response(resp) if resp.source == Source::Evm => {
+                        let (mut inputs, problems) = chain.feed(&resp);
+                        inputs.extend(problems.into_iter().map(Input::Problem));
+                        inputs
+                    }
+                    TapeRecord::Response(resp) => vec![decoded(resp.decode(), &resp.request)],
                 }
             }
         };
-        if !send(&tx, input, &shutdown).await {
-            break;
+        for input in inputs {
+            if !send(&tx, input, &shutdown).await {
+                drop(line_rx);
+                return match reader.await {
+                    Ok(r) => r,
+                    Err(e) => Err(format!("the tape reader of {path} failed: {e}")),
+                };
+            }
         }
     }
     drop(line_rx);

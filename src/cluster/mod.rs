@@ -307,19 +307,7 @@ pub fn split_url(raw: &str) -> Result<(String, Option<String>, Option<Secret>), 
     Ok((bare, user, password))
 }
 
-/// `raw` with any user information replaced by `***`, for messages.
-pub fn redact(raw: &str) -> String {
-    match raw.split_once("://") {
-        Some((scheme, rest)) => {
-            let authority_end = rest.find('/').unwrap_or(rest.len());
-            match rest[..authority_end].rfind('@') {
-                Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-                None => raw.to_string(),
-            }
-        }
-        None => raw.to_string(),
-    }
-}
+pub use dexpulse_core::settings::redact_url as redact;
 
 fn read_secret(field: &str, path: &Path) -> Result<Secret, FieldError> {
     let text = std::fs::read_to_string(path)

@@ -280,6 +280,8 @@ pub(crate) const EDGE: &str =
 pub(crate) const INGEST: &str = "[server]\nbind = \"127.0.0.1:0\"\n[source]\nkind = \"bench\"\n[source.bench]\nevents_per_second = 200.0\n[hub]\nretain_events = 100\nretain_seconds = 1.0\n";
 
 type Ws = crate::server::Ws;
+/// A WebSocket client, as the helpers here take it.
+pub type WsClient = Ws;
 
 /// How long a client waits for the next message: longer than a NATS restart takes.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(30);

@@ -2,6 +2,7 @@
 //!
 //! - `support`: fixtures, running the simulator through a tape and the engine in memory.
 //! - `decode`: every recorded upstream payload decodes, checked field by field; drift and junk.
+//! - `chain`: the chain source against anvil running the real Uniswap V2 and V3 contracts.
 //! - `cluster`: the JetStream event stream against a real nats-server started here.
 //! - `checkpoint`: the engine restored from its checkpoints continues byte for byte.
 //! - `engine`: the worked example of docs/signals.md and the state machine's rules.
@@ -22,6 +23,7 @@
 //!   module never does, a `//!` header on every file.
 
 mod apidocs;
+mod chain;
 mod checkpoint;
 mod cli;
 mod cluster;

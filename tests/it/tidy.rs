@@ -15,9 +15,14 @@ const CORE: &[(&str, &[&str])] = &[
     ("settings", &[]),
     ("signal", &["model", "settings"]),
     ("source", &["model", "settings"]),
+    // The chain follower: pools' logs into snapshots; the tape's lines and `Input`.
+    ("chain", &["model", "settings", "source"]),
     ("schedule", &["model", "settings"]),
     ("protocol", &["model", "settings"]),
-    ("replay", &["model", "settings", "signal", "source"]),
+    (
+        "replay",
+        &["model", "settings", "signal", "source", "chain"],
+    ),
     // Reads what replay hands it; the tests build snapshots with the simulator.
     ("evaluate", &["model", "signal", "source"]),
     // Test-only: the fuzzing harness reaches every parser.
@@ -47,6 +52,13 @@ const APP: &[(&str, &[&str])] = &[
         "live",
         &[
             "time", "metrics", "health", "model", "schedule", "settings", "source",
+        ],
+    ),
+    // The chain's JSON-RPC: the follower's calls made, its answers to the engine.
+    (
+        "evm",
+        &[
+            "time", "metrics", "health", "model", "schedule", "settings", "source", "chain", "live",
         ],
     ),
     (
@@ -212,8 +224,8 @@ fn only_under(what: &str, allowed: &[&str]) {
 
 #[test]
 fn what_each_module_never_does() {
-    // Only the live sources speak HTTP to upstream.
-    only_under("reqwest", &["src/live/"]);
+    // Only the sources speak HTTP (and JSON-RPC) to upstream.
+    only_under("reqwest", &["src/live/", "src/evm/"]);
     // Only the server speaks WebSocket and serves HTTP (the tools in src/bin are clients).
     only_under("tokio_tungstenite", &["src/server/", "src/bin/"]);
     only_under("axum", &["src/server/"]);

@@ -338,10 +338,13 @@ pub enum Kind {
     NewPair,
     /// A pair's stance changed (docs/signals.md, "Stance"): not an episode of its own.
     Stance,
+    /// The chain replaced blocks this pair's events were read from (the chain source,
+    /// docs/sources.md "Reorganisations"): information, never bullish or bearish.
+    Reorg,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::MomentumUp,
         Kind::MomentumDown,
         Kind::VolumeSurge,
@@ -352,9 +355,11 @@ impl Kind {
         Kind::RugWarning,
         Kind::NewPair,
         Kind::Stance,
+        Kind::Reorg,
     ];
 
-    /// The kinds the per-(pair, kind) state machine runs: all but `stance` (the last).
+    /// The kinds the per-(pair, kind) state machine runs: all but `stance` and `reorg` (the
+    /// last two).
     pub const EPISODIC: [Kind; 9] = {
         let mut out = [Kind::MomentumUp; 9];
         let mut i = 0;
@@ -377,6 +382,7 @@ impl Kind {
             Kind::RugWarning => "rug_warning",
             Kind::NewPair => "new_pair",
             Kind::Stance => "stance",
+            Kind::Reorg => "reorg",
         }
     }
 

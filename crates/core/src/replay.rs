@@ -5,10 +5,11 @@
 
 use std::io::{self, BufRead, Write};
 
-use crate::model::{SignalEvent, Snapshot};
+use crate::chain::TapeFollower;
+use crate::model::{SignalEvent, Snapshot, Source};
 use crate::signal::{Engine, EngineStats, Verdict};
 use crate::source::tape::{LineError, TapeReader, TapeRecord, Unusable};
-use crate::source::DecodeError;
+use crate::source::{DecodeError, Input};
 
 /// Something in the tape that was not used, with where it was.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +26,8 @@ pub enum Problem {
         index: usize,
         reason: String,
     },
+    /// What a chain follower refused or noted in a recorded reply.
+    Chain { line: usize, message: String },
 }
 
 impl std::fmt::Display for Problem {
@@ -42,6 +45,7 @@ impl std::fmt::Display for Problem {
             } => {
                 write!(f, "tape line {line}: item {index} skipped: {reason}")
             }
+            Problem::Chain { line, message } => write!(f, "tape line {line}: {message}"),
         }
     }
 }
@@ -78,6 +82,7 @@ pub fn replay_observed<R: BufRead>(
 ) -> io::Result<ReplayStats> {
     let mut stats = ReplayStats::default();
     let mut events = Vec::new();
+    let mut chain = TapeFollower::default();
     let mut reader = TapeReader::new(input);
     while let Some(item) = reader.next() {
         let item = item?;
@@ -95,6 +100,36 @@ pub fn replay_observed<R: BufRead>(
             TapeRecord::Tick { t_ms } => {
                 stats.ticks += 1;
                 events.extend(engine.tick(t_ms));
+            }
+            TapeRecord::Response(r) if r.source == Source::Evm => {
+                stats.responses += 1;
+                let (inputs, problems) = chain.feed(&r);
+                for message in problems {
+                    stats.problems += 1;
+                    on_problem(&Problem::Chain { line, message });
+                }
+                for input in inputs {
+                    match input {
+                        Input::Snapshots(snaps) => {
+                            for snap in &snaps {
+                                stats.snapshots += 1;
+                                let verdict = engine.observe_into(snap, &mut events);
+                                on_snapshot(snap, verdict);
+                            }
+                        }
+                        Input::Tick(t) => {
+                            stats.ticks += 1;
+                            events.extend(engine.tick(t));
+                        }
+                        Input::Reorg {
+                            pairs,
+                            from_block,
+                            to_block,
+                            at_ms,
+                        } => events.extend(engine.reorg(&pairs, from_block, to_block, at_ms)),
+                        Input::Problem(_) | Input::SourceState(_) => {}
+                    }
+                }
             }
             TapeRecord::Response(r) => {
                 stats.responses += 1;

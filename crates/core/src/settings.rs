@@ -108,6 +108,21 @@ pub fn as_minutes(d: Duration) -> f64 {
     d.as_secs_f64() / 60.0
 }
 
+/// A URL with any user information (`user:password@`, `token@`) replaced by `***`, for
+/// messages: a secret in a URL is never printed.
+pub fn redact_url(raw: &str) -> String {
+    match raw.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+                None => raw.to_string(),
+            }
+        }
+        None => raw.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@ sol! {
         function symbol() external view returns (string);
         function name() external view returns (string);
         function decimals() external view returns (uint8);
+        function totalSupply() external view returns (uint256);
         function balanceOf(address owner) external view returns (uint256);
     }
 

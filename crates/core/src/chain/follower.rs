@@ -89,12 +89,17 @@ pub struct Settings {
     pub burn_window_ms: i64,
     /// Recent blocks remembered for reorganisations.
     pub reorg_depth: u64,
+    /// A configured pool whose creation was not seen is taken to be at least this old at the
+    /// first block read (a pool the user names is not a new pair).
+    pub configured_min_age_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct TokenMeta {
     symbol: Option<String>,
     decimals: Option<u8>,
+    /// Read once, when a pool of it is first followed: its FDV at the pool's price.
+    supply: Option<U256>,
 }
 
 /// Pairs whose events came from blocks the chain replaced.
@@ -555,16 +560,12 @@ impl Follower {
                 TokenMeta {
                     symbol: None,
                     decimals: None,
+                    supply: None,
                 },
             );
-            reads.push(Read {
-                to: t,
-                what: What::Symbol,
-            });
-            reads.push(Read {
-                to: t,
-                what: What::Decimals,
-            });
+            for what in [What::Symbol, What::Decimals, What::TotalSupply] {
+                reads.push(Read { to: t, what });
+            }
         }
         reads
     }
@@ -763,6 +764,14 @@ impl Follower {
                     }
                     if let Some(m) = self.tokens.get_mut(&read.to) {
                         m.decimals = Some(d.unwrap_or(18));
+                    }
+                }
+                What::TotalSupply => {
+                    let v = bytes
+                        .as_deref()
+                        .and_then(|b| abi::IERC20::totalSupplyCall::abi_decode_returns(b).ok());
+                    if let Some(m) = self.tokens.get_mut(&read.to) {
+                        m.supply = v;
                     }
                 }
                 What::Reserves | What::Slot0 | What::Liquidity | What::BalanceOf(_) => {
@@ -993,49 +1002,31 @@ impl Follower {
         let from_ms = time_of(range.from, None).unwrap_or(0);
         let to_ms = time_of(range.to, None).unwrap_or(from_ms);
         self.first_ms.get_or_insert(from_ms);
-        // Configured pools are at least as old as the first block read.
-        let first_ms = self.first_ms;
+        // Configured pools are at least as old as the first block read, and as much older as
+        // the settings say.
+        let first_ms = self.first_ms.map(|t| t - self.s.configured_min_age_ms);
         let created: BTreeMap<Address, u64> = range.created.iter().copied().collect();
         let mut logs = range.logs.clone();
         logs.sort_by_key(|l| (l.block_number.to::<u64>(), l.log_index.to::<u64>()));
-        let mut touched: BTreeMap<u64, BTreeSet<Address>> = BTreeMap::new();
-        let mut block_ms: BTreeMap<u64, i64> = BTreeMap::new();
+        // Ages first: a pool made in this range is as old as its factory's log; the others
+        // at least as old as the settings say.
+        let factories: BTreeMap<Address, Version> = self
+            .s
+            .factories
+            .iter()
+            .map(|f| (f.address, f.version))
+            .collect();
         for log in &logs {
-            let n = log.block_number.to::<u64>();
-            let Some(t) = time_of(n, Some(log)) else {
+            let Some(version) = factories.get(&log.address) else {
                 continue;
             };
-            block_ms.insert(n, t);
-            let Some(pool) = self.pools.get(&log.address) else {
-                continue; // a factory's log: its pools were registered above
-            };
-            let Some(event) = decode(log, pool.version) else {
+            let Some((_, pool)) = creation(log, *version) else {
                 continue;
             };
-            let quote_usd = self.pool_quote_usd(pool);
-            let Some(pool) = self.pools.get_mut(&log.address) else {
-                continue;
-            };
-            if pool.created_ms.is_none() {
-                pool.created_ms = if created.contains_key(&log.address) {
-                    Some(t)
-                } else {
-                    first_ms
-                };
-            }
-            pool.apply(n, t, &event, quote_usd);
-            touched.entry(n).or_default().insert(log.address);
-        }
-        for (pool, block) in &created {
-            // Made in this range but silent so far: its age is still known.
-            if let Some(p) = self.pools.get_mut(pool) {
+            let t = time_of(log.block_number.to::<u64>(), Some(log));
+            if let (Some(p), true) = (self.pools.get_mut(&pool), created.contains_key(&pool)) {
                 if p.created_ms.is_none() {
-                    p.created_ms = range
-                        .headers
-                        .get(block)
-                        .and_then(|h| i64::try_from(h.timestamp.to::<u64>()).ok())
-                        .map(|s| s * 1000)
-                        .or(Some(to_ms));
+                    p.created_ms = t.or(Some(to_ms));
                 }
             }
         }
@@ -1044,32 +1035,62 @@ impl Follower {
                 p.created_ms = first_ms;
             }
         }
-        // Snapshots: each pool at each block that touched it, in chain order.
-        let symbols = |p: &Pool| {
+        // Block by block, in chain order: each pool a block touched gives a snapshot of its
+        // state after that block, at that block's time.
+        let symbols = |tokens: &BTreeMap<Address, TokenMeta>, p: &Pool| {
             p.tokens
-                .map(|t| self.tokens.get(&t).and_then(|m| m.symbol.clone()))
+                .map(|t| tokens.get(&t).and_then(|m| m.symbol.clone()))
         };
-        let mut snaps = Vec::new();
-        let mut snapped: BTreeSet<Address> = BTreeSet::new();
-        for (n, pools) in &touched {
-            let t = block_ms[n];
-            for a in pools {
+        let supply = |tokens: &BTreeMap<Address, TokenMeta>, p: &Pool| {
+            let m = tokens.get(&p.tokens[p.base])?;
+            Some(crate::chain::pool::units(m.supply?, m.decimals?))
+        };
+        let mut snaps: Vec<(Address, Snapshot)> = Vec::new();
+        let mut touched_any: BTreeSet<Address> = BTreeSet::new();
+        let mut i = 0;
+        while i < logs.len() {
+            let n = logs[i].block_number.to::<u64>();
+            let mut touched: BTreeSet<Address> = BTreeSet::new();
+            let mut t_block = None;
+            while i < logs.len() && logs[i].block_number.to::<u64>() == n {
+                let log = &logs[i];
+                i += 1;
+                let Some(t) = time_of(n, Some(log)) else {
+                    continue;
+                };
+                t_block = Some(t);
+                let Some(pool) = self.pools.get(&log.address) else {
+                    continue; // a factory's log: its pools were registered above
+                };
+                let Some(event) = decode(log, pool.version) else {
+                    continue;
+                };
+                let quote_usd = self.pool_quote_usd(pool);
+                if let Some(pool) = self.pools.get_mut(&log.address) {
+                    pool.apply(n, t, &event, quote_usd);
+                    touched.insert(log.address);
+                }
+            }
+            let Some(t) = t_block else { continue };
+            for a in &touched {
                 let Some(p) = self.pools.get(a) else { continue };
                 let ctx = SnapCtx {
                     chain: &self.s.chain,
                     t_ms: t,
                     quote_usd: self.pool_quote_usd(p),
-                    symbols: symbols(p),
+                    symbols: symbols(&self.tokens, p),
+                    base_supply: supply(&self.tokens, p),
                     burn_window_ms: self.s.burn_window_ms,
                 };
                 if let Some(s) = p.snapshot(&ctx) {
                     snaps.push((*a, s));
                 }
             }
+            touched_any.extend(touched);
         }
         // The others, every `snapshot_every`, so that their windows roll on.
         for (a, p) in &self.pools {
-            if touched.values().any(|s| s.contains(a)) {
+            if touched_any.contains(a) {
                 continue;
             }
             if p.last_snapshot_ms
@@ -1081,7 +1102,8 @@ impl Follower {
                 chain: &self.s.chain,
                 t_ms: to_ms,
                 quote_usd: self.pool_quote_usd(p),
-                symbols: symbols(p),
+                symbols: symbols(&self.tokens, p),
+                base_supply: supply(&self.tokens, p),
                 burn_window_ms: self.s.burn_window_ms,
             };
             if let Some(s) = p.snapshot(&ctx) {
@@ -1089,7 +1111,6 @@ impl Follower {
             }
         }
         for (a, s) in snaps {
-            snapped.insert(a);
             if let Some(p) = self.pools.get_mut(&a) {
                 p.last_snapshot_ms = Some(s.observed_at_ms);
             }

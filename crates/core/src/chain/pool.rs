@@ -145,6 +145,8 @@ pub struct SnapCtx<'a> {
     /// The quote token's USD price now (`None`: not a priced quote token).
     pub quote_usd: Option<f64>,
     pub symbols: [Option<String>; 2],
+    /// The base token's total supply, in whole units (its FDV is this at the price).
+    pub base_supply: Option<f64>,
     /// LP burns are summed over this window.
     pub burn_window_ms: i64,
 }
@@ -529,7 +531,10 @@ impl Pool {
             liquidity_usd,
             liquidity_base: Some(amounts[self.base]),
             liquidity_quote: Some(amounts[q]),
-            fdv_usd: None,
+            fdv_usd: match (ctx.base_supply, ctx.quote_usd) {
+                (Some(supply), Some(u)) => Some(round(supply * price * u, 2)),
+                _ => None,
+            },
             market_cap_usd: None,
             pair_created_at_ms: self.created_ms,
             lp_burned: Some(round(1.0 - burned, 6)),
@@ -591,6 +596,7 @@ mod tests {
             t_ms,
             quote_usd: Some(1.0),
             symbols: [Some("TKN".into()), Some("USDC".into())],
+            base_supply: None,
             burn_window_ms: 30 * MINUTE_MS,
         }
     }

@@ -53,6 +53,7 @@ pub enum What {
     Symbol,
     Name,
     Decimals,
+    TotalSupply,
 }
 
 impl What {
@@ -68,6 +69,7 @@ impl What {
             What::Symbol => abi::IERC20::symbolCall {}.abi_encode(),
             What::Name => abi::IERC20::nameCall {}.abi_encode(),
             What::Decimals => abi::IERC20::decimalsCall {}.abi_encode(),
+            What::TotalSupply => abi::IERC20::totalSupplyCall {}.abi_encode(),
         }
     }
 }

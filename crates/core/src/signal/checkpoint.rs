@@ -27,6 +27,9 @@ pub struct Checkpoint {
     pub replace_all: bool,
     /// The engine-wide entry: format, parameter hash, budget, counters.
     pub global: Vec<u8>,
+    /// The source's own state at the same point of its input (the chain follower's), when it
+    /// keeps one: saved beside the engine's, so that both continue from one place.
+    pub source: Option<Vec<u8>>,
     /// Pairs by [`pair_id`]: their state, or `None` for a pair forgotten.
     pub pairs: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
@@ -39,6 +42,9 @@ impl Checkpoint {
             self.replace_all = true;
         }
         self.global = later.global;
+        if later.source.is_some() {
+            self.source = later.source;
+        }
         self.pairs.extend(later.pairs);
     }
 }
@@ -124,6 +130,7 @@ impl Engine {
         Ok(Some(Checkpoint {
             replace_all: first,
             global,
+            source: None,
             pairs,
         }))
     }

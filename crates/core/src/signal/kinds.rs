@@ -330,7 +330,9 @@ pub fn enter(kind: Kind, f: &Features, cfg: &Params, flags: RiskFlags) -> Option
                     || ge(f.pc[2], pr.prior_pc_h6)
                     || ge(f.dd30, pr.drawdown))
         }
-        Kind::LiquidityDrain | Kind::RugWarning | Kind::NewPair | Kind::Stance => false,
+        Kind::LiquidityDrain | Kind::RugWarning | Kind::NewPair | Kind::Stance | Kind::Reorg => {
+            false
+        }
     };
     holds.then_some(kind_direction(kind))
 }
@@ -339,7 +341,7 @@ pub fn enter(kind: Kind, f: &Features, cfg: &Params, flags: RiskFlags) -> Option
 pub fn kind_direction(kind: Kind) -> Direction {
     match kind {
         Kind::MomentumUp | Kind::BuyPressure => Direction::Bullish,
-        Kind::VolumeSurge | Kind::NewPair | Kind::Stance => Direction::Neutral,
+        Kind::VolumeSurge | Kind::NewPair | Kind::Stance | Kind::Reorg => Direction::Neutral,
         _ => Direction::Bearish,
     }
 }
@@ -366,7 +368,9 @@ pub fn exit(kind: Kind, f: &Features, cfg: &Params) -> bool {
             .bp_h1
             .is_some_and(|bp| bp > 1.0 - cfg.buy_pressure.exit_bp_h1),
         Kind::PumpReversal => f.pc[0].is_some_and(|p| p > cfg.pump_reversal.exit_pc_m5),
-        Kind::LiquidityDrain | Kind::RugWarning | Kind::NewPair | Kind::Stance => false,
+        Kind::LiquidityDrain | Kind::RugWarning | Kind::NewPair | Kind::Stance | Kind::Reorg => {
+            false
+        }
     }
 }
 
@@ -471,8 +475,9 @@ pub fn excess(kind: Kind, f: &Features, cfg: &Params, consecutive: u32) -> f64 {
                     })
                 + 0.3 * f.ur_h1.map_or(0.5, |u| u.clamp(0.0, 1.0))
         }
-        // A stance has no threshold to exceed: it carries its episodes' score.
-        Kind::Stance => 0.0,
+        // A stance has no threshold to exceed: it carries its episodes' score; a reorg notice
+        // is no signal.
+        Kind::Stance | Kind::Reorg => 0.0,
     };
     e.clamp(0.0, 1.0)
 }
@@ -659,8 +664,8 @@ pub fn reasons(kind: Kind, dir: Direction, f: &Features, cfg: &Params) -> Vec<St
             out.push(format!("liquidity ${}", num(f.liquidity, 0)));
             out.push(format!("N_h1 {}", f.n_h1().unwrap_or(0)));
         }
-        // Built by the engine, which knows the episodes behind it.
-        Kind::Stance => {}
+        // Built by the engine, which knows the episodes (or the blocks) behind them.
+        Kind::Stance | Kind::Reorg => {}
     }
     out
 }

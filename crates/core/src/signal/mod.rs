@@ -574,6 +574,72 @@ impl Engine {
         out
     }
 
+    /// The chain replaced blocks `from_block..=to_block`, which `pairs` were read from (the
+    /// chain source, docs/sources.md "Reorganisations"): each pair the engine knows gets one
+    /// `reorg` event (neutral, never in the stance) carrying the score of its strongest open
+    /// episode, so that a filter that let those through lets this through; and the pair takes
+    /// the new chain's snapshots from the fork's time on (they may be older than the replaced
+    /// ones). What the replaced blocks already made the engine say stays said.
+    pub fn reorg(
+        &mut self,
+        pairs: &[PairKey],
+        from_block: u64,
+        to_block: u64,
+        at_ms: i64,
+    ) -> Vec<SignalEvent> {
+        self.step += 1;
+        let mut out = Vec::new();
+        let mut keys = pairs.to_vec();
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            let Some(st) = self.pairs.get_mut(&key) else {
+                continue;
+            };
+            if !st.has_fresh {
+                continue;
+            }
+            let score = st
+                .kinds
+                .iter()
+                .filter_map(|k| k.active.map(|e| e.last_score))
+                .chain((st.rug_until_ms > at_ms).then_some(st.rug_score))
+                .max()
+                .unwrap_or(0);
+            let at = st.last_seen_ms.max(at_ms);
+            let emit = Emit {
+                kind: Kind::Reorg,
+                phase: Phase::Opened,
+                dir: Direction::Neutral,
+                score,
+                e: 0.0,
+                q: 1.0,
+                p: 0,
+                start_ms: at,
+                at_ms: at,
+                close_reason: None,
+                basis: KindSet::default(),
+            };
+            let mut e = build(
+                &emit,
+                &st.last,
+                &st.feats,
+                &self.cfg,
+                &self.params_hash,
+                &[],
+            );
+            e.reasons = vec![format!(
+                "the chain replaced blocks {from_block}-{to_block}: this pair's events read from them rest on blocks no longer in the chain"
+            )];
+            out.push(e);
+            // The new chain's blocks may be older than the replaced ones.
+            st.last_fresh_ms = st.last_fresh_ms.min(at_ms);
+            st.last_fields = [0; NUMERIC_FIELDS];
+        }
+        self.stats.events += out.len() as u64;
+        out
+    }
+
     /// Pairs forgotten by `tick` since the last call, for whoever keeps per-pair state beside
     /// the engine (the hub's pair states).
     pub fn take_forgotten(&mut self) -> Vec<PairKey> {

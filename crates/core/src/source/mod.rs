@@ -26,6 +26,17 @@ pub enum Input {
     Tick(i64),
     /// A response or line with no usable data (counted and logged, never fatal).
     Problem(String),
+    /// The chain replaced blocks `from_block..=to_block` (the chain source): these pairs had
+    /// been read from them; the chain they continue on forked at `at_ms`.
+    Reorg {
+        pairs: Vec<crate::model::PairKey>,
+        from_block: u64,
+        to_block: u64,
+        at_ms: i64,
+    },
+    /// The source's own state after the inputs before it (the chain follower's): saved with
+    /// the engine's next checkpoint.
+    SourceState(Vec<u8>),
 }
 
 /// One OHLCV bar (GeckoTerminal): not a snapshot, kept for charts and back-fills.
