@@ -2,7 +2,7 @@
 //! per snapshot, counted by an instrumented global allocator), the decoders on the recorded
 //! payloads (bytes per second), event serialization, filter matching, and reads of a full
 //! history (100,000 frames): a resume's chunk and a `/v1/signals` page; the event log's durable
-//! commit and a read from its file.
+//! commit and a read from its file; the chain source's log decoding and snapshot building.
 //!
 //!     cargo bench --bench core
 
@@ -309,12 +309,134 @@ fn store(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The chain source: an `eth_getLogs` reply of 10,000 pool logs (V2 syncs and swaps, V3
+/// swaps) parsed and decoded, in logs per second; and one pool's snapshot with a full day of
+/// minutes behind it, in snapshots per second.
+fn chain(c: &mut Criterion) {
+    use alloy_primitives::{aliases::I24, Address, LogData, I256, U256};
+    use alloy_sol_types::SolEvent;
+    use dexpulse::chain::abi::{IUniswapV2Pair, IUniswapV3Pool};
+    use dexpulse::chain::follower::pool_event;
+    use dexpulse::chain::pool::{Event, Pool, SnapCtx, Version};
+    use dexpulse::chain::rpc::Log;
+
+    let pool = Address::repeat_byte(7);
+    let log_json = |data: LogData, n: usize| {
+        serde_json::json!({
+            "address": pool,
+            "topics": data.topics(),
+            "data": data.data,
+            "blockNumber": format!("{:#x}", 1_000 + n / 10),
+            "blockHash": alloy_primitives::B256::repeat_byte(1),
+            "logIndex": format!("{:#x}", n % 10),
+            "blockTimestamp": format!("{:#x}", 1_700_000_000 + n),
+        })
+    };
+    let e18 = U256::from(10u64).pow(U256::from(18));
+    let reply: Vec<serde_json::Value> = (0..10_000)
+        .map(|n| {
+            let data = match n % 3 {
+                0 => IUniswapV2Pair::Sync {
+                    reserve0: alloy_primitives::aliases::U112::from(1_000_000u64 + n as u64),
+                    reserve1: alloy_primitives::aliases::U112::from(2_000_000u64),
+                }
+                .encode_log_data(),
+                1 => IUniswapV2Pair::Swap {
+                    sender: Address::repeat_byte(2),
+                    amount0In: e18,
+                    amount1In: U256::ZERO,
+                    amount0Out: U256::ZERO,
+                    amount1Out: e18 * U256::from(2u64),
+                    to: Address::repeat_byte(3),
+                }
+                .encode_log_data(),
+                _ => IUniswapV3Pool::Swap {
+                    sender: Address::repeat_byte(2),
+                    recipient: Address::repeat_byte(3),
+                    amount0: I256::try_from(e18).unwrap(),
+                    amount1: -I256::try_from(e18).unwrap(),
+                    sqrtPriceX96: alloy_primitives::aliases::U160::from(1u64 << 62),
+                    liquidity: 1_000_000,
+                    tick: I24::ZERO,
+                }
+                .encode_log_data(),
+            };
+            log_json(data, n)
+        })
+        .collect();
+    let body = serde_json::Value::Array(reply).to_string();
+    let mut g = c.benchmark_group("chain");
+    g.throughput(Throughput::Elements(10_000));
+    g.bench_function("get_logs_reply_parsed_and_decoded", |b| {
+        b.iter(|| {
+            let logs: Vec<Log> = serde_json::from_str(&body).unwrap();
+            let mut n = 0;
+            for (i, l) in logs.iter().enumerate() {
+                let v = if i % 3 == 2 { Version::V3 } else { Version::V2 };
+                if pool_event(l, v).is_some() {
+                    n += 1;
+                }
+            }
+            assert_eq!(n, 10_000);
+            black_box(n)
+        })
+    });
+    // A pool with a trade every minute for a day.
+    let mut p = Pool::new(
+        pool,
+        Version::V2,
+        "uniswap_v2".into(),
+        [Address::repeat_byte(2), Address::repeat_byte(3)],
+        0,
+    );
+    p.decimals = Some([18, 18]);
+    let t0 = 1_800_000_000_000i64;
+    for m in 0..1_440u64 {
+        let t = t0 + m as i64 * 60_000;
+        let r0 = e18 * U256::from(1_000_000u64 + m);
+        p.apply(
+            m,
+            t,
+            &Event::V2Sync {
+                reserve0: r0,
+                reserve1: e18 * U256::from(2_000_000u64),
+            },
+            Some(1.0),
+        );
+        p.apply(
+            m,
+            t,
+            &Event::V2Swap {
+                in0: e18,
+                in1: U256::ZERO,
+                out0: U256::ZERO,
+                out1: e18 * U256::from(2u64),
+            },
+            Some(1.0),
+        );
+    }
+    let ctx = SnapCtx {
+        chain: "base",
+        t_ms: t0 + 1_440 * 60_000,
+        quote_usd: Some(1.0),
+        symbols: [Some("TKN".into()), Some("USDC".into())],
+        base_supply: Some(1e9),
+        burn_window_ms: 1_800_000,
+    };
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("snapshot_of_a_pool_with_a_day_of_minutes", |b| {
+        b.iter(|| black_box(p.snapshot(&ctx).unwrap()))
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     engine,
     decoders,
     events_and_filters,
     history,
-    store
+    store,
+    chain
 );
 criterion_main!(benches);

@@ -375,7 +375,7 @@ impl Dex {
         t
     }
 
-    async fn transfer(&self, token: Address, to: Address, value: U256) {
+    pub async fn transfer(&self, token: Address, to: Address, value: U256) {
         self.rpc
             .send(Some(token), Token::transferCall { to, value }.abi_encode())
             .await;
@@ -549,8 +549,14 @@ impl Dex {
         self.v3_swap(pool, token, false, amount_in).await;
     }
 
-    /// Swaps `amount_in` on a V3 pool: `buy` pays USDC for the token.
-    pub async fn v3_swap(&self, pool: Address, token: Address, buy: bool, amount_in: U256) {
+    /// Swaps `amount_in` on a V3 pool: `buy` pays USDC for the token. Returns the receipt.
+    pub async fn v3_swap(
+        &self,
+        pool: Address,
+        token: Address,
+        buy: bool,
+        amount_in: U256,
+    ) -> Value {
         let pay = if buy { self.usdc } else { token };
         let other = if buy { token } else { self.usdc };
         self.rpc
@@ -564,7 +570,7 @@ impl Dex {
                 }
                 .abi_encode(),
             )
-            .await;
+            .await
     }
 }
 
@@ -1090,5 +1096,237 @@ async fn collect(ws: &mut crate::cluster::WsClient, got: &mut Vec<(u64, String)>
         if v["type"] == "signal" {
             got.push((v["seq"].as_u64().unwrap(), t));
         }
+    }
+}
+
+/// What following N pools costs in JSON-RPC calls per block (BENCHMARKS.md, "The chain
+/// source"): the follower against a synthetic chain of 200 blocks in which three pools trade
+/// every block, polled once per block, for 10, 100 and 1,000 pools made by one factory. The
+/// counts are the follower's own; no time is measured.
+#[test]
+fn calls_per_block_for_ten_hundred_and_a_thousand_pools() {
+    use alloy_primitives::{LogData, B256};
+    use alloy_sol_types::SolEvent;
+    use dexpulse::chain::abi::{IUniswapV2Factory, IUniswapV2Pair, IERC20};
+    use dexpulse::chain::rpc::{Call, What};
+    use dexpulse::chain::{Factory, Follower, Settings, Start, Version};
+
+    let factory = Address::repeat_byte(0xfa);
+    let usdc = Address::repeat_byte(0xcc);
+    let pool = |i: usize| Address::left_padding_from(&(0x10_0000u64 + i as u64).to_be_bytes());
+    let token = |i: usize| Address::left_padding_from(&(0x20_0000u64 + i as u64).to_be_bytes());
+    let hash = |n: u64| B256::left_padding_from(&n.to_be_bytes());
+    let quantity = |n: u64| format!("{n:#x}");
+    let log = |address: Address, data: LogData, block: u64, index: u64| {
+        json!({
+            "address": address, "topics": data.topics(), "data": data.data,
+            "blockNumber": quantity(block), "blockHash": hash(block),
+            "logIndex": quantity(index), "blockTimestamp": quantity(1_000 + 12 * block),
+        })
+    };
+    let ok = |id: usize, result: Value| json!({"jsonrpc":"2.0","id":id,"result":result});
+    let mut rows = Vec::new();
+    for n in [10usize, 100, 1_000] {
+        let mut f = Follower::new(Settings {
+            chain: "synthetic".into(),
+            pools: Vec::new(),
+            factories: vec![Factory {
+                address: factory,
+                version: Version::V2,
+                dex: "uniswap_v2".into(),
+            }],
+            quote_tokens: vec![dexpulse::chain::QuoteToken {
+                address: usdc,
+                price: dexpulse::chain::QuotePrice::Usd(1.0),
+            }],
+            confirmations: 0,
+            start: Start::Block(1),
+            max_pools: 2_000,
+            blocks_per_logs: 500,
+            addresses_per_logs: 500,
+            snapshot_every_ms: 60_000,
+            burn_window_ms: 1_800_000,
+            reorg_depth: 64,
+            configured_min_age_ms: 0,
+        });
+        // The chain's logs: the pools made in block 1, three of them trading every block.
+        let logs_of = |from: u64, to: u64, addresses: &[Address]| {
+            let mut out = Vec::new();
+            for b in from..=to {
+                if b == 1 && addresses.contains(&factory) {
+                    for i in 0..n {
+                        let e = IUniswapV2Factory::PairCreated {
+                            token0: token(i),
+                            token1: usdc,
+                            pair: pool(i),
+                            index: U256::from(i),
+                        };
+                        out.push(log(factory, e.encode_log_data(), 1, i as u64));
+                    }
+                }
+                for i in 0..3 {
+                    let p = pool((b as usize * 7 + i * 13) % n);
+                    if b < 2 || !addresses.contains(&p) {
+                        continue;
+                    }
+                    let sync = IUniswapV2Pair::Sync {
+                        reserve0: alloy_primitives::aliases::U112::from(1_000_000u64 + b),
+                        reserve1: alloy_primitives::aliases::U112::from(2_000_000u64),
+                    };
+                    out.push(log(p, sync.encode_log_data(), b, 2 * i as u64));
+                    let swap = IUniswapV2Pair::Swap {
+                        sender: p,
+                        amount0In: U256::from(1_000u64),
+                        amount1In: U256::ZERO,
+                        amount0Out: U256::ZERO,
+                        amount1Out: U256::from(1_900u64),
+                        to: p,
+                    };
+                    out.push(log(p, swap.encode_log_data(), b, 2 * i as u64 + 1));
+                }
+            }
+            Value::Array(out)
+        };
+        let mut calls_at_steady = (0usize, 0usize); // (calls, blocks)
+        for head in 1..=200u64 {
+            f.wake();
+            let mut calls = 0;
+            while let Some(call) = f.next().cloned() {
+                calls += call.weight();
+                let body = match &call {
+                    Call::Head => ok(1, json!(quantity(head))),
+                    Call::Logs {
+                        from,
+                        to,
+                        addresses,
+                    } => ok(1, logs_of(*from, *to, addresses)),
+                    Call::Headers { numbers } => Value::Array(
+                        numbers
+                            .iter()
+                            .enumerate()
+                            .map(|(i, b)| {
+                                ok(
+                                    i + 1,
+                                    json!({"number": quantity(*b), "hash": hash(*b),
+                                           "parentHash": hash(b - 1), "timestamp": quantity(1_000 + 12 * b)}),
+                                )
+                            })
+                            .collect(),
+                    ),
+                    Call::Reads { reads, .. } => Value::Array(
+                        reads
+                            .iter()
+                            .enumerate()
+                            .map(|(i, r)| {
+                                let data = match r.what {
+                                    What::Symbol => IERC20::symbolCall::abi_encode_returns(&"T".to_string()),
+                                    What::Decimals => IERC20::decimalsCall::abi_encode_returns(&18u8),
+                                    What::TotalSupply => {
+                                        IERC20::totalSupplyCall::abi_encode_returns(&U256::from(10u64).pow(U256::from(27)))
+                                    }
+                                    _ => Vec::new(),
+                                };
+                                ok(i + 1, json!(Bytes::from(data)))
+                            })
+                            .collect(),
+                    ),
+                };
+                let out = f.on_reply(&call, &body);
+                assert!(out.problems.is_empty(), "{:?}", out.problems);
+            }
+            // The first blocks are the set-up (the pools' creation, their tokens).
+            if head > 20 {
+                calls_at_steady.0 += calls;
+                calls_at_steady.1 += 1;
+            }
+        }
+        assert_eq!(f.pools(), n);
+        let per_block = calls_at_steady.0 as f64 / calls_at_steady.1 as f64;
+        rows.push((n, per_block));
+    }
+    eprintln!("calls per block, caught up, polled every block: {rows:?}");
+    // One head, one logs call per 500 addresses (the pools and the factory), one header (a
+    // range of one block is its own first and last).
+    for (n, per_block) in rows {
+        let logs_calls = (n + 1).div_ceil(500) as f64;
+        assert_eq!(per_block, 1.0 + logs_calls + 1.0, "{n} pools");
+    }
+}
+
+/// BENCHMARKS.md, "The chain source": the time from a swap's block being mined on anvil (from
+/// its transaction's send: anvil mines it as it takes it) to the pair's new state reaching a
+/// WebSocket client subscribed to the `pairs` channel, at two poll intervals. A measurement, not a test; run it with
+///
+///     cargo test --release --test it -- --ignored --nocapture block_to_client
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn block_to_client_latency() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let anvil = Anvil::start("latency");
+    let rpc = Rpc::new(anvil.url()).await;
+    let dex = Dex::deploy(rpc.clone()).await;
+    let tkn = dex.token("Lat", "LAT", 18).await;
+    // A V3 pool: a swap there is one transaction, so one block per measurement.
+    let pool = dex.v3_pool(tkn, 1_000_000_000_000_000_000u128).await;
+    for poll in [0.1, 2.0] {
+        let mut cfg = chain_config(&anvil, &dex);
+        cfg.source.evm.poll_seconds = poll;
+        let r = crate::server::start_sourced(cfg).await;
+        until_block(&r, rpc.head().await).await;
+        let mut ws = crate::server::connect(&r).await;
+        crate::server::next_json(&mut ws).await;
+        ws.send(Message::text(format!(
+            r#"{{"op":"subscribe","channel":"pairs","filter":{{"pairs":["anvil:{pool:#x}"]}}}}"#
+        )))
+        .await
+        .unwrap();
+        crate::server::next_json(&mut ws).await;
+        let mut ms = Vec::new();
+        for i in 0..60u64 {
+            rpc.warp(5).await;
+            let (buy, amount) = if i % 2 == 0 {
+                (true, e6(100))
+            } else {
+                (false, e18(100))
+            };
+            // anvil mines a transaction as it takes it: from the send, an upper bound.
+            let mined = std::time::Instant::now();
+            let receipt = dex.v3_swap(pool, tkn, buy, amount).await;
+            let block = u64::from_str_radix(
+                receipt["blockNumber"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("0x"),
+                16,
+            )
+            .unwrap();
+            let at = rpc.block_time_ms(block).await;
+            // The pair's state at that block (not an older one still on its way).
+            loop {
+                let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                    .await
+                    .unwrap();
+                if let Some(Ok(Message::Text(t))) = m {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    if v["type"] == "pair" && at_ms(&v["pair"]) >= at {
+                        break;
+                    }
+                }
+            }
+            ms.push(mined.elapsed().as_secs_f64() * 1000.0);
+            // Out of phase with the poll: the next swap comes at a random point of it.
+            tokio::time::sleep(Duration::from_millis((i * 37) % 100 * (poll * 10.0) as u64)).await;
+        }
+        ms.sort_by(f64::total_cmp);
+        let p = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+        eprintln!(
+            "poll {poll} s: block mined to client, {} swaps: p50 {:.1} ms, p99 {:.1} ms, min {:.1} ms",
+            ms.len(),
+            p(0.5),
+            p(0.99),
+            ms[0]
+        );
+        r.shutdown().await.unwrap();
     }
 }

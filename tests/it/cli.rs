@@ -222,12 +222,11 @@ fn a_bad_config_exits_64_naming_the_field() {
         "/nonexistent/x.toml",
     ]);
     assert_eq!(out.status.code(), Some(64));
-    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml");
-    assert!(
-        dexpulse(&["replay", t.to_str().unwrap(), "--config", shipped])
-            .status
-            .success()
-    );
+    for shipped in ["default.toml", "demo.toml", "base.toml"] {
+        let path = format!("{}/config/{shipped}", env!("CARGO_MANIFEST_DIR"));
+        let out = dexpulse(&["replay", t.to_str().unwrap(), "--config", &path]);
+        assert!(out.status.success(), "{shipped}: {}", text(&out.stderr));
+    }
 }
 
 #[test]

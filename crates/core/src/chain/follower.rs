@@ -1062,7 +1062,7 @@ impl Follower {
                 let Some(pool) = self.pools.get(&log.address) else {
                     continue; // a factory's log: its pools were registered above
                 };
-                let Some(event) = decode(log, pool.version) else {
+                let Some(event) = pool_event(log, pool.version) else {
                     continue;
                 };
                 let quote_usd = self.pool_quote_usd(pool);
@@ -1182,7 +1182,7 @@ fn creation(log: &Log, version: Version) -> Option<([Address; 2], Address)> {
 }
 
 /// A pool's log as an event; `None` for a log of another kind (the LP token's transfers).
-fn decode(log: &Log, version: Version) -> Option<Event> {
+pub fn pool_event(log: &Log, version: Version) -> Option<Event> {
     let topics = &log.topics;
     let data = &log.data;
     let t0 = *topics.first()?;
@@ -1269,4 +1269,200 @@ fn symbol_of(b: &[u8]) -> Option<String> {
         }
     };
     bounds::display(&text, bounds::SYMBOL_CHARS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const F: Address = Address::repeat_byte(0xf0);
+
+    fn settings() -> Settings {
+        Settings {
+            chain: "test".into(),
+            pools: Vec::new(),
+            factories: vec![Factory {
+                address: F,
+                version: Version::V2,
+                dex: "uniswap_v2".into(),
+            }],
+            quote_tokens: Vec::new(),
+            confirmations: 0,
+            start: Start::Block(1),
+            max_pools: 10,
+            blocks_per_logs: 100,
+            addresses_per_logs: 100,
+            snapshot_every_ms: 60_000,
+            burn_window_ms: 1_800_000,
+            reorg_depth: 8,
+            configured_min_age_ms: 0,
+        }
+    }
+
+    fn ok(result: Value) -> Value {
+        json!({"jsonrpc": "2.0", "id": 1, "result": result})
+    }
+
+    fn hash(n: u64, fork: u8) -> B256 {
+        let mut h = [fork; 32];
+        h[..8].copy_from_slice(&n.to_be_bytes());
+        B256::from(h)
+    }
+
+    fn header(n: u64, t: u64, fork: u8) -> Value {
+        json!({
+            "number": format!("{n:#x}"),
+            "hash": hash(n, fork),
+            "parentHash": hash(n.saturating_sub(1), fork),
+            "timestamp": format!("{t:#x}"),
+        })
+    }
+
+    fn headers(numbers: &[u64], time: impl Fn(u64) -> u64, fork: u8) -> Value {
+        Value::Array(
+            numbers
+                .iter()
+                .enumerate()
+                .map(|(i, n)| json!({"jsonrpc": "2.0", "id": i + 1, "result": header(*n, time(*n), fork)}))
+                .collect(),
+        )
+    }
+
+    fn log(address: Address, block: u64) -> Value {
+        json!({
+            "address": address,
+            "topics": [B256::repeat_byte(9)],
+            "data": "0x",
+            "blockNumber": format!("{block:#x}"),
+            "blockHash": hash(block, 0),
+            "logIndex": "0x0",
+        })
+    }
+
+    /// Answers the follower's calls until it is caught up, as an honest chain of `head` blocks
+    /// 12 s apart.
+    fn follow(f: &mut Follower, head: u64, fork: u8) -> Vec<Output> {
+        let mut outs = Vec::new();
+        f.wake();
+        while let Some(call) = f.next().cloned() {
+            let body = match &call {
+                Call::Head => ok(json!(format!("{head:#x}"))),
+                Call::Logs { .. } => ok(json!([])),
+                Call::Headers { numbers } => headers(numbers, |n| 1_000 + 12 * n, fork),
+                Call::Reads { reads, .. } => Value::Array(
+                    (0..reads.len())
+                        .map(|i| json!({"jsonrpc": "2.0", "id": i + 1, "result": "0x"}))
+                        .collect(),
+                ),
+            };
+            outs.push(f.on_reply(&call, &body));
+        }
+        outs
+    }
+
+    #[test]
+    fn a_provider_that_lies_is_refused_and_counted() {
+        let mut f = Follower::new(settings());
+        let out = f.on_reply(&Call::Head, &ok(json!("0xa")));
+        assert!(out.problems.is_empty());
+        let call = f.next().cloned().unwrap();
+        assert_eq!(
+            call,
+            Call::Logs {
+                from: 1,
+                to: 10,
+                addresses: vec![F]
+            }
+        );
+        // A log of an address not asked for, one outside the range.
+        let other = Address::repeat_byte(1);
+        let out = f.on_reply(&call, &ok(json!([log(other, 5), log(F, 11)])));
+        assert_eq!(out.problems.len(), 2, "{:?}", out.problems);
+        assert!(out.problems[0].contains("not asked for"));
+        assert!(out.problems[1].contains("outside"));
+        // Times going backwards: the range is refused and read again.
+        let call = f.next().cloned().unwrap();
+        let Call::Headers { numbers } = &call else {
+            panic!("{call:?}")
+        };
+        let out = f.on_reply(&call, &headers(numbers, |n| 10_000 - n, 0));
+        assert!(out.refused, "{:?}", out.problems);
+        assert!(out.problems[0].contains("backwards"));
+        assert_eq!(f.processed(), None);
+        // Honest answers from here: caught up at 10.
+        for o in follow(&mut f, 10, 0) {
+            assert!(o.problems.is_empty(), "{:?}", o.problems);
+        }
+        assert_eq!(f.processed(), Some(10));
+        // A head behind what the provider said before.
+        let out = f.on_reply(&Call::Head, &ok(json!("0x9")));
+        assert!(out.refused && out.problems[0].contains("went back"));
+    }
+
+    #[test]
+    fn a_range_refused_as_too_large_is_split() {
+        let mut f = Follower::new(settings());
+        f.on_reply(&Call::Head, &ok(json!("0x64")));
+        let call = f.next().cloned().unwrap();
+        let err = json!({"jsonrpc":"2.0","id":1,"error":{"code":-32005,"message":"query returned more than 10000 results"}});
+        let out = f.on_reply(&call, &err);
+        assert!(!out.refused, "a split, not a failure");
+        assert_eq!(
+            f.next(),
+            Some(&Call::Logs {
+                from: 1,
+                to: 50,
+                addresses: vec![F]
+            })
+        );
+        follow(&mut f, 100, 0);
+        assert_eq!(f.processed(), Some(100));
+    }
+
+    #[test]
+    fn a_replaced_block_is_found_and_the_pairs_rolled_back() {
+        let mut f = Follower::new(settings());
+        follow(&mut f, 20, 0);
+        assert_eq!(f.processed(), Some(20));
+        // The chain under block 20 is another from block 18 on: the idle check sees it.
+        f.wake();
+        let call = f.next().cloned().unwrap();
+        let out = f.on_reply(&call, &ok(json!("0x14")));
+        assert!(out.problems.is_empty());
+        let call = f.next().cloned().unwrap();
+        assert_eq!(call, Call::Headers { numbers: vec![20] });
+        let out = f.on_reply(&call, &headers(&[20], |n| 1_000 + 12 * n, 1));
+        assert!(out.reorg.is_none());
+        // The search: blocks up to 17 agree.
+        let call = f.next().cloned().unwrap();
+        let Call::Headers { numbers } = &call else {
+            panic!("{call:?}")
+        };
+        let mixed = Value::Array(
+            numbers
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let fork = if *n >= 18 { 1 } else { 0 };
+                    json!({"jsonrpc":"2.0","id":i + 1,"result": header(*n, 1_000 + 12 * n, fork)})
+                })
+                .collect(),
+        );
+        let out = f.on_reply(&call, &mixed);
+        let r = out.reorg.expect("a reorganisation");
+        assert_eq!(r.replaced_to, 20);
+        assert!(r.fork <= 17, "{r:?}");
+        assert_eq!(f.processed(), Some(r.fork));
+    }
+
+    #[test]
+    fn the_follower_is_saved_and_restored_whole() {
+        let mut f = Follower::new(settings());
+        follow(&mut f, 30, 0);
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&f, &mut bytes).unwrap();
+        let back: Follower = ciborium::from_reader(bytes.as_slice()).unwrap();
+        assert_eq!(back, f);
+    }
 }
