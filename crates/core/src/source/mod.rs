@@ -91,8 +91,8 @@ pub fn decode(
             dexscreener::decode(request, body, observed_at_ms, source)
         }
         Source::Geckoterminal => geckoterminal::decode(request, body, observed_at_ms),
-        // A chain's replies are read by its follower, which keeps state between them
-        // (`crate::chain`), never one by one.
+        // A chain's replies are read by its follower, which keeps state between them, never
+        // one by one.
         Source::Bench | Source::Evm => Err(DecodeError::UnknownRequest {
             origin: source.as_str().to_string(),
             request: request.to_string(),
