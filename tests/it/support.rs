@@ -76,7 +76,7 @@ pub struct Step {
     pub t_ms: i64,
     pub verdict: dexpulse::signal::Verdict,
     /// Whether each state-machine kind's entry condition held on it (fresh snapshots only).
-    pub entered: [bool; 9],
+    pub entered: [bool; dexpulse::model::Kind::N_EPISODIC],
     /// The risk flags of its features (fresh snapshots only).
     pub flags: Vec<String>,
     /// The events this snapshot produced.
@@ -100,7 +100,7 @@ pub fn trace(tape: &[u8], cfg: Params) -> (Vec<Step>, Engine) {
                         key: None,
                         t_ms,
                         verdict: Verdict::Stale,
-                        entered: [false; 9],
+                        entered: [false; Kind::N_EPISODIC],
                         flags: Vec::new(),
                         events,
                     });
@@ -114,13 +114,15 @@ pub fn trace(tape: &[u8], cfg: Params) -> (Vec<Step>, Engine) {
                 for snap in &d.snapshots {
                     let mut events = Vec::new();
                     let verdict = engine.observe_into(snap, &mut events);
-                    let mut entered = [false; 9];
+                    let mut entered = [false; Kind::N_EPISODIC];
                     let mut flag_names = Vec::new();
                     if verdict == Verdict::Fresh {
                         if let Some((_, f)) = engine.latest(&snap.key) {
                             let (flags, _) = kinds::risk(f, &cfg);
                             for k in Kind::EPISODIC {
-                                entered[k.index()] = kinds::enter(k, f, &cfg, flags).is_some();
+                                entered[k.index()] =
+                                    kinds::enter(k, f, &cfg, flags, &kinds::Context::default())
+                                        .is_some();
                             }
                             flag_names = flags.names();
                         }

@@ -358,10 +358,13 @@ impl Kind {
         Kind::Reorg,
     ];
 
+    /// How many kinds the per-(pair, kind) state machine runs.
+    pub const N_EPISODIC: usize = Kind::ALL.len() - 2;
+
     /// The kinds the per-(pair, kind) state machine runs: all but `stance` and `reorg` (the
     /// last two).
-    pub const EPISODIC: [Kind; 9] = {
-        let mut out = [Kind::MomentumUp; 9];
+    pub const EPISODIC: [Kind; Kind::N_EPISODIC] = {
+        let mut out = [Kind::MomentumUp; Kind::N_EPISODIC];
         let mut i = 0;
         while i < out.len() {
             out[i] = Kind::ALL[i];

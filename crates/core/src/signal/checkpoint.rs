@@ -17,7 +17,7 @@ use super::{Budget, Engine, EngineStats, PairState, Params, TokenPair};
 use crate::model::PairKey;
 
 /// What the engine-wide entry's `format` says in a checkpoint this version writes.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 /// The state changed since the previous checkpoint.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -168,11 +168,11 @@ impl Engine {
             if state.token.is_some() {
                 let id = engine.tokens.id(&state.last.base_token.address);
                 state.token = Some(id);
-                if engine.cfg.fsm.dedupe_per_token && state.has_fresh {
+                if engine.cfg.fsm.dedupe_per_token && state.fresh.has_fresh {
                     engine.tokens.lists[id].push(TokenPair {
                         key: key.clone(),
                         liquidity: state.feats.liquidity,
-                        last_ms: state.last_fresh_ms,
+                        last_ms: state.fresh.last_fresh_ms,
                     });
                 }
             }

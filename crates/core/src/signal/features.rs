@@ -1,7 +1,20 @@
-//! The derived features of docs/signals.md ("Features") as small pure functions, and the time-aware EW
-//! statistics. Time is always an argument; nothing here reads a clock or allocates.
+//! The derived features of docs/signals.md ("Features"): small pure functions of one
+//! snapshot's windows, the time-aware EW statistics, and [`compute`], which turns a fresh, valid
+//! snapshot into [`Features`] while folding it into the pair's [`History`] (the volume
+//! baseline, the pool's depth and liquidity over the drain lookback, the pump highs). Time is
+//! always an argument; nothing here reads a clock.
 //!
 //! An unavailable feature is `None`, never 0, and drops out of `max(...)` and `cascade`.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use super::kinds::Features;
+use super::params::Params;
+use crate::model::{Snapshot, Txns};
+
+const MIN_MS: f64 = 60_000.0;
 
 /// Window lengths in minutes: m5, h1, h6, h24.
 pub const LEN_MIN: [f64; 4] = [5.0, 60.0, 360.0, 1440.0];
@@ -197,6 +210,200 @@ impl EwStats {
 
     pub fn var(&self) -> f64 {
         self.var
+    }
+}
+
+/// What a pair's features need of its past, beyond the snapshot before.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct History {
+    /// The volume baseline of `z_vol`.
+    ew: EwStats,
+    /// (t, pool depth, price): K for constant-product pools, USD liquidity otherwise (with
+    /// the price it was seen at, to adjust it for the price move).
+    depth_hist: VecDeque<(i64, f64, Option<f64>)>,
+    depth_is_usd: bool,
+    liq_hist: VecDeque<(i64, f64)>,
+    /// (t, price) of fresh observations that qualify as a pump high.
+    highs: VecDeque<(i64, f64)>,
+}
+
+impl History {
+    pub fn new(cfg: &Params) -> History {
+        // The config is validated at start-up; the default only covers a caller that skipped it.
+        History {
+            ew: EwStats::try_new(cfg.ms.z_half_life as f64).unwrap_or_default(),
+            ..History::default()
+        }
+    }
+}
+
+fn prune(q: &mut VecDeque<(i64, f64)>, cutoff: i64) {
+    while q.front().is_some_and(|(t, _)| *t < cutoff) {
+        q.pop_front();
+    }
+}
+
+fn is_concentrated(labels: &[String], cfg: &Params) -> bool {
+    labels.iter().any(|l| {
+        cfg.liquidity
+            .concentrated_labels
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(l))
+    })
+}
+
+/// The features of a fresh, valid snapshot; folds it into the pair's history.
+pub fn compute(snap: &Snapshot, h: &mut History, cfg: &Params) -> Features {
+    let t = snap.observed_at_ms;
+    let age_min = snap
+        .pair_created_at_ms
+        .map(|c| ((t - c) as f64 / MIN_MS).max(0.0));
+    let pc = snap.price_change_pct.as_array();
+    let vol = snap.volume_usd.as_array();
+    let floor = cfg.volume_surge.baseline_floor_usd_per_min;
+    let seg = price_segments(pc, age_min);
+    let tx_m5 = snap.txns.m5;
+    let tx_h1 = snap.txns.h1;
+    let prior = cfg.buy_pressure.prior;
+    let liquidity = snap.liquidity_usd;
+
+    // Volume z-score against the state before this observation.
+    let z_vol = vol[0].and_then(|v| {
+        let x = (1.0 + v / 5.0).ln();
+        let z = h.ew.z(x, cfg.volume_surge.z_min_obs, cfg.ms.z_min_span);
+        h.ew.update(t, x);
+        z
+    });
+
+    // Pool depth: K = sqrt(base·quote) for constant-product pools, USD liquidity otherwise.
+    let lookback = cfg.ms.drain_lookback;
+    let k = match (snap.liquidity_base, snap.liquidity_quote) {
+        (Some(b), Some(q)) if b > 0.0 && q > 0.0 && !is_concentrated(&snap.labels, cfg) => {
+            Some(((b * q).sqrt(), false))
+        }
+        _ => liquidity.map(|l| (l, true)),
+    };
+    let depth = k.map(|(d, _)| d);
+    let price_now = snap.price_usd.as_ref().map(|p| p.value);
+    let (lp_removed, liq_usd_proxy) = match (snap.lp_burned, k) {
+        // The chain's own measure: what the LPs burned in the lookback, exactly. Swaps and
+        // price moves never count, in any kind of pool.
+        (Some(burned), _) => (Some(burned.clamp(0.0, 1.0)), false),
+        (None, Some((depth, usd))) => {
+            if usd != h.depth_is_usd {
+                h.depth_hist.clear();
+                h.depth_is_usd = usd;
+            }
+            h.depth_hist.push_back((t, depth, price_now));
+            while h
+                .depth_hist
+                .front()
+                .is_some_and(|(at, _, _)| *at < t - lookback)
+            {
+                h.depth_hist.pop_front();
+            }
+            // The reference: the deepest the pool was in the lookback. USD liquidity moves with
+            // the price even when no LP leaves (half a constant-product pool is the base token,
+            // revalued), so there each past depth is moved to today's price first:
+            // `L_i · sqrt(p / p_i)`.
+            let reference = h
+                .depth_hist
+                .iter()
+                .map(|(_, d, p)| match (usd, p, price_now) {
+                    (true, Some(then), Some(now)) if *then > 0.0 => d * (now / then).sqrt(),
+                    _ => *d,
+                })
+                .fold(0.0, f64::max);
+            let removed = if reference > 0.0 {
+                (1.0 - depth / reference).max(0.0)
+            } else {
+                0.0
+            };
+            (Some(removed), usd)
+        }
+        (None, None) => (None, false),
+    };
+    if let Some(l) = liquidity {
+        h.liq_hist.push_back((t, l));
+    }
+    prune(&mut h.liq_hist, t - lookback);
+    let liquidity_ref = h
+        .liq_hist
+        .iter()
+        .map(|(_, l)| *l)
+        .fold(None, |m: Option<f64>, l| Some(m.map_or(l, |m| m.max(l))));
+
+    // Drawdown from the 30-minute high, where that high itself followed a ≥ 30 % rise.
+    let price = snap.price_usd.as_ref().map(|p| p.value);
+    let pr = &cfg.pump_reversal;
+    if let (Some(p), Some(h1)) = (price, pc[1]) {
+        if h1 >= pr.high_min_rise_pct {
+            h.highs.push_back((t, p));
+        }
+    }
+    prune(&mut h.highs, t - cfg.ms.high_lookback);
+    let dd30 = price.and_then(|p| {
+        let high = h.highs.iter().map(|(_, h)| *h).fold(0.0, f64::max);
+        (high > 0.0).then(|| (1.0 - p / high).max(0.0))
+    });
+
+    let (ur_h1, buyer_skew) = match tx_h1 {
+        Some(tx) => match (tx.buyers, tx.sellers) {
+            (Some(b), Some(s)) if tx.total() > 0 => (
+                Some((b + s) as f64 / tx.total() as f64),
+                Some(b as f64 / (s.max(1)) as f64),
+            ),
+            _ => (None, None),
+        },
+        None => (None, None),
+    };
+    // The disjoint windows of R5 and R60, on trade counts.
+    let count = |w: Option<Txns>| w.map(|x| x.total() as f64);
+    let count_z_m5 = count_z(0, count(tx_m5), count(tx_h1), age_min);
+    let count_z_h1 = count_z(1, count(tx_h1), count(snap.txns.h6), age_min);
+    let lvr = match (vol[3], liquidity) {
+        (Some(v), Some(l)) if l > 0.0 => Some(v / l),
+        _ => None,
+    };
+    Features {
+        t_ms: t,
+        age_min,
+        price,
+        pc,
+        vol,
+        buys_m5: tx_m5.map(|x| x.buys),
+        sells_m5: tx_m5.map(|x| x.sells),
+        buys_h1: tx_h1.map(|x| x.buys),
+        sells_h1: tx_h1.map(|x| x.sells),
+        count_z_m5,
+        count_z_h1,
+        r5: volume_ratio(0, vol[0], vol[1], age_min, floor),
+        r60: volume_ratio(1, vol[1], vol[2], age_min, floor),
+        r6h: volume_ratio(2, vol[2], vol[3], age_min, floor),
+        cascade: cascade(&seg),
+        cascade_down: cascade_down(&seg),
+        impact_m5: impact(pc[0], vol[0], liquidity),
+        impact_h1: impact(pc[1], vol[1], liquidity),
+        bp_m5: tx_m5.map(|x| buy_pressure(x.buys, x.sells, prior)),
+        bp_h1: tx_h1.map(|x| buy_pressure(x.buys, x.sells, prior)),
+        lvr,
+        ur_h1,
+        buyer_skew,
+        z_vol,
+        liquidity,
+        liquidity_ref,
+        depth,
+        lp_removed,
+        liq_usd_proxy,
+        lp_burn: snap.lp_burned.is_some(),
+        dd30,
+        fdv: snap.fdv_usd,
+        optional_missing: snap.fdv_usd.is_none()
+            || pc[2].is_none()
+            || pc[3].is_none()
+            || vol[3].is_none()
+            || snap.txns.h24.is_none()
+            || snap.pair_created_at_ms.is_none(),
     }
 }
 

@@ -1,7 +1,9 @@
-//! The signal kinds of docs/signals.md ("Eligibility", "Kinds", "Score"): eligibility gates, enter and exit rules, the score
-//! (E, Q, P) and the risk flags, all as pure functions of one snapshot's [`Features`] and the
-//! configuration. No state lives here (the state machine is in `signal::mod`), and nothing
-//! allocates except [`reasons`] and [`RiskFlags::names`], which run only when an event is built.
+//! The signal kinds of docs/signals.md ("Eligibility", "Kinds", "Score"): eligibility gates,
+//! every kind's enter and exit rule and how many snapshots confirm them, the score (E, Q, P) and
+//! the risk flags, all as pure functions of one snapshot's [`Features`], the configuration and
+//! the little the state machine keeps of a pair's past ([`Context`]). No state lives here (the
+//! state machine is `signal::machine`), and nothing allocates except [`reasons`] and
+//! [`RiskFlags::names`], which run only when an event is built.
 
 use super::params::Params;
 use crate::model::{Direction, Kind};
@@ -274,12 +276,30 @@ fn surging(f: &Features, cfg: &Params) -> bool {
     m5 || h1
 }
 
-/// The entry condition of the state-machine kinds (liquidity kinds and `new_pair` are decided
-/// in `signal::mod`, which holds the history they need). `Some(direction)` when it holds.
-pub fn enter(kind: Kind, f: &Features, cfg: &Params, flags: RiskFlags) -> Option<Direction> {
+/// What the entry and exit rules read beyond one snapshot's features: what the state machine
+/// keeps of the pair's past.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Context {
+    /// A rug warning was raised within the rug cooldown: neither a rug nor a drain enters.
+    pub rug_quiet: bool,
+    /// The pair is young enough, was when first seen, and has had no `new_pair` yet.
+    pub new_pair_open: bool,
+    /// An open `liquidity_drain`: the pool depth when it opened (the exit's "new reference").
+    pub drain_ref_depth: f64,
+}
+
+/// The entry condition of every episodic kind. `Some(direction)` when it holds.
+pub fn enter(
+    kind: Kind,
+    f: &Features,
+    cfg: &Params,
+    flags: RiskFlags,
+    ctx: &Context,
+) -> Option<Direction> {
     let m = &cfg.momentum;
     let b = &cfg.buy_pressure;
     let pr = &cfg.pump_reversal;
+    let l = &cfg.liquidity;
     let holds = match kind {
         Kind::MomentumUp => {
             gate_bullish(f, cfg)
@@ -330,11 +350,61 @@ pub fn enter(kind: Kind, f: &Features, cfg: &Params, flags: RiskFlags) -> Option
                     || ge(f.pc[2], pr.prior_pc_h6)
                     || ge(f.dd30, pr.drawdown))
         }
-        Kind::LiquidityDrain | Kind::RugWarning | Kind::NewPair | Kind::Stance | Kind::Reorg => {
-            false
+        Kind::RugWarning => {
+            let by_k = ge(f.lp_removed, l.rug_enter);
+            let by_floor = f.liquidity.is_some_and(|x| x < l.rug_abs_floor_usd)
+                && ge(f.liquidity_ref, l.rug_abs_ref_usd);
+            let by_crash =
+                le(f.pc[0], l.rug_crash_pc_m5) && ge(f.lp_removed, l.rug_crash_lp_removed);
+            // Never from the USD proxy alone: USD liquidity also falls with the price.
+            !ctx.rug_quiet
+                && !f.liq_usd_proxy
+                && f.liquidity.is_some()
+                && ge(f.liquidity_ref, cfg.gates.min_liquidity_ref_usd_bearish)
+                && (by_k || by_floor || by_crash)
         }
+        Kind::LiquidityDrain => {
+            !ctx.rug_quiet
+                && gate_bearish(f, cfg)
+                && f.liquidity.is_some()
+                && ge(f.lp_removed, l.drain_enter)
+        }
+        Kind::NewPair => {
+            let g = &cfg.gates;
+            ctx.new_pair_open
+                && ge(f.liquidity, g.new_pair_min_liquidity_usd)
+                && f.n_h1().is_some_and(|n| n >= g.new_pair_min_txns_h1)
+        }
+        Kind::Stance | Kind::Reorg => false,
     };
     holds.then_some(kind_direction(kind))
+}
+
+/// How many consecutive fresh snapshots (spanning `fsm.confirm_min_seconds`) an entry needs
+/// before it opens. The liquidity kinds and `new_pair` open on one, and so does a reversal
+/// deep below its high: a bot needs those at once.
+pub fn confirm_snapshots(kind: Kind, f: &Features, cfg: &Params) -> u32 {
+    match kind {
+        Kind::RugWarning | Kind::LiquidityDrain | Kind::NewPair => 1,
+        Kind::PumpReversal if ge(f.dd30, cfg.pump_reversal.drawdown) => 1,
+        _ => cfg.fsm.confirm_snapshots,
+    }
+}
+
+/// How long an exit condition must hold before the episode closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitAfter {
+    /// On this many consecutive fresh snapshots.
+    Snapshots(u32),
+    /// For this many ms of fresh snapshots.
+    Lasting(i64),
+}
+
+pub fn exit_after(kind: Kind, cfg: &Params) -> ExitAfter {
+    match kind {
+        Kind::LiquidityDrain => ExitAfter::Lasting(cfg.ms.drain_exit_after),
+        _ => ExitAfter::Snapshots(cfg.fsm.exit_snapshots),
+    }
 }
 
 /// The fixed direction of each kind (`volume_surge` takes its own).
@@ -346,8 +416,9 @@ pub fn kind_direction(kind: Kind) -> Direction {
     }
 }
 
-/// The (looser) exit condition of an open episode. Unknown data never exits.
-pub fn exit(kind: Kind, f: &Features, cfg: &Params) -> bool {
+/// The (looser) exit condition of an open episode. Unknown data never exits. A rug warning and
+/// a `new_pair` never stay open, so they have none.
+pub fn exit(kind: Kind, f: &Features, cfg: &Params, ctx: &Context) -> bool {
     let m = &cfg.momentum;
     match kind {
         Kind::MomentumUp => f.pc[1].is_some_and(|p| p < m.exit_pc_h1) || le(f.pc[0], m.exit_pc_m5),
@@ -368,9 +439,11 @@ pub fn exit(kind: Kind, f: &Features, cfg: &Params) -> bool {
             .bp_h1
             .is_some_and(|bp| bp > 1.0 - cfg.buy_pressure.exit_bp_h1),
         Kind::PumpReversal => f.pc[0].is_some_and(|p| p > cfg.pump_reversal.exit_pc_m5),
-        Kind::LiquidityDrain | Kind::RugWarning | Kind::NewPair | Kind::Stance | Kind::Reorg => {
-            false
-        }
+        // No further liquidity has left, against the depth when the drain opened.
+        Kind::LiquidityDrain => f.depth.is_some_and(|d| {
+            ctx.drain_ref_depth <= 0.0 || 1.0 - d / ctx.drain_ref_depth < cfg.liquidity.drain_exit
+        }),
+        Kind::RugWarning | Kind::NewPair | Kind::Stance | Kind::Reorg => false,
     }
 }
 

@@ -532,19 +532,11 @@ pub(crate) struct Millis {
     pub stale_m5_proof: i64,
 }
 
-impl Default for Params {
-    /// The documented defaults. They are valid by construction; `defaults_parse` in the tests
-    /// below proves it, so the fallback never runs.
-    fn default() -> Self {
-        Params::parse(&RawParams::default()).unwrap_or_else(|e| unreachable!("defaults: {e}"))
-    }
-}
-
-impl Params {
-    /// Checks every range and converts units once. Field names are relative to `[signal]`.
-    pub fn parse(raw: &RawParams) -> Result<Params, FieldError> {
-        let g = &raw.gates;
-        let gates = Gates {
+impl RawGates {
+    /// Checks `[signal.gates]`.
+    fn parse(&self) -> Result<Gates, FieldError> {
+        let g = self;
+        Ok(Gates {
             min_liquidity_usd_bullish: in_range(
                 "gates.min_liquidity_usd_bullish",
                 g.min_liquidity_usd_bullish,
@@ -579,18 +571,28 @@ impl Params {
                 BIG,
             )?,
             new_pair_min_txns_h1: g.new_pair_min_txns_h1,
-        };
+        })
+    }
+}
 
-        let m = &raw.momentum;
+impl RawMomentum {
+    /// Checks `[signal.momentum]`.
+    fn parse(&self) -> Result<Momentum, FieldError> {
+        let m = self;
         let enter_pc_h1 = in_range("momentum.enter_pc_h1", m.enter_pc_h1, 0.1, 10_000.0)?;
-        let momentum = Momentum {
+        Ok(Momentum {
             enter_pc_h1,
             enter_pc_m5: in_range("momentum.enter_pc_m5", m.enter_pc_m5, 0.0, 10_000.0)?,
             exit_pc_h1: in_range("momentum.exit_pc_h1", m.exit_pc_h1, 0.0, enter_pc_h1)?,
             exit_pc_m5: in_range("momentum.exit_pc_m5", m.exit_pc_m5, -100.0, 0.0)?,
-        };
+        })
+    }
+}
 
-        let v = &raw.volume_surge;
+impl RawVolumeSurge {
+    /// Checks `[signal.volume_surge]`.
+    fn parse(&self) -> Result<VolumeSurge, FieldError> {
+        let v = self;
         let enter_r5 = in_range("volume_surge.enter_r5", v.enter_r5, 1.0, 1e6)?;
         let enter_r60 = in_range("volume_surge.enter_r60", v.enter_r60, 1.0, 1e6)?;
         let direction_pc_m5 = in_range(
@@ -599,7 +601,7 @@ impl Params {
             0.0,
             100.0,
         )?;
-        let volume_surge = VolumeSurge {
+        Ok(VolumeSurge {
             baseline_floor_usd_per_min: in_range(
                 "volume_surge.baseline_floor_usd_per_min",
                 v.baseline_floor_usd_per_min,
@@ -655,11 +657,16 @@ impl Params {
                 0.0,
                 1_000.0,
             )?,
-        };
+        })
+    }
+}
 
-        let b = &raw.buy_pressure;
+impl RawBuyPressure {
+    /// Checks `[signal.buy_pressure]`.
+    fn parse(&self) -> Result<BuyPressure, FieldError> {
+        let b = self;
         let enter_bp_h1 = in_range("buy_pressure.enter_bp_h1", b.enter_bp_h1, 0.5, 1.0)?;
-        let buy_pressure = BuyPressure {
+        Ok(BuyPressure {
             prior: in_range("buy_pressure.prior", b.prior, 0.0, 1e6)?,
             enter_bp_h1,
             exit_bp_h1: in_range("buy_pressure.exit_bp_h1", b.exit_bp_h1, 0.5, enter_bp_h1)?,
@@ -679,11 +686,16 @@ impl Params {
                 100.0,
             )?,
             min_abs_pc_h1: in_range("buy_pressure.min_abs_pc_h1", b.min_abs_pc_h1, 0.0, 1e6)?,
-        };
+        })
+    }
+}
 
-        let p = &raw.pump_reversal;
+impl RawPumpReversal {
+    /// Checks `[signal.pump_reversal]`.
+    fn parse(&self) -> Result<PumpReversal, FieldError> {
+        let p = self;
         let enter_pc_m5 = in_range("pump_reversal.enter_pc_m5", p.enter_pc_m5, -100.0, 0.0)?;
-        let pump_reversal = PumpReversal {
+        Ok(PumpReversal {
             enter_pc_m5,
             prior_pc_h1: in_range("pump_reversal.prior_pc_h1", p.prior_pc_h1, 0.0, 1e6)?,
             prior_pc_h6: in_range("pump_reversal.prior_pc_h6", p.prior_pc_h6, 0.0, 1e6)?,
@@ -701,13 +713,18 @@ impl Params {
                 1e6,
             )?,
             exit_pc_m5: in_range("pump_reversal.exit_pc_m5", p.exit_pc_m5, enter_pc_m5, 0.0)?,
-        };
+        })
+    }
+}
 
-        let l = &raw.liquidity;
+impl RawLiquidity {
+    /// Checks `[signal.liquidity]`.
+    fn parse(&self) -> Result<Liquidity, FieldError> {
+        let l = self;
         let drain_enter = in_range("liquidity.drain_enter", l.drain_enter, 0.01, 1.0)?;
         let rug_abs_floor_usd =
             in_range("liquidity.rug_abs_floor_usd", l.rug_abs_floor_usd, 0.0, BIG)?;
-        let liquidity = Liquidity {
+        Ok(Liquidity {
             drain_lookback: minutes(
                 "liquidity.drain_lookback_minutes",
                 l.drain_lookback_minutes,
@@ -742,11 +759,16 @@ impl Params {
                 .iter()
                 .map(|s| s.to_ascii_lowercase())
                 .collect(),
-        };
+        })
+    }
+}
 
-        let r = &raw.risk;
+impl RawRisk {
+    /// Checks `[signal.risk]`.
+    fn parse(&self) -> Result<Risk, FieldError> {
+        let r = self;
         let lvr_elevated = in_range("risk.lvr_elevated", r.lvr_elevated, 0.0, 1e9)?;
-        let risk = Risk {
+        Ok(Risk {
             sell_side_absent_min_buys_h1: r.sell_side_absent_min_buys_h1,
             sell_side_absent_penalty: r.sell_side_absent_penalty,
             sell_side_absent_cap: in_range(
@@ -799,10 +821,15 @@ impl Params {
                 1e12,
             )?,
             low_float_penalty: r.low_float_penalty,
-        };
+        })
+    }
+}
 
-        let f = &raw.fsm;
-        let fsm = Fsm {
+impl RawFsm {
+    /// Checks `[signal.fsm]`.
+    fn parse(&self) -> Result<Fsm, FieldError> {
+        let f = self;
+        Ok(Fsm {
             confirm_snapshots: at_least("fsm.confirm_snapshots", f.confirm_snapshots, 1)?,
             confirm_min: seconds(
                 "fsm.confirm_min_seconds",
@@ -854,21 +881,15 @@ impl Params {
                 100.0,
             )
             .map(|_| f.stance_min_bullish_score)?,
-        };
-        if risk.sell_side_absent_cap >= fsm.min_emit_score && fsm.min_emit_score > 0 {
-            // A capped event must not be emitted: the cap is what keeps a honeypot quiet.
-            return Err(FieldError::new(
-                "risk.sell_side_absent_cap",
-                format!(
-                    "must be below fsm.min_emit_score ({}), or capped events are still emitted",
-                    fsm.min_emit_score
-                ),
-                r.sell_side_absent_cap,
-            ));
-        }
+        })
+    }
+}
 
-        let fr = &raw.freshness;
-        let freshness = Freshness {
+impl RawFreshness {
+    /// Checks `[signal.freshness]`.
+    fn parse(&self) -> Result<Freshness, FieldError> {
+        let fr = self;
+        Ok(Freshness {
             price_jump_suspect_factor: in_range(
                 "freshness.price_jump_suspect_factor",
                 fr.price_jump_suspect_factor,
@@ -893,8 +914,42 @@ impl Params {
                 0.5,
                 1440.0,
             )?,
-        };
+        })
+    }
+}
 
+impl Default for Params {
+    /// The documented defaults. They are valid by construction; `defaults_parse` in the tests
+    /// below proves it, so the fallback never runs.
+    fn default() -> Self {
+        Params::parse(&RawParams::default()).unwrap_or_else(|e| unreachable!("defaults: {e}"))
+    }
+}
+
+impl Params {
+    /// Checks every range, one section at a time, and converts units once. Field names are
+    /// relative to `[signal]`.
+    pub fn parse(raw: &RawParams) -> Result<Params, FieldError> {
+        let gates = raw.gates.parse()?;
+        let momentum = raw.momentum.parse()?;
+        let volume_surge = raw.volume_surge.parse()?;
+        let buy_pressure = raw.buy_pressure.parse()?;
+        let pump_reversal = raw.pump_reversal.parse()?;
+        let liquidity = raw.liquidity.parse()?;
+        let risk = raw.risk.parse()?;
+        let fsm = raw.fsm.parse()?;
+        if risk.sell_side_absent_cap >= fsm.min_emit_score && fsm.min_emit_score > 0 {
+            // A capped event must not be emitted: the cap is what keeps a honeypot quiet.
+            return Err(FieldError::new(
+                "risk.sell_side_absent_cap",
+                format!(
+                    "must be below fsm.min_emit_score ({}), or capped events are still emitted",
+                    fsm.min_emit_score
+                ),
+                risk.sell_side_absent_cap,
+            ));
+        }
+        let freshness = raw.freshness.parse()?;
         let ms = Millis {
             min_age_bullish_min: as_minutes(gates.min_age_bullish),
             new_pair_max_age_min: as_minutes(gates.new_pair_max_age),
