@@ -142,6 +142,24 @@ enum Command {
         /// Print the report as JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also print each pair-day: its events, how often the next hour contradicted them
+        /// against random entries, and its largest moves with whether and when an event saw
+        /// them.
+        #[arg(long)]
+        days: bool,
+    },
+    /// Turn one-minute bars of real pools (recorded by others) into a tape that `replay`,
+    /// `evaluate` and `serve` read like any other (docs/evaluation.md, "Real markets").
+    ///
+    /// The manifest (TOML) says what each bar file is: chain, pool, tokens, which token is the
+    /// base, where the quote's USD price comes from. Bad bar lines are reported with their file
+    /// and line number and skipped.
+    Import {
+        /// The manifest; bar files are relative to it.
+        manifest: PathBuf,
+        /// Where to write the tape.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Make the cluster's key pair (docs/cluster.md, "Trust"): DIR/signing.key, the ingest's
     /// secret (mode 0600; cluster.signing_key_file), and DIR/verify.key for every edge
@@ -229,13 +247,16 @@ fn main() -> ExitCode {
             horizons,
             seed,
             json,
+            days,
         } => run_evaluate(
             &files,
             &Layers::with_process_env(config.as_deref()),
             &horizons,
             seed,
             json,
+            days,
         ),
+        Command::Import { manifest, out } => run_import(&manifest, &out),
         Command::Keygen { out } => match dexpulse::cluster::trust::keygen(&out) {
             Ok(id) => {
                 println!(
@@ -435,6 +456,7 @@ fn run_evaluate(
     horizons: &str,
     seed: u64,
     json: bool,
+    days: bool,
 ) -> ExitCode {
     let cfg = match load(layers) {
         Ok(c) => c,
@@ -492,6 +514,8 @@ fn run_evaluate(
                 return ExitCode::from(EXIT_SOFTWARE);
             }
         }
+    } else if days {
+        report.table() + "\n" + &report.days_table()
     } else {
         report.table()
     };
@@ -504,6 +528,73 @@ fn run_evaluate(
             ExitCode::from(EXIT_IO)
         }
     }
+}
+
+fn run_import(manifest: &Path, out: &Path) -> ExitCode {
+    use dexpulse::source::bars;
+    let text = match std::fs::read_to_string(manifest) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", manifest.display());
+            return ExitCode::from(EXIT_NOINPUT);
+        }
+    };
+    let specs = match toml::from_str::<bars::RawManifest>(&text)
+        .map_err(|e| e.to_string())
+        .and_then(|raw| bars::parse_manifest(&raw).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {}: {e}", manifest.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let dir = manifest.parent().unwrap_or(Path::new("."));
+    let mut pools = Vec::new();
+    let mut skipped = 0;
+    for spec in specs {
+        let mut all = Vec::new();
+        for name in &spec.files {
+            let path = dir.join(name);
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: cannot read {}: {e}", path.display());
+                    return ExitCode::from(EXIT_NOINPUT);
+                }
+            };
+            let (bars, errors) = bars::parse_bars(&text);
+            for e in &errors {
+                eprintln!("{}: {e}", path.display());
+            }
+            skipped += errors.len();
+            all.extend(bars);
+        }
+        all.sort_by_key(|b| b.t_ms);
+        all.dedup_by_key(|b| b.t_ms);
+        pools.push((spec, all));
+    }
+    let file = match File::create(out) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: cannot create {}: {e}", out.display());
+            return ExitCode::from(EXIT_CANTCREAT);
+        }
+    };
+    let mut writer = TapeWriter::new(io::BufWriter::new(file));
+    let stats = match bars::write_tape(&pools, &mut writer).and_then(|s| writer.flush().map(|()| s))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: writing {}: {e}", out.display());
+            return ExitCode::from(EXIT_IO);
+        }
+    };
+    eprintln!(
+        "{} pools, {} snapshots, {} ticks, {} bar lines skipped, {} minutes without a USD price for the quote",
+        stats.pools, stats.snapshots, stats.ticks, skipped, stats.unpriced_minutes
+    );
+    ExitCode::SUCCESS
 }
 
 fn run_replay(file: &Path, layers: &Layers, quiet: bool) -> ExitCode {

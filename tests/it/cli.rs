@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-fn dexpulse(args: &[&str]) -> Output {
+pub(crate) fn dexpulse(args: &[&str]) -> Output {
     dexpulse_env(args, &[])
 }
 

@@ -270,13 +270,14 @@ async fn recording_writes_a_tape_that_replays() {
     cfg.source.live.record = Some(path.clone());
     let r = start_live(cfg).await;
     eventually("some polls", || {
-        r.hub().pairs().len() >= 3 && up.served("200") >= 6
+        r.hub().pairs().len() >= 3 && up.served("200") >= 7
     })
     .await;
     r.shutdown().await.unwrap();
     let tape = std::fs::read(&path).unwrap();
     let run = crate::support::replay_bytes(&tape, dexpulse::signal::Params::default());
     assert!(run.problems.is_empty(), "{:?}", run.problems);
+    // Seven served: the poll in flight when shutdown came may be left out, no earlier one.
     assert!(run.stats.responses >= 6, "{:?}", run.stats);
     assert!(run.stats.snapshots >= 6);
     let text = String::from_utf8(tape).unwrap();

@@ -64,6 +64,9 @@ pub enum Source {
     Bench,
     /// A chain's own logs over JSON-RPC (`[source] kind = "evm"`).
     Evm,
+    /// One-minute bars of real pools recorded by others, imported (`dexpulse import`): real
+    /// market data, replayed, never live.
+    Bars,
 }
 
 impl Source {
@@ -74,6 +77,7 @@ impl Source {
             Source::Simulator => "simulator",
             Source::Bench => "bench",
             Source::Evm => "evm",
+            Source::Bars => "bars",
         }
     }
 
@@ -84,6 +88,7 @@ impl Source {
             "simulator" => Some(Source::Simulator),
             "bench" => Some(Source::Bench),
             "evm" => Some(Source::Evm),
+            "bars" => Some(Source::Bars),
             _ => None,
         }
     }

@@ -252,7 +252,13 @@
     const kinds = $('f-kind');
     if (![...kinds.options].some((o) => o.value === e.kind)) kinds.append(el('option', { value: e.kind, textContent: e.kind }));
     st.events.unshift({ seq, e });
-    if (st.events.length > FEED_MAX) st.events.pop();
+    if (st.events.length > FEED_MAX) {
+      // The feed shows the kept events only: one that leaves the buffer leaves the list too,
+      // whatever the filter (a filtered list is never trimmed by its length).
+      const gone = st.events.pop();
+      const item = document.querySelector(`#feed > li[data-seq="${gone.seq}"]`);
+      if (item) item.remove();
+    }
     const f = filters();
     if (eventShown(e, f)) {
       $('feed').prepend(eventItem(seq, e));

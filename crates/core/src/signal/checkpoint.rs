@@ -17,7 +17,7 @@ use super::{Budget, Engine, EngineStats, PairState, Params, TokenPair};
 use crate::model::PairKey;
 
 /// What the engine-wide entry's `format` says in a checkpoint this version writes.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 
 /// The state changed since the previous checkpoint.
 #[derive(Debug, Default, Clone, PartialEq)]

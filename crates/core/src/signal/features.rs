@@ -213,11 +213,141 @@ impl EwStats {
     }
 }
 
+/// The pair's own price path and volatility (docs/signals.md, "Relative to the pair"): the
+/// log prices of the last hour or so, and a time-aware EW estimate of the variance per minute
+/// of the steps between fresh snapshots (so the estimate does not depend on how often the
+/// pair is polled). A step taken while the price already stands `freeze_z` σ from where it
+/// was is part of a move and left out: a crash does not redefine the pair's normal for the
+/// rebound that follows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PricePath {
+    /// EW variance of `ln(p_t / p_{t-1})` per minute.
+    var: f64,
+    n: u32,
+    first_ms: i64,
+    /// (t, ln p) of fresh snapshots, oldest first, back to the longest lookback.
+    path: VecDeque<(i64, f64)>,
+}
+
+/// A move of the price against the pair's own volatility.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Move {
+    /// The move in σ of its span, with its largest single step in that direction taken out
+    /// (one whale's trade is not a trend); the sign is the direction.
+    pub z: f64,
+    /// The whole move, in percent.
+    pub pct: f64,
+    /// The span it was measured over, in minutes.
+    pub minutes: f64,
+    /// The pair's σ per minute, as a log return.
+    pub sigma_min: f64,
+}
+
+impl PricePath {
+    /// The largest move (in |z|) over the lookbacks that ends at `(t_ms, lp)`, once `min_obs`
+    /// steps span `min_span_ms`. Each lookback starts at the last snapshot at least that long
+    /// ago, and counts only if that snapshot is within a fifth more of it.
+    pub fn strongest(
+        &self,
+        t_ms: i64,
+        lp: f64,
+        lookbacks: &[i64],
+        min_obs: u32,
+        min_span_ms: i64,
+    ) -> Option<Move> {
+        if self.n < min_obs || t_ms - self.first_ms < min_span_ms || self.var <= 0.0 {
+            return None;
+        }
+        let sigma_min = self.var.sqrt();
+        let mut best: Option<Move> = None;
+        for &k in lookbacks {
+            let Some(i) = self.path.iter().rposition(|(at, _)| *at <= t_ms - k) else {
+                continue;
+            };
+            let (t0, lp0) = self.path[i];
+            let span = (t_ms - t0) as f64;
+            if span > k as f64 * 1.2 || span <= 0.0 {
+                continue;
+            }
+            let total = lp - lp0;
+            // The largest step the move's way inside the span, the last one to `lp` included.
+            let mut prev = lp0;
+            let mut largest = 0.0f64;
+            for (_, x) in self
+                .path
+                .iter()
+                .skip(i + 1)
+                .chain(std::iter::once(&(t_ms, lp)))
+            {
+                let step = (x - prev) * total.signum();
+                largest = largest.max(step);
+                prev = *x;
+            }
+            let trimmed = total.signum() * (total.abs() - largest).max(0.0);
+            let z = trimmed / (self.var * span / MIN_MS).sqrt();
+            if z.is_finite() && best.is_none_or(|b| z.abs() > b.z.abs()) {
+                best = Some(Move {
+                    z,
+                    pct: total.exp_m1() * 100.0,
+                    minutes: span / MIN_MS,
+                    sigma_min,
+                });
+            }
+        }
+        best
+    }
+
+    /// Folds a fresh snapshot's price in (after its move was measured). `z` is that move's.
+    pub fn update(
+        &mut self,
+        t_ms: i64,
+        lp: f64,
+        z: Option<f64>,
+        half_life_ms: f64,
+        freeze_z: f64,
+        keep_ms: i64,
+    ) {
+        if !lp.is_finite() {
+            return;
+        }
+        match self.path.back().copied() {
+            None => self.first_ms = t_ms,
+            Some((t0, lp0)) if t_ms > t0 => {
+                let in_move = z.is_some_and(|z| z.abs() >= freeze_z);
+                if !in_move {
+                    let dt = (t_ms - t0) as f64;
+                    let x = (lp - lp0).powi(2) / (dt / MIN_MS);
+                    let alpha = if self.n == 0 {
+                        1.0
+                    } else {
+                        1.0 - (-std::f64::consts::LN_2 * dt / half_life_ms.max(1.0)).exp()
+                    };
+                    self.var += alpha * (x - self.var);
+                    self.n = self.n.saturating_add(1);
+                }
+            }
+            // Out of order or a repeat: nothing to learn.
+            Some(_) => return,
+        }
+        self.path.push_back((t_ms, lp));
+        while self.path.len() > 2
+            && self
+                .path
+                .get(1)
+                .is_some_and(|(at, _)| *at <= t_ms - keep_ms)
+        {
+            self.path.pop_front();
+        }
+    }
+}
+
 /// What a pair's features need of its past, beyond the snapshot before.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct History {
     /// The volume baseline of `z_vol`.
     ew: EwStats,
+    /// The price's own path and volatility, for the size of a move.
+    path: PricePath,
     /// (t, pool depth, price): K for constant-product pools, USD liquidity otherwise (with
     /// the price it was seen at, to adjust it for the price move).
     depth_hist: VecDeque<(i64, f64, Option<f64>)>,
@@ -273,6 +403,34 @@ pub fn compute(snap: &Snapshot, h: &mut History, cfg: &Params) -> Features {
         let z = h.ew.z(x, cfg.volume_surge.z_min_obs, cfg.ms.z_min_span);
         h.ew.update(t, x);
         z
+    });
+
+    // The price's move against the pair's own volatility, before this snapshot is folded in.
+    let pv = &cfg.volatility;
+    let lookbacks: Vec<i64> = pv
+        .lookbacks
+        .iter()
+        .map(|d| crate::settings::ms(*d))
+        .collect();
+    let lp = snap
+        .price_usd
+        .as_ref()
+        .map(|p| p.value.ln())
+        .filter(|x| x.is_finite());
+    let price_move = lp.and_then(|lp| {
+        let m = h
+            .path
+            .strongest(t, lp, &lookbacks, pv.min_obs, cfg.ms.vol_min_span);
+        let keep = lookbacks.last().copied().unwrap_or(0) * 6 / 5;
+        h.path.update(
+            t,
+            lp,
+            m.map(|m| m.z),
+            cfg.ms.vol_half_life as f64,
+            pv.freeze_z,
+            keep,
+        );
+        m
     });
 
     // Pool depth: K = sqrt(base·quote) for constant-product pools, USD liquidity otherwise.
@@ -390,12 +548,14 @@ pub fn compute(snap: &Snapshot, h: &mut History, cfg: &Params) -> Features {
         ur_h1,
         buyer_skew,
         z_vol,
+        price_move,
         liquidity,
         liquidity_ref,
         depth,
         lp_removed,
         liq_usd_proxy,
         lp_burn: snap.lp_burned.is_some(),
+        active_range_only: snap.source == crate::model::Source::Bars,
         dd30,
         fdv: snap.fdv_usd,
         optional_missing: snap.fdv_usd.is_none()

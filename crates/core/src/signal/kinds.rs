@@ -8,7 +8,7 @@
 use super::params::Params;
 use crate::model::{Direction, Kind};
 
-use super::features::ramp;
+use super::features::{ramp, Move};
 
 /// Everything the rules read, computed once per fresh, valid snapshot. `None` is unknown.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -43,6 +43,9 @@ pub struct Features {
     pub ur_h1: Option<f64>,
     pub buyer_skew: Option<f64>,
     pub z_vol: Option<f64>,
+    /// The price's strongest move against the pair's own volatility (`features::PricePath`);
+    /// `None` until the pair's history is long enough.
+    pub price_move: Option<Move>,
     pub liquidity: Option<f64>,
     pub liquidity_ref: Option<f64>,
     /// Pool depth now: K for constant-product pools, USD liquidity otherwise.
@@ -51,6 +54,9 @@ pub struct Features {
     /// `lp_removed` came from USD liquidity (adjusted for the price move), not the pool
     /// invariant: it never raises a rug warning.
     pub liq_usd_proxy: bool,
+    /// The USD liquidity is only what sits in the price's range (bars of a concentrated pool),
+    /// not what the pool holds.
+    pub active_range_only: bool,
     /// `lp_removed` is the chain's own measure: the LP burns of the lookback, exact.
     pub lp_burn: bool,
     pub dd30: Option<f64>,
@@ -296,23 +302,12 @@ pub fn enter(
     flags: RiskFlags,
     ctx: &Context,
 ) -> Option<Direction> {
-    let m = &cfg.momentum;
     let b = &cfg.buy_pressure;
     let pr = &cfg.pump_reversal;
     let l = &cfg.liquidity;
     let holds = match kind {
-        Kind::MomentumUp => {
-            gate_bullish(f, cfg)
-                && ge(f.pc[1], m.enter_pc_h1)
-                && ge(f.pc[0], m.enter_pc_m5)
-                && f.pc[0].is_some_and(|p| p > 0.0)
-        }
-        Kind::MomentumDown => {
-            gate_bearish(f, cfg)
-                && old_enough(f, cfg)
-                && le(f.pc[1], -m.enter_pc_h1)
-                && le(f.pc[0], -m.enter_pc_m5)
-        }
+        Kind::MomentumUp => gate_bullish(f, cfg) && momentum(f, cfg, 1.0),
+        Kind::MomentumDown => gate_bearish(f, cfg) && old_enough(f, cfg) && momentum(f, cfg, -1.0),
         Kind::VolumeSurge => {
             if !surging(f, cfg) {
                 return None;
@@ -364,7 +359,11 @@ pub fn enter(
                 && (by_k || by_floor || by_crash)
         }
         Kind::LiquidityDrain => {
+            // Liquidity that is only what sits in range halves whenever the price leaves the
+            // LPs' ranges, and no LP has left: there only the chain's own LP burns say a drain.
+            let range_only = f.liq_usd_proxy && f.active_range_only;
             !ctx.rug_quiet
+                && !range_only
                 && gate_bearish(f, cfg)
                 && f.liquidity.is_some()
                 && ge(f.lp_removed, l.drain_enter)
@@ -382,10 +381,14 @@ pub fn enter(
 
 /// How many consecutive fresh snapshots (spanning `fsm.confirm_min_seconds`) an entry needs
 /// before it opens. The liquidity kinds and `new_pair` open on one, and so does a reversal
-/// deep below its high: a bot needs those at once.
+/// deep below its high: a bot needs those at once. So does momentum measured against the
+/// pair's own volatility: that measure already leaves the move's largest step out, which is
+/// what a second snapshot would guard against, and a real move's strongest minute is often
+/// followed by a quieter one.
 pub fn confirm_snapshots(kind: Kind, f: &Features, cfg: &Params) -> u32 {
     match kind {
         Kind::RugWarning | Kind::LiquidityDrain | Kind::NewPair => 1,
+        Kind::MomentumUp | Kind::MomentumDown if f.price_move.is_some() => 1,
         Kind::PumpReversal if ge(f.dd30, cfg.pump_reversal.drawdown) => 1,
         _ => cfg.fsm.confirm_snapshots,
     }
@@ -407,10 +410,31 @@ pub fn exit_after(kind: Kind, cfg: &Params) -> ExitAfter {
     }
 }
 
+/// Momentum in the direction of `sign` (+1 up, −1 down). Against the pair's own volatility
+/// once its history allows (a move of at least `enter_z` σ of its span without its largest
+/// step, and `min_move_pct` percent); until then the absolute thresholds, with
+/// `absolute_min_txns_h1` trades in the hour.
+fn momentum(f: &Features, cfg: &Params, sign: f64) -> bool {
+    let m = &cfg.momentum;
+    let along = |x: Option<f64>, t: f64| x.is_some_and(|x| sign * x >= t);
+    match f.price_move {
+        Some(mv) => sign * mv.z >= m.enter_z && sign * mv.pct >= m.min_move_pct,
+        None => {
+            along(f.pc[1], m.enter_pc_h1)
+                && along(f.pc[0], m.enter_pc_m5)
+                && f.pc[0].is_some_and(|p| sign * p > 0.0)
+                && f.n_h1().is_some_and(|n| n >= m.absolute_min_txns_h1)
+        }
+    }
+}
+
 /// The fixed direction of each kind (`volume_surge` takes its own).
 pub fn kind_direction(kind: Kind) -> Direction {
     match kind {
-        Kind::MomentumUp | Kind::BuyPressure => Direction::Bullish,
+        Kind::MomentumUp => Direction::Bullish,
+        // Information only (docs/signals.md, "What each kind is worth"): on tapes they were
+        // not tuned on they do not beat the naive rule, so they never say which way.
+        Kind::BuyPressure | Kind::SellPressure | Kind::PumpReversal => Direction::Neutral,
         Kind::VolumeSurge | Kind::NewPair | Kind::Stance | Kind::Reorg => Direction::Neutral,
         _ => Direction::Bearish,
     }
@@ -421,9 +445,19 @@ pub fn kind_direction(kind: Kind) -> Direction {
 pub fn exit(kind: Kind, f: &Features, cfg: &Params, ctx: &Context) -> bool {
     let m = &cfg.momentum;
     match kind {
-        Kind::MomentumUp => f.pc[1].is_some_and(|p| p < m.exit_pc_h1) || le(f.pc[0], m.exit_pc_m5),
-        Kind::MomentumDown => {
-            f.pc[1].is_some_and(|p| p > -m.exit_pc_h1) || ge(f.pc[0], -m.exit_pc_m5)
+        Kind::MomentumUp | Kind::MomentumDown => {
+            let sign = if kind == Kind::MomentumDown {
+                -1.0
+            } else {
+                1.0
+            };
+            match f.price_move {
+                Some(mv) => sign * mv.z < m.exit_z,
+                None => {
+                    f.pc[1].is_some_and(|p| sign * p < m.exit_pc_h1)
+                        || f.pc[0].is_some_and(|p| sign * p <= m.exit_pc_m5)
+                }
+            }
         }
         Kind::VolumeSurge => {
             // Over when the volume is back near its baseline on both windows, or when the
@@ -461,8 +495,20 @@ pub fn excess(kind: Kind, f: &Features, cfg: &Params, consecutive: u32) -> f64 {
             } else {
                 f.cascade
             };
-            0.40 * ramp_from(abs(f.pc[1]), m.enter_pc_h1, 60.0)
-                + 0.25 * ramp_from(abs(f.pc[0]), m.enter_pc_m5, 15.0)
+            // Against the pair's own volatility when known: saturating at three times the
+            // entry's σ, and at ten times the least move.
+            let (hour, five) = match f.price_move {
+                Some(mv) => (
+                    ramp_from(mv.z.abs(), m.enter_z, 3.0 * m.enter_z),
+                    ramp_from(mv.pct.abs(), m.min_move_pct, 10.0 * m.min_move_pct.max(0.5)),
+                ),
+                _ => (
+                    ramp_from(abs(f.pc[1]), m.enter_pc_h1, 60.0),
+                    ramp_from(abs(f.pc[0]), m.enter_pc_m5, 15.0),
+                ),
+            };
+            0.40 * hour
+                + 0.25 * five
                 + 0.20 * f.r60.map_or(0.0, |r| ramp(r, 1.0, 3.0))
                 + 0.15 * (f64::from(cascade) - 1.0).max(0.0) / 2.0
         }
@@ -625,13 +671,42 @@ pub fn reasons(kind: Kind, dir: Direction, f: &Features, cfg: &Params) -> Vec<St
     let b = &cfg.buy_pressure;
     let mut out = Vec::new();
     match kind {
-        Kind::MomentumUp => {
-            out.push(format!("P_h1 {} >= +{:.2}%", pct(f.pc[1]), m.enter_pc_h1));
-            out.push(format!("P_m5 {} >= +{:.2}%", pct(f.pc[0]), m.enter_pc_m5));
-        }
-        Kind::MomentumDown => {
-            out.push(format!("P_h1 {} <= -{:.2}%", pct(f.pc[1]), m.enter_pc_h1));
-            out.push(format!("P_m5 {} <= -{:.2}%", pct(f.pc[0]), m.enter_pc_m5));
+        Kind::MomentumUp | Kind::MomentumDown => {
+            let (cmp, sign) = if kind == Kind::MomentumDown {
+                ("<=", "-")
+            } else {
+                (">=", "+")
+            };
+            match f.price_move {
+                Some(mv) => {
+                    out.push(format!(
+                        "price {:+.2}% in {:.0} min is {:+.1}σ of this pair's moves \
+                         without its largest step (σ {:.3}%/min); {cmp} {sign}{:.1}σ",
+                        mv.pct,
+                        mv.minutes,
+                        mv.z,
+                        mv.sigma_min.exp_m1() * 100.0,
+                        m.enter_z
+                    ));
+                    out.push(format!(
+                        "|move| {:.2}% >= {:.2}%",
+                        mv.pct.abs(),
+                        m.min_move_pct
+                    ));
+                }
+                _ => {
+                    out.push(format!(
+                        "P_h1 {} {cmp} {sign}{:.2}%",
+                        pct(f.pc[1]),
+                        m.enter_pc_h1
+                    ));
+                    out.push(format!(
+                        "P_m5 {} {cmp} {sign}{:.2}%",
+                        pct(f.pc[0]),
+                        m.enter_pc_m5
+                    ));
+                }
+            }
         }
         Kind::VolumeSurge => {
             if ge(f.r5, v.enter_r5) && ge(f.vol[0], v.min_volume_m5_usd) {

@@ -25,6 +25,7 @@ pub struct RawParams {
     pub risk: RawRisk,
     pub fsm: RawFsm,
     pub freshness: RawFreshness,
+    pub volatility: RawVolatility,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,7 +48,7 @@ impl Default for RawGates {
             min_liquidity_usd_bullish: 10_000.0,
             min_liquidity_ref_usd_bearish: 5_000.0,
             min_age_minutes_bullish: 60.0,
-            min_txns_h1: 20,
+            min_txns_h1: 1,
             min_volume_h1_usd: 5_000.0,
             min_txns_h1_bearish: 5,
             new_pair_max_age_minutes: 60.0,
@@ -60,19 +61,34 @@ impl Default for RawGates {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawMomentum {
+    /// Against the pair's own volatility (`[signal.volatility]`), once known: the price's
+    /// move over one of the lookbacks, with its largest single step taken out, at least this
+    /// many σ of that span...
+    pub enter_z: f64,
+    /// ...and at least this percent (a stablecoin's 0.2 % is no momentum).
+    pub min_move_pct: f64,
+    /// Closes when the move is back under this many σ.
+    pub exit_z: f64,
+    /// Until the pair's volatility is known: these absolute thresholds, with this many trades
+    /// in the hour.
     pub enter_pc_h1: f64,
     pub enter_pc_m5: f64,
     pub exit_pc_h1: f64,
     pub exit_pc_m5: f64,
+    pub absolute_min_txns_h1: u64,
 }
 
 impl Default for RawMomentum {
     fn default() -> Self {
         RawMomentum {
+            enter_z: 6.0,
+            min_move_pct: 1.0,
+            exit_z: 2.0,
             enter_pc_h1: 15.0,
             enter_pc_m5: 3.0,
             exit_pc_h1: 7.5,
             exit_pc_m5: -3.0,
+            absolute_min_txns_h1: 20,
         }
     }
 }
@@ -340,6 +356,35 @@ impl Default for RawFsm {
     }
 }
 
+/// The pair's own price volatility, the yardstick of the relative rules (docs/signals.md,
+/// "Relative to the pair").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawVolatility {
+    pub half_life_minutes: f64,
+    /// Observations (fresh snapshots) and the span they need before the z-scores exist; until
+    /// then the absolute thresholds hold.
+    pub min_obs: u32,
+    pub min_span_minutes: f64,
+    /// A step taken while the price stands this many σ from where it was is part of a move,
+    /// not of the pair's normal: it is left out of the estimate.
+    pub freeze_z: f64,
+    /// The spans a move is measured over.
+    pub lookbacks_minutes: Vec<f64>,
+}
+
+impl Default for RawVolatility {
+    fn default() -> Self {
+        RawVolatility {
+            half_life_minutes: 360.0,
+            min_obs: 60,
+            min_span_minutes: 120.0,
+            freeze_z: 3.0,
+            lookbacks_minutes: vec![5.0, 15.0, 30.0, 60.0],
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawFreshness {
@@ -378,6 +423,10 @@ pub struct Gates {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Momentum {
+    pub enter_z: f64,
+    pub min_move_pct: f64,
+    pub exit_z: f64,
+    pub absolute_min_txns_h1: u64,
     pub enter_pc_h1: f64,
     pub enter_pc_m5: f64,
     pub exit_pc_h1: f64,
@@ -486,6 +535,15 @@ pub struct Fsm {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+pub struct Volatility {
+    pub half_life: Duration,
+    pub min_obs: u32,
+    pub min_span: Duration,
+    pub freeze_z: f64,
+    pub lookbacks: Vec<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct Freshness {
     pub price_jump_suspect_factor: f64,
     pub price_jump_window: Duration,
@@ -505,6 +563,7 @@ pub struct Params {
     pub risk: Risk,
     pub fsm: Fsm,
     pub freshness: Freshness,
+    pub volatility: Volatility,
     hash: String,
     /// The durations in the units the engine computes in, converted once.
     pub(crate) ms: Millis,
@@ -530,6 +589,8 @@ pub(crate) struct Millis {
     pub forget_idle: i64,
     pub price_jump_window: i64,
     pub stale_m5_proof: i64,
+    pub vol_half_life: i64,
+    pub vol_min_span: i64,
 }
 
 impl RawGates {
@@ -580,7 +641,12 @@ impl RawMomentum {
     fn parse(&self) -> Result<Momentum, FieldError> {
         let m = self;
         let enter_pc_h1 = in_range("momentum.enter_pc_h1", m.enter_pc_h1, 0.1, 10_000.0)?;
+        let enter_z = in_range("momentum.enter_z", m.enter_z, 0.5, 100.0)?;
         Ok(Momentum {
+            enter_z,
+            min_move_pct: in_range("momentum.min_move_pct", m.min_move_pct, 0.0, 10_000.0)?,
+            exit_z: in_range("momentum.exit_z", m.exit_z, 0.0, enter_z)?,
+            absolute_min_txns_h1: m.absolute_min_txns_h1,
             enter_pc_h1,
             enter_pc_m5: in_range("momentum.enter_pc_m5", m.enter_pc_m5, 0.0, 10_000.0)?,
             exit_pc_h1: in_range("momentum.exit_pc_h1", m.exit_pc_h1, 0.0, enter_pc_h1)?,
@@ -918,6 +984,45 @@ impl RawFreshness {
     }
 }
 
+impl RawVolatility {
+    /// Checks `[signal.volatility]`.
+    fn parse(&self) -> Result<Volatility, FieldError> {
+        Ok(Volatility {
+            half_life: minutes(
+                "volatility.half_life_minutes",
+                self.half_life_minutes,
+                1.0,
+                100_000.0,
+            )?,
+            min_obs: at_least("volatility.min_obs", self.min_obs, 2)?,
+            min_span: minutes(
+                "volatility.min_span_minutes",
+                self.min_span_minutes,
+                0.0,
+                100_000.0,
+            )?,
+            freeze_z: in_range("volatility.freeze_z", self.freeze_z, 0.5, 1e6)?,
+            lookbacks: {
+                if self.lookbacks_minutes.is_empty() || self.lookbacks_minutes.len() > 8 {
+                    return Err(FieldError::new(
+                        "volatility.lookbacks_minutes",
+                        "must list 1 to 8 spans",
+                        format!("{} spans", self.lookbacks_minutes.len()),
+                    ));
+                }
+                let mut l = self
+                    .lookbacks_minutes
+                    .iter()
+                    .map(|m| minutes("volatility.lookbacks_minutes", *m, 1.0, 1440.0))
+                    .collect::<Result<Vec<_>, _>>()?;
+                l.sort_unstable();
+                l.dedup();
+                l
+            },
+        })
+    }
+}
+
 impl Default for Params {
     /// The documented defaults. They are valid by construction; `defaults_parse` in the tests
     /// below proves it, so the fallback never runs.
@@ -950,6 +1055,7 @@ impl Params {
             ));
         }
         let freshness = raw.freshness.parse()?;
+        let volatility = raw.volatility.parse()?;
         let ms = Millis {
             min_age_bullish_min: as_minutes(gates.min_age_bullish),
             new_pair_max_age_min: as_minutes(gates.new_pair_max_age),
@@ -967,6 +1073,8 @@ impl Params {
             forget_idle: to_ms(fsm.forget_idle),
             price_jump_window: to_ms(freshness.price_jump_window),
             stale_m5_proof: to_ms(freshness.stale_m5_proof),
+            vol_half_life: to_ms(volatility.half_life),
+            vol_min_span: to_ms(volatility.min_span),
         };
         Ok(Params {
             ms,
@@ -979,6 +1087,7 @@ impl Params {
             risk,
             fsm,
             freshness,
+            volatility,
             hash: params_hash(raw),
         })
     }

@@ -7,6 +7,7 @@
 //! reads each field on its own and an item it cannot use is skipped with a reason, never
 //! allowed to sink the rest of the response.
 
+pub mod bars;
 pub mod bounds;
 pub mod dexscreener;
 pub mod geckoterminal;
@@ -87,7 +88,8 @@ pub fn decode(
     observed_at_ms: i64,
 ) -> Result<Decoded, DecodeError> {
     match source {
-        Source::Dexscreener | Source::Simulator => {
+        // The simulator and the bar importer write DexScreener-shaped responses.
+        Source::Dexscreener | Source::Simulator | Source::Bars => {
             dexscreener::decode(request, body, observed_at_ms, source)
         }
         Source::Geckoterminal => geckoterminal::decode(request, body, observed_at_ms),

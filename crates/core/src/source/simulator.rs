@@ -56,9 +56,32 @@ pub enum Scenario {
     /// Flat noise with organic order flow: sentiment that drifts, orders split into runs of
     /// same-side trades, activity that follows the day.
     Organic,
+    // The noise models below are not in `all`: each is a market with nothing to signal, for
+    // the engine's false-alarm budget (docs/signals.md, "Quiet on any noise").
+    /// Trade sizes from a Pareto law (tail index 1.5): now and then a trade fifty times the
+    /// median.
+    HeavyTails,
+    /// Order flow that stays one-sided for hours: the buy share follows an AR(1) with σ 0.15
+    /// and a half-life of an hour, and arbitrage is slow to correct it.
+    Autocorrelated,
+    /// Volatility regimes that switch every 2 to 8 hours between calm, normal and hot (the
+    /// fair value's volatility ×0.4, ×1, ×3; activity ×0.5, ×1, ×2.5).
+    Regimes,
+    /// Bursts of many small trades (ten times the rate at a tenth of the size, both sides) for
+    /// 10 to 30 minutes, every few hours.
+    SmallBursts,
+    /// A slow drift up, +0.6 % an hour (15 % a day), with no breakout.
+    Drift,
+    /// Thin pools ($15k to $60k) with a few large trades: one every 3 to 10 minutes, each 1 to
+    /// 4 % of the pool.
+    Thin,
+    /// Two pools of one token whose prices drift apart (0.4 % an hour each way, no arbitrage
+    /// between them), on a common market.
+    Divergent,
 }
 
 impl Scenario {
+    /// The scenario table: what `all` selects.
     pub const ALL: [Scenario; 17] = [
         Scenario::Noise,
         Scenario::Breakout,
@@ -79,6 +102,22 @@ impl Scenario {
         Scenario::Organic,
     ];
 
+    /// The noise models beyond `noise` and `organic`, named one by one (or `noise_models`).
+    pub const NOISE_MODELS: [Scenario; 7] = [
+        Scenario::HeavyTails,
+        Scenario::Autocorrelated,
+        Scenario::Regimes,
+        Scenario::SmallBursts,
+        Scenario::Drift,
+        Scenario::Thin,
+        Scenario::Divergent,
+    ];
+
+    /// Every scenario there is.
+    pub fn every() -> impl Iterator<Item = Scenario> {
+        Scenario::ALL.into_iter().chain(Scenario::NOISE_MODELS)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Noise => "noise",
@@ -98,26 +137,39 @@ impl Scenario {
             Scenario::SameToken => "same_token",
             Scenario::Crowd => "crowd",
             Scenario::Organic => "organic",
+            Scenario::HeavyTails => "heavy_tails",
+            Scenario::Autocorrelated => "autocorrelated",
+            Scenario::Regimes => "regimes",
+            Scenario::SmallBursts => "small_bursts",
+            Scenario::Drift => "drift",
+            Scenario::Thin => "thin",
+            Scenario::Divergent => "divergent",
         }
     }
 
     /// Whether demo waves copy this scenario: the scripted market events, not the noise, the
     /// crowd, or the polling and listing oddities (which are about one pair's timeline).
     pub fn in_waves(self) -> bool {
-        !matches!(
-            self,
-            Scenario::Noise
-                | Scenario::Organic
-                | Scenario::Crowd
-                | Scenario::Stale
-                | Scenario::Irregular
-                | Scenario::Outlier
-                | Scenario::NewPair
-        )
+        !self.is_noise_model()
+            && !matches!(
+                self,
+                Scenario::Noise
+                    | Scenario::Organic
+                    | Scenario::Crowd
+                    | Scenario::Stale
+                    | Scenario::Irregular
+                    | Scenario::Outlier
+                    | Scenario::NewPair
+            )
     }
 
     pub fn parse(s: &str) -> Option<Scenario> {
-        Scenario::ALL.into_iter().find(|x| x.name() == s)
+        Scenario::every().find(|x| x.name() == s)
+    }
+
+    /// Noise of a model beyond the plain one: many pairs, nothing to signal.
+    pub fn is_noise_model(self) -> bool {
+        Scenario::NOISE_MODELS.contains(&self)
     }
 
     /// The prefix of every pair address of this scenario (`simbreakout00`, ...), so that a
@@ -128,7 +180,7 @@ impl Scenario {
 
     /// The scenario a pair address belongs to.
     pub fn of_address(address: &str) -> Option<Scenario> {
-        Scenario::ALL.into_iter().find(|s| {
+        Scenario::every().find(|s| {
             address
                 .strip_prefix(&s.address_prefix())
                 .is_some_and(|rest| {
@@ -197,13 +249,15 @@ impl Settings {
         for name in &raw.scenarios {
             if name == "all" {
                 scenarios.extend(Scenario::ALL);
+            } else if name == "noise_models" {
+                scenarios.extend(Scenario::NOISE_MODELS);
             } else {
                 let sc = Scenario::parse(name).ok_or_else(|| {
-                    let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+                    let names: Vec<&str> = Scenario::every().map(|s| s.name()).collect();
                     FieldError::new(
                         "scenarios",
                         format!(
-                            "names an unknown scenario; expected `all` or one of {}",
+                            "names an unknown scenario; expected `all`, `noise_models` or one of {}",
                             names.join(", ")
                         ),
                         format!("{name:?}"),
@@ -347,6 +401,39 @@ enum Polling {
     },
 }
 
+/// How a pool's order flow is drawn beyond its scripts (the noise models of `Scenario`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Flow {
+    Plain,
+    Organic,
+    HeavyTails,
+    Autocorrelated,
+    Regimes,
+    SmallBursts,
+    Drift,
+    Thin,
+    /// Drifts from its twin at this log rate a minute, on the common walk drawn from `common`.
+    Divergent {
+        drift_per_min: f64,
+        common: u64,
+    },
+}
+
+impl Flow {
+    fn of(scenario: Scenario) -> Flow {
+        match scenario {
+            Scenario::Organic => Flow::Organic,
+            Scenario::HeavyTails => Flow::HeavyTails,
+            Scenario::Autocorrelated => Flow::Autocorrelated,
+            Scenario::Regimes => Flow::Regimes,
+            Scenario::SmallBursts => Flow::SmallBursts,
+            Scenario::Drift => Flow::Drift,
+            Scenario::Thin => Flow::Thin,
+            _ => Flow::Plain,
+        }
+    }
+}
+
 /// A trade within a simulated minute.
 #[derive(Debug, Clone, Copy)]
 enum Trade {
@@ -386,10 +473,16 @@ struct Pool {
     token_address: String,
     /// Wash sell-backs still to come: (time, base amount).
     wash_legs: std::collections::VecDeque<(i64, f64)>,
-    /// Organic flow (`Scenario::Organic`): the sentiment added to the buy probability, and the
-    /// child trades of split orders still to come (time, buy, USD).
-    organic: bool,
+    flow: Flow,
+    /// Organic and autocorrelated flow: the sentiment added to the buy probability; organic
+    /// flow's child trades of split orders still to come (time, buy, USD).
     sentiment: f64,
+    /// `Regimes`: the fair value's volatility and the activity multipliers, until when.
+    regime: (f64, f64, i64),
+    /// `SmallBursts`: the current burst's end and the next burst's start.
+    burst: (i64, i64),
+    /// `Divergent`: the common market's walk, the same draws for both pools of the token.
+    common_rng: Option<ChaCha8Rng>,
     children: std::collections::VecDeque<(i64, bool, f64)>,
     /// Trade times; the cumulative sums below are indexed alike.
     trade_ms: Vec<i64>,
@@ -558,11 +651,12 @@ impl Pool {
                 self.y *= 1.0 - withdraw;
                 self.push_price(t0);
             }
+            let fair_vol = self.noise_model_step(t0, &mut buy_rate, &mut sell_rate);
             // Poisson arrivals within the step: the organic trades first (their draws do not
             // depend on the wash below), then the wash cycles, executed in time order.
             let mut trades: Vec<(i64, Trade)> = Vec::new();
             let total = buy_rate + sell_rate;
-            if self.organic {
+            if self.flow == Flow::Organic {
                 self.organic_flow(t0, buy_rate, sell_rate, size, &mut trades);
             } else if total > 0.0 {
                 if let Ok(exp) = Exp::new(total / MIN as f64) {
@@ -572,11 +666,31 @@ impl Pool {
                         if t >= step_end as f64 {
                             break;
                         }
-                        let p_buy = (buy_rate / total + self.buy_bias).clamp(0.0, 1.0);
+                        let p_buy =
+                            (buy_rate / total + self.buy_bias + self.sentiment).clamp(0.0, 1.0);
                         let buy = self.rng.gen_bool(p_buy);
-                        let s = size.map_or(self.size_median, |d| d.sample(&mut self.rng));
+                        let s = if self.flow == Flow::HeavyTails {
+                            self.pareto_size()
+                        } else {
+                            size.map_or(self.size_median, |d| d.sample(&mut self.rng))
+                        };
                         let usd = s * if buy { buy_size } else { sell_size };
                         trades.push((t as i64, Trade::Organic { usd, buy }));
+                    }
+                }
+            }
+            if self.flow == Flow::SmallBursts && t0 < self.burst.0 {
+                // Ten times the trades at a tenth of the size, both sides alike.
+                if let Ok(exp) = Exp::new(10.0 * self.rate_per_min / MIN as f64) {
+                    let mut t = t0 as f64;
+                    loop {
+                        t += exp.sample(&mut self.rng);
+                        if t >= step_end as f64 {
+                            break;
+                        }
+                        let buy = self.rng.gen_bool(0.5);
+                        let s = size.map_or(self.size_median, |d| d.sample(&mut self.rng));
+                        trades.push((t as i64, Trade::Organic { usd: s * 0.1, buy }));
                     }
                 }
             }
@@ -647,14 +761,28 @@ impl Pool {
             // The fair value drifts slowly (1 % per √hour) or follows a scripted move; once the
             // price is 0.5 % off, an arbitrageur closes half the gap with one trade, as real
             // arbitrage does (few, larger trades; organic trade counts stay balanced).
-            let z: f64 = self.rng.sample(StandardNormal);
-            self.fair *= (0.01 * (1.0f64 / 60.0).sqrt() * z).exp();
+            let z: f64 = match self.common_rng.as_mut() {
+                Some(common) => common.sample(StandardNormal),
+                None => self.rng.sample(StandardNormal),
+            };
+            self.fair *= (fair_vol * 0.01 * (1.0f64 / 60.0).sqrt() * z).exp();
+            match self.flow {
+                Flow::Drift => self.fair *= (0.006f64 / 60.0).exp(),
+                Flow::Divergent { drift_per_min, .. } => self.fair *= drift_per_min.exp(),
+                _ => {}
+            }
+            // Autocorrelated flow meets slower arbitrage: only beyond 1 %, a quarter of the gap.
+            let (band, close) = if self.flow == Flow::Autocorrelated {
+                (0.01, 0.25)
+            } else {
+                (0.005, 0.5)
+            };
             if follow_fair {
                 self.fair = self.price();
             } else {
                 let dev = (self.price() / self.fair).ln();
-                if dev.abs() > 0.005 {
-                    let want = self.price() * (-dev * 0.5).exp();
+                if dev.abs() > band {
+                    let want = self.price() * (-dev * close).exp();
                     let y_want = (self.x * self.y * want).sqrt();
                     let d = y_want - self.y;
                     self.swap(step_end - 1, d.abs(), d > 0.0);
@@ -662,6 +790,50 @@ impl Pool {
             }
             self.clock_ms = step_end;
         }
+    }
+
+    /// The noise model's part of the minute from `t0`: its sentiment, regime and bursts move
+    /// on; it scales the arrival rates and returns the fair value's volatility multiplier.
+    fn noise_model_step(&mut self, t0: i64, buy_rate: &mut f64, sell_rate: &mut f64) -> f64 {
+        match self.flow {
+            Flow::Autocorrelated => {
+                // AR(1) on the buy share: stationary σ 0.15, half-life 60 minutes.
+                let phi = (-std::f64::consts::LN_2 / 60.0).exp();
+                let e: f64 = self.rng.sample(StandardNormal);
+                self.sentiment = phi * self.sentiment + 0.15 * (1.0 - phi * phi).sqrt() * e;
+                1.0
+            }
+            Flow::Regimes => {
+                if t0 >= self.regime.2 {
+                    let (vol, activity) = match self.rng.gen_range(0..3) {
+                        0 => (0.4, 0.5),
+                        1 => (1.0, 1.0),
+                        _ => (3.0, 2.5),
+                    };
+                    self.regime = (vol, activity, t0 + self.rng.gen_range(2 * HOUR..8 * HOUR));
+                }
+                *buy_rate *= self.regime.1;
+                *sell_rate *= self.regime.1;
+                self.regime.0
+            }
+            Flow::SmallBursts => {
+                if t0 >= self.burst.1 {
+                    let len = self.rng.gen_range(10 * MIN..30 * MIN);
+                    self.burst = (t0 + len, t0 + len + self.rng.gen_range(HOUR..6 * HOUR));
+                }
+                1.0
+            }
+            _ => 1.0,
+        }
+    }
+
+    /// A Pareto trade size (tail index 1.5) with the lognormal's mean (1.377 × the median),
+    /// capped at 200 medians.
+    fn pareto_size(&mut self) -> f64 {
+        const ALPHA: f64 = 1.5;
+        let scale = 1.377 * self.size_median * (ALPHA - 1.0) / ALPHA;
+        let u: f64 = self.rng.gen_range(f64::EPSILON..1.0);
+        (scale / u.powf(1.0 / ALPHA)).min(200.0 * self.size_median)
     }
 
     /// A scripted trader moves the price to `want` in a few trades a minute.
@@ -796,7 +968,7 @@ struct PoolSpec {
     range: Option<(f64, f64)>,
     /// The base token's address, when several pools share a token.
     token: Option<String>,
-    organic: bool,
+    flow: Flow,
 }
 
 fn pool(scenario: Scenario, idx: usize, spec: PoolSpec, start: i64) -> Pool {
@@ -832,8 +1004,14 @@ fn pool(scenario: Scenario, idx: usize, spec: PoolSpec, start: i64) -> Pool {
         range: spec.range.map(|(lo, hi)| (lo * price0, hi * price0)),
         token_address: spec.token.unwrap_or_else(|| format!("{address}mint")),
         wash_legs: std::collections::VecDeque::new(),
-        organic: spec.organic,
+        flow: spec.flow,
         sentiment: 0.0,
+        regime: (1.0, 1.0, i64::MIN),
+        burst: (i64::MIN, i64::MIN),
+        common_rng: match spec.flow {
+            Flow::Divergent { common, .. } => Some(ChaCha8Rng::seed_from_u64(common)),
+            _ => None,
+        },
         children: std::collections::VecDeque::new(),
         trade_ms: Vec::new(),
         cum_vol: Vec::new(),
@@ -880,7 +1058,7 @@ fn steady(seed: u64, scripts: Vec<Script>) -> PoolSpec {
         buy_bias: 0.0,
         range: None,
         token: None,
-        organic: false,
+        flow: Flow::Plain,
     }
 }
 
@@ -889,7 +1067,13 @@ fn batch(scenario: Scenario, opts: &SimOptions) -> Batch {
     let seed = |i: u64| mix(opts.seed, scenario as u64 + 1, i);
     let mut polling = Polling::Regular;
     let specs: Vec<PoolSpec> = match scenario {
-        Scenario::Noise | Scenario::Organic => (0..opts.noise_pairs)
+        Scenario::Noise
+        | Scenario::Organic
+        | Scenario::HeavyTails
+        | Scenario::Autocorrelated
+        | Scenario::Regimes
+        | Scenario::SmallBursts
+        | Scenario::Drift => (0..opts.noise_pairs)
             .map(|i| {
                 let mut r = ChaCha8Rng::seed_from_u64(seed(1000 + i as u64));
                 // Liquidity $200k-$2M, daily turnover 0.5-3x the liquidity: trade sizes follow
@@ -908,7 +1092,55 @@ fn batch(scenario: Scenario, opts: &SimOptions) -> Batch {
                     buy_bias: 0.0,
                     range: None,
                     token: None,
-                    organic: scenario == Scenario::Organic,
+                    flow: Flow::of(scenario),
+                }
+            })
+            .collect(),
+        // Thin pools: $15k-$60k, a trade every 3-10 minutes of 1-4 % of the pool.
+        Scenario::Thin => (0..opts.noise_pairs)
+            .map(|i| {
+                let mut r = ChaCha8Rng::seed_from_u64(seed(1000 + i as u64));
+                let liquidity_usd = r.gen_range(15_000.0..60_000.0);
+                PoolSpec {
+                    liquidity_usd,
+                    rate_per_min: r.gen_range(0.1..0.33),
+                    size_median: liquidity_usd * r.gen_range(0.01..0.04) / 1.377,
+                    age_ms: r.gen_range(2..400) * 24 * HOUR,
+                    scripts: Vec::new(),
+                    market_seed: seed(i as u64),
+                    listed_ms: None,
+                    buy_bias: 0.0,
+                    range: None,
+                    token: None,
+                    flow: Flow::Thin,
+                }
+            })
+            .collect(),
+        // Pools in twos, each two of one token on one market, drifting apart 0.4 % an hour.
+        Scenario::Divergent => (0..opts.noise_pairs)
+            .map(|i| {
+                let twin = (i / 2) as u64;
+                let mut r = ChaCha8Rng::seed_from_u64(seed(1000 + twin));
+                let liquidity_usd = 10f64.powf(r.gen_range(5.3..6.3));
+                let rate_per_min = r.gen_range(1.0..5.0);
+                let daily = liquidity_usd * r.gen_range(0.5..3.0);
+                let sign = if i % 2 == 0 { 1.0 } else { -1.0 };
+                PoolSpec {
+                    // The second pool of a token is the shallower, as it mostly is.
+                    liquidity_usd: liquidity_usd * if i % 2 == 0 { 1.0 } else { 0.4 },
+                    rate_per_min,
+                    size_median: daily / (rate_per_min * 1440.0 * 1.377),
+                    age_ms: r.gen_range(2..400) * 24 * HOUR,
+                    scripts: Vec::new(),
+                    market_seed: seed(i as u64),
+                    listed_ms: None,
+                    buy_bias: 0.0,
+                    range: None,
+                    token: Some(format!("{}t{twin}mint", scenario.address_prefix())),
+                    flow: Flow::Divergent {
+                        drift_per_min: sign * 0.004 / 60.0,
+                        common: seed(5000 + twin),
+                    },
                 }
             })
             .collect(),
@@ -1037,7 +1269,7 @@ fn batch(scenario: Scenario, opts: &SimOptions) -> Batch {
             buy_bias: 0.0,
             range: None,
             token: None,
-            organic: false,
+            flow: Flow::Plain,
         }],
     };
     let pools = specs

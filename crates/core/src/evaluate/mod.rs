@@ -15,6 +15,16 @@ use serde::Serialize;
 use crate::model::{Direction, Kind, PairKey, Phase, SignalEvent, Snapshot};
 use crate::signal::Verdict;
 
+mod days;
+mod outcome;
+mod paired;
+
+pub use days::{Move, PairDay};
+pub use outcome::wilson;
+pub use paired::{Verdict as Comparison, VsNaive};
+
+use outcome::{median, outcome, round, Outcome, Series, Tally};
+
 const MIN_MS: i64 = 60_000;
 const DAY_MS: f64 = 86_400_000.0;
 
@@ -46,6 +56,11 @@ pub struct Options {
     /// The naive rule: bullish when `P_h1` crosses this (percent), once per cooldown per pair.
     pub naive_pc_h1: f64,
     pub naive_cooldown_ms: i64,
+    /// A kind's alert and the naive rule's are one market event within this much of each
+    /// other on the same pair.
+    pub naive_match_ms: i64,
+    /// The window of a day's largest moves.
+    pub move_window_ms: i64,
 }
 
 impl Options {
@@ -71,6 +86,8 @@ impl Options {
             rug_fall: 0.60,
             naive_pc_h1: 15.0,
             naive_cooldown_ms: 60 * MIN_MS,
+            naive_match_ms: 60 * MIN_MS,
+            move_window_ms: 60 * MIN_MS,
         })
     }
 
@@ -114,17 +131,6 @@ fn horizon_label(ms: i64) -> String {
     } else {
         format!("{}s", ms / 1_000)
     }
-}
-
-/// One pair's fresh snapshots, in time order.
-#[derive(Debug, Default)]
-struct Series {
-    t: Vec<i64>,
-    price: Vec<f64>,
-    /// √(base·quote) where the pool amounts are known, else the USD liquidity.
-    liquidity: Vec<Option<f64>>,
-    liquidity_usd: Vec<Option<f64>>,
-    pc_h1: Vec<Option<f64>>,
 }
 
 #[derive(Debug, Clone)]
@@ -244,17 +250,19 @@ impl Study {
             });
     }
 
-    /// The naive rule's alerts: `P_h1` crossing `naive_pc_h1` upward, once per cooldown.
-    fn naive(&self) -> Vec<Alert> {
+    /// The naive rule's alerts in a direction: `P_h1` crossing `+naive_pc_h1` upward
+    /// (bullish) or `−naive_pc_h1` downward (bearish), once per cooldown per pair.
+    fn naive(&self, dir: Direction) -> Vec<Alert> {
+        let sign = if dir == Direction::Bearish { -1.0 } else { 1.0 };
+        let level = self.opts.naive_pc_h1;
         let mut out = Vec::new();
         for (pair, s) in self.series.iter().enumerate() {
             let mut last = i64::MIN / 2;
             let mut prev: Option<f64> = None;
             for (i, pc) in s.pc_h1.iter().enumerate() {
                 let t = s.t[i];
-                if let Some(pc) = *pc {
-                    let crossed = pc >= self.opts.naive_pc_h1
-                        && prev.is_none_or(|p| p < self.opts.naive_pc_h1);
+                if let Some(pc) = pc.map(|p| p * sign) {
+                    let crossed = pc >= level && prev.is_none_or(|p| p < level);
                     if crossed && t - last >= self.opts.naive_cooldown_ms {
                         out.push(Alert {
                             pair,
@@ -264,7 +272,7 @@ impl Study {
                         last = t;
                     }
                 }
-                prev = *pc;
+                prev = pc.map(|p| p * sign);
             }
         }
         out.sort_by_key(|a| (a.t_ms, a.pair));
@@ -297,16 +305,53 @@ impl Study {
             .fold(0.0, |a, b| a + b);
         let mut groups: Vec<((usize, usize), Vec<Alert>)> =
             self.groups.iter().map(|(k, v)| (*k, v.clone())).collect();
-        let naive = self.naive();
-        if !naive.is_empty() {
-            groups.push(((NAIVE, 0), naive));
+        let naive = [
+            self.judged(&self.naive(Direction::Bullish), Direction::Bullish),
+            self.judged(&self.naive(Direction::Bearish), Direction::Bearish),
+        ];
+        for (d, dir) in [Direction::Bullish, Direction::Bearish]
+            .into_iter()
+            .enumerate()
+        {
+            let alerts = self.naive(dir);
+            if !alerts.is_empty() {
+                groups.push(((NAIVE, d), alerts));
+            }
         }
         let rows = groups
             .iter()
-            .map(|((g, d), alerts)| self.row(*g, DIRECTIONS[*d], alerts, pair_days))
+            .map(|((g, d), alerts)| {
+                let dir = DIRECTIONS[*d];
+                let mut row = self.row(*g, dir, alerts, pair_days);
+                // Price kinds against the rule of their direction; liquidity kinds are judged
+                // by another rule, and the naive rows are the rule.
+                let price_kind = Kind::ALL.get(*g).is_some_and(|k| {
+                    !matches!(k, Kind::LiquidityDrain | Kind::RugWarning | Kind::Reorg)
+                });
+                if price_kind && dir != Direction::Neutral {
+                    let rule = format!(
+                        "P_h1 {} {}{}",
+                        if dir == Direction::Bearish {
+                            "<="
+                        } else {
+                            ">="
+                        },
+                        if dir == Direction::Bearish { "-" } else { "+" },
+                        opts.naive_pc_h1
+                    );
+                    let mine = self.judged(alerts, dir);
+                    row.vs_naive = Some(paired::compare(
+                        &mine,
+                        &naive[usize::from(dir == Direction::Bearish)],
+                        opts.naive_match_ms,
+                        &rule,
+                    ));
+                }
+                row
+            })
             .collect();
         Report {
-            schema: "dexpulse.evaluate/v1",
+            schema: "dexpulse.evaluate/v2",
             tapes: self.tape as usize + 1,
             horizons: opts.horizons_ms.iter().map(|&h| horizon_label(h)).collect(),
             limit: horizon_label(opts.limit_ms()),
@@ -316,8 +361,23 @@ impl Study {
             pairs: self.pairs.len(),
             snapshots: self.snapshots,
             pair_days: round(pair_days, 3),
+            naive_match_minutes: opts.naive_match_ms as f64 / MIN_MS as f64,
             rows,
+            days: days::pair_days(self),
         }
+    }
+
+    /// Each alert with whether it came true by the price rule of `dir`.
+    fn judged(&self, alerts: &[Alert], dir: Direction) -> Vec<paired::Judged> {
+        alerts
+            .iter()
+            .map(|a| paired::Judged {
+                pair: a.pair,
+                t_ms: a.t_ms,
+                hit: outcome(&self.series[a.pair], a.t_ms, dir, None, &self.opts)
+                    .and_then(|o| o.hit()),
+            })
+            .collect()
     }
 
     fn row(&self, g: usize, dir: Direction, alerts: &[Alert], pair_days: f64) -> Row {
@@ -407,239 +467,9 @@ impl Study {
                 median_return_pct: base.median_returns(opts),
             },
             lift,
+            vs_naive: None,
         }
     }
-}
-
-/// What followed one entry. `None` fields are censored: the tape ended first.
-#[derive(Debug, Clone, PartialEq)]
-struct Outcome {
-    returns: Vec<Option<f64>>,
-    /// +1 upper barrier first, −1 lower first, 0 neither by the limit; `None`: censored.
-    label: Option<i8>,
-    touch_after_ms: Option<i64>,
-    /// Favourable and adverse excursions over the limit, as returns in the alert's direction.
-    mfe: f64,
-    mae: f64,
-    /// Liquidity kinds: whether the liquidity was down by the threshold at the limit.
-    liquidity_fell: Option<bool>,
-    /// The barrier rule for the direction: bullish the upper first, bearish the lower first,
-    /// neutral either; `None`: censored.
-    price_hit: Option<bool>,
-}
-
-/// The outcome of an entry after an alert at `t_ms` on a series: entry at the first snapshot
-/// strictly after `t_ms` (never the alert's own, whose price already moved), `None` if there
-/// is none.
-fn outcome(
-    s: &Series,
-    t_ms: i64,
-    dir: Direction,
-    fall: Option<f64>,
-    opts: &Options,
-) -> Option<Outcome> {
-    let i0 = s.t.partition_point(|&t| t <= t_ms);
-    if i0 >= s.t.len() {
-        return None;
-    }
-    let (te, p0) = (s.t[i0], s.price[i0]);
-    let limit = opts.limit_ms();
-    let returns = opts
-        .horizons_ms
-        .iter()
-        .map(|&h| {
-            let j = s.t.partition_point(|&t| t < te + h);
-            (j < s.t.len()).then(|| s.price[j] / p0 - 1.0)
-        })
-        .collect();
-
-    // σ per step from the log returns before the alert, scaled to the limit's number of steps.
-    let from = s.t.partition_point(|&t| t < t_ms - opts.vol_lookback_ms);
-    let lr: Vec<f64> = (from.max(1)..i0)
-        .map(|j| (s.price[j] / s.price[j - 1]).ln())
-        .collect();
-    let dts: Vec<f64> = (from.max(1)..i0)
-        .map(|j| (s.t[j] - s.t[j - 1]) as f64)
-        .collect();
-    let width = if lr.len() >= 3 {
-        let mean = lr.iter().sum::<f64>() / lr.len() as f64;
-        let var = lr.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (lr.len() - 1) as f64;
-        let step = median(&dts).unwrap_or(60_000.0).max(1.0);
-        opts.barrier_k * var.sqrt() * (limit as f64 / step).sqrt()
-    } else {
-        0.0
-    }
-    .max(opts.min_barrier);
-
-    let end = te + limit;
-    let mut label = None;
-    let mut touch = None;
-    let (mut hi, mut lo) = (0.0f64, 0.0f64);
-    let mut j = i0 + 1;
-    while j < s.t.len() && s.t[j] <= end {
-        let x = (s.price[j] / p0).ln();
-        hi = hi.max(x);
-        lo = lo.min(x);
-        if label.is_none() {
-            if x >= width {
-                label = Some(1);
-                touch = Some(s.t[j] - t_ms);
-            } else if x <= -width {
-                label = Some(-1);
-                touch = Some(s.t[j] - t_ms);
-            }
-        }
-        j += 1;
-    }
-    let complete = s.t.last().is_some_and(|&t| t >= end);
-    if label.is_none() && complete {
-        label = Some(0);
-    }
-    let (mfe, mae) = match dir {
-        Direction::Bearish => (1.0 - lo.exp(), 1.0 - hi.exp()),
-        _ => (hi.exp() - 1.0, lo.exp() - 1.0),
-    };
-    let liquidity_fell = fall.and_then(|f| {
-        if !complete {
-            return None;
-        }
-        let r0 = s.t.partition_point(|&t| t < t_ms - opts.liquidity_ref_ms);
-        let reference = s.liquidity[r0..i0]
-            .iter()
-            .flatten()
-            .fold(None, |m: Option<f64>, &l| Some(m.map_or(l, |m| m.max(l))))?;
-        let at = s.t.partition_point(|&t| t < end);
-        let now = s.liquidity.get(at).copied().flatten()?;
-        Some(now <= reference * (1.0 - f))
-    });
-    let price_hit = label.map(|l| match dir {
-        Direction::Bullish => l == 1,
-        Direction::Bearish => l == -1,
-        Direction::Neutral => l != 0,
-    });
-    Some(Outcome {
-        returns,
-        label,
-        price_hit,
-        touch_after_ms: touch,
-        mfe,
-        mae,
-        liquidity_fell,
-    })
-}
-
-/// Counts over a set of outcomes, with the direction's and the kind's hit rule.
-struct Tally {
-    count: usize,
-    evaluated: usize,
-    hits: usize,
-    returns: Vec<Vec<f64>>,
-    leads: Vec<f64>,
-    mfe: Vec<f64>,
-    mae: Vec<f64>,
-}
-
-impl Tally {
-    fn of<'a>(outcomes: impl Iterator<Item = Option<&'a Outcome>>, opts: &Options) -> Tally {
-        let mut t = Tally {
-            count: 0,
-            evaluated: 0,
-            hits: 0,
-            returns: vec![Vec::new(); opts.horizons_ms.len()],
-            leads: Vec::new(),
-            mfe: Vec::new(),
-            mae: Vec::new(),
-        };
-        for o in outcomes {
-            t.count += 1;
-            let Some(o) = o else { continue };
-            for (i, r) in o.returns.iter().enumerate() {
-                if let Some(r) = r {
-                    t.returns[i].push(*r);
-                }
-            }
-            let Some(hit) = o.hit() else { continue };
-            t.evaluated += 1;
-            t.mfe.push(o.mfe);
-            t.mae.push(o.mae);
-            if hit {
-                t.hits += 1;
-                // A liquidity kind's hit is not a barrier touch: it has no lead time.
-                if let (None, Some(ms)) = (o.liquidity_fell, o.touch_after_ms) {
-                    t.leads.push(ms as f64 / MIN_MS as f64);
-                }
-            }
-        }
-        t
-    }
-
-    fn counts(&self) -> Counts {
-        Counts {
-            count: self.count,
-            evaluated: self.evaluated,
-            hits: self.hits,
-            hit_rate: self.rate().map(|r| round(r, 4)),
-        }
-    }
-
-    fn rate(&self) -> Option<f64> {
-        (self.evaluated > 0).then(|| self.hits as f64 / self.evaluated as f64)
-    }
-
-    fn wilson(&self) -> Option<[f64; 2]> {
-        let [lo, hi] = wilson(self.hits, self.evaluated)?;
-        Some([round(lo, 4), round(hi, 4)])
-    }
-
-    fn median_returns(&self, opts: &Options) -> BTreeMap<String, Option<f64>> {
-        opts.horizons_ms
-            .iter()
-            .zip(&self.returns)
-            .map(|(&h, r)| (horizon_label(h), median(r).map(|m| round(m * 100.0, 2))))
-            .collect()
-    }
-
-    fn median_lead_minutes(&self) -> Option<f64> {
-        median(&self.leads).map(|m| round(m, 1))
-    }
-}
-
-impl Outcome {
-    /// Whether the alert came true; `None` when censored.
-    fn hit(&self) -> Option<bool> {
-        self.liquidity_fell.or(self.price_hit)
-    }
-}
-
-/// The Wilson score interval at 95 %, for `hits` of `n`.
-pub fn wilson(hits: usize, n: usize) -> Option<[f64; 2]> {
-    if n == 0 {
-        return None;
-    }
-    let (n, p, z) = (n as f64, hits as f64 / n as f64, 1.96f64);
-    let denom = 1.0 + z * z / n;
-    let centre = (p + z * z / (2.0 * n)) / denom;
-    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / denom;
-    Some([(centre - half).max(0.0), (centre + half).min(1.0)])
-}
-
-fn median(v: &[f64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let m = s.len() / 2;
-    Some(if s.len() % 2 == 1 {
-        s[m]
-    } else {
-        (s[m - 1] + s[m]) / 2.0
-    })
-}
-
-fn round(x: f64, decimals: i32) -> f64 {
-    let f = 10f64.powi(decimals);
-    (x * f).round() / f
 }
 
 /// A stable 64-bit hash of a group's name, so each group draws its own baseline and adding a
@@ -665,7 +495,11 @@ pub struct Report {
     pub pairs: usize,
     pub snapshots: u64,
     pub pair_days: f64,
+    pub naive_match_minutes: f64,
     pub rows: Vec<Row>,
+    /// Per pair and UTC day: the events, what followed them against random entries, and the
+    /// day's largest moves with whether and when an event saw them.
+    pub days: Vec<PairDay>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -684,6 +518,8 @@ pub struct Row {
     pub score_bands: Vec<Band>,
     pub random: Baseline,
     pub lift: Option<f64>,
+    /// Against the naive rule of the row's direction on the same tapes (price kinds only).
+    pub vs_naive: Option<VsNaive>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -711,6 +547,59 @@ pub struct Baseline {
 }
 
 impl Report {
+    /// Day by day for people: each pair-day's events, how often the next hour contradicted
+    /// them against random entries, and its largest moves with who saw them.
+    pub fn days_table(&self) -> String {
+        let mut out = String::new();
+        for d in &self.days {
+            let events: Vec<String> = d.events.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.0}%", v * 100.0));
+            let _ =
+                writeln!(
+                out,
+                "{} {} {}: {} snapshots; events: {}; contradicted {} of {} ({}) vs random {} of {}",
+                d.chain,
+                d.pair,
+                d.day,
+                d.snapshots,
+                if events.is_empty() { "none".to_string() } else { events.join(", ") },
+                d.contradicted,
+                d.directional,
+                pct(d.contradicted_rate),
+                pct(d.random_contradicted_rate),
+                d.random_entries,
+            );
+            for m in &d.moves {
+                let seen = match (
+                    &m.seen_at,
+                    &m.seen_by,
+                    m.minutes_after_onset,
+                    m.minutes_after_start,
+                ) {
+                    (Some(at), Some(by), Some(o), Some(s)) => format!(
+                        "seen by {by} at {} ({s:+.0} min after the start, {o:+.0} after the onset)",
+                        &at[11..16]
+                    ),
+                    _ => "not seen".to_string(),
+                };
+                let _ = writeln!(
+                    out,
+                    "  largest {}: {:+.2}% {}-{} (onset {}); {seen}",
+                    if m.direction == Direction::Bullish {
+                        "rise"
+                    } else {
+                        "fall"
+                    },
+                    m.change_pct,
+                    &m.start[11..16],
+                    &m.end[11..16],
+                    &m.onset[11..16],
+                );
+            }
+        }
+        out
+    }
+
     /// The table for people: one line per kind and direction.
     pub fn table(&self) -> String {
         let mut out = String::new();
@@ -765,6 +654,47 @@ impl Report {
                 opt(r.median_mae_pct, 2),
                 r.alerts_per_pair_day
             );
+        }
+        let compared: Vec<&Row> = self.rows.iter().filter(|r| r.vs_naive.is_some()).collect();
+        if !compared.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nagainst the naive rule of each direction (the same events paired: alerts within {} min on one pair)",
+                self.naive_match_minutes
+            );
+            let _ = writeln!(
+                out,
+                "{:<16} {:<8} {:>5} {:>7} {:>5} {:>7} {:>7} {:>9} {:>8}  verdict",
+                "kind",
+                "dir",
+                "naive",
+                "naive %",
+                "pairs",
+                "k-only",
+                "n-only",
+                "McNemar p",
+                "earlier",
+            );
+            for r in compared {
+                let Some(v) = &r.vs_naive else { continue };
+                let pct =
+                    |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.0}", v * 100.0));
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:<8} {:>5} {:>7} {:>5} {:>7} {:>7} {:>9} {:>8}  {}",
+                    r.kind,
+                    r.direction.as_str(),
+                    v.naive_alerts,
+                    pct(v.naive_hit_rate),
+                    v.matched,
+                    v.kind_only_hit,
+                    v.naive_only_hit,
+                    v.mcnemar_p.map_or("-".to_string(), |p| format!("{p:.3}")),
+                    v.median_minutes_earlier
+                        .map_or("-".to_string(), |m| format!("{m:+.1}")),
+                    v.verdict.as_str(),
+                );
+            }
         }
         out
     }
@@ -957,7 +887,7 @@ mod tests {
             study.observe(&snap(i as i64, 1.0, *pc), Verdict::Fresh);
         }
         // Crossed at minute 1; the recrossing at minute 4 is inside the hour's cooldown.
-        let n = study.naive();
+        let n = study.naive(Direction::Bullish);
         assert_eq!(
             n.iter().map(|a| a.t_ms).collect::<Vec<_>>(),
             vec![T0 + MIN_MS]
