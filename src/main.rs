@@ -5,7 +5,7 @@
 #![forbid(unsafe_code)]
 
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter};
+use std::io::{self, BufRead, BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -23,6 +23,8 @@ use dexpulse::source::tape::TapeWriter;
 const EXIT_CONFIG: u8 = 64;
 /// EX_NOINPUT: an input file could not be opened.
 const EXIT_NOINPUT: u8 = 66;
+/// A tape with nothing in it to work on.
+const EXIT_DATAERR: u8 = 65;
 /// EX_UNAVAILABLE: the listen address cannot be bound.
 const EXIT_UNAVAILABLE: u8 = 69;
 /// EX_SOFTWARE: a task failed while running (the log and `/readyz` name it).
@@ -148,6 +150,36 @@ enum Command {
         #[arg(long)]
         days: bool,
     },
+    /// Choose signal thresholds without fooling yourself (docs/evaluation.md, "Tuning"): each
+    /// setting of the grid runs over every tape; it is chosen on the earlier part of each tape
+    /// and reported on the later part, which the choice never saw, beside the current
+    /// settings. Prints the configuration it would choose; never writes it.
+    Tune {
+        /// Tapes (JSON lines), as for `evaluate`.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The configuration the grid varies (the built-in defaults when absent).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// NAME=V1,V2,…: a key under [signal] and the values to try (momentum.enter_z=5,6,7);
+        /// repeat for a grid of several.
+        #[arg(long = "param", required = true)]
+        params: Vec<String>,
+        /// Where the tapes split, as a fraction of their spans taken end to end in the order
+        /// given: the earlier part tunes, the later judges. A tape the split falls in splits
+        /// in time, and its earlier entries stop one time limit before the split.
+        #[arg(long, default_value_t = 0.5)]
+        split: f64,
+        /// Forward-return horizons, as for `evaluate`.
+        #[arg(long, default_value = "5m,15m,60m")]
+        horizons: String,
+        /// The random baseline's seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The fewest judged events a setting must give on the earlier part to be chosen.
+        #[arg(long, default_value_t = 20)]
+        min_events: usize,
+    },
     /// Turn one-minute bars of real pools (recorded by others) into a tape that `replay`,
     /// `evaluate` and `serve` read like any other (docs/evaluation.md, "Real markets").
     ///
@@ -257,6 +289,23 @@ fn main() -> ExitCode {
             days,
         ),
         Command::Import { manifest, out } => run_import(&manifest, &out),
+        Command::Tune {
+            files,
+            config,
+            params,
+            split,
+            horizons,
+            seed,
+            min_events,
+        } => run_tune(
+            &files,
+            config.as_deref(),
+            &params,
+            split,
+            &horizons,
+            seed,
+            min_events,
+        ),
         Command::Keygen { out } => match dexpulse::cluster::trust::keygen(&out) {
             Ok(id) => {
                 println!(
@@ -519,6 +568,187 @@ fn run_evaluate(
     } else {
         report.table()
     };
+    use std::io::Write;
+    match io::stdout().lock().write_all(text.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_IO)
+        }
+    }
+}
+
+/// The first and last `t_ms` of a tape: where it splits.
+fn tape_span(file: &Path) -> io::Result<Option<(i64, i64)>> {
+    #[derive(serde::Deserialize)]
+    struct At {
+        t_ms: i64,
+    }
+    let mut span: Option<(i64, i64)> = None;
+    for line in BufReader::new(File::open(file)?).lines() {
+        if let Ok(At { t_ms }) = serde_json::from_str::<At>(&line?) {
+            span = Some(span.map_or((t_ms, t_ms), |(a, b)| (a.min(t_ms), b.max(t_ms))));
+        }
+    }
+    Ok(span)
+}
+
+fn run_tune(
+    files: &[PathBuf],
+    config: Option<&Path>,
+    params: &[String],
+    split: f64,
+    horizons: &str,
+    seed: u64,
+    min_events: usize,
+) -> ExitCode {
+    use dexpulse::evaluate::tune;
+    let axes = match params
+        .iter()
+        .map(|p| tune::parse_axis(p))
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|a| tune::grid(&a).map(|g| (a, g)))
+    {
+        Ok((_, g)) => g,
+        Err(e) => {
+            eprintln!("error: --{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if !(split > 0.0 && split < 1.0) {
+        eprintln!("error: --split {split}: must be between 0 and 1");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let opts = match parse_horizons(horizons).and_then(|h| evaluate::Options::new(h, seed)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: --{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let limit = opts.horizons_ms.iter().copied().max().unwrap_or(0);
+    let mut spans = Vec::new();
+    for file in files {
+        match tape_span(file) {
+            Ok(Some(span)) => spans.push(span),
+            Ok(None) => {
+                eprintln!("error: {}: no timed lines", file.display());
+                return ExitCode::from(EXIT_DATAERR);
+            }
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", file.display());
+                return ExitCode::from(EXIT_NOINPUT);
+            }
+        }
+    }
+    // The tapes in the order given are one timeline, split at `split` of its length: tapes
+    // before the cut tune, tapes after it judge, and the tape the cut falls in splits in time.
+    // (A long recording of one market splits in time; scenario tapes of several seeds split
+    // by seed.) Per tape: the earlier part's window and the later part's.
+    let total: i64 = spans.iter().map(|(a, b)| b - a).sum();
+    let mut at = (total as f64 * split) as i64;
+    let never = (0, 0);
+    let windows: Vec<((i64, i64), (i64, i64))> = spans
+        .iter()
+        .map(|&(a, b)| {
+            let len = b - a;
+            let w = if at >= len {
+                ((a, b + 1), never)
+            } else if at <= 0 {
+                (never, (a, b + 1))
+            } else {
+                ((a, a + at - limit), (a + at, b + 1))
+            };
+            at -= len;
+            w
+        })
+        .collect();
+    // Every setting, as config layers over the file: each value checked as any config is.
+    let layers = |setting: &[(String, String)]| {
+        let mut l = Layers::with_process_env(config);
+        for (k, v) in setting {
+            let value: toml::Value = v
+                .parse::<i64>()
+                .map(toml::Value::Integer)
+                .or_else(|_| v.parse::<f64>().map(toml::Value::Float))
+                .or_else(|_| v.parse::<bool>().map(toml::Value::Boolean))
+                .unwrap_or_else(|_| toml::Value::String(v.clone()));
+            l = l.flag(&format!("--param {k}={v}"), &format!("signal.{k}"), value);
+        }
+        l
+    };
+    let run = |setting: &[(String, String)]| -> Result<(tune::Part, tune::Part), ExitCode> {
+        let cfg = load(&layers(setting)).map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        })?;
+        let mut earlier = evaluate::Study::new(opts.clone());
+        let mut later = evaluate::Study::new(opts.clone());
+        for (i, file) in files.iter().enumerate() {
+            if i > 0 {
+                earlier.next_tape();
+                later.next_tape();
+            }
+            let (e, l) = windows[i];
+            earlier.window(e.0, e.1);
+            later.window(l.0, l.1);
+            let input = File::open(file).map(BufReader::new).map_err(|e| {
+                eprintln!("error: cannot open {}: {e}", file.display());
+                ExitCode::from(EXIT_NOINPUT)
+            })?;
+            let both = std::cell::RefCell::new((&mut earlier, &mut later));
+            let mut engine = Engine::new(cfg.signal.clone());
+            replay_observed(
+                input,
+                &mut engine,
+                |snap, verdict| {
+                    let mut b = both.borrow_mut();
+                    b.0.observe(snap, verdict);
+                    b.1.observe(snap, verdict);
+                },
+                |e| {
+                    let mut b = both.borrow_mut();
+                    b.0.event(e);
+                    b.1.event(e);
+                    Ok(())
+                },
+                |_| {},
+            )
+            .map_err(|e| {
+                eprintln!("error: {}: {e}", file.display());
+                ExitCode::from(EXIT_IO)
+            })?;
+        }
+        Ok((
+            tune::Part::of(&earlier.report()),
+            tune::Part::of(&later.report()),
+        ))
+    };
+    let current = match run(&[]) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let (mut earlier, mut later) = (Vec::new(), Vec::new());
+    for (i, setting) in axes.iter().enumerate() {
+        eprintln!("tune: setting {} of {}", i + 1, axes.len());
+        match run(setting) {
+            Ok((a, b)) => {
+                earlier.push(a);
+                later.push(b);
+            }
+            Err(code) => return code,
+        }
+    }
+    let chosen = tune::choose(&earlier, min_events);
+    let text = tune::table(
+        &axes,
+        &earlier,
+        (&current.0, &current.1),
+        &later,
+        chosen,
+        min_events,
+    );
     use std::io::Write;
     match io::stdout().lock().write_all(text.as_bytes()) {
         Ok(()) => ExitCode::SUCCESS,

@@ -920,3 +920,85 @@ fn a_corrupt_or_foreign_log_is_refused_and_left_untouched() {
         assert_eq!(std::fs::read(&file).unwrap(), junk);
     }
 }
+
+/// `tune`: the grid chosen on the earlier tapes, judged on the later ones beside the current
+/// settings; the same output every time; the config file untouched; a bad value refused with
+/// its field named, as any config is.
+#[test]
+fn tune_chooses_on_the_earlier_part_and_reports_the_later() {
+    let tapes: Vec<PathBuf> = (1..=4)
+        .map(|seed| {
+            let t = tmp(&format!("tune-{seed}.jsonl"));
+            let out = dexpulse(&[
+                "simulate",
+                "--scenario",
+                "breakout,pump_dump,noise",
+                "--seed",
+                &seed.to_string(),
+                "--hours",
+                "3",
+                "--out",
+                t.to_str().unwrap(),
+            ]);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            t
+        })
+        .collect();
+    let cfg = tmp("tune.toml");
+    std::fs::write(&cfg, "[signal.momentum]\nenter_pc_m5 = 3.0\n").unwrap();
+    let args = |param: &str| -> Vec<String> {
+        let mut a = vec![
+            "tune".to_string(),
+            "--config".into(),
+            cfg.display().to_string(),
+        ];
+        a.extend(tapes.iter().map(|t| t.display().to_string()));
+        a.extend([
+            "--param".into(),
+            param.into(),
+            "--min-events".into(),
+            "1".into(),
+        ]);
+        a
+    };
+    let run = |param: &str| {
+        let a = args(param);
+        dexpulse(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let out = run("momentum.enter_pc_h1=10,15,40");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    for want in [
+        "earlier part (tuning)",
+        "momentum.enter_pc_h1=40",
+        "later part (out of sample",
+        "chosen: momentum.enter_pc_h1=",
+        "[signal.momentum]\nenter_pc_h1 = ",
+    ] {
+        assert!(report.contains(want), "{want}\n{report}");
+    }
+    // The current settings once per part: the first two tapes, then the last two.
+    let current: Vec<&str> = report
+        .lines()
+        .filter(|l| l.trim_start().starts_with("current"))
+        .collect();
+    assert_eq!(current.len(), 2, "{report}");
+    assert_eq!(text(&run("momentum.enter_pc_h1=10,15,40").stdout), report);
+    assert_eq!(
+        std::fs::read_to_string(&cfg).unwrap(),
+        "[signal.momentum]\nenter_pc_m5 = 3.0\n"
+    );
+    for (bad, field) in [
+        ("momentum.enter_z=6,-1", "momentum.enter_z"),
+        ("momentum.no_such_key=1", "no_such_key"),
+        ("momentum.enter_z", "NAME=V1"),
+    ] {
+        let out = run(bad);
+        assert_eq!(out.status.code(), Some(64), "{bad}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(field),
+            "{bad}: {}",
+            text(&out.stderr)
+        );
+    }
+}

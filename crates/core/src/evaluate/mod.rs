@@ -18,6 +18,7 @@ use crate::signal::Verdict;
 mod days;
 mod outcome;
 mod paired;
+pub mod tune;
 
 pub use days::{Move, PairDay};
 pub use outcome::wilson;
@@ -152,6 +153,11 @@ pub struct Study {
     series: Vec<Series>,
     groups: BTreeMap<(usize, usize), Vec<Alert>>,
     snapshots: u64,
+    /// Each pair's tape.
+    pair_tape: Vec<u32>,
+    /// Per tape, the span whose entries are judged (`dexpulse tune`'s walk-forward parts);
+    /// a tape without one is judged whole.
+    windows: FxHashMap<u32, (i64, i64)>,
 }
 
 /// A group's row key: the kind's place (`Kind::ALL`, then the naive rule) and the direction's.
@@ -172,7 +178,23 @@ impl Study {
             series: Vec::new(),
             groups: BTreeMap::new(),
             snapshots: 0,
+            pair_tape: Vec::new(),
+            windows: FxHashMap::default(),
         }
+    }
+
+    /// Judges only the entries of the current tape in `[from_ms, to_ms)`: its events and the
+    /// naive rule's alerts (the market before and after still gives their outcomes and
+    /// history). `dexpulse tune` ends an earlier part a limit before the later one starts, so
+    /// that no outcome of the first reads the second.
+    pub fn window(&mut self, from_ms: i64, to_ms: i64) {
+        self.windows.insert(self.tape, (from_ms, to_ms));
+    }
+
+    fn in_window(&self, tape: u32, t_ms: i64) -> bool {
+        self.windows
+            .get(&tape)
+            .is_none_or(|(from, to)| *from <= t_ms && t_ms < *to)
     }
 
     /// Starts the next tape: its pairs are new pairs, whatever their keys, so that tapes of
@@ -189,6 +211,7 @@ impl Study {
         }
         let i = self.pairs.len();
         self.pairs.push(key.clone());
+        self.pair_tape.push(self.tape);
         self.index.insert(k, i);
         self.series.push(Series::default());
         i
@@ -227,7 +250,9 @@ impl Study {
 
     /// Opened events are studied; a stance only when it turns bullish or bearish.
     pub fn event(&mut self, e: &SignalEvent) {
-        if e.phase != Phase::Opened || (e.kind == Kind::Stance && e.direction == Direction::Neutral)
+        if e.phase != Phase::Opened
+            || (e.kind == Kind::Stance && e.direction == Direction::Neutral)
+            || !self.in_window(self.tape, e.observed_at_ms)
         {
             return;
         }
@@ -263,7 +288,10 @@ impl Study {
                 let t = s.t[i];
                 if let Some(pc) = pc.map(|p| p * sign) {
                     let crossed = pc >= level && prev.is_none_or(|p| p < level);
-                    if crossed && t - last >= self.opts.naive_cooldown_ms {
+                    if crossed
+                        && t - last >= self.opts.naive_cooldown_ms
+                        && self.in_window(self.pair_tape[pair], t)
+                    {
                         out.push(Alert {
                             pair,
                             t_ms: t,
@@ -300,7 +328,14 @@ impl Study {
         let pair_days: f64 = self
             .series
             .iter()
-            .filter_map(|s| Some((s.t.last()? - s.t.first()?) as f64 / DAY_MS))
+            .zip(&self.pair_tape)
+            .filter_map(|(s, tape)| {
+                let (mut a, mut b) = (*s.t.first()?, *s.t.last()?);
+                if let Some((from, to)) = self.windows.get(tape) {
+                    (a, b) = (a.max(*from), b.min(*to));
+                }
+                Some((b - a).max(0) as f64 / DAY_MS)
+            })
             // An empty f64 sum is −0.0.
             .fold(0.0, |a, b| a + b);
         let mut groups: Vec<((usize, usize), Vec<Alert>)> =
