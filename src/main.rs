@@ -514,12 +514,9 @@ fn run_evaluate(
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let opts = match parse_horizons(horizons).and_then(|h| evaluate::Options::new(h, seed)) {
+    let opts = match evaluate_options(horizons, seed) {
         Ok(o) => o,
-        Err(e) => {
-            eprintln!("error: --{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     // Two callbacks need the study; the event one returns io::Result, so it takes a RefCell.
     let study = std::cell::RefCell::new(evaluate::Study::new(opts));
@@ -568,6 +565,21 @@ fn run_evaluate(
     } else {
         report.table()
     };
+    print_report(&text)
+}
+
+/// `evaluate`'s and `tune`'s judging options from their flags.
+fn evaluate_options(horizons: &str, seed: u64) -> Result<evaluate::Options, ExitCode> {
+    parse_horizons(horizons)
+        .and_then(|h| evaluate::Options::new(h, seed))
+        .map_err(|e| {
+            eprintln!("error: --{e}");
+            ExitCode::from(EXIT_CONFIG)
+        })
+}
+
+/// A report to stdout; a reader that went away (`| head`) is no error.
+fn print_report(text: &str) -> ExitCode {
     use std::io::Write;
     match io::stdout().lock().write_all(text.as_bytes()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -620,12 +632,9 @@ fn run_tune(
         eprintln!("error: --split {split}: must be between 0 and 1");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let opts = match parse_horizons(horizons).and_then(|h| evaluate::Options::new(h, seed)) {
+    let opts = match evaluate_options(horizons, seed) {
         Ok(o) => o,
-        Err(e) => {
-            eprintln!("error: --{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     let limit = opts.horizons_ms.iter().copied().max().unwrap_or(0);
     let mut spans = Vec::new();
@@ -749,15 +758,7 @@ fn run_tune(
         chosen,
         min_events,
     );
-    use std::io::Write;
-    match io::stdout().lock().write_all(text.as_bytes()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(EXIT_IO)
-        }
-    }
+    print_report(&text)
 }
 
 fn run_import(manifest: &Path, out: &Path) -> ExitCode {

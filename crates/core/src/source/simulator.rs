@@ -57,7 +57,7 @@ pub enum Scenario {
     /// same-side trades, activity that follows the day.
     Organic,
     // The noise models below are not in `all`: each is a market with nothing to signal, for
-    // the engine's false-alarm budget (docs/signals.md, "Quiet on any noise").
+    // the engine's false-alarm budget (docs/sources.md, "Noise models").
     /// Trade sizes from a Pareto law (tail index 1.5): now and then a trade fifty times the
     /// median.
     HeavyTails,
