@@ -59,6 +59,8 @@ fn the_real_bars_crash_and_rebound_are_seen_and_nothing_is_wrong_more_than_chanc
         "{}",
         r["pair_days"]
     );
+    // ETH's five days and oSQTH's four; the minute of 08-18 that ends ETH's file is no day.
+    assert_eq!(r["days"].as_array().unwrap().len(), 9);
     // (pair, direction, the move's size at least, minutes after its onset at most). The
     // onset is the last minute the price was within a tenth of the move from where it began.
     let cases = [

@@ -14,6 +14,7 @@ use super::{horizon_label, Study, NAIVE};
 use crate::model::{format_ms, Direction, Kind};
 
 const DAY_MS: i64 = 86_400_000;
+const HOUR_MS: i64 = 3_600_000;
 
 /// One pair's day.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -121,7 +122,9 @@ pub(super) fn pair_days(study: &Study) -> Vec<PairDay> {
         while day <= last {
             let lo = s.t.partition_point(|&t| t < day);
             let hi = s.t.partition_point(|&t| t < day + DAY_MS);
-            if hi > lo {
+            // A day the tape only touches (its last minute, a first snapshot at 23:59) has no
+            // hour to judge anything in: it is not a pair-day.
+            if hi > lo && s.t[hi - 1] - s.t[lo] >= HOUR_MS {
                 out.push(one_day(study, pair, day, lo..hi, &alerts));
             }
             day += DAY_MS;
