@@ -332,81 +332,62 @@ fn start_engine(cfg: Config, listener: TcpListener, opts: Options) -> Result<Run
     let start_head = hub.head_seq();
     let sup = |name: &str, fut: Boxed| supervise(name, fut, health.clone(), shutdown.clone());
     let (tx, rx) = mpsc::channel(cfg.source.channel_capacity);
-    let feed: Option<Boxed> =
-        match &cfg.source.kind {
-            _ if opts.no_source => None,
-            SourceSettings::Simulator(s) => Some(Box::pin(source::simulator(
-                s.clone(),
+    let feed: Option<Boxed> = match &cfg.source.kind {
+        _ if opts.no_source => None,
+        SourceSettings::Simulator(s) => Some(Box::pin(source::simulator(
+            s.clone(),
+            clock.clone(),
+            tx,
+            shutdown.clone(),
+        ))),
+        SourceSettings::Replay(r) => {
+            let file = std::fs::File::open(&r.tape).map_err(|source| StartError::Tape {
+                path: r.tape.clone(),
+                source,
+            })?;
+            Some(Box::pin(source::replay(
+                r.clone(),
+                file,
                 clock.clone(),
                 tx,
                 shutdown.clone(),
-            ))),
-            SourceSettings::Replay(r) => {
-                let file = std::fs::File::open(&r.tape).map_err(|source| StartError::Tape {
-                    path: r.tape.clone(),
-                    source,
-                })?;
-                Some(Box::pin(source::replay(
-                    r.clone(),
-                    file,
-                    clock.clone(),
-                    tx,
-                    shutdown.clone(),
-                )))
-            }
-            SourceSettings::Live(l) => {
-                let recorder =
-                    match &l.record {
-                        None => None,
-                        Some(path) => Some(live::open_recorder(path).map_err(|source| {
-                            StartError::Record {
-                                path: path.clone(),
-                                source,
-                            }
-                        })?),
-                    };
-                let ctx = live::Ctx {
-                    settings: Arc::new((**l).clone()),
-                    tx,
-                    shutdown: shutdown.clone(),
-                    metrics: metrics.clone(),
-                    health: health.clone(),
-                    clock: clock.clone(),
-                    recorder,
-                };
-                Some(Box::pin(async move {
-                    live::run(ctx).await.map_err(|e| e.to_string())
-                }))
-            }
-            SourceSettings::Evm(e) => {
-                let recorder =
-                    match &e.record {
-                        None => None,
-                        Some(path) => Some(live::open_recorder(path).map_err(|source| {
-                            StartError::Record {
-                                path: path.clone(),
-                                source,
-                            }
-                        })?),
-                    };
-                let ctx = evm::Ctx {
-                    settings: Arc::new((**e).clone()),
-                    tx,
-                    shutdown: shutdown.clone(),
-                    metrics: metrics.clone(),
-                    health: health.clone(),
-                    clock: clock.clone(),
-                    recorder,
-                    restored: source_state.take(),
-                    save_every: checkpoints,
-                };
-                Some(Box::pin(async move {
-                    evm::run(ctx).await.map_err(|e| e.to_string())
-                }))
-            }
-            // The bench source has no engine: it publishes straight into the hub.
-            SourceSettings::Bench(_) => None,
-        };
+            )))
+        }
+        SourceSettings::Live(l) => {
+            let recorder = recorder(l.record.as_deref())?;
+            let ctx = live::Ctx {
+                settings: Arc::new((**l).clone()),
+                tx,
+                shutdown: shutdown.clone(),
+                metrics: metrics.clone(),
+                health: health.clone(),
+                clock: clock.clone(),
+                recorder,
+            };
+            Some(Box::pin(async move {
+                live::run(ctx).await.map_err(|e| e.to_string())
+            }))
+        }
+        SourceSettings::Evm(e) => {
+            let recorder = recorder(e.record.as_deref())?;
+            let ctx = evm::Ctx {
+                settings: Arc::new((**e).clone()),
+                tx,
+                shutdown: shutdown.clone(),
+                metrics: metrics.clone(),
+                health: health.clone(),
+                clock: clock.clone(),
+                recorder,
+                restored: source_state.take(),
+                save_every: checkpoints,
+            };
+            Some(Box::pin(async move {
+                evm::run(ctx).await.map_err(|e| e.to_string())
+            }))
+        }
+        // The bench source has no engine: it publishes straight into the hub.
+        SourceSettings::Bench(_) => None,
+    };
     match (&cfg.source.kind, feed) {
         (_, Some(feed)) => {
             tasks.push(sup(
@@ -502,6 +483,18 @@ async fn maintain(
             }
         }
     }
+}
+
+/// The tape a source records to (`record`), created before anything runs: a path that cannot
+/// be written stops the start with exit 73.
+fn recorder(path: Option<&std::path::Path>) -> Result<Option<live::Recorder>, StartError> {
+    path.map(|path| {
+        live::open_recorder(path).map_err(|source| StartError::Record {
+            path: path.to_path_buf(),
+            source,
+        })
+    })
+    .transpose()
 }
 
 #[cfg(test)]
