@@ -12,7 +12,8 @@
 #    (published_at is the ingest's publish time) against one process; median of three runs
 # C3 the stream's fan-out cost: nats-server's CPU time per message per consumer, from 1, 2, 4
 #    and 8 edges with no clients at 2,000 events/s (20 s each)
-# C4 the ingest's publish ceiling: acks/s with the bench source far above it
+# C4 the ingest's publish ceiling: acks/s with the bench source far above it (C4_RATE, 100,000
+#    events/s unless set)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ulimit -n 200000 2>/dev/null || ulimit -n 65536 2>/dev/null || true
@@ -140,7 +141,7 @@ print(json.dumps({'edges':$k,'nats_cpu_seconds':cpu,'messages':msgs,'nats_cpu_sh
     done ;;
   c4)
     start_nats
-    start "ingest" $((BASE + 3)) 50000
+    start "ingest" $((BASE + 3)) "${C4_RATE:-100000}"
     sleep 2
     a0=$(metric $((BASE + 3)) dexpulse_cluster_publish_acks_total)
     sleep 10
@@ -151,7 +152,7 @@ print(json.dumps({'edges':$k,'nats_cpu_seconds':cpu,'messages':msgs,'nats_cpu_sh
     python3 -c "
 import json
 s,c=[float(x) for x in '$ps'.split()]
-print(json.dumps({'acks_per_s':($a1-$a0)/10,'waiting_at_end':float('${w:-0}'),'mean_publish_ms':s/c*1e3}))" | tee bench/results/cluster-c4.json | field '"C4 the ingest publishes %d events/s at most (one acked publish at a time, mean %.3f ms each); %d waited at the end" % (d["acks_per_s"], d["mean_publish_ms"], d["waiting_at_end"])' ;;
+print(json.dumps({'acks_per_s':($a1-$a0)/10,'waiting_at_end':float('${w:-0}'),'mean_publish_ms':s/c*1e3}))" | tee bench/results/cluster-c4.json | field '"C4 the ingest publishes %d events/s at most (mean %.3f ms from send to ack); %d waited at the end" % (d["acks_per_s"], d["mean_publish_ms"], d["waiting_at_end"])' ;;
   *) echo "unknown point $p" >&2; exit 64 ;;
   esac
 done

@@ -203,6 +203,11 @@ enum Command {
     },
 }
 
+// The ingest signs on the blocking pool and sends on the workers: glibc's allocator cost it a
+// quarter of its publish rate there (BENCHMARKS.md, C4); mimalloc keeps each thread's own.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

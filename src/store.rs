@@ -8,6 +8,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redb::{
@@ -121,8 +122,8 @@ struct Meta {
 
 /// An open log.
 pub struct EventLog {
-    /// `None` between a failed write and a successful reopen.
-    db: Option<Database>,
+    /// `None` between a failed write and a successful reopen. Shared with the readers.
+    db: Option<Arc<Database>>,
     path: PathBuf,
     epoch: String,
     head: u64,
@@ -199,7 +200,7 @@ impl EventLog {
         })?;
         let db = open_db(&path)?;
         let mut log = EventLog {
-            db: Some(db),
+            db: Some(Arc::new(db)),
             path,
             epoch: String::new(),
             head: 0,
@@ -244,7 +245,7 @@ impl EventLog {
     }
 
     fn db(&self) -> Result<&Database, StoreError> {
-        self.db.as_ref().ok_or_else(|| StoreError::Io {
+        self.db.as_deref().ok_or_else(|| StoreError::Io {
             path: self.path.clone(),
             detail: "closed after a failed write; not reopened yet".into(),
         })
@@ -260,7 +261,7 @@ impl EventLog {
     pub fn reopen(&mut self) -> Result<(), StoreError> {
         self.db = None;
         let db = open_db(&self.path)?;
-        self.db = Some(db);
+        self.db = Some(Arc::new(db));
         let m = self.read_meta()?;
         if m.epoch.as_deref() != Some(self.epoch.as_str()) {
             return Err(self.corrupt("the epoch changed under us"));
@@ -449,19 +450,21 @@ impl EventLog {
 
     /// Frames with `seq > after`, oldest first, at most `limit`.
     pub fn since(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let txn = self.db()?.begin_read().map_err(|e| self.corrupt(e))?;
-        let events = txn.open_table(EVENTS).map_err(|e| self.corrupt(e))?;
-        let from = be(after.saturating_add(1));
-        let mut out = Vec::new();
-        for item in events
-            .range::<&[u8]>(from.as_slice()..)
-            .map_err(|e| self.corrupt(e))?
-            .take(limit)
-        {
-            let (k, v) = item.map_err(|e| self.corrupt(e))?;
-            out.push((seq_of(k.value()), v.value().to_vec()));
-        }
-        Ok(out)
+        Ok(self.reader()?.since(after, limit)?.0)
+    }
+
+    /// A handle that reads frames beside this log's writes: redb's readers never wait for its
+    /// writer, so a session reading old frames never waits for a commit, nor a commit for it.
+    /// Taken again after a reopen (the old one then answers with errors).
+    pub fn reader(&self) -> Result<LogReader, StoreError> {
+        let db = self.db.clone().ok_or_else(|| StoreError::Io {
+            path: self.path.clone(),
+            detail: "closed after a failed write; not reopened yet".into(),
+        })?;
+        Ok(LogReader {
+            db,
+            path: self.path.clone(),
+        })
     }
 
     /// The oldest retained seq (head + 1 when nothing is retained).
@@ -514,21 +517,7 @@ impl EventLog {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let txn = self.db()?.begin_read().map_err(|e| self.corrupt(e))?;
-        let events = txn.open_table(EVENTS).map_err(|e| self.corrupt(e))?;
-        let end = be(before.unwrap_or(u64::MAX));
-        let mut out = Vec::new();
-        for item in events
-            .range::<&[u8]>(..end.as_slice())
-            .map_err(|e| self.corrupt(e))?
-            .rev()
-            .take(limit)
-        {
-            let (k, v) = item.map_err(|e| self.corrupt(e))?;
-            out.push((seq_of(k.value()), v.value().to_vec()));
-        }
-        out.reverse();
-        Ok(out)
+        Ok(self.reader()?.before(before, limit)?.0)
     }
 
     /// The first retained seq whose frame `published_at` (read by `time_of`) is at least
@@ -588,10 +577,14 @@ impl EventLog {
             return Ok(None);
         }
         let path = self.path.clone();
-        let db = self.db.as_mut().ok_or_else(|| StoreError::Io {
-            path: path.clone(),
-            detail: "closed".into(),
-        })?;
+        let db = self
+            .db
+            .as_mut()
+            .and_then(Arc::get_mut)
+            .ok_or_else(|| StoreError::Io {
+                path: path.clone(),
+                detail: "closed, or a reader is open (compaction runs before any)".into(),
+            })?;
         db.compact().map_err(|e| StoreError::Io {
             path,
             detail: e.to_string(),
@@ -601,6 +594,75 @@ impl EventLog {
             before_bytes: u.file_bytes,
             after_bytes: after,
         }))
+    }
+}
+
+/// Frames read (seq and bytes), and the oldest seq the file held then (`None`: none).
+pub type Rows = (Vec<(u64, Vec<u8>)>, Option<u64>);
+
+/// Reads of the frames, apart from the writer (see [`EventLog::reader`]).
+#[derive(Clone)]
+pub struct LogReader {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl LogReader {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn corrupt(&self, detail: impl std::fmt::Display) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// Frames with `seq > after`, oldest first, at most `limit`, and the oldest seq retained
+    /// when they were read (one snapshot of the file: a trim cannot fall between the two).
+    pub fn since(&self, after: u64, limit: usize) -> Result<Rows, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.corrupt(e))?;
+        let events = txn.open_table(EVENTS).map_err(|e| self.corrupt(e))?;
+        let oldest = events
+            .first()
+            .map_err(|e| self.corrupt(e))?
+            .map(|(k, _)| seq_of(k.value()));
+        let from = be(after.saturating_add(1));
+        let mut out = Vec::new();
+        for item in events
+            .range::<&[u8]>(from.as_slice()..)
+            .map_err(|e| self.corrupt(e))?
+            .take(limit)
+        {
+            let (k, v) = item.map_err(|e| self.corrupt(e))?;
+            out.push((seq_of(k.value()), v.value().to_vec()));
+        }
+        Ok((out, oldest))
+    }
+
+    /// The newest `limit` frames with `seq < before` (all when `None`), oldest first, and the
+    /// oldest seq retained, from one snapshot.
+    pub fn before(&self, before: Option<u64>, limit: usize) -> Result<Rows, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.corrupt(e))?;
+        let events = txn.open_table(EVENTS).map_err(|e| self.corrupt(e))?;
+        let oldest = events
+            .first()
+            .map_err(|e| self.corrupt(e))?
+            .map(|(k, _)| seq_of(k.value()));
+        let end = be(before.unwrap_or(u64::MAX));
+        let mut out = Vec::new();
+        for item in events
+            .range::<&[u8]>(..end.as_slice())
+            .map_err(|e| self.corrupt(e))?
+            .rev()
+            .take(limit)
+        {
+            let (k, v) = item.map_err(|e| self.corrupt(e))?;
+            out.push((seq_of(k.value()), v.value().to_vec()));
+        }
+        out.reverse();
+        Ok((out, oldest))
     }
 }
 

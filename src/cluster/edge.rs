@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use dexpulse_core::model::{EventMeta, PairKey};
 use dexpulse_core::signal::checkpoint::Checkpoint;
 
+use super::retry::Retry;
 use super::stream::{pair_key, EventStream, Stored};
 use super::trust::{Forgery, Refused, Replay, Verifier};
 use super::{ForgeryAlarm, Keys, Settings};
@@ -41,9 +42,6 @@ use crate::time::Clock;
 const BATCH: usize = 256;
 /// How often the edge compares the stream's identity and bounds with its own.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
 /// What an edge checks messages with: its verify key, and what it refused so far.
 pub struct Trust {
     verifier: Verifier,
@@ -352,7 +350,7 @@ pub struct Ctx {
 
 /// Runs until shutdown: the stream into the hub, connecting again after every failure.
 pub async fn follow(ctx: Ctx) -> Result<(), String> {
-    let mut backoff = BACKOFF_MIN;
+    let mut retry = Retry::here();
     let url = ctx.settings.url.clone().unwrap_or_default();
     ctx.health
         .set_cluster_fault(Some(format!("connecting to {url}")));
@@ -367,16 +365,14 @@ pub async fn follow(ctx: Ctx) -> Result<(), String> {
             Err(e) => e,
         };
         if progressed {
-            backoff = BACKOFF_MIN;
+            retry.reset();
         }
         tracing::warn!(error = %e, head = ctx.history.head(), "the cluster's stream was lost; following again from the head");
         ctx.health.set_cluster_fault(Some(e));
         ctx.metrics.reconnects.inc();
-        tokio::select! {
-            _ = ctx.shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(backoff) => {}
+        if !retry.pause(&ctx.shutdown).await {
+            return Ok(());
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
@@ -520,20 +516,22 @@ pub struct PairsCtx {
 /// Runs until shutdown: the pairs bucket into the hub's pairs room. After each (re)connection
 /// the bucket is read whole, and pairs it no longer holds are forgotten.
 pub async fn follow_pairs(ctx: PairsCtx) -> Result<(), String> {
-    let mut backoff = BACKOFF_MIN;
+    let mut retry = Retry::here();
     loop {
+        let mut progressed = false;
         let r = tokio::select! {
             _ = ctx.shutdown.cancelled() => return Ok(()),
-            r = pairs_once(&ctx) => r,
+            r = pairs_once(&ctx, &mut progressed) => r,
         };
         if let Err(e) = r {
             tracing::warn!(error = %e, "the pairs bucket was lost; reading it again");
         }
-        tokio::select! {
-            _ = ctx.shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(backoff) => {}
+        if progressed {
+            retry.reset();
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        if !retry.pause(&ctx.shutdown).await {
+            return Ok(());
+        }
     }
 }
 
@@ -560,7 +558,9 @@ fn open_pair<'a>(
     Ok(json)
 }
 
-async fn pairs_once(ctx: &PairsCtx) -> Result<(), String> {
+/// Sets `progressed` once the watch is open, so that a bucket lost after working a while is
+/// tried again at once rather than after the longest wait.
+async fn pairs_once(ctx: &PairsCtx, progressed: &mut bool) -> Result<(), String> {
     let stream = EventStream::connect_reader(&ctx.settings)
         .await
         .map_err(|e| e.to_string())?;
@@ -569,6 +569,7 @@ async fn pairs_once(ctx: &PairsCtx) -> Result<(), String> {
         .watch_with_history(">")
         .await
         .map_err(|e| e.to_string())?;
+    *progressed = true;
     let mut keys: HashMap<String, (PairKey, i64)> = HashMap::new();
     let mut synced = false;
     let pairs = ctx.hub.pairs();

@@ -1,6 +1,10 @@
 //! The ingest's side of the stream (docs/cluster.md, "Ingest"): every event its hub publishes
-//! goes to the stream, one at a time and in seq order, each acknowledged before the next is
-//! sent, so the stream's order is the engine's. The local history is the buffer: while the
+//! goes to the stream in seq order, exactly once. Up to `WINDOW` events are in flight at once;
+//! each names the one before it (`Nats-Expected-Last-Msg-Id`), so the server refuses an event
+//! whose predecessor was lost rather than storing it out of order, and every resend is
+//! deduplicated by its message id. After any failure the ingest waits for what is in flight,
+//! then sends again from the first event not acknowledged, that one alone, so the stream's
+//! order is the engine's. The local history is the buffer: while the
 //! stream is away, events wait there (held against eviction by age, up to the history's hard
 //! cap, or on disk with a data directory), `/readyz` says how many, and they go out in order
 //! when it is back; what the history had to drop before the stream took it is counted and
@@ -14,7 +18,7 @@
 //!
 //! Pair states go to the pairs bucket every `pairs_seconds`, only those that changed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +27,9 @@ use tokio_util::sync::CancellationToken;
 use dexpulse_core::model::PairKey;
 use dexpulse_core::protocol::FilterSet;
 
-use super::stream::{pair_key, EventStream};
+use super::retry::Retry;
+use super::stream::{pair_key, EventStream, Outgoing, Pending};
+use super::ClusterError;
 use super::{ForgeryAlarm, Keys, Settings};
 use crate::health::Health;
 use crate::hub::Hub;
@@ -31,8 +37,9 @@ use crate::metrics::ClusterMetrics;
 
 /// Frames read from the local history at once.
 const CHUNK: usize = 256;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Events sent and not yet acknowledged, at most: enough to cover the round trip at 50,000
+/// events/s many times over, few enough that a failure resends little.
+const WINDOW: usize = 1_024;
 
 /// What the forwarding task works with.
 pub struct Ctx {
@@ -57,7 +64,7 @@ async fn connect(
     metrics: &ClusterMetrics,
     shutdown: &CancellationToken,
 ) -> Option<EventStream> {
-    let mut backoff = BACKOFF_MIN;
+    let mut retry = Retry::here();
     loop {
         match EventStream::connect(settings).await {
             Ok(s) => return Some(s),
@@ -67,11 +74,9 @@ async fn connect(
                 metrics.reconnects.inc();
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(backoff) => {}
+        if !retry.pause(shutdown).await {
+            return None;
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
@@ -131,11 +136,12 @@ pub async fn forward(ctx: Ctx) -> Result<(), String> {
     hub.hold_after(start_head);
     let epoch = hub.epoch();
     // Every published frame wakes the loop; what it reads comes from the history.
-    let (mut wake, _) = hub.join_signals(&FilterSet::Everything);
-    let Some(mut stream) = connect(&settings, &health, &metrics, &shutdown).await else {
+    let (wake, _) = hub.join_signals(&FilterSet::Everything);
+    let Some(stream) = connect(&settings, &health, &metrics, &shutdown).await else {
         return Ok(());
     };
-    let mut done = loop {
+    let mut retry = Retry::here();
+    let done = loop {
         match published_up_to(
             &stream,
             &settings,
@@ -150,26 +156,64 @@ pub async fn forward(ctx: Ctx) -> Result<(), String> {
             Err(e) => {
                 health.set_cluster_fault(Some(e.clone()));
                 tracing::warn!(error = %e, "cannot read where the stream stopped; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(BACKOFF_MAX) => {}
+                if !retry.pause(&shutdown).await {
+                    return Ok(());
                 }
             }
         }
     };
     tracing::info!(epoch = %epoch, after = done, head = hub.head_seq(), "publishing to the cluster's stream");
     hub.hold_after(done);
-    let mut backoff = BACKOFF_MIN;
+    retry.reset();
+    // The signatures are made ahead, on the blocking pool, while this task sends: the two
+    // halves run side by side, joined here so that no task outlives `forward`.
+    let (tx, rx) = tokio::sync::mpsc::channel(2 * WINDOW);
+    let prepare = prepare(Preparer {
+        hub: &hub,
+        settings: &settings,
+        metrics: &metrics,
+        epoch: &epoch,
+        after: done,
+        wake,
+        tx,
+    });
+    let send = Sender {
+        hub: &hub,
+        settings: &settings,
+        metrics: &metrics,
+        health: &health,
+        shutdown: &shutdown,
+        retry,
+        done,
+    }
+    .run(stream, rx);
+    tokio::select! {
+        _ = shutdown.cancelled() => Ok(()),
+        () = prepare => Ok(()),
+        r = send => r,
+    }
+}
+
+/// What the preparing half works with.
+struct Preparer<'a> {
+    hub: &'a Hub,
+    settings: &'a Settings,
+    metrics: &'a ClusterMetrics,
+    epoch: &'a Arc<str>,
+    /// The last seq handed on.
+    after: u64,
+    wake: Option<crate::hub::fanout::Subscription>,
+    tx: tokio::sync::mpsc::Sender<(u64, Outgoing)>,
+}
+
+/// Reads the local history in order and hands each event on, signed; returns when the sending
+/// half is gone.
+async fn prepare(mut p: Preparer<'_>) {
     loop {
-        let since = hub.since(done, CHUNK);
-        let waiting = since.head.saturating_sub(done);
-        metrics
-            .unpublished_events
-            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+        let since = p.hub.since(p.after, CHUNK);
         let Some(first) = since.frames.first() else {
-            health.set_cluster_fault(None);
             let woke = async {
-                match wake.as_mut() {
+                match p.wake.as_mut() {
                     Some(w) => {
                         // Lagging is fine: the history has the frames.
                         let _ = w.rx.recv().await;
@@ -178,86 +222,226 @@ pub async fn forward(ctx: Ctx) -> Result<(), String> {
                 }
             };
             tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
                 _ = woke => {}
                 // The hub's channel is only a wake-up: a periodic look covers anything missed.
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
             continue;
         };
-        if first.seq > done + 1 {
-            let lost = first.seq - done - 1;
-            metrics.unpublished_dropped.inc_by(lost);
+        if first.seq > p.after + 1 {
+            let lost = first.seq - p.after - 1;
+            p.metrics.unpublished_dropped.inc_by(lost);
             tracing::error!(
-                from = done + 1,
+                from = p.after + 1,
                 to = first.seq - 1,
                 lost,
                 "the local history dropped events before the stream took them"
             );
         }
-        for f in &since.frames {
-            let payload = f.event_json();
-            let id = event_id(&payload);
-            loop {
-                let sent = Instant::now();
-                let r = tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    r = stream.publish(&id, f.published_at_us, (&epoch, f.seq), payload.clone()) => r,
-                };
-                match r {
-                    Ok(p) => {
-                        metrics
-                            .publish_seconds
-                            .observe(sent.elapsed().as_secs_f64());
-                        metrics.publish_acks.inc();
-                        if p.duplicate {
-                            metrics.publish_duplicates.inc();
-                        }
-                        backoff = BACKOFF_MIN;
-                        break;
-                    }
-                    Err(e) => {
-                        metrics.publish_failures.inc();
-                        if matches!(e, super::ClusterError::NoStream { .. }) {
-                            // Deleted, or a server on a new store: created again, a new epoch
-                            // for the edges.
-                            tracing::warn!("the cluster's stream is gone; creating it again");
-                            let Some(s) = connect(&settings, &health, &metrics, &shutdown).await
-                            else {
-                                return Ok(());
-                            };
-                            stream = s;
-                            continue;
-                        }
-                        let waiting = hub.head_seq().saturating_sub(done);
-                        health.set_cluster_fault(Some(format!(
-                            "{waiting} events wait to be published: {e}"
-                        )));
-                        tracing::warn!(error = %e, seq = f.seq, waiting, "publish failed; the same event is sent again");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return Ok(()),
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
-                    }
-                }
+        let Some(signed) = sign(since.frames, p.settings, p.epoch).await else {
+            // Only a panic in the signing ends it there: the process is failing anyway.
+            return;
+        };
+        for (seq, out) in signed {
+            if p.tx.send((seq, out)).await.is_err() {
+                return;
             }
-            done = f.seq;
-            hub.hold_after(done);
+            p.after = seq;
         }
     }
 }
 
-/// The event id of an event's JSON (the payload the engine serialized).
-fn event_id(event_json: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
-    struct Id {
-        event_id: String,
+/// The frames made ready to send, on the blocking pool: a long run in two halves at once, since
+/// the signatures are most of an ingest's work (BENCHMARKS.md, C4).
+async fn sign(
+    mut frames: Vec<Arc<crate::hub::history::Frame>>,
+    settings: &Settings,
+    epoch: &Arc<str>,
+) -> Option<Vec<(u64, Outgoing)>> {
+    let job = |frames: Vec<Arc<crate::hub::history::Frame>>| {
+        let settings = settings.clone();
+        let epoch = epoch.clone();
+        tokio::task::spawn_blocking(move || {
+            frames
+                .iter()
+                .map(|f| {
+                    let payload = f.event_json();
+                    let out = Outgoing::new(
+                        &settings,
+                        event_id(&payload).unwrap_or_default(),
+                        f.published_at_us,
+                        (epoch.clone(), f.seq),
+                        payload.clone(),
+                    );
+                    (f.seq, out)
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    if frames.len() < 64 {
+        return job(frames).await.ok();
     }
-    serde_json::from_slice::<Id>(event_json)
+    let back = frames.split_off(frames.len() / 2);
+    let (a, b) = tokio::join!(job(frames), job(back));
+    let mut a = a.ok()?;
+    a.extend(b.ok()?);
+    Some(a)
+}
+
+/// The sending half: a window of events in flight, acknowledged in order.
+struct Sender<'a> {
+    hub: &'a Hub,
+    settings: &'a Settings,
+    metrics: &'a ClusterMetrics,
+    health: &'a Health,
+    shutdown: &'a CancellationToken,
+    retry: Retry,
+    /// The last seq acknowledged in order.
+    done: u64,
+}
+
+impl Sender<'_> {
+    async fn run(
+        mut self,
+        mut stream: EventStream,
+        mut rx: tokio::sync::mpsc::Receiver<(u64, Outgoing)>,
+    ) -> Result<(), String> {
+        let mut flight: VecDeque<Flight> = VecDeque::with_capacity(WINDOW);
+        // Sent again before anything new: what a failure left unacknowledged, in order.
+        let mut again: VecDeque<(u64, Outgoing)> = VecDeque::new();
+        // The message id of the last event sent, which the next one names; none after a
+        // failure, when the next goes alone.
+        let mut last_id: Option<String> = None;
+        loop {
+            let mut failed = None;
+            while flight.len() < WINDOW && (last_id.is_some() || flight.is_empty()) {
+                let next = match again.pop_front() {
+                    Some(n) => n,
+                    None => match rx.try_recv() {
+                        Ok(n) => n,
+                        Err(_) => break,
+                    },
+                };
+                match stream.send(&next.1, last_id.as_deref()).await {
+                    Ok(pending) => {
+                        last_id = Some(next.1.msg_id());
+                        flight.push_back(Flight {
+                            seq: next.0,
+                            out: next.1,
+                            sent: Instant::now(),
+                            pending,
+                        });
+                    }
+                    Err(e) => {
+                        failed = Some((next.0, e));
+                        again.push_front(next);
+                        break;
+                    }
+                }
+            }
+            if failed.is_none() {
+                self.metrics.unpublished_events.set(
+                    i64::try_from(self.hub.head_seq().saturating_sub(self.done))
+                        .unwrap_or(i64::MAX),
+                );
+                let Some(front) = flight.pop_front() else {
+                    self.health.set_cluster_fault(None);
+                    match rx.recv().await {
+                        Some(n) => again.push_back(n),
+                        None => return Ok(()),
+                    }
+                    continue;
+                };
+                let seq = front.seq;
+                match front.pending.acked().await {
+                    Ok(p) => {
+                        self.acked(seq, front.sent, p);
+                        self.retry.reset();
+                        continue;
+                    }
+                    Err(e) => {
+                        failed = Some((seq, e));
+                        again.push_front((seq, front.out));
+                    }
+                }
+            }
+            let Some((seq, e)) = failed else { continue };
+            // What is still in flight was stored after the failed one or refused: what is
+            // acknowledged in order from the front counts; the rest goes again, in order.
+            let mut in_order = flight.front().is_some_and(|f| f.seq < seq);
+            let mut unacked = VecDeque::new();
+            for f in flight.drain(..) {
+                let r = f.pending.acked().await;
+                in_order &= f.seq < seq;
+                match r {
+                    Ok(p) if in_order => self.acked(f.seq, f.sent, p),
+                    _ => {
+                        in_order = false;
+                        unacked.push_back((f.seq, f.out));
+                    }
+                }
+            }
+            // Everything left behind the failed event is after it.
+            unacked.extend(again.drain(..));
+            let mut ordered: Vec<_> = unacked.into_iter().collect();
+            ordered.sort_by_key(|(s, _)| *s);
+            again = ordered.into();
+            last_id = None;
+            self.metrics.publish_failures.inc();
+            if matches!(e, ClusterError::NoStream { .. }) {
+                // Deleted, or a server on a new store: created again, a new epoch for the edges.
+                tracing::warn!("the cluster's stream is gone; creating it again");
+                let Some(s) =
+                    connect(self.settings, self.health, self.metrics, self.shutdown).await
+                else {
+                    return Ok(());
+                };
+                stream = s;
+                continue;
+            }
+            let waiting = self.hub.head_seq().saturating_sub(self.done);
+            self.health
+                .set_cluster_fault(Some(format!("{waiting} events wait to be published: {e}")));
+            tracing::warn!(error = %e, seq, waiting, "publish failed; sent again from the first event not acknowledged");
+            if !self.retry.pause(self.shutdown).await {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One event acknowledged in order: counted, and the history may let go of it.
+    fn acked(&mut self, seq: u64, sent: Instant, p: super::Published) {
+        self.metrics
+            .publish_seconds
+            .observe(sent.elapsed().as_secs_f64());
+        self.metrics.publish_acks.inc();
+        if p.duplicate {
+            self.metrics.publish_duplicates.inc();
+        }
+        self.done = seq;
+        self.hub.hold_after(seq);
+    }
+}
+
+/// One event in flight.
+struct Flight {
+    seq: u64,
+    out: Outgoing,
+    sent: Instant,
+    pending: Pending,
+}
+
+/// The event id of an event's JSON (the payload the engine serialized), borrowed from it.
+fn event_id(event_json: &[u8]) -> Option<&str> {
+    #[derive(serde::Deserialize)]
+    struct Id<'a> {
+        #[serde(borrow)]
+        event_id: &'a str,
+    }
+    // Not an engine event, or an id with escapes: the origin is the message id instead.
+    serde_json::from_slice::<Id<'_>>(event_json)
+        .ok()
         .map(|i| i.event_id)
-        // Not an engine event (the bench source's are): the server cannot deduplicate it.
-        .unwrap_or_default()
 }
 
 /// What the pairs task works with.
@@ -340,8 +524,8 @@ mod tests {
     fn the_event_id_is_read_from_the_payload() {
         assert_eq!(
             event_id(br#"{"schema":"x","event_id":"ab12","kind":"new_pair"}"#),
-            "ab12"
+            Some("ab12")
         );
-        assert_eq!(event_id(b"{\"n\":1}"), "");
+        assert_eq!(event_id(b"{\"n\":1}"), None);
     }
 }

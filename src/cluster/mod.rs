@@ -10,10 +10,11 @@
 
 pub mod edge;
 pub mod ingest;
+pub mod retry;
 pub mod stream;
 pub mod trust;
 
-pub use stream::{ClusterError, EventStream, Published, Stored};
+pub use stream::{ClusterError, EventStream, Outgoing, Pending, Published, Stored};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -2,7 +2,10 @@
 //! and the pairs bucket, publishing one event with acknowledgement, and reading back by seq,
 //! by range, or as an ordered consumer from a seq on. What travels with each event:
 //!
-//! - `Nats-Msg-Id`: the event id, so that the server stores a republished event once;
+//! - `Nats-Msg-Id`: the event id (for a payload without one, the origin below), so that the
+//!   server stores a republished event once;
+//! - `Nats-Expected-Last-Msg-Id` on all but the first of a run of pipelined publishes: the
+//!   message id of the event before it, so that none is stored ahead of a lost predecessor;
 //! - `Dexpulse-Published-At`: the ingest's `published_at_us`, so that every edge builds the
 //!   same frame bytes from the same message;
 //! - `Dexpulse-Origin`: the ingest's own history epoch and seq, so that an ingest restarted
@@ -25,6 +28,7 @@ use super::Settings;
 const MSG_ID: &str = "Nats-Msg-Id";
 const PUBLISHED_AT: &str = "Dexpulse-Published-At";
 const ORIGIN: &str = "Dexpulse-Origin";
+const EXPECTED_LAST_MSG_ID: &str = "Nats-Expected-Last-Msg-Id";
 use super::trust::SIGNATURE;
 
 /// Direct gets in flight at once when reading a range (one round trip each).
@@ -43,6 +47,10 @@ pub enum ClusterError {
     /// The stream is gone (deleted, or the server's store is new): an ingest creates it again.
     #[error("cluster: publish to {subject}: no stream takes it")]
     NoStream { subject: String },
+    /// The event before this one is not the stream's last message: it was lost in flight, so
+    /// this one was refused and is sent again after it.
+    #[error("cluster: publish to {subject}: refused, the event before it is not in the stream")]
+    OutOfOrder { subject: String },
     #[error("cluster: pairs bucket {bucket}: {detail}")]
     Pairs { bucket: String, detail: String },
 }
@@ -54,6 +62,113 @@ pub struct Published {
     pub seq: u64,
     /// The event id was already in the stream (a republish): `seq` is the first one's.
     pub duplicate: bool,
+}
+
+/// What a publish error means for the publisher.
+fn judge(subject: &str, e: jetstream::context::PublishError) -> ClusterError {
+    use jetstream::context::PublishErrorKind as K;
+    match e.kind() {
+        K::StreamNotFound => ClusterError::NoStream {
+            subject: subject.to_string(),
+        },
+        K::WrongLastMessageId => ClusterError::OutOfOrder {
+            subject: subject.to_string(),
+        },
+        _ => ClusterError::Publish {
+            subject: subject.to_string(),
+            detail: e.to_string(),
+        },
+    }
+}
+
+/// One event ready to send: what its headers say, signed (the costly part, done once, off the
+/// sending loop). The message id is the event id, or for a payload without one the origin, so
+/// that a resend is always deduplicated. It holds nothing on the heap of its own (the id is a
+/// slice of the payload where it can be): made on one thread and dropped on another, it costs
+/// no allocator contention.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Empty: the origin is the message id.
+    event_id: Bytes,
+    published_at_us: i64,
+    epoch: std::sync::Arc<str>,
+    seq: u64,
+    signature: Option<ed25519_dalek::Signature>,
+    payload: Bytes,
+}
+
+impl Outgoing {
+    /// `origin` is the local history's epoch and seq of the event.
+    pub fn new(
+        settings: &Settings,
+        event_id: &str,
+        published_at_us: i64,
+        origin: (std::sync::Arc<str>, u64),
+        payload: Bytes,
+    ) -> Outgoing {
+        let (epoch, seq) = origin;
+        let (p, q) = (payload.as_ptr() as usize, event_id.as_ptr() as usize);
+        let event_id = if event_id.is_empty() {
+            Bytes::new()
+        } else if q >= p && q + event_id.len() <= p + payload.len() {
+            payload.slice_ref(event_id.as_bytes())
+        } else {
+            Bytes::copy_from_slice(event_id.as_bytes())
+        };
+        let mut out = Outgoing {
+            event_id,
+            published_at_us,
+            epoch,
+            seq,
+            signature: None,
+            payload,
+        };
+        if let super::Keys::Sign(signer) = &settings.keys {
+            let origin = out.origin();
+            out.signature = Some(signer.event_signature(&super::trust::EventFields {
+                subject: &settings.subject,
+                event_id: out.msg_id_or(&origin),
+                published_at_us,
+                origin: &origin,
+                payload: &out.payload,
+            }));
+        }
+        out
+    }
+
+    /// `EPOCH SEQ`, as the `Dexpulse-Origin` header says it.
+    fn origin(&self) -> String {
+        format!("{} {}", self.epoch, self.seq)
+    }
+
+    fn msg_id_or<'a>(&'a self, origin: &'a str) -> &'a str {
+        match std::str::from_utf8(&self.event_id) {
+            Ok(id) if !id.is_empty() => id,
+            _ => origin,
+        }
+    }
+
+    /// The message id: what the next event in order names as its predecessor.
+    pub fn msg_id(&self) -> String {
+        self.msg_id_or(&self.origin()).to_string()
+    }
+}
+
+/// One event sent, its acknowledgement still to be read.
+pub struct Pending {
+    subject: String,
+    ack: jetstream::context::PublishAckFuture,
+}
+
+impl Pending {
+    /// Waits for the server's acknowledgement (bounded by the publish time-out).
+    pub async fn acked(self) -> Result<Published, ClusterError> {
+        let ack = self.ack.await.map_err(|e| judge(&self.subject, e))?;
+        Ok(Published {
+            seq: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
 }
 
 /// One event as the stream holds it.
@@ -259,43 +374,50 @@ impl EventStream {
         origin: (&str, u64),
         payload: Bytes,
     ) -> Result<Published, ClusterError> {
-        let err = |detail: String| ClusterError::Publish {
-            subject: self.settings.subject.clone(),
-            detail,
-        };
+        let out = self.outgoing(
+            event_id,
+            published_at_us,
+            (origin.0.into(), origin.1),
+            payload,
+        );
+        self.send(&out, None).await?.acked().await
+    }
+
+    /// One event made ready to send with this stream's settings (signed, with a signing key).
+    pub fn outgoing(
+        &self,
+        event_id: &str,
+        published_at_us: i64,
+        origin: (std::sync::Arc<str>, u64),
+        payload: Bytes,
+    ) -> Outgoing {
+        Outgoing::new(&self.settings, event_id, published_at_us, origin, payload)
+    }
+
+    /// Sends one event without waiting for its acknowledgement (the ingest keeps a window of
+    /// them in flight). With `after`, the server stores it only if the stream's last message
+    /// is that one (`Nats-Expected-Last-Msg-Id`): an event whose predecessor was lost is
+    /// refused rather than stored out of order.
+    pub async fn send(&self, out: &Outgoing, after: Option<&str>) -> Result<Pending, ClusterError> {
+        let origin = out.origin();
         let mut headers = async_nats::HeaderMap::new();
-        if !event_id.is_empty() {
-            headers.insert(MSG_ID, event_id);
-        }
-        headers.insert(PUBLISHED_AT, published_at_us.to_string().as_str());
-        let origin = format!("{} {}", origin.0, origin.1);
-        if let super::Keys::Sign(signer) = &self.settings.keys {
-            let sig = signer.sign_event(&super::trust::EventFields {
-                subject: &self.settings.subject,
-                event_id,
-                published_at_us,
-                origin: &origin,
-                payload: &payload,
-            });
-            headers.insert(SIGNATURE, sig.as_str());
+        headers.insert(MSG_ID, out.msg_id_or(&origin));
+        headers.insert(PUBLISHED_AT, out.published_at_us.to_string().as_str());
+        if let (Some(sig), super::Keys::Sign(signer)) = (&out.signature, &self.settings.keys) {
+            headers.insert(SIGNATURE, signer.header(sig).as_str());
         }
         headers.insert(ORIGIN, origin.as_str());
-        let judge = |e: jetstream::context::PublishError| match e.kind() {
-            jetstream::context::PublishErrorKind::StreamNotFound => ClusterError::NoStream {
-                subject: self.settings.subject.clone(),
-            },
-            _ => err(e.to_string()),
-        };
+        if let Some(after) = after {
+            headers.insert(EXPECTED_LAST_MSG_ID, after);
+        }
         let ack = self
             .js
-            .publish_with_headers(self.settings.subject.clone(), headers, payload)
+            .publish_with_headers(self.settings.subject.clone(), headers, out.payload.clone())
             .await
-            .map_err(judge)?
-            .await
-            .map_err(judge)?;
-        Ok(Published {
-            seq: ack.sequence,
-            duplicate: ack.duplicate,
+            .map_err(|e| judge(&self.settings.subject, e))?;
+        Ok(Pending {
+            subject: self.settings.subject.clone(),
+            ack,
         })
     }
 

@@ -148,16 +148,23 @@ impl Signer {
     }
 
     fn sign(&self, message: &[u8]) -> String {
-        format!(
-            "v1 {} {}",
-            self.id,
-            B64.encode(self.key.sign(message).to_bytes())
-        )
+        self.header(&self.key.sign(message))
+    }
+
+    /// A signature as its header says it.
+    pub fn header(&self, signature: &Signature) -> String {
+        format!("v1 {} {}", self.id, B64.encode(signature.to_bytes()))
+    }
+
+    /// The signature of an event, as bytes (the ingest makes them off its sending task and
+    /// writes the header there).
+    pub fn event_signature(&self, e: &EventFields<'_>) -> Signature {
+        self.key.sign(&e.signed_bytes())
     }
 
     /// The `Dexpulse-Signature` of an event.
     pub fn sign_event(&self, e: &EventFields<'_>) -> String {
-        self.sign(&e.signed_bytes())
+        self.header(&self.event_signature(e))
     }
 
     /// A pair state as the bucket holds it: the signature line, then the JSON.

@@ -10,7 +10,8 @@
 //! of the recent window come from memory, older ones from the file.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -23,7 +24,7 @@ use super::history::{EventFields, Frame, History, MemoryHistory, Since};
 use super::Settings;
 use crate::health::Health;
 use crate::metrics::LogMetrics;
-use crate::store::{self, EventLog, StoreError};
+use crate::store::{self, EventLog, LogReader, StoreError};
 
 /// Rows removed by one retention transaction: the publisher waits at most that long.
 const TRIM_CHUNK: u64 = 10_000;
@@ -31,6 +32,13 @@ const TRIM_CHUNK: u64 = 10_000;
 pub struct LogHistory {
     memory: MemoryHistory,
     writer: Mutex<Writer>,
+    /// Reads of older frames go through this, never through the writer, so a read never waits
+    /// for a commit. A read holds it shared while it copies rows out of the file; only a reopen
+    /// after a failed write takes it alone (the old handle must be gone before the file can be
+    /// opened again).
+    reader: RwLock<Option<LogReader>>,
+    /// The oldest seq in the file, set by the writer after each open and trim.
+    oldest: AtomicU64,
     store: store::Settings,
     metrics: LogMetrics,
     health: Arc<Health>,
@@ -105,8 +113,11 @@ impl LogHistory {
         let n = settings.retain_events.max(1) as u64;
         let frames = frames_of(&log, log.since(head.saturating_sub(n), n as usize)?)?;
         let memory = MemoryHistory::restored(settings, log.epoch().to_string(), head, frames);
+        let oldest = log.oldest()?;
         let h = LogHistory {
             memory,
+            reader: RwLock::new(log.reader().ok()),
+            oldest: AtomicU64::new(oldest),
             writer: Mutex::new(Writer {
                 log,
                 pending: VecDeque::new(),
@@ -126,8 +137,18 @@ impl LogHistory {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Opens the file again after a failed write, with no reader holding the old handle.
+    fn reopen(&self, w: &mut Writer) -> Result<(), StoreError> {
+        let mut slot = self.reader.write().unwrap_or_else(|p| p.into_inner());
+        *slot = None;
+        let reopened = w.log.reopen();
+        *slot = w.log.reader().ok();
+        reopened
+    }
+
     fn measure(&self, w: &Writer) {
         if let Ok(u) = w.log.usage() {
+            self.oldest.store(u.oldest, Ordering::Release);
             let g = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
             self.metrics.file_bytes.set(g(u.file_bytes));
             self.metrics.stored_bytes.set(g(u.stored_bytes));
@@ -164,7 +185,7 @@ impl LogHistory {
             return Vec::new();
         }
         if !w.log.is_open() {
-            if let Err(e) = w.log.reopen() {
+            if let Err(e) = self.reopen(w) {
                 self.requeue(w, batch);
                 return self.failed(w, e, Vec::new());
             }
@@ -235,7 +256,7 @@ impl LogHistory {
         // redb refuses every later write (and read) after a failed one until the file is
         // opened again: reopen now, so that reads of what was committed go on working.
         if w.log.is_open() {
-            if let Err(e) = w.log.reopen() {
+            if let Err(e) = self.reopen(w) {
                 tracing::warn!(error = %e, "event log reopen failed; retrying");
             }
         }
@@ -287,6 +308,9 @@ impl LogHistory {
             match w.log.trim_below(keep_from, TRIM_CHUNK) {
                 Ok(n) => {
                     trimmed += n;
+                    if let Ok(o) = w.log.oldest() {
+                        self.oldest.store(o, Ordering::Release);
+                    }
                     if n < TRIM_CHUNK {
                         self.measure(&w);
                         break;
@@ -304,17 +328,36 @@ impl LogHistory {
 }
 
 impl LogHistory {
-    /// A read the memory window could not answer, from the file; on an error, what memory had.
+    /// A read the memory window could not answer, from the file (the writer's lock is not
+    /// taken; the rows are parsed after the reader's is let go); on an error, what memory had.
     fn read_file(
         &self,
         recent: Since,
-        read: impl FnOnce(&EventLog) -> Result<Vec<(u64, Vec<u8>)>, StoreError>,
+        read: impl FnOnce(&LogReader) -> Result<store::Rows, StoreError>,
     ) -> Since {
-        let w = self.writer();
-        let got = read(&w.log).and_then(|rows| {
+        let read = {
+            let slot = self.reader.read().unwrap_or_else(|p| p.into_inner());
+            match slot.as_ref() {
+                Some(r) => read(r).map(|rows| (rows, r.path().to_path_buf())),
+                None => Err(StoreError::Io {
+                    path: self.store.data_dir.clone().unwrap_or_default(),
+                    detail: "closed after a failed write; not reopened yet".to_string(),
+                }),
+            }
+        };
+        let got = read.and_then(|((rows, oldest), path)| {
+            let frames = rows
+                .into_iter()
+                .map(|(seq, bytes)| {
+                    frame(seq, bytes).map_err(|detail| StoreError::Corrupt {
+                        path: path.clone(),
+                        detail,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(Since {
-                frames: frames_of(&w.log, rows)?,
-                oldest_seq: w.log.oldest()?,
+                frames,
+                oldest_seq: oldest.unwrap_or(recent.head + 1),
                 head: recent.head,
             })
         });
@@ -357,8 +400,7 @@ impl History for LogHistory {
     }
 
     fn oldest(&self) -> u64 {
-        let w = self.writer();
-        w.log.oldest().unwrap_or_else(|_| self.memory.oldest())
+        self.oldest.load(Ordering::Acquire)
     }
 
     fn before(&self, before: Option<u64>, limit: usize) -> Since {
@@ -378,6 +420,72 @@ impl History for LogHistory {
 mod tests {
     use super::*;
     use dexpulse_core::model::{Direction, Kind, PairKey};
+
+    fn meta(i: u64) -> (EventMeta, String) {
+        (
+            EventMeta {
+                pair: PairKey::new("sim", format!("p{i}")),
+                kind: Kind::NewPair,
+                direction: Direction::Neutral,
+                score: 1,
+            },
+            format!("{{\"event_id\":\"e{i}\"}}"),
+        )
+    }
+
+    /// Old frames are read from the file while the writer is held (a commit in progress): the
+    /// read takes only the reader handle. Under the writer's lock, as reads were before, this
+    /// read would wait for the commit.
+    #[test]
+    fn reads_of_the_file_do_not_wait_for_the_writer() {
+        let dir =
+            std::env::temp_dir().join(format!("dexpulse-durable-read-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = EventLog::open(&dir, || "ep".to_string()).unwrap();
+        let settings = Settings::parse(&super::super::RawSettings {
+            retain_events: 10,
+            ..Default::default()
+        })
+        .unwrap();
+        let store = store::Settings::parse(&store::RawSettings {
+            data_dir: Some(dir.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        let metrics = crate::metrics::Metrics::new();
+        let health = Arc::new(Health::new(crate::time::Clock::manual(0)));
+        let h =
+            Arc::new(LogHistory::open(settings, store, log, metrics.log.clone(), health).unwrap());
+        for i in 0..5 {
+            h.append(1, (i * 20..(i + 1) * 20).map(meta).collect(), None);
+        }
+        assert_eq!((h.head(), h.oldest()), (100, 1));
+        let held = h.writer();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = Arc::clone(&h);
+        std::thread::spawn(move || {
+            let s = reader.since(0, 30);
+            let b = reader.before(Some(20), 5);
+            let _ = tx.send((s, b));
+        });
+        // A deadlock detector, not a timing: the read needs nothing the writer holds.
+        let (s, b) = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("a read of the file waited for the writer");
+        drop(held);
+        assert_eq!(
+            s.frames.iter().map(|f| f.seq).collect::<Vec<_>>(),
+            (1..=30).collect::<Vec<_>>()
+        );
+        assert_eq!(s.oldest_seq, 1);
+        assert_eq!(
+            b.frames.iter().map(|f| f.seq).collect::<Vec<_>>(),
+            (15..=19).collect::<Vec<_>>()
+        );
+        assert_eq!(&s.frames[0].event_json()[..], b"{\"event_id\":\"e0\"}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn the_time_and_the_event_are_read_from_a_frame() {

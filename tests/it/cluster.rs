@@ -243,6 +243,74 @@ async fn events_go_to_jetstream_once_each_and_outlive_a_killed_server() {
     );
 }
 
+/// The ingest's pipelining rests on the server: an event that names a predecessor other than
+/// the stream's last message is refused and nothing is stored; a run of events sent before any
+/// acknowledgement, each naming the one before, is stored in order; resending the run after a
+/// refusal in its middle stores each event once. On the current-thread runtime, as any test may.
+#[tokio::test(flavor = "current_thread")]
+async fn pipelined_events_are_stored_in_order_and_a_lost_predecessor_refuses_the_rest() {
+    if !nats_here("pipelined_events_are_stored_in_order_and_a_lost_predecessor_refuses_the_rest") {
+        return;
+    }
+    let nats = Nats::start(store("pipelined"));
+    let s = EventStream::connect(&settings(&nats)).await.unwrap();
+    let send = |i: u64, after: Option<String>| {
+        let s = s.clone();
+        async move {
+            let out = s.outgoing(&format!("e{i}"), i as i64, ("local".into(), i), payload(i));
+            s.send(&out, after.as_deref()).await.unwrap()
+        }
+    };
+    // 1 alone, then 2..=300 in flight together.
+    send(1, None).await.acked().await.unwrap();
+    let mut flight = Vec::new();
+    for i in 2..=300u64 {
+        flight.push(send(i, Some(format!("e{}", i - 1))).await);
+    }
+    for (n, p) in flight.into_iter().enumerate() {
+        let a = p.acked().await.unwrap();
+        assert_eq!((a.seq, a.duplicate), (n as u64 + 2, false));
+    }
+    // 302 names 301, which never went: refused, and so is 303 after it.
+    let lost = send(302, Some("e301".to_string())).await;
+    let next = send(303, Some("e302".to_string())).await;
+    assert!(
+        matches!(
+            lost.acked().await,
+            Err(dexpulse::cluster::ClusterError::OutOfOrder { .. })
+        ),
+        "an event ahead of a lost one is refused"
+    );
+    assert!(next.acked().await.is_err());
+    assert_eq!(s.bounds().await.unwrap(), (1, 300));
+    // Sent again from 299 (already stored: deduplicated) to 303.
+    let mut flight = vec![send(299, None).await];
+    for i in 300..=303u64 {
+        flight.push(send(i, Some(format!("e{}", i - 1))).await);
+    }
+    let acks: Vec<_> = futures_util::future::join_all(flight.into_iter().map(|p| p.acked()))
+        .await
+        .into_iter()
+        .map(|a| a.map(|a| (a.seq, a.duplicate)).unwrap())
+        .collect();
+    assert_eq!(
+        acks,
+        vec![
+            (299, true),
+            (300, true),
+            (301, false),
+            (302, false),
+            (303, false)
+        ]
+    );
+    let all = s.range(1, 303).await.unwrap();
+    assert_eq!(all.len(), 303);
+    for (n, m) in all.iter().enumerate() {
+        assert_eq!(m.origin, Some(("local".to_string(), n as u64 + 1)));
+        assert_eq!(m.payload, payload(n as u64 + 1));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_server_is_a_clear_error() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -41,11 +41,13 @@ const APP: &[(&str, &[&str])] = &[
             "time", "metrics", "health", "model", "protocol", "settings", "signal", "store",
         ],
     ),
-    // Moves frames between the hub and the stream: the hub's types, none of its decisions.
+    // Moves frames between the hub and the stream: the hub's types, none of its decisions;
+    // the core's `Backoff` for its retries.
     (
         "cluster",
         &[
-            "time", "metrics", "health", "hub", "model", "protocol", "settings", "signal",
+            "time", "metrics", "health", "hub", "model", "protocol", "schedule", "settings",
+            "signal",
         ],
     ),
     (

@@ -219,7 +219,12 @@ async fn a_forgery_with_the_ingests_credentials_is_never_served() {
     forged_seqs.push(ack.sequence);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let mut replay = async_nats::HeaderMap::new();
+    // The predecessor the ingest named is not signed: a replayer drops it (kept, the server
+    // itself would refuse the replay).
     for (name, values) in original.headers.iter() {
+        if AsRef::<str>::as_ref(name) == "Nats-Expected-Last-Msg-Id" {
+            continue;
+        }
         for v in values {
             replay.append(name.as_ref(), v.as_str());
         }
