@@ -228,7 +228,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    match cli.command.unwrap_or(Command::Serve {
+    let done = match cli.command.unwrap_or(Command::Serve {
         config: PathBuf::from("config/default.toml"),
         bind: None,
         record: None,
@@ -311,21 +311,68 @@ fn main() -> ExitCode {
             seed,
             min_events,
         ),
-        Command::Keygen { out } => match dexpulse::cluster::trust::keygen(&out) {
-            Ok(id) => {
+        Command::Keygen { out } => dexpulse::cluster::trust::keygen(&out)
+            .map(|id| {
                 println!(
                     "key {id}: {} (secret: the ingest's cluster.signing_key_file), {} (every edge's cluster.verify_key_file)",
                     out.join("signing.key").display(),
                     out.join("verify.key").display()
                 );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(EXIT_CANTCREAT)
-            }
-        },
+            })
+            .map_err(|e| CliError::CantCreate(e.to_string())),
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.code())
+        }
     }
+}
+
+/// Why a command failed: printed once by `main` as `error: …`, with its sysexits code.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    /// A flag or the configuration (64).
+    #[error("{0}")]
+    Config(String),
+    /// An input file's content (65).
+    #[error("{0}")]
+    Data(String),
+    /// An input file that cannot be opened (66).
+    #[error("{0}")]
+    NoInput(String),
+    /// A service this needs, such as the address to listen on (69).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A task that failed (70).
+    #[error("{0}")]
+    Software(String),
+    /// An output file that cannot be created (73).
+    #[error("{0}")]
+    CantCreate(String),
+    /// Reading or writing (74).
+    #[error("{0}")]
+    Io(String),
+}
+
+impl CliError {
+    fn code(&self) -> u8 {
+        match self {
+            CliError::Config(_) => EXIT_CONFIG,
+            CliError::Data(_) => EXIT_DATAERR,
+            CliError::NoInput(_) => EXIT_NOINPUT,
+            CliError::Unavailable(_) => EXIT_UNAVAILABLE,
+            CliError::Software(_) => EXIT_SOFTWARE,
+            CliError::CantCreate(_) => EXIT_CANTCREAT,
+            CliError::Io(_) => EXIT_IO,
+        }
+    }
+}
+
+/// The configuration the layers make, or exit 64 naming the field.
+fn load_config(layers: &Layers) -> Result<app::settings::Config, CliError> {
+    load(layers).map_err(|e| CliError::Config(e.to_string()))
 }
 
 fn run_serve(
@@ -334,7 +381,7 @@ fn run_serve(
     record: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     role: Option<String>,
-) -> ExitCode {
+) -> Result<(), CliError> {
     let mut layers = Layers::with_process_env(Some(config));
     if let Some(r) = role {
         layers = layers.flag("--role", "cluster.role", r);
@@ -351,49 +398,24 @@ fn run_serve(
         layers = layers.flag("--record", "source.live.record", r.display().to_string());
         layers = layers.flag("--record", "source.evm.record", r.display().to_string());
     }
-    let cfg = match load(&layers) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
+    let cfg = load(&layers).map_err(|e| CliError::Config(e.to_string()))?;
     if recording
         && !matches!(
             cfg.source.kind,
             SourceSettings::Live(_) | SourceSettings::Evm(_)
         )
     {
-        eprintln!(
-            "error: --record records the live sources or a chain, and source.kind is neither \"live\" nor \"evm\""
-        );
-        return ExitCode::from(EXIT_CONFIG);
+        return Err(CliError::Config(
+            "--record records the live sources or a chain, and source.kind is neither \"live\" nor \"evm\"".to_string(),
+        ));
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(EXIT_IO);
-        }
-    };
+        .map_err(|e| CliError::Io(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
-        let signalled = match shutdown_signal() {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: cannot install signal handlers: {e}");
-                return ExitCode::from(EXIT_IO);
-            }
-        };
-        let listener = match tokio::net::TcpListener::bind(cfg.server.bind).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("error: cannot bind {}: {e}", cfg.server.bind);
-                return ExitCode::from(EXIT_UNAVAILABLE);
-            }
-        };
+        let signalled = shutdown_signal().map_err(|e| CliError::Io(format!("cannot install signal handlers: {e}")))?;
+        let listener = tokio::net::TcpListener::bind(cfg.server.bind).await.map_err(|e| CliError::Unavailable(format!("cannot bind {}: {e}", cfg.server.bind)))?;
         let role = cfg.cluster.role.as_str();
         let source = match &cfg.source.kind {
             _ if cfg.cluster.role == dexpulse::cluster::Role::Edge => "the cluster's stream",
@@ -403,17 +425,11 @@ fn run_serve(
             SourceSettings::Bench(_) => "bench",
             SourceSettings::Evm(_) => "evm",
         };
-        let running = match app::start(cfg, listener, app::Options::default()) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(match e {
-                    StartError::Tape { .. } => EXIT_NOINPUT,
-                    StartError::Record { .. } => EXIT_CANTCREAT,
-                    StartError::Io(_) | StartError::Store(_) => EXIT_IO,
-                });
-            }
-        };
+        let running = app::start(cfg, listener, app::Options::default()).map_err(|e| match e {
+            StartError::Tape { .. } => CliError::NoInput(e.to_string()),
+            StartError::Record { .. } => CliError::CantCreate(e.to_string()),
+            StartError::Io(_) | StartError::Store(_) => CliError::Io(e.to_string()),
+        })?;
         if role == "ingest" {
             tracing::info!(addr = %running.addr, source, role, "listening: http://{}/readyz, http://{}/metrics (an ingest serves no clients)", running.addr, running.addr);
         } else {
@@ -424,17 +440,10 @@ fn run_serve(
             s = signalled => tracing::info!(signal = s, "shutting down"),
             _ = token.cancelled() => {}
         }
-        match running.shutdown().await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e @ RunError::TaskFailed { .. }) => {
-                eprintln!("error: {e}");
-                ExitCode::from(EXIT_SOFTWARE)
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(EXIT_IO)
-            }
-        }
+        running.shutdown().await.map_err(|e| match e {
+            RunError::TaskFailed { .. } => CliError::Software(e.to_string()),
+            _ => CliError::Io(e.to_string()),
+        })
     })
 }
 
@@ -466,42 +475,26 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = &'stat
     }
 }
 
-fn run_simulate(layers: &Layers, out: &Path) -> ExitCode {
-    let cfg = match load(layers) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
+fn run_simulate(layers: &Layers, out: &Path) -> Result<(), CliError> {
+    let cfg = load_config(layers)?;
     let SourceSettings::Simulator(sim) = cfg.source.kind else {
-        eprintln!("error: the simulator settings did not apply");
-        return ExitCode::from(EXIT_CONFIG);
+        return Err(CliError::Config(
+            "the simulator settings did not apply".to_string(),
+        ));
     };
-    let file = match File::create(out) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("error: cannot create {}: {e}", out.display());
-            return ExitCode::from(EXIT_CANTCREAT);
-        }
-    };
+    let file = File::create(out)
+        .map_err(|e| CliError::CantCreate(format!("cannot create {}: {e}", out.display())))?;
     let mut writer = TapeWriter::new(BufWriter::new(file));
-    match simulate(&sim.scenarios, &sim.options(DEFAULT_START_MS), &mut writer) {
-        Ok(s) => {
-            tracing::info!(
-                responses = s.responses,
-                ticks = s.ticks,
-                pairs = s.pairs,
-                out = %out.display(),
-                "tape written"
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: writing {}: {e}", out.display());
-            ExitCode::from(EXIT_IO)
-        }
-    }
+    let s = simulate(&sim.scenarios, &sim.options(DEFAULT_START_MS), &mut writer)
+        .map_err(|e| CliError::Io(format!("writing {}: {e}", out.display())))?;
+    tracing::info!(
+        responses = s.responses,
+        ticks = s.ticks,
+        pairs = s.pairs,
+        out = %out.display(),
+        "tape written"
+    );
+    Ok(())
 }
 
 fn run_evaluate(
@@ -511,29 +504,16 @@ fn run_evaluate(
     seed: u64,
     json: bool,
     days: bool,
-) -> ExitCode {
-    let cfg = match load(layers) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let opts = match evaluate_options(horizons, seed) {
-        Ok(o) => o,
-        Err(code) => return code,
-    };
+) -> Result<(), CliError> {
+    let cfg = load_config(layers)?;
+    let opts = evaluate_options(horizons, seed)?;
     // Two callbacks need the study; the event one returns io::Result, so it takes a RefCell.
     let study = std::cell::RefCell::new(evaluate::Study::new(opts));
     let mut problems = 0u64;
     for (i, file) in files.iter().enumerate() {
-        let input = match File::open(file) {
-            Ok(f) => BufReader::new(f),
-            Err(e) => {
-                eprintln!("error: cannot open {}: {e}", file.display());
-                return ExitCode::from(EXIT_NOINPUT);
-            }
-        };
+        let input = File::open(file)
+            .map(BufReader::new)
+            .map_err(|e| CliError::NoInput(format!("cannot open {}: {e}", file.display())))?;
         if i > 0 {
             study.borrow_mut().next_tape();
         }
@@ -548,23 +528,14 @@ fn run_evaluate(
             },
             |_| problems += 1,
         );
-        if let Err(e) = result {
-            eprintln!("error: {}: {e}", file.display());
-            return ExitCode::from(EXIT_IO);
-        }
+        result.map_err(|e| CliError::Io(format!("{}: {e}", file.display())))?;
     }
     if problems > 0 {
         eprintln!("warning: {problems} tape items skipped (`dexpulse replay` lists them)");
     }
     let report = study.into_inner().report();
     let text = if json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(t) => t + "\n",
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(EXIT_SOFTWARE);
-            }
-        }
+        serde_json::to_string_pretty(&report).map_err(|e| CliError::Software(e.to_string()))? + "\n"
     } else if days {
         report.table() + "\n" + &report.days_table()
     } else {
@@ -574,25 +545,19 @@ fn run_evaluate(
 }
 
 /// `evaluate`'s and `tune`'s judging options from their flags.
-fn evaluate_options(horizons: &str, seed: u64) -> Result<evaluate::Options, ExitCode> {
+fn evaluate_options(horizons: &str, seed: u64) -> Result<evaluate::Options, CliError> {
     parse_horizons(horizons)
         .and_then(|h| evaluate::Options::new(h, seed))
-        .map_err(|e| {
-            eprintln!("error: --{e}");
-            ExitCode::from(EXIT_CONFIG)
-        })
+        .map_err(|e| CliError::Config(format!("--{e}")))
 }
 
 /// A report to stdout; a reader that went away (`| head`) is no error.
-fn print_report(text: &str) -> ExitCode {
+fn print_report(text: &str) -> Result<(), CliError> {
     use std::io::Write;
     match io::stdout().lock().write_all(text.as_bytes()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(EXIT_IO)
-        }
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(CliError::Io(e.to_string())),
     }
 }
 
@@ -619,40 +584,36 @@ fn run_tune(
     horizons: &str,
     seed: u64,
     min_events: usize,
-) -> ExitCode {
+) -> Result<(), CliError> {
     use dexpulse::evaluate::tune;
-    let axes = match params
+    let axes = params
         .iter()
         .map(|p| tune::parse_axis(p))
         .collect::<Result<Vec<_>, _>>()
-        .and_then(|a| tune::grid(&a).map(|g| (a, g)))
-    {
-        Ok((_, g)) => g,
-        Err(e) => {
-            eprintln!("error: --{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
+        .and_then(|a| tune::grid(&a))
+        .map_err(|e| CliError::Config(format!("--{e}")))?;
     if !(split > 0.0 && split < 1.0) {
-        eprintln!("error: --split {split}: must be between 0 and 1");
-        return ExitCode::from(EXIT_CONFIG);
+        return Err(CliError::Config(format!(
+            "--split {split}: must be between 0 and 1"
+        )));
     }
-    let opts = match evaluate_options(horizons, seed) {
-        Ok(o) => o,
-        Err(code) => return code,
-    };
+    let opts = evaluate_options(horizons, seed)?;
     let limit = opts.horizons_ms.iter().copied().max().unwrap_or(0);
     let mut spans = Vec::new();
     for file in files {
         match tape_span(file) {
             Ok(Some(span)) => spans.push(span),
             Ok(None) => {
-                eprintln!("error: {}: no timed lines", file.display());
-                return ExitCode::from(EXIT_DATAERR);
+                return Err(CliError::Data(format!(
+                    "{}: no timed lines",
+                    file.display()
+                )))
             }
             Err(e) => {
-                eprintln!("error: cannot read {}: {e}", file.display());
-                return ExitCode::from(EXIT_NOINPUT);
+                return Err(CliError::NoInput(format!(
+                    "cannot read {}: {e}",
+                    file.display()
+                )))
             }
         }
     }
@@ -692,11 +653,8 @@ fn run_tune(
         }
         l
     };
-    let run = |setting: &[(String, String)]| -> Result<(tune::Part, tune::Part), ExitCode> {
-        let cfg = load(&layers(setting)).map_err(|e| {
-            eprintln!("error: {e}");
-            ExitCode::from(EXIT_CONFIG)
-        })?;
+    let run = |setting: &[(String, String)]| -> Result<(tune::Part, tune::Part), CliError> {
+        let cfg = load_config(&layers(setting))?;
         let mut earlier = evaluate::Study::new(opts.clone());
         let mut later = evaluate::Study::new(opts.clone());
         for (i, file) in files.iter().enumerate() {
@@ -707,10 +665,9 @@ fn run_tune(
             let (e, l) = windows[i];
             earlier.window(e.0, e.1);
             later.window(l.0, l.1);
-            let input = File::open(file).map(BufReader::new).map_err(|e| {
-                eprintln!("error: cannot open {}: {e}", file.display());
-                ExitCode::from(EXIT_NOINPUT)
-            })?;
+            let input = File::open(file)
+                .map(BufReader::new)
+                .map_err(|e| CliError::NoInput(format!("cannot open {}: {e}", file.display())))?;
             let both = std::cell::RefCell::new((&mut earlier, &mut later));
             let mut engine = Engine::new(cfg.signal.clone());
             replay_observed(
@@ -729,30 +686,20 @@ fn run_tune(
                 },
                 |_| {},
             )
-            .map_err(|e| {
-                eprintln!("error: {}: {e}", file.display());
-                ExitCode::from(EXIT_IO)
-            })?;
+            .map_err(|e| CliError::Io(format!("{}: {e}", file.display())))?;
         }
         Ok((
             tune::Part::of(&earlier.report()),
             tune::Part::of(&later.report()),
         ))
     };
-    let current = match run(&[]) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
+    let current = run(&[])?;
     let (mut earlier, mut later) = (Vec::new(), Vec::new());
     for (i, setting) in axes.iter().enumerate() {
         eprintln!("tune: setting {} of {}", i + 1, axes.len());
-        match run(setting) {
-            Ok((a, b)) => {
-                earlier.push(a);
-                later.push(b);
-            }
-            Err(code) => return code,
-        }
+        let (a, b) = run(setting)?;
+        earlier.push(a);
+        later.push(b);
     }
     let chosen = tune::choose(&earlier, min_events);
     let text = tune::table(
@@ -766,25 +713,14 @@ fn run_tune(
     print_report(&text)
 }
 
-fn run_import(manifest: &Path, out: &Path) -> ExitCode {
+fn run_import(manifest: &Path, out: &Path) -> Result<(), CliError> {
     use dexpulse::source::bars;
-    let text = match std::fs::read_to_string(manifest) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: cannot read {}: {e}", manifest.display());
-            return ExitCode::from(EXIT_NOINPUT);
-        }
-    };
-    let specs = match toml::from_str::<bars::RawManifest>(&text)
+    let text = std::fs::read_to_string(manifest)
+        .map_err(|e| CliError::NoInput(format!("cannot read {}: {e}", manifest.display())))?;
+    let specs = toml::from_str::<bars::RawManifest>(&text)
         .map_err(|e| e.to_string())
         .and_then(|raw| bars::parse_manifest(&raw).map_err(|e| e.to_string()))
-    {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {}: {e}", manifest.display());
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
+        .map_err(|e| CliError::Config(format!("{}: {e}", manifest.display())))?;
     let dir = manifest.parent().unwrap_or(Path::new("."));
     let mut pools = Vec::new();
     let mut skipped = 0;
@@ -792,13 +728,8 @@ fn run_import(manifest: &Path, out: &Path) -> ExitCode {
         let mut all = Vec::new();
         for name in &spec.files {
             let path = dir.join(name);
-            let text = match std::fs::read_to_string(&path) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("error: cannot read {}: {e}", path.display());
-                    return ExitCode::from(EXIT_NOINPUT);
-                }
-            };
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| CliError::NoInput(format!("cannot read {}: {e}", path.display())))?;
             let (bars, errors) = bars::parse_bars(&text);
             for e in &errors {
                 eprintln!("{}: {e}", path.display());
@@ -810,44 +741,24 @@ fn run_import(manifest: &Path, out: &Path) -> ExitCode {
         all.dedup_by_key(|b| b.t_ms);
         pools.push((spec, all));
     }
-    let file = match File::create(out) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("error: cannot create {}: {e}", out.display());
-            return ExitCode::from(EXIT_CANTCREAT);
-        }
-    };
+    let file = File::create(out)
+        .map_err(|e| CliError::CantCreate(format!("cannot create {}: {e}", out.display())))?;
     let mut writer = TapeWriter::new(io::BufWriter::new(file));
-    let stats = match bars::write_tape(&pools, &mut writer).and_then(|s| writer.flush().map(|()| s))
-    {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: writing {}: {e}", out.display());
-            return ExitCode::from(EXIT_IO);
-        }
-    };
+    let stats = bars::write_tape(&pools, &mut writer)
+        .and_then(|s| writer.flush().map(|()| s))
+        .map_err(|e| CliError::Io(format!("writing {}: {e}", out.display())))?;
     eprintln!(
         "{} pools, {} snapshots, {} ticks, {} bar lines skipped, {} minutes without a USD price for the quote",
         stats.pools, stats.snapshots, stats.ticks, skipped, stats.unpriced_minutes
     );
-    ExitCode::SUCCESS
+    Ok(())
 }
 
-fn run_replay(file: &Path, layers: &Layers, quiet: bool) -> ExitCode {
-    let cfg = match load(layers) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let input = match File::open(file) {
-        Ok(f) => BufReader::new(f),
-        Err(e) => {
-            eprintln!("error: cannot open {}: {e}", file.display());
-            return ExitCode::from(EXIT_NOINPUT);
-        }
-    };
+fn run_replay(file: &Path, layers: &Layers, quiet: bool) -> Result<(), CliError> {
+    let cfg = load_config(layers)?;
+    let input = File::open(file)
+        .map(BufReader::new)
+        .map_err(|e| CliError::NoInput(format!("cannot open {}: {e}", file.display())))?;
     let mut engine = Engine::new(cfg.signal);
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
@@ -872,13 +783,10 @@ fn run_replay(file: &Path, layers: &Layers, quiet: bool) -> ExitCode {
                 s.problems,
                 s.events
             );
-            ExitCode::SUCCESS
+            Ok(())
         }
         // A closed pipe (`dexpulse replay t.jsonl | head`) is not an error worth a message.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(EXIT_IO)
-        }
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(CliError::Io(e.to_string())),
     }
 }
