@@ -38,18 +38,18 @@ const DIRECTIONS: [Direction; 3] = [Direction::Bullish, Direction::Bearish, Dire
 impl Counters {
     fn new(m: &Metrics) -> Counters {
         Counters {
-            fresh: m.snapshots_counter("fresh"),
-            stale: m.snapshots_counter("stale"),
-            invalid: m.snapshots_counter("invalid"),
-            suspect: m.snapshots_counter("suspect"),
-            other_source: m.snapshots_counter("other_source"),
+            fresh: m.engine.snapshots_counter("fresh"),
+            stale: m.engine.snapshots_counter("stale"),
+            invalid: m.engine.snapshots_counter("invalid"),
+            suspect: m.engine.snapshots_counter("suspect"),
+            other_source: m.engine.snapshots_counter("other_source"),
             events: Kind::ALL
                 .iter()
-                .map(|k| DIRECTIONS.map(|d| m.events_counter(k.as_str(), d.as_str())))
+                .map(|k| DIRECTIONS.map(|d| m.engine.events_counter(k.as_str(), d.as_str())))
                 .collect(),
-            problems: m.source_problems.clone(),
-            deduped: m.suppressed_counter("dedupe"),
-            dropped: m.suppressed_counter("budget"),
+            problems: m.engine.source_problems.clone(),
+            deduped: m.engine.suppressed_counter("dedupe"),
+            dropped: m.engine.suppressed_counter("budget"),
         }
     }
 

@@ -224,6 +224,9 @@ fn start_edge(cfg: Config, listener: TcpListener, opts: Options) -> Result<Runni
         shutdown: shutdown.clone(),
         operations_only: false,
     });
+    // Not ready until the stream is followed: said before any task runs, so that no request
+    // can find the edge ready in between.
+    health.set_cluster_fault(Some(connecting(&cfg.cluster)));
     let sup = |name: &str, fut: Boxed| supervise(name, fut, health.clone(), shutdown.clone());
     let tasks = vec![
         sup(
@@ -249,6 +252,11 @@ fn start_edge(cfg: Config, listener: TcpListener, opts: Options) -> Result<Runni
         ),
     ];
     Ok(Running::serve(addr, listener, state, tasks))
+}
+
+/// What `/readyz` says of a node of the cluster before it has reached the stream.
+fn connecting(c: &cluster::Settings) -> String {
+    format!("connecting to {}", c.url.as_deref().unwrap_or_default())
 }
 
 /// A node of the cluster without its key says so at every start (docs/cluster.md, "Trust").
@@ -429,6 +437,7 @@ fn start_engine(cfg: Config, listener: TcpListener, opts: Options) -> Result<Run
     }
     if cfg.cluster.role == Role::Ingest {
         warn_if_insecure(&cfg.cluster);
+        health.set_cluster_fault(Some(connecting(&cfg.cluster)));
         // An ingest passes over forged messages when it looks for where to continue: counted
         // and logged; its readiness is its publishing, which they do not touch.
         let alarm = Arc::new(cluster::ForgeryAlarm::new(

@@ -351,9 +351,6 @@ pub struct Ctx {
 /// Runs until shutdown: the stream into the hub, connecting again after every failure.
 pub async fn follow(ctx: Ctx) -> Result<(), String> {
     let mut retry = Retry::here();
-    let url = ctx.settings.url.clone().unwrap_or_default();
-    ctx.health
-        .set_cluster_fault(Some(format!("connecting to {url}")));
     loop {
         let mut progressed = false;
         let r = tokio::select! {

@@ -430,6 +430,7 @@ pub async fn run(mut ctx: Ctx) -> Result<(), EvmError> {
     loop {
         let Some(call) = follower.next().cloned() else {
             ctx.metrics
+                .evm
                 .evm_behind
                 .set(i64::try_from(follower.behind()).unwrap_or(i64::MAX));
             tokio::select! {
@@ -467,8 +468,8 @@ pub async fn run(mut ctx: Ctx) -> Result<(), EvmError> {
         let t = now();
         let refused = match sent {
             Ok(body) => {
-                ctx.metrics.upstream_request(CLASS, "200");
-                ctx.metrics.evm_calls(method, call.weight());
+                ctx.metrics.live.upstream_request(CLASS, "200");
+                ctx.metrics.evm.evm_calls(method, call.weight());
                 if let Some(r) = ctx.recorder.as_mut() {
                     let request = serde_json::to_string(&call).unwrap_or_default();
                     let bytes = serde_json::to_vec(&body).unwrap_or_default();
@@ -478,7 +479,7 @@ pub async fn run(mut ctx: Ctx) -> Result<(), EvmError> {
                 }
                 let out = follower.on_reply(&call, &body);
                 for p in &out.problems {
-                    ctx.metrics.evm_problems.inc();
+                    ctx.metrics.evm.evm_problems.inc();
                     tracing::warn!(problem = %p, "chain source");
                 }
                 let refused = out.refused;
@@ -507,20 +508,23 @@ pub async fn run(mut ctx: Ctx) -> Result<(), EvmError> {
                     }
                 }
                 ctx.metrics
+                    .evm
                     .evm_behind
                     .set(i64::try_from(follower.behind()).unwrap_or(i64::MAX));
                 ctx.metrics
+                    .evm
                     .evm_pools
                     .set(i64::try_from(follower.pools()).unwrap_or(i64::MAX));
                 if let Some(b) = follower.processed() {
                     ctx.metrics
+                        .evm
                         .evm_block
                         .set(i64::try_from(b).unwrap_or(i64::MAX));
                 }
                 refused.then(|| "the provider's reply was refused (see the log)".to_string())
             }
             Err((why, status)) => {
-                ctx.metrics.upstream_request(
+                ctx.metrics.live.upstream_request(
                     CLASS,
                     &status.map_or_else(|| "error".to_string(), |s| s.to_string()),
                 );

@@ -442,6 +442,7 @@ pub async fn run(mut ctx: Ctx) -> Result<(), LiveError> {
             }
         }
         ctx.metrics
+            .live
             .watchlist
             .set(i64::try_from(sched.watchlist().len()).unwrap_or(i64::MAX));
         let sleep_ms = u64::try_from((wake_ms - now()).clamp(1, 60_000)).unwrap_or(1);
@@ -449,7 +450,7 @@ pub async fn run(mut ctx: Ctx) -> Result<(), LiveError> {
             _ = ctx.shutdown.cancelled() => break,
             _ = ticker.tick() => {
                 for st in sched.staleness_ms(now()) {
-                    ctx.metrics.staleness.observe(st as f64 / 1000.0);
+                    ctx.metrics.live.staleness.observe(st as f64 / 1000.0);
                 }
                 if ctx.tx.send(Input::Tick(now())).await.is_err() {
                     break;
@@ -483,7 +484,7 @@ fn log_change(c: &Change, metrics: &Metrics) {
                 DropReason::Dead { .. } => "dead",
                 DropReason::Refused { .. } => "refused",
             };
-            metrics.watchlist_drop(reason);
+            metrics.live.watchlist_drop(reason);
             if *pinned {
                 tracing::warn!(pair = %key, ?why, "a configured pair left the watchlist");
             } else {
@@ -499,7 +500,9 @@ async fn handle(f: Fetched, sched: &mut Scheduler, ctx: &mut Ctx, causes: &mut C
     let status_label = f
         .status
         .map_or_else(|| "error".to_string(), |s| s.to_string());
-    ctx.metrics.upstream_request(class.as_str(), &status_label);
+    ctx.metrics
+        .live
+        .upstream_request(class.as_str(), &status_label);
     let source = http::source_of(&f.req);
     if let (Some(r), Some(status)) = (ctx.recorder.as_mut(), f.status) {
         if let Err(e) = r.write_response(f.t_ms, source, &f.path, status, &f.body) {
@@ -539,7 +542,7 @@ async fn handle(f: Fetched, sched: &mut Scheduler, ctx: &mut Ctx, causes: &mut C
                             keep.push(snap);
                         } else if !f.req.discovers() {
                             // A poll's answer with a pair nobody asked for: upstream's doing.
-                            ctx.metrics.unrequested.inc();
+                            ctx.metrics.live.unrequested.inc();
                             tracing::debug!(pair = %snap.key, path = %f.path, "a pair not asked for; ignored");
                         }
                     }
@@ -568,7 +571,7 @@ async fn handle(f: Fetched, sched: &mut Scheduler, ctx: &mut Ctx, causes: &mut C
         }
     };
     if let Outcome::RateLimited { .. } = outcome {
-        ctx.metrics.rate_limited.inc();
+        ctx.metrics.live.rate_limited.inc();
     }
     let now = ctx.clock.now_ms();
     let report = sched.report(&f.req, &outcome, now);
@@ -580,6 +583,7 @@ async fn handle(f: Fetched, sched: &mut Scheduler, ctx: &mut Ctx, causes: &mut C
     }
     if report.backoff_ms > 0 {
         ctx.metrics
+            .live
             .backoff_seconds
             .inc_by(report.backoff_ms as f64 / 1000.0);
         tracing::warn!(
@@ -620,10 +624,11 @@ async fn handle(f: Fetched, sched: &mut Scheduler, ctx: &mut Ctx, causes: &mut C
     );
     for c in Class::ALL {
         ctx.metrics
+            .live
             .budget_used(c.as_str(), sched.budget_used_pct(c, now));
     }
     let any_open = Class::ALL.iter().any(|c| sched.circuit_open(*c, now));
-    ctx.metrics.circuit_open.set(i64::from(any_open));
+    ctx.metrics.live.circuit_open.set(i64::from(any_open));
     true
 }
 

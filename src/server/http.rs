@@ -101,6 +101,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 pub async fn metrics(State(state): State<AppState>) -> Response {
     state
         .metrics
+        .engine
         .pairs_tracked
         .set(i64::try_from(state.hub.pairs().len()).unwrap_or(i64::MAX));
     (

@@ -330,7 +330,7 @@ pub async fn accept_loop(listener: TcpListener, state: AppState, app: axum::Rout
                 Ok(x) => x,
                 Err(e) => {
                     // Out of descriptors, mostly: say so once a second, and do not spin.
-                    state.metrics.accept_errors.inc();
+                    state.metrics.session.accept_errors.inc();
                     if last_error_log.elapsed() >= Duration::from_secs(1) {
                         tracing::warn!(error = %e, "accept failed");
                         last_error_log = tokio::time::Instant::now();
@@ -343,7 +343,7 @@ pub async fn accept_loop(listener: TcpListener, state: AppState, app: axum::Rout
         let ip_place = match per_ip.admit(peer.ip()) {
             Ok(p) => p,
             Err(why) => {
-                state.metrics.shed(why.as_str());
+                state.metrics.session.shed(why.as_str());
                 drop(tcp);
                 continue;
             }
@@ -356,11 +356,11 @@ pub async fn accept_loop(listener: TcpListener, state: AppState, app: axum::Rout
                 if waiting.load(Ordering::Relaxed) >= MAX_WAITING
                     || !idle.evict_oldest(evict_after(s.header_read_timeout))
                 {
-                    state.metrics.shed(Shed::Full.as_str());
+                    state.metrics.session.shed(Shed::Full.as_str());
                     drop(tcp);
                     continue;
                 }
-                state.metrics.shed(EVICTED);
+                state.metrics.session.shed(EVICTED);
                 None
             }
         };
@@ -391,7 +391,7 @@ pub async fn accept_loop(listener: TcpListener, state: AppState, app: axum::Rout
                     match got {
                         Ok(Ok(p)) => p,
                         _ => {
-                            metrics.shed(Shed::Full.as_str());
+                            metrics.session.shed(Shed::Full.as_str());
                             return;
                         }
                     }

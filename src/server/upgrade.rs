@@ -123,7 +123,7 @@ pub async fn upgrade(
         }
     };
     if !origin_allowed(req.headers(), &state.settings.allowed_origins) {
-        state.metrics.rejected(403);
+        state.metrics.session.rejected(403);
         return error(
             StatusCode::FORBIDDEN,
             "origin_not_allowed",
@@ -139,7 +139,7 @@ pub async fn upgrade(
         }) {
         Ok(p) => p,
         Err(r) => {
-            state.metrics.rejected(match r {
+            state.metrics.session.rejected(match r {
                 Refusal::Unauthorized { .. } => 401,
                 Refusal::Throttled | Refusal::KeyLimit => 429,
                 Refusal::Full => 503,

@@ -72,7 +72,7 @@ impl Default for RawSettings {
             max_filter_list: 1_000,
             max_filter_entries: 4_096,
             max_total_filter_entries: 500_000,
-            read_buffer_bytes: 1024,
+            read_buffer_bytes: 256,
             write_buffer_bytes: 8 * 1024,
             flush_batch: 64,
             close_linger_seconds: 2.0,

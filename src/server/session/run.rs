@@ -29,10 +29,10 @@ use tokio_util::sync::CancellationToken;
 use dexpulse_core::protocol::CloseCode;
 
 use super::outbox::{Out, Outbox};
-use super::state::{Effects, HubView, Session};
+use super::state::{Effects, HubView, Session, Tally};
 use super::{FilterBudget, Settings};
 use crate::hub::{Hub, PairFrame, Subscription};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SessionMetrics};
 use crate::time::Clock;
 
 /// What a session needs from the server.
@@ -48,6 +48,34 @@ pub struct SessionCtx {
     pub shutdown: CancellationToken,
     /// The filter entries of all sessions (`session.max_total_filter_entries`).
     pub filter_budget: Arc<FilterBudget>,
+}
+
+impl HubView for Hub {
+    fn epoch(&self) -> Arc<str> {
+        Hub::epoch(self)
+    }
+
+    fn head(&self) -> u64 {
+        self.head_seq()
+    }
+
+    fn oldest(&self) -> u64 {
+        self.oldest_seq()
+    }
+}
+
+impl Tally for SessionMetrics {
+    fn missed(&self, n: u64) {
+        self.missed_seqs.inc_by(n);
+    }
+
+    fn lagged_notice(&self) {
+        self.lagged_notices.inc();
+    }
+
+    fn dropped(&self, n: u64) {
+        self.queue_drops.inc_by(n);
+    }
 }
 
 /// How a session ended, for the transport to finish the connection.
@@ -108,7 +136,7 @@ impl Writer {
                 match Pin::new(&mut *sink).poll_flush(cx) {
                     Poll::Ready(Ok(())) => {
                         self.unflushed = false;
-                        m.flushes.inc();
+                        m.session.flushes.inc();
                         break Poll::Ready(Ok(()));
                     }
                     Poll::Ready(Err(_)) => break Poll::Ready(Err(())),
@@ -143,10 +171,11 @@ impl Writer {
             self.unflushed = true;
         };
         if sent > 0 {
-            m.messages_sent.inc_by(sent);
+            m.session.messages_sent.inc_by(sent);
         }
         if let Some(p) = oldest {
-            m.publish_to_send
+            m.session
+                .publish_to_send
                 .observe((clock.now_us() - p).max(0) as f64 / 1e6);
         }
         result
@@ -187,8 +216,8 @@ where
     R: Stream<Item = Result<Message, WsError>> + Unpin,
 {
     let m = ctx.metrics.clone();
-    m.sessions.inc();
-    m.sessions_opened.inc();
+    m.session.sessions.inc();
+    m.session.sessions_opened.inc();
     let s = ctx.settings.clone();
     let start = Instant::now();
     let now = || i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
@@ -223,15 +252,15 @@ where
             _ = &mut restarted => break Last::close(CloseCode::Restart),
             w = std::future::poll_fn(|cx| writer.poll_drive(cx, &mut out, &mut sink, &m, &ctx.clock)), if writer.has_work(&out) => {
                 if w.is_err() {
-                    m.sessions.dec();
+                    m.session.sessions.dec();
                     return (sink, stream, Ending::Peer);
                 }
-                st.after_write(&mut out, now(), &m);
+                st.after_write(&mut out, now(), &m.session);
             }
             _ = std::future::ready(()), if history.is_some() => {
                 if let Some((after, limit)) = history {
                     let since = hub.since(after, limit);
-                    st.on_history(since, limit, &mut out, now(), &m);
+                    st.on_history(since, limit, &mut out, now(), &m.session);
                 }
             }
             _ = std::future::ready(()), if pair_states.is_some() => {
@@ -272,14 +301,14 @@ where
                     None | Some(Ok(Message::Close(_))) => {
                         // tungstenite queued its answer to the client's close: send it.
                         let _ = tokio::time::timeout(ctx.grace, sink.close()).await;
-                        m.sessions.dec();
+                        m.session.sessions.dec();
                         return (sink, stream, Ending::Peer);
                     }
                     Some(Err(e)) => match classify(&e) {
                         Some(code) => break Last { code, notice: None, read_broken: true },
                         None => {
                             tracing::debug!(session = %ctx.id, error = %e, "read error; the client is gone");
-                            m.sessions.dec();
+                            m.session.sessions.dec();
                             return (sink, stream, Ending::Peer);
                         }
                     },
@@ -332,9 +361,9 @@ where
             }
             _ = async { tokio::time::sleep_until(stall_at.unwrap_or(start)).await }, if stall_at.is_some() => {
                 if let Some(since) = st.full_since() {
-                    m.stall_to_close.observe((now() - since).max(0) as f64 / 1e3);
+                    m.session.stall_to_close.observe((now() - since).max(0) as f64 / 1e3);
                 }
-                let notice = st.on_stalled(hub.head_seq(), &mut out, &m);
+                let notice = st.on_stalled(hub.head_seq(), &mut out, &m.session);
                 break Last { code: CloseCode::SlowConsumer, notice, read_broken: false };
             }
             _ = ticker.tick() => {
@@ -345,13 +374,33 @@ where
         }
     };
     drop(link);
-    m.close(last.code.code());
+    // The closing steps hold timers and futures of their own: boxed, an open session does not
+    // carry their room (BENCHMARKS.md, P3).
+    Box::pin(finish(sink, stream, last, out, writer, &ctx)).await
+}
+
+/// A session the server ends: what is owed, the close frame, the closing handshake.
+async fn finish<S, R>(
+    mut sink: S,
+    mut stream: R,
+    last: Last,
+    mut out: Outbox,
+    mut writer: Writer,
+    ctx: &SessionCtx,
+) -> (S, R, Ending)
+where
+    S: Sink<Message> + Unpin,
+    R: Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let m = &ctx.metrics;
+    let s = &ctx.settings;
+    m.session.close(last.code.code());
     tracing::debug!(session = %ctx.id, code = last.code.code(), reason = last.code.reason(), "closing");
     let bye = async {
         if let Some(n) = last.notice {
             out.push_control(n);
         }
-        std::future::poll_fn(|cx| writer.poll_drive(cx, &mut out, &mut sink, &m, &ctx.clock))
+        std::future::poll_fn(|cx| writer.poll_drive(cx, &mut out, &mut sink, m, &ctx.clock))
             .await?;
         sink.send(Message::Close(Some(CloseFrame {
             code: WsCode::from(last.code.code()),
@@ -385,7 +434,7 @@ where
             .await
             .unwrap_or(false);
     }
-    m.sessions.dec();
+    m.session.sessions.dec();
     (
         sink,
         stream,

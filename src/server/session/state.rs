@@ -28,8 +28,7 @@ use dexpulse_core::schedule::TokenBucket;
 
 use super::outbox::Outbox;
 use super::{FilterBudget, Settings};
-use crate::hub::{Frame, Hub, PairFrame, Since};
-use crate::metrics::Metrics;
+use crate::hub::{Frame, PairFrame, Since};
 
 /// What a session reads of the hub when a client subscribes.
 pub trait HubView {
@@ -39,18 +38,13 @@ pub trait HubView {
     fn oldest(&self) -> u64;
 }
 
-impl HubView for Hub {
-    fn epoch(&self) -> Arc<str> {
-        Hub::epoch(self)
-    }
-
-    fn head(&self) -> u64 {
-        self.head_seq()
-    }
-
-    fn oldest(&self) -> u64 {
-        self.oldest_seq()
-    }
+/// What a session counts (the shell binds it to the server's metrics).
+pub trait Tally {
+    /// Seqs reported missing in a `lagged` notice.
+    fn missed(&self, n: u64);
+    fn lagged_notice(&self);
+    /// Frames discarded from a slow consumer's outbox at its 4008 close.
+    fn dropped(&self, n: u64);
 }
 
 /// What the shell must do after a client message.
@@ -296,7 +290,14 @@ impl Session {
     }
 
     /// A read of the history asked for by [`Session::history_wanted`] with `limit`.
-    pub fn on_history(&mut self, s: Since, limit: usize, out: &mut Outbox, now: i64, m: &Metrics) {
+    pub fn on_history(
+        &mut self,
+        s: Since,
+        limit: usize,
+        out: &mut Outbox,
+        now: i64,
+        m: &dyn Tally,
+    ) {
         if let Some(mut b) = self.backlogs.pop_front() {
             if s.oldest_seq > b.next_after.saturating_add(1) {
                 let to = (s.oldest_seq - 1).min(b.until);
@@ -362,11 +363,11 @@ impl Session {
         }
     }
 
-    fn note_missed(&mut self, from: u64, to: u64, out: &mut Outbox, now: i64, m: &Metrics) {
+    fn note_missed(&mut self, from: u64, to: u64, out: &mut Outbox, now: i64, m: &dyn Tally) {
         if from > to {
             return;
         }
-        m.missed_seqs.inc_by(to - from + 1);
+        m.missed(to - from + 1);
         self.missed = Some(match self.missed {
             Some((f, t)) => (f.min(from), t.max(to)),
             None => (from, to),
@@ -386,17 +387,17 @@ impl Session {
         .to_json()
     }
 
-    fn send_lagged(&mut self, out: &mut Outbox, now: i64, m: &Metrics) {
+    fn send_lagged(&mut self, out: &mut Outbox, now: i64, m: &dyn Tally) {
         if let Some((from, to)) = self.missed.take() {
             let json = self.lagged_json(from, to);
             self.reply(out, json, now);
-            m.lagged_notices.inc();
+            m.lagged_notice();
         }
     }
 
     /// After the shell wrote from the outbox: when it has drained to its low watermark, the
     /// stall timer stops and what was missed is reported at once, before any newer frame.
-    pub fn after_write(&mut self, out: &mut Outbox, now: i64, m: &Metrics) {
+    pub fn after_write(&mut self, out: &mut Outbox, now: i64, m: &dyn Tally) {
         if out.take_drained() || (self.full_since.is_some() && out.has_room()) {
             self.full_since = None;
             self.send_lagged(out, now, m);
@@ -416,9 +417,9 @@ impl Session {
     /// The outbox stayed full past the stall time: its frames are discarded, and the notice
     /// returned covers every seq the client has not received, up to `head`, so that a resume
     /// from `missed_from − 1` loses nothing.
-    pub fn on_stalled(&mut self, head: u64, out: &mut Outbox, m: &Metrics) -> Option<Bytes> {
+    pub fn on_stalled(&mut self, head: u64, out: &mut Outbox, m: &dyn Tally) -> Option<Bytes> {
         let (discarded, lowest) = out.discard_frames();
-        m.queue_drops.inc_by(discarded);
+        m.dropped(discarded);
         let mut from = self.pos + 1;
         if let Some(l) = lowest {
             from = from.min(l);
@@ -431,7 +432,7 @@ impl Session {
         }
         self.backlogs.clear();
         (from <= head).then(|| {
-            m.lagged_notices.inc();
+            m.lagged_notice();
             bytes(self.lagged_json(from, head))
         })
     }
@@ -666,6 +667,7 @@ impl Session {
 mod tests {
     use super::*;
     use crate::hub::{self, Hub};
+    use crate::metrics::Metrics;
     use crate::time::Clock;
     use dexpulse_core::model::{Direction, EventMeta, Kind, PairKey};
 
@@ -750,7 +752,7 @@ mod tests {
                 while let Some((after, limit)) = self.st.history_wanted(&self.out, 4) {
                     let s = self.hub.since(after, limit);
                     self.st
-                        .on_history(s, limit, &mut self.out, self.now, &self.m);
+                        .on_history(s, limit, &mut self.out, self.now, &self.m.session);
                     progressed = true;
                     if self.st.history_wanted(&self.out, 4) == Some((after, limit)) {
                         break;
@@ -781,7 +783,8 @@ mod tests {
             loop {
                 self.pump();
                 let Some(o) = self.out.pop() else { break };
-                self.st.after_write(&mut self.out, self.now, &self.m);
+                self.st
+                    .after_write(&mut self.out, self.now, &self.m.session);
                 if let Out::Frame { text, .. } | Out::Text(text) = o {
                     got.push(serde_json::from_slice(&text).unwrap());
                 }
@@ -937,7 +940,7 @@ mod tests {
         }
         t.pump();
         let head = t.hub.head_seq();
-        let notice = t.st.on_stalled(head, &mut t.out, &t.m).unwrap();
+        let notice = t.st.on_stalled(head, &mut t.out, &t.m.session).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&notice).unwrap();
         assert_eq!(
             (v["missed_from"].as_u64(), v["missed_to"].as_u64()),
