@@ -184,12 +184,50 @@ pub fn start(cfg: Config, listener: TcpListener, opts: Options) -> Result<Runnin
 }
 
 /// An edge: no source, no engine, no log; the cluster's stream feeds the hub.
+/// What every role builds first: the clock, the shutdown token, the metrics, the health.
+#[derive(Clone)]
+struct Base {
+    clock: Clock,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+impl Base {
+    fn new(clock: Clock) -> Base {
+        Base {
+            health: Arc::new(Health::new(clock.clone())),
+            clock,
+            shutdown: CancellationToken::new(),
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    /// The server's state over `hub`; `operations_only` serves no clients (an ingest).
+    fn state(&self, cfg: &Config, hub: &Arc<Hub>, operations_only: bool) -> AppState {
+        AppState::new(server::Parts {
+            settings: cfg.server.clone(),
+            session: cfg.session.clone(),
+            auth: cfg.auth.clone(),
+            hub: hub.clone(),
+            metrics: self.metrics.clone(),
+            health: self.health.clone(),
+            clock: self.clock.clone(),
+            shutdown: self.shutdown.clone(),
+            operations_only,
+        })
+    }
+}
+
 fn start_edge(cfg: Config, listener: TcpListener, opts: Options) -> Result<Running, StartError> {
     let addr = listener.local_addr()?;
-    let clock = opts.clock;
-    let shutdown = CancellationToken::new();
-    let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::new(clock.clone()));
+    let base = Base::new(opts.clock);
+    let Base {
+        clock,
+        shutdown,
+        metrics,
+        health,
+    } = base.clone();
     health.set_relay();
     if cfg.store.data_dir.is_some() {
         tracing::info!(
@@ -213,17 +251,7 @@ fn start_edge(cfg: Config, listener: TcpListener, opts: Options) -> Result<Runni
         clock.clone(),
         Box::new(history.clone()),
     ));
-    let state = AppState::new(server::Parts {
-        settings: cfg.server.clone(),
-        session: cfg.session.clone(),
-        auth: cfg.auth.clone(),
-        hub: hub.clone(),
-        metrics: metrics.clone(),
-        health: health.clone(),
-        clock: clock.clone(),
-        shutdown: shutdown.clone(),
-        operations_only: false,
-    });
+    let state = base.state(&cfg, &hub, false);
     // Not ready until the stream is followed: said before any task runs, so that no request
     // can find the edge ready in between.
     health.set_cluster_fault(Some(connecting(&cfg.cluster)));
@@ -280,10 +308,13 @@ fn warn_if_insecure(c: &cluster::Settings) {
 /// and the server on `listener`.
 fn start_engine(cfg: Config, listener: TcpListener, opts: Options) -> Result<Running, StartError> {
     let addr = listener.local_addr()?;
-    let clock = opts.clock;
-    let shutdown = CancellationToken::new();
-    let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::new(clock.clone()));
+    let base = Base::new(opts.clock.clone());
+    let Base {
+        clock,
+        shutdown,
+        metrics,
+        health,
+    } = base.clone();
     // Only a live source continues where it stopped; a tape or the simulator starts over, so
     // an engine state saved under it would be wrong at the first snapshot.
     let resumable = matches!(
@@ -323,17 +354,7 @@ fn start_engine(cfg: Config, listener: TcpListener, opts: Options) -> Result<Run
         None => Hub::new(cfg.hub.clone(), clock.clone()),
     });
     let checkpoints = (cfg.store.data_dir.is_some() && resumable).then_some(cfg.store.checkpoint);
-    let state = AppState::new(server::Parts {
-        settings: cfg.server.clone(),
-        session: cfg.session.clone(),
-        auth: cfg.auth.clone(),
-        hub: hub.clone(),
-        metrics: metrics.clone(),
-        health: health.clone(),
-        clock: clock.clone(),
-        shutdown: shutdown.clone(),
-        operations_only: cfg.cluster.role == Role::Ingest,
-    });
+    let state = base.state(&cfg, &hub, cfg.cluster.role == Role::Ingest);
     let mut tasks = Vec::new();
     // Read before anything publishes: with no trace of this history in the stream, the
     // ingest publishes what comes after it.

@@ -32,7 +32,7 @@ use dexpulse_core::signal::checkpoint::Checkpoint;
 use super::retry::Retry;
 use super::stream::{pair_key, EventStream, Stored};
 use super::trust::{Forgery, Refused, Replay, Verifier};
-use super::{ForgeryAlarm, Keys, Settings};
+use super::{ClusterError, ForgeryAlarm, Keys, Settings};
 use crate::health::Health;
 use crate::hub::{self, Frame, History, Hub, MemoryHistory, Since};
 use crate::metrics::ClusterMetrics;
@@ -129,10 +129,45 @@ pub struct StreamHistory {
     inner: Arc<Inner>,
 }
 
+/// An edge's epoch as a value: a placeholder of this process before the first connection, or
+/// the stream's identity, with the time its numbering was found reset under that identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EdgeEpoch {
+    Unconnected(String),
+    Stream {
+        identity: String,
+        reset_us: Option<i64>,
+    },
+}
+
+impl EdgeEpoch {
+    /// The name clients see (`epoch` in `welcome`, the resume token's epoch).
+    pub fn name(&self) -> String {
+        match self {
+            EdgeEpoch::Unconnected(e) => format!("unconnected-{e}"),
+            EdgeEpoch::Stream {
+                identity,
+                reset_us: None,
+            } => identity.clone(),
+            EdgeEpoch::Stream {
+                identity,
+                reset_us: Some(t),
+            } => format!("{identity}-r{t:x}"),
+        }
+    }
+
+    /// Whether this epoch numbers the stream of that identity (reset or not).
+    pub fn is_of(&self, stream: &str) -> bool {
+        matches!(self, EdgeEpoch::Stream { identity, .. } if identity == stream)
+    }
+}
+
 struct Inner {
     settings: hub::Settings,
     /// Replaced whole when the numbering jumps (a new epoch, or a gap in the stream).
     ring: RwLock<Arc<MemoryHistory>>,
+    /// The ring's epoch as a value (the ring has its name).
+    epoch: RwLock<EdgeEpoch>,
     /// The stream's oldest seq as last seen (0: not known yet).
     first: AtomicU64,
     /// The stream, for reads older than the ring (absent until the first connection).
@@ -145,10 +180,11 @@ impl StreamHistory {
     /// Before the first connection the epoch is a placeholder of this process: a client that
     /// connects then learns nothing it could resume from.
     pub fn new(settings: hub::Settings, clock: &Clock, trust: Option<Arc<Trust>>) -> StreamHistory {
-        let epoch = format!("unconnected-{}", Hub::new_epoch(clock));
+        let epoch = EdgeEpoch::Unconnected(Hub::new_epoch(clock));
         StreamHistory {
             inner: Arc::new(Inner {
-                ring: RwLock::new(Arc::new(MemoryHistory::new(settings.clone(), epoch))),
+                ring: RwLock::new(Arc::new(MemoryHistory::new(settings.clone(), epoch.name()))),
+                epoch: RwLock::new(epoch),
                 settings,
                 first: AtomicU64::new(0),
                 reader: RwLock::new(None),
@@ -171,14 +207,20 @@ impl StreamHistory {
     }
 
     /// The numbering continues after `head` in `epoch`, with nothing retained.
-    fn restart(&self, epoch: &str, head: u64) {
-        let ring = MemoryHistory::restored(
-            self.inner.settings.clone(),
-            epoch.to_string(),
-            head,
-            Vec::new(),
-        );
+    fn restart(&self, epoch: EdgeEpoch, head: u64) {
+        let ring =
+            MemoryHistory::restored(self.inner.settings.clone(), epoch.name(), head, Vec::new());
         *self.inner.ring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);
+        *self.inner.epoch.write().unwrap_or_else(|p| p.into_inner()) = epoch;
+    }
+
+    /// The epoch as a value.
+    pub fn edge_epoch(&self) -> EdgeEpoch {
+        self.inner
+            .epoch
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn set_reader(&self, stream: EventStream) {
@@ -365,7 +407,7 @@ pub async fn follow(ctx: Ctx) -> Result<(), String> {
             retry.reset();
         }
         tracing::warn!(error = %e, head = ctx.history.head(), "the cluster's stream was lost; following again from the head");
-        ctx.health.set_cluster_fault(Some(e));
+        ctx.health.set_cluster_fault(Some(e.to_string()));
         ctx.metrics.reconnects.inc();
         if !retry.pause(&ctx.shutdown).await {
             return Ok(());
@@ -384,43 +426,57 @@ fn flush(ctx: &Ctx, batch: &mut Vec<Arc<Frame>>) {
     batch.clear();
 }
 
-/// Compares the stream's identity with the edge's: a new one ends the epoch.
-fn adopt_epoch(ctx: &Ctx, epoch: &str) {
-    if *ctx.history.epoch() == *epoch {
+/// Starts a new epoch: the numbering from 0, sessions closed to resume.
+fn adopt_epoch(ctx: &Ctx, epoch: EdgeEpoch) {
+    let was = ctx.history.edge_epoch();
+    if was == epoch {
         return;
     }
-    let was = ctx.history.epoch();
+    let now = epoch.name();
     ctx.history.restart(epoch, 0);
     if let Some(t) = ctx.history.trust() {
         t.restart();
     }
-    if !was.starts_with("unconnected-") {
+    if !matches!(was, EdgeEpoch::Unconnected(_)) {
         ctx.metrics.epoch_changes.inc();
-        tracing::warn!(was = %was, now = %epoch, "the cluster's stream was replaced: a new epoch; sessions are closed to resume");
+        tracing::warn!(was = %was.name(), now = %now, "the cluster's stream was replaced: a new epoch; sessions are closed to resume");
     }
     ctx.hub.end_epoch();
 }
 
-async fn follow_once(ctx: &Ctx, progressed: &mut bool) -> Result<(), String> {
-    let stream = EventStream::connect_reader(&ctx.settings)
-        .await
-        .map_err(|e| e.to_string())?;
-    let state = stream.state().await.map_err(|e| e.to_string())?;
+async fn follow_once(ctx: &Ctx, progressed: &mut bool) -> Result<(), ClusterError> {
+    let stream = EventStream::connect_reader(&ctx.settings).await?;
+    let state = stream.state().await?;
     let trust = ctx.history.trust();
-    adopt_epoch(ctx, &state.epoch);
+    // The same stream as before (reset or not) keeps its epoch; another is a new one.
+    if !ctx.history.edge_epoch().is_of(&state.epoch) {
+        adopt_epoch(
+            ctx,
+            EdgeEpoch::Stream {
+                identity: state.epoch.clone(),
+                reset_us: None,
+            },
+        );
+    }
     ctx.history.set_reader(stream.clone());
     ctx.history.set_first(state.first);
     let head = ctx.history.head();
     if state.last < head {
         // The same stream holding fewer events than the edge has seen: numbering was reset
         // under the same identity. Treat it as a new epoch rather than send seqs twice.
-        let epoch = format!("{}-r{:x}", state.epoch, ctx.clock.now_us());
-        adopt_epoch(ctx, &epoch);
+        adopt_epoch(
+            ctx,
+            EdgeEpoch::Stream {
+                identity: state.epoch.clone(),
+                reset_us: Some(ctx.clock.now_us()),
+            },
+        );
     }
-    let mut msgs = stream
-        .follow(ctx.history.head() + 1)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut msgs = stream.follow(ctx.history.head() + 1).await?;
+    let consumer = |detail: String| ClusterError::Consumer {
+        stream: ctx.settings.stream.clone(),
+        detail,
+    };
     ctx.health.set_cluster_fault(None);
     tracing::info!(epoch = %ctx.history.epoch(), head = ctx.history.head(), first = state.first, last = state.last, "following the cluster's stream");
     let mut check = tokio::time::interval(CHECK_EVERY);
@@ -429,9 +485,9 @@ async fn follow_once(ctx: &Ctx, progressed: &mut bool) -> Result<(), String> {
     loop {
         tokio::select! {
             _ = check.tick() => {
-                let s = stream.state().await.map_err(|e| e.to_string())?;
-                if *s.epoch != *ctx.history.epoch() && !ctx.history.epoch().starts_with(&s.epoch) {
-                    return Err(format!("the stream's identity changed to {}", s.epoch));
+                let s = stream.state().await?;
+                if !ctx.history.edge_epoch().is_of(&s.epoch) {
+                    return Err(ClusterError::Replaced { stream: ctx.settings.stream.clone(), to: s.epoch });
                 }
                 ctx.history.set_first(s.first);
                 let head = ctx.history.head();
@@ -444,10 +500,10 @@ async fn follow_once(ctx: &Ctx, progressed: &mut bool) -> Result<(), String> {
                 let mut next = Some(m);
                 while let Some(m) = next.take() {
                     let m = match m {
-                        None => return Err("the stream's consumer ended".to_string()),
+                        None => return Err(consumer("ended".to_string())),
                         Some(Err(e)) => {
                             flush(ctx, &mut batch);
-                            return Err(format!("the stream's consumer: {e}"));
+                            return Err(consumer(format!("failed: {e}")));
                         }
                         Some(Ok(m)) => m,
                     };
@@ -455,7 +511,7 @@ async fn follow_once(ctx: &Ctx, progressed: &mut bool) -> Result<(), String> {
                         Ok(x) => x,
                         Err(e) => {
                             flush(ctx, &mut batch);
-                            return Err(e);
+                            return Err(consumer(e));
                         }
                     };
                     if delivered > 1 {
@@ -468,7 +524,7 @@ async fn follow_once(ctx: &Ctx, progressed: &mut bool) -> Result<(), String> {
                         if stored.seq > expected {
                             flush(ctx, &mut batch);
                             tracing::warn!(from = expected, to = stored.seq - 1, "events the stream no longer holds were never taken; the numbering continues after them");
-                            ctx.history.restart(&ctx.history.epoch(), stored.seq - 1);
+                            ctx.history.restart(ctx.history.edge_epoch(), stored.seq - 1);
                         }
                         let admitted = match &trust {
                             Some(t) => t.admit(&stored),
@@ -480,7 +536,7 @@ async fn follow_once(ctx: &Ctx, progressed: &mut bool) -> Result<(), String> {
                                 // Kept as a gap rather than stop every edge on one bad message.
                                 flush(ctx, &mut batch);
                                 tracing::debug!(error = %e, seq = stored.seq, "an event in the stream is refused or unreadable; skipped");
-                                ctx.history.restart(&ctx.history.epoch(), stored.seq);
+                                ctx.history.restart(ctx.history.edge_epoch(), stored.seq);
                             }
                         }
                         *progressed = true;
@@ -557,21 +613,23 @@ fn open_pair<'a>(
 
 /// Sets `progressed` once the watch is open, so that a bucket lost after working a while is
 /// tried again at once rather than after the longest wait.
-async fn pairs_once(ctx: &PairsCtx, progressed: &mut bool) -> Result<(), String> {
-    let stream = EventStream::connect_reader(&ctx.settings)
-        .await
-        .map_err(|e| e.to_string())?;
-    let kv = stream.pairs(false).await.map_err(|e| e.to_string())?;
+async fn pairs_once(ctx: &PairsCtx, progressed: &mut bool) -> Result<(), ClusterError> {
+    let stream = EventStream::connect_reader(&ctx.settings).await?;
+    let kv = stream.pairs(false).await?;
+    let bucket = |detail: String| ClusterError::Pairs {
+        bucket: ctx.settings.pairs_bucket.clone(),
+        detail,
+    };
     let mut watch = kv
         .watch_with_history(">")
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| bucket(e.to_string()))?;
     *progressed = true;
     let mut keys: HashMap<String, (PairKey, i64)> = HashMap::new();
     let mut synced = false;
     let pairs = ctx.hub.pairs();
     while let Some(entry) = watch.next().await {
-        let entry = entry.map_err(|e| e.to_string())?;
+        let entry = entry.map_err(|e| bucket(e.to_string()))?;
         match entry.operation {
             async_nats::jetstream::kv::Operation::Put => {
                 match open_pair(ctx, &keys, &entry.key, &entry.value) {
@@ -602,5 +660,36 @@ async fn pairs_once(ctx: &PairsCtx, progressed: &mut bool) -> Result<(), String>
             }
         }
     }
-    Err("the bucket's watch ended".to_string())
+    Err(bucket("the watch ended".to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EdgeEpoch;
+
+    #[test]
+    fn an_epoch_names_itself_and_knows_its_stream() {
+        let check = |e: EdgeEpoch, name: &str, of_x: bool| {
+            assert_eq!(e.name(), name);
+            assert_eq!(e.is_of("x-1a"), of_x, "{e:?}");
+        };
+        check(EdgeEpoch::Unconnected("p".into()), "unconnected-p", false);
+        let stream = |reset_us| EdgeEpoch::Stream {
+            identity: "x-1a".into(),
+            reset_us,
+        };
+        check(stream(None), "x-1a", true);
+        check(stream(Some(255)), "x-1a-rff", true);
+        // A stream whose name merely starts like this one's is another stream.
+        assert!(!EdgeEpoch::Stream {
+            identity: "x-1a".into(),
+            reset_us: None,
+        }
+        .is_of("x-1"));
+        assert!(!EdgeEpoch::Stream {
+            identity: "x-1".into(),
+            reset_us: None,
+        }
+        .is_of("x-1a"));
+    }
 }

@@ -89,8 +89,8 @@ async fn published_up_to(
     epoch: &str,
     start_head: u64,
     head: u64,
-) -> Result<u64, String> {
-    let (first, last) = stream.bounds().await.map_err(|e| e.to_string())?;
+) -> Result<u64, ClusterError> {
+    let (first, last) = stream.bounds().await?;
     if last == 0 || first > last {
         return Ok(start_head);
     }
@@ -102,7 +102,7 @@ async fn published_up_to(
     let mut to = last;
     loop {
         let from = to.saturating_sub(CHUNK as u64 - 1).max(floor);
-        let page = stream.range(from, to).await.map_err(|e| e.to_string())?;
+        let page = stream.range(from, to).await?;
         for m in page.iter().rev() {
             if let Some(v) = &verifier {
                 if let Err(why) = m.verify(&settings.subject, v) {
@@ -154,7 +154,7 @@ pub async fn forward(ctx: Ctx) -> Result<(), String> {
         {
             Ok(d) => break d,
             Err(e) => {
-                health.set_cluster_fault(Some(e.clone()));
+                health.set_cluster_fault(Some(e.to_string()));
                 tracing::warn!(error = %e, "cannot read where the stream stopped; retrying");
                 if !retry.pause(&shutdown).await {
                     return Ok(());

@@ -51,6 +51,12 @@ pub enum ClusterError {
     /// this one was refused and is sent again after it.
     #[error("cluster: publish to {subject}: refused, the event before it is not in the stream")]
     OutOfOrder { subject: String },
+    /// An edge found another stream under the name it follows.
+    #[error("cluster: stream {stream}: its identity changed to {to}")]
+    Replaced { stream: String, to: String },
+    /// An edge's ordered consumer failed or ended.
+    #[error("cluster: stream {stream}: the consumer {detail}")]
+    Consumer { stream: String, detail: String },
     #[error("cluster: pairs bucket {bucket}: {detail}")]
     Pairs { bucket: String, detail: String },
 }

@@ -78,6 +78,22 @@ impl Tally for SessionMetrics {
     }
 }
 
+/// A session counted in `sessions_connected` for as long as it runs, whichever way it ends.
+struct Connected<'a>(&'a SessionMetrics);
+
+impl<'a> Connected<'a> {
+    fn new(m: &'a SessionMetrics) -> Connected<'a> {
+        m.sessions.inc();
+        Connected(m)
+    }
+}
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.0.sessions.dec();
+    }
+}
+
 /// How a session ended, for the transport to finish the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
@@ -216,7 +232,7 @@ where
     R: Stream<Item = Result<Message, WsError>> + Unpin,
 {
     let m = ctx.metrics.clone();
-    m.session.sessions.inc();
+    let _connected = Connected::new(&m.session);
     m.session.sessions_opened.inc();
     let s = ctx.settings.clone();
     let start = Instant::now();
@@ -252,7 +268,6 @@ where
             _ = &mut restarted => break Last::close(CloseCode::Restart),
             w = std::future::poll_fn(|cx| writer.poll_drive(cx, &mut out, &mut sink, &m, &ctx.clock)), if writer.has_work(&out) => {
                 if w.is_err() {
-                    m.session.sessions.dec();
                     return (sink, stream, Ending::Peer);
                 }
                 st.after_write(&mut out, now(), &m.session);
@@ -301,14 +316,12 @@ where
                     None | Some(Ok(Message::Close(_))) => {
                         // tungstenite queued its answer to the client's close: send it.
                         let _ = tokio::time::timeout(ctx.grace, sink.close()).await;
-                        m.session.sessions.dec();
                         return (sink, stream, Ending::Peer);
                     }
                     Some(Err(e)) => match classify(&e) {
                         Some(code) => break Last { code, notice: None, read_broken: true },
                         None => {
                             tracing::debug!(session = %ctx.id, error = %e, "read error; the client is gone");
-                            m.session.sessions.dec();
                             return (sink, stream, Ending::Peer);
                         }
                     },
@@ -434,7 +447,6 @@ where
             .await
             .unwrap_or(false);
     }
-    m.session.sessions.dec();
     (
         sink,
         stream,
