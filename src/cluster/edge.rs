@@ -18,7 +18,6 @@
 //! The pairs task follows the pairs bucket into the hub's pairs room.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -34,6 +33,7 @@ use super::stream::{pair_key, EventStream, Stored};
 use super::trust::{Forgery, Refused, Replay, Verifier};
 use super::{ClusterError, ForgeryAlarm, Keys, Settings};
 use crate::health::Health;
+use crate::hub::history::Read;
 use crate::hub::{self, Frame, History, Hub, MemoryHistory, Since};
 use crate::metrics::ClusterMetrics;
 use crate::time::Clock;
@@ -42,6 +42,8 @@ use crate::time::Clock;
 const BATCH: usize = 256;
 /// How often the edge compares the stream's identity and bounds with its own.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// A reader's read of the stream's past, at most (then it is answered from memory).
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// What an edge checks messages with: its verify key, and what it refused so far.
 pub struct Trust {
     verifier: Verifier,
@@ -245,38 +247,39 @@ impl StreamHistory {
         }
     }
 
-    /// Runs a read of the stream from synchronous code: the hub's readers are synchronous
-    /// (sessions, and `/v1/signals` on a blocking thread). `None` without a multi-threaded
-    /// runtime or a connection.
-    fn read<T, F>(&self, f: impl FnOnce(EventStream) -> F) -> Option<T>
-    where
-        F: Future<Output = Result<T, super::ClusterError>>,
-    {
+    /// A read of the stream's seqs `from..=to` for a reader: awaited by its caller (no worker
+    /// blocks on it), bounded in time; on a failure, what the ring had (`recent`).
+    fn read_range(
+        &self,
+        from: u64,
+        to: u64,
+        recent: Since,
+        merge: fn(Vec<Arc<Frame>>, Since, u64) -> Since,
+    ) -> Read {
         let stream = self
             .inner
             .reader
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()?;
-        let handle = tokio::runtime::Handle::try_current().ok()?;
-        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
-            return None;
-        }
-        let timeout = Duration::from_secs(10);
-        let got = tokio::task::block_in_place(|| {
-            handle.block_on(async { tokio::time::timeout(timeout, f(stream)).await })
-        });
-        match got {
-            Ok(Ok(v)) => Some(v),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "a read of the stream failed; answering from memory");
-                None
+            .clone();
+        let Some(stream) = stream else {
+            return Read::Done(recent);
+        };
+        let me = self.clone();
+        let first = self.stream_first(&self.ring());
+        Read::Archive(Box::pin(async move {
+            match tokio::time::timeout(READ_TIMEOUT, stream.range(from, to)).await {
+                Ok(Ok(stored)) => merge(me.frames_of(stored), recent, first),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "a read of the stream failed; answering from memory");
+                    recent
+                }
+                Err(_) => {
+                    tracing::warn!("a read of the stream timed out; answering from memory");
+                    recent
+                }
             }
-            Err(_) => {
-                tracing::warn!("a read of the stream timed out; answering from memory");
-                None
-            }
-        }
+        }))
     }
 
     fn frames_of(&self, stored: Vec<Stored>) -> Vec<Arc<Frame>> {
@@ -320,12 +323,16 @@ impl History for StreamHistory {
     }
 
     fn since(&self, after: u64, limit: usize) -> Since {
+        self.ring().since(after, limit)
+    }
+
+    fn read_since(&self, after: u64, limit: usize) -> Read {
         let ring = self.ring();
         let mut recent = ring.since(after, limit);
         let first = self.stream_first(&ring);
         if recent.complete_after(after) || after >= recent.head {
             recent.oldest_seq = first.min(recent.oldest_seq);
-            return recent;
+            return Read::Done(recent);
         }
         // Older than the ring: a whole page from the stream, which holds everything the edge
         // has taken. Not "up to where the ring starts": the ring moves on during the read, and
@@ -334,14 +341,11 @@ impl History for StreamHistory {
         let to = recent
             .head
             .min(from.saturating_add(limit as u64).saturating_sub(1));
-        match self.read(|s| async move { s.range(from, to).await }) {
-            Some(stored) => Since {
-                frames: self.frames_of(stored),
-                oldest_seq: first,
-                head: recent.head,
-            },
-            None => recent,
-        }
+        self.read_range(from, to, recent, |frames, recent, first| Since {
+            frames,
+            oldest_seq: first,
+            head: recent.head,
+        })
     }
 
     fn oldest(&self) -> u64 {
@@ -350,12 +354,16 @@ impl History for StreamHistory {
     }
 
     fn before(&self, before: Option<u64>, limit: usize) -> Since {
+        self.ring().before(before, limit)
+    }
+
+    fn read_before(&self, before: Option<u64>, limit: usize) -> Read {
         let ring = self.ring();
         let mut recent = ring.before(before, limit);
         let first = self.stream_first(&ring);
         if recent.frames.len() == limit || recent.oldest_seq <= first {
             recent.oldest_seq = first.min(recent.oldest_seq);
-            return recent;
+            return Read::Done(recent);
         }
         let end = before
             .unwrap_or(u64::MAX)
@@ -364,18 +372,14 @@ impl History for StreamHistory {
         let want = (limit - recent.frames.len()) as u64;
         let from = end.saturating_sub(want).max(first);
         let to = end.saturating_sub(1);
-        match self.read(|s| async move { s.range(from, to).await }) {
-            Some(stored) => {
-                let mut frames = self.frames_of(stored);
-                frames.append(&mut recent.frames);
-                Since {
-                    frames,
-                    oldest_seq: first,
-                    head: recent.head,
-                }
+        self.read_range(from, to, recent, |mut frames, mut recent, first| {
+            frames.append(&mut recent.frames);
+            Since {
+                frames,
+                oldest_seq: first,
+                head: recent.head,
             }
-            None => recent,
-        }
+        })
     }
 }
 

@@ -210,7 +210,7 @@ struct Preparer<'a> {
 /// half is gone.
 async fn prepare(mut p: Preparer<'_>) {
     loop {
-        let since = p.hub.since(p.after, CHUNK);
+        let since = p.hub.read_since(p.after, CHUNK).await;
         let Some(first) = since.frames.first() else {
             let woke = async {
                 match p.wake.as_mut() {

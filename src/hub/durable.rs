@@ -20,7 +20,7 @@ use serde::Deserialize;
 use dexpulse_core::model::EventMeta;
 use dexpulse_core::signal::checkpoint::Checkpoint;
 
-use super::history::{EventFields, Frame, History, MemoryHistory, Since};
+use super::history::{EventFields, Frame, History, MemoryHistory, Read, Since};
 use super::Settings;
 use crate::health::Health;
 use crate::metrics::LogMetrics;
@@ -36,7 +36,7 @@ pub struct LogHistory {
     /// for a commit. A read holds it shared while it copies rows out of the file; only a reopen
     /// after a failed write takes it alone (the old handle must be gone before the file can be
     /// opened again).
-    reader: RwLock<Option<LogReader>>,
+    reader: Arc<RwLock<Option<LogReader>>>,
     /// The oldest seq in the file, set by the writer after each open and trim.
     oldest: AtomicU64,
     store: store::Settings,
@@ -116,7 +116,7 @@ impl LogHistory {
         let oldest = log.oldest()?;
         let h = LogHistory {
             memory,
-            reader: RwLock::new(log.reader().ok()),
+            reader: Arc::new(RwLock::new(log.reader().ok())),
             oldest: AtomicU64::new(oldest),
             writer: Mutex::new(Writer {
                 log,
@@ -327,47 +327,70 @@ impl LogHistory {
     }
 }
 
-impl LogHistory {
-    /// A read the memory window could not answer, from the file (the writer's lock is not
-    /// taken; the rows are parsed after the reader's is let go); on an error, what memory had.
-    fn read_file(
-        &self,
-        recent: Since,
-        read: impl FnOnce(&LogReader) -> Result<store::Rows, StoreError>,
-    ) -> Since {
-        let read = {
-            let slot = self.reader.read().unwrap_or_else(|p| p.into_inner());
-            match slot.as_ref() {
-                Some(r) => read(r).map(|rows| (rows, r.path().to_path_buf())),
-                None => Err(StoreError::Io {
-                    path: self.store.data_dir.clone().unwrap_or_default(),
-                    detail: "closed after a failed write; not reopened yet".to_string(),
-                }),
-            }
-        };
-        let got = read.and_then(|((rows, oldest), path)| {
-            let frames = rows
-                .into_iter()
-                .map(|(seq, bytes)| {
-                    frame(seq, bytes).map_err(|detail| StoreError::Corrupt {
-                        path: path.clone(),
-                        detail,
+/// A read the memory window could not answer, from the file, on the blocking pool (the
+/// writer's lock is not taken; the rows are parsed after the reader's is let go); on an error,
+/// what memory had.
+fn read_file(
+    reader: Arc<RwLock<Option<LogReader>>>,
+    dir: std::path::PathBuf,
+    recent: Since,
+    read: impl FnOnce(&LogReader) -> Result<store::Rows, StoreError> + Send + 'static,
+) -> Read {
+    let fallback = recent.clone();
+    Read::Archive(Box::pin(async move {
+        let job = tokio::task::spawn_blocking(move || {
+            let rows = {
+                let slot = reader.read().unwrap_or_else(|p| p.into_inner());
+                match slot.as_ref() {
+                    Some(r) => read(r).map(|rows| (rows, r.path().to_path_buf())),
+                    None => Err(StoreError::Io {
+                        path: dir,
+                        detail: "closed after a failed write; not reopened yet".to_string(),
+                    }),
+                }
+            };
+            let got = rows.and_then(|((rows, oldest), path)| {
+                let frames = rows
+                    .into_iter()
+                    .map(|(seq, bytes)| {
+                        frame(seq, bytes).map_err(|detail| StoreError::Corrupt {
+                            path: path.clone(),
+                            detail,
+                        })
                     })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Since {
+                    frames,
+                    oldest_seq: oldest.unwrap_or(recent.head + 1),
+                    head: recent.head,
                 })
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Since {
-                frames,
-                oldest_seq: oldest.unwrap_or(recent.head + 1),
-                head: recent.head,
-            })
+            });
+            match got {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "event log read failed; answering from memory");
+                    recent
+                }
+            }
         });
-        match got {
+        match job.await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "event log read failed; answering from memory");
-                recent
+                fallback
             }
         }
+    }))
+}
+
+impl LogHistory {
+    fn archive(
+        &self,
+        recent: Since,
+        read: impl FnOnce(&LogReader) -> Result<store::Rows, StoreError> + Send + 'static,
+    ) -> Read {
+        let dir = self.store.data_dir.clone().unwrap_or_default();
+        read_file(self.reader.clone(), dir, recent, read)
     }
 }
 
@@ -391,12 +414,16 @@ impl History for LogHistory {
     }
 
     fn since(&self, after: u64, limit: usize) -> Since {
+        self.memory.since(after, limit)
+    }
+
+    fn read_since(&self, after: u64, limit: usize) -> Read {
         let recent = self.memory.since(after, limit);
         if recent.complete_after(after) || after >= recent.head {
-            return recent;
+            return Read::Done(recent);
         }
         // Older than the window in memory: from the file.
-        self.read_file(recent, |log| log.since(after, limit))
+        self.archive(recent, move |log| log.since(after, limit))
     }
 
     fn oldest(&self) -> u64 {
@@ -404,11 +431,15 @@ impl History for LogHistory {
     }
 
     fn before(&self, before: Option<u64>, limit: usize) -> Since {
+        self.memory.before(before, limit)
+    }
+
+    fn read_before(&self, before: Option<u64>, limit: usize) -> Read {
         let recent = self.memory.before(before, limit);
         if recent.frames.len() == limit {
-            return recent;
+            return Read::Done(recent);
         }
-        self.read_file(recent, |log| log.before(before, limit))
+        self.archive(recent, move |log| log.before(before, limit))
     }
 
     fn maintain(&self, now_us: i64) -> Vec<Arc<Frame>> {
@@ -465,8 +496,16 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let reader = Arc::clone(&h);
         std::thread::spawn(move || {
-            let s = reader.since(0, 30);
-            let b = reader.before(Some(20), 5);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let whole = |r: Read| match r {
+                Read::Done(s) => s,
+                Read::Archive(f) => rt.block_on(f),
+            };
+            let s = whole(reader.read_since(0, 30));
+            let b = whole(reader.read_before(Some(20), 5));
             let _ = tx.send((s, b));
         });
         // A deadlock detector, not a timing: the read needs nothing the writer holds.

@@ -30,7 +30,7 @@ pub struct Frame {
 }
 
 /// What a read of the history found.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Since {
     /// Retained frames with `seq` greater than asked, oldest first, at most the limit.
     pub frames: Vec<Arc<Frame>>,
@@ -45,6 +45,17 @@ impl Since {
     pub fn complete_after(&self, after: u64) -> bool {
         after.saturating_add(1) >= self.oldest_seq && after <= self.head
     }
+}
+
+/// A read of frames the memory no longer holds, in progress. The caller awaits it (a session
+/// in a cancellable arm, `/v1/signals`, the ingest); it never blocks an async worker.
+pub type Reading = std::pin::Pin<Box<dyn std::future::Future<Output = Since> + Send + 'static>>;
+
+/// What a read found: all of it, or the read of the archive (the log on disk, the stream)
+/// that finishes it.
+pub enum Read {
+    Done(Since),
+    Archive(Reading),
 }
 
 /// Where published frames are kept, in seq order.
@@ -65,13 +76,22 @@ pub trait History: Send + Sync {
         events: Vec<(EventMeta, String)>,
         state: Option<Checkpoint>,
     ) -> Vec<Arc<Frame>>;
-    /// Frames with `seq > after`, oldest first, at most `limit`.
+    /// Frames with `seq > after`, oldest first, at most `limit`, of those in memory: never
+    /// blocks, never waits.
     fn since(&self, after: u64, limit: usize) -> Since;
+    /// The same, whole: from memory, and where memory falls short, from the archive.
+    fn read_since(&self, after: u64, limit: usize) -> Read {
+        Read::Done(self.since(after, limit))
+    }
     /// The oldest retained seq (head + 1 when nothing is retained).
     fn oldest(&self) -> u64;
     /// The newest `limit` frames with `seq < before` (all when `before` is `None`), oldest
-    /// first.
+    /// first, of those in memory.
     fn before(&self, before: Option<u64>, limit: usize) -> Since;
+    /// The same, whole: from memory and the archive.
+    fn read_before(&self, before: Option<u64>, limit: usize) -> Read {
+        Read::Done(self.before(before, limit))
+    }
     /// Background upkeep (retention, retrying a failed write); returns frames that waited and
     /// are now published, for the caller to send.
     fn maintain(&self, _now_us: i64) -> Vec<Arc<Frame>> {

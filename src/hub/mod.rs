@@ -264,8 +264,26 @@ impl Hub {
         self.fanout.join(set, || self.history.head())
     }
 
+    /// What memory holds after `after` now (a durable history's older frames are not read).
     pub fn since(&self, after: u64, limit: usize) -> Since {
         self.history.since(after, limit)
+    }
+
+    /// Frames with `seq > after`, at most `limit`, from memory and, where it falls short, from
+    /// the archive, awaited: cancel-safe, and no worker is blocked meanwhile.
+    pub async fn read_since(&self, after: u64, limit: usize) -> Since {
+        match self.history.read_since(after, limit) {
+            history::Read::Done(s) => s,
+            history::Read::Archive(reading) => reading.await,
+        }
+    }
+
+    /// The newest `limit` frames with `seq < before`, from memory and the archive.
+    pub async fn read_before(&self, before: Option<u64>, limit: usize) -> Since {
+        match self.history.read_before(before, limit) {
+            history::Read::Done(s) => s,
+            history::Read::Archive(reading) => reading.await,
+        }
     }
 
     /// The oldest retained seq (head + 1 when nothing is retained).

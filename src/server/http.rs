@@ -358,14 +358,18 @@ pub async fn signals(
         Ok(sq) => sq,
         Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", &m),
     };
-    // The history may read the file: off the async workers.
+    // Matching up to `SIGNALS_MAX_SCAN` events is work for the blocking pool; the reads of
+    // older frames are awaited there (the archive's own reads never block a worker either).
     let hub = state.hub.clone();
+    let rt = tokio::runtime::Handle::current();
     let page = tokio::task::spawn_blocking(move || {
         let epoch = hub.epoch().to_string();
-        match sq.before {
-            None => forwards(&hub, &sq, epoch),
-            Some(b) => backwards(&hub, &sq, b, epoch),
-        }
+        rt.block_on(async {
+            match sq.before {
+                None => forwards(&hub, &sq, epoch).await,
+                Some(b) => backwards(&hub, &sq, b, epoch).await,
+            }
+        })
     })
     .await;
     match page {
@@ -380,7 +384,7 @@ pub async fn signals(
 
 const CHUNK: usize = 4096;
 
-fn forwards(hub: &crate::hub::Hub, sq: &SignalsQuery, epoch: String) -> String {
+async fn forwards(hub: &crate::hub::Hub, sq: &SignalsQuery, epoch: String) -> String {
     let mut after = sq.since;
     let mut picked = Vec::with_capacity(sq.limit.min(CHUNK));
     let mut oldest = None;
@@ -388,7 +392,7 @@ fn forwards(hub: &crate::hub::Hub, sq: &SignalsQuery, epoch: String) -> String {
     let mut scanned = 0;
     // Chunk by chunk: the history's lock is held only to copy (or read) a chunk.
     loop {
-        let chunk = hub.since(after, CHUNK);
+        let chunk = hub.read_since(after, CHUNK).await;
         oldest.get_or_insert(chunk.oldest_seq);
         head = chunk.head;
         let n = chunk.frames.len();
@@ -416,13 +420,13 @@ fn forwards(hub: &crate::hub::Hub, sq: &SignalsQuery, epoch: String) -> String {
     )
 }
 
-fn backwards(hub: &crate::hub::Hub, sq: &SignalsQuery, before: u64, epoch: String) -> String {
+async fn backwards(hub: &crate::hub::Hub, sq: &SignalsQuery, before: u64, epoch: String) -> String {
     let mut cursor = before;
     let mut picked = Vec::with_capacity(sq.limit.min(CHUNK));
     let mut scanned = 0;
     let (mut head, mut oldest);
     'read: loop {
-        let chunk = hub.before(Some(cursor), CHUNK);
+        let chunk = hub.read_before(Some(cursor), CHUNK).await;
         head = chunk.head;
         oldest = chunk.oldest_seq;
         let n = chunk.frames.len();

@@ -272,9 +272,10 @@ where
                 }
                 st.after_write(&mut out, now(), &m.session);
             }
-            _ = std::future::ready(()), if history.is_some() => {
-                if let Some((after, limit)) = history {
-                    let since = hub.since(after, limit);
+            // From memory at once; older frames are awaited from the archive, and any other
+            // arm that is ready first cancels the read (it is asked again).
+            since = hub.read_since(history.map_or(0, |h| h.0), history.map_or(0, |h| h.1)), if history.is_some() => {
+                if let Some((_, limit)) = history {
                     st.on_history(since, limit, &mut out, now(), &m.session);
                 }
             }
