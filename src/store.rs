@@ -619,50 +619,49 @@ impl LogReader {
         }
     }
 
-    /// Frames with `seq > after`, oldest first, at most `limit`, and the oldest seq retained
-    /// when they were read (one snapshot of the file: a trim cannot fall between the two).
-    pub fn since(&self, after: u64, limit: usize) -> Result<Rows, StoreError> {
+    /// Rows chosen by `pick` from one snapshot of the file, with the oldest seq it held then
+    /// (a trim cannot fall between the two).
+    fn snapshot(
+        &self,
+        pick: impl FnOnce(
+            &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+        ) -> Result<Vec<(u64, Vec<u8>)>, redb::StorageError>,
+    ) -> Result<Rows, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.corrupt(e))?;
         let events = txn.open_table(EVENTS).map_err(|e| self.corrupt(e))?;
         let oldest = events
             .first()
             .map_err(|e| self.corrupt(e))?
             .map(|(k, _)| seq_of(k.value()));
+        Ok((pick(&events).map_err(|e| self.corrupt(e))?, oldest))
+    }
+
+    /// Frames with `seq > after`, oldest first, at most `limit`, and the oldest seq retained.
+    pub fn since(&self, after: u64, limit: usize) -> Result<Rows, StoreError> {
         let from = be(after.saturating_add(1));
-        let mut out = Vec::new();
-        for item in events
-            .range::<&[u8]>(from.as_slice()..)
-            .map_err(|e| self.corrupt(e))?
-            .take(limit)
-        {
-            let (k, v) = item.map_err(|e| self.corrupt(e))?;
-            out.push((seq_of(k.value()), v.value().to_vec()));
-        }
-        Ok((out, oldest))
+        self.snapshot(|events| {
+            events
+                .range::<&[u8]>(from.as_slice()..)?
+                .take(limit)
+                .map(|item| item.map(|(k, v)| (seq_of(k.value()), v.value().to_vec())))
+                .collect()
+        })
     }
 
     /// The newest `limit` frames with `seq < before` (all when `None`), oldest first, and the
-    /// oldest seq retained, from one snapshot.
+    /// oldest seq retained.
     pub fn before(&self, before: Option<u64>, limit: usize) -> Result<Rows, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.corrupt(e))?;
-        let events = txn.open_table(EVENTS).map_err(|e| self.corrupt(e))?;
-        let oldest = events
-            .first()
-            .map_err(|e| self.corrupt(e))?
-            .map(|(k, _)| seq_of(k.value()));
         let end = be(before.unwrap_or(u64::MAX));
-        let mut out = Vec::new();
-        for item in events
-            .range::<&[u8]>(..end.as_slice())
-            .map_err(|e| self.corrupt(e))?
-            .rev()
-            .take(limit)
-        {
-            let (k, v) = item.map_err(|e| self.corrupt(e))?;
-            out.push((seq_of(k.value()), v.value().to_vec()));
-        }
-        out.reverse();
-        Ok((out, oldest))
+        let (mut rows, oldest) = self.snapshot(|events| {
+            events
+                .range::<&[u8]>(..end.as_slice())?
+                .rev()
+                .take(limit)
+                .map(|item| item.map(|(k, v)| (seq_of(k.value()), v.value().to_vec())))
+                .collect()
+        })?;
+        rows.reverse();
+        Ok((rows, oldest))
     }
 }
 

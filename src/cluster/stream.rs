@@ -162,7 +162,7 @@ impl Outgoing {
 
 /// One event sent, its acknowledgement still to be read.
 pub struct Pending {
-    subject: String,
+    subject: std::sync::Arc<str>,
     ack: jetstream::context::PublishAckFuture,
 }
 
@@ -287,6 +287,8 @@ pub struct EventStream {
     js: jetstream::Context,
     settings: Settings,
     epoch: String,
+    /// The subject, shared by every publish in flight (its errors name it).
+    subject: std::sync::Arc<str>,
 }
 
 fn epoch_of(settings: &Settings, info: &stream::Info) -> String {
@@ -350,6 +352,7 @@ impl EventStream {
             js,
             settings: settings.clone(),
             epoch,
+            subject: settings.subject.as_str().into(),
         })
     }
 
@@ -422,7 +425,7 @@ impl EventStream {
             .await
             .map_err(|e| judge(&self.settings.subject, e))?;
         Ok(Pending {
-            subject: self.settings.subject.clone(),
+            subject: self.subject.clone(),
             ack,
         })
     }
