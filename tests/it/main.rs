@@ -22,6 +22,31 @@
 //! - `tidy`: the architecture's invariants, read from the source: the module DAG, what each
 //!   module never does, a `//!` header on every file.
 
+/// A test run on both of tokio's runtimes: `NAME::current_thread` and `NAME::multi_thread`.
+/// Nothing in the server may depend on the runtime's flavour (no `block_in_place`, no second
+/// worker to make progress while one blocks), and the cluster and store tests prove it.
+macro_rules! on_both_runtimes {
+    ($(#[$attr:meta])* async fn $name:ident() $body:block) => {
+        $(#[$attr])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body() $body
+
+            #[tokio::test(flavor = "current_thread")]
+            async fn current_thread() {
+                body().await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn multi_thread() {
+                body().await
+            }
+        }
+    };
+}
+
 mod apidocs;
 mod chain;
 mod checkpoint;
