@@ -282,7 +282,10 @@ fn history(c: &mut Criterion) {
 fn store(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("dexpulse-bench-store-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut log = dexpulse::store::EventLog::open(&dir, || "bench".into()).unwrap();
+    let mut log = dexpulse::store::EventLog::open(&dir, || {
+        dexpulse_core::protocol::Epoch::parse("bench").expect("an epoch")
+    })
+    .unwrap();
     let frame = vec![b'x'; 1200];
     // What the read measures is there whichever benches the filter runs.
     log.append((1..=1000).map(|s| (s, frame.as_slice())), None)

@@ -62,7 +62,10 @@ fn hub(dir: &Path, log: EventLog) -> Hub {
 /// Fills a log with `n` events in batches of `batch` through the durable hub, timing each
 /// commit (the publish minus nothing: it is the commit and the ring push).
 fn fill(dir: &Path, events: &[(EventMeta, String)], n: usize, batch: usize) -> Vec<f64> {
-    let log = EventLog::open(dir, || "bench".into()).expect("open");
+    let log = EventLog::open(dir, || {
+        dexpulse_core::protocol::Epoch::parse("bench").expect("an epoch")
+    })
+    .expect("open");
     let hub = hub(dir, log);
     let mut lat = Vec::with_capacity(n / batch + 1);
     let mut i = 0;
@@ -90,7 +93,10 @@ fn main() {
     if let Ok(dir) = std::env::var("STORE_BENCH_CRASH_CHILD") {
         // The child: appends batches until it is killed (the parent SIGKILLs it mid-write).
         let events = real_events();
-        let log = EventLog::open(Path::new(&dir), || "bench".into()).expect("open");
+        let log = EventLog::open(Path::new(&dir), || {
+            dexpulse_core::protocol::Epoch::parse("bench").expect("an epoch")
+        })
+        .expect("open");
         let hub = hub(Path::new(&dir), log);
         let mut i = 0usize;
         loop {

@@ -16,6 +16,7 @@ use redb::{
     TableDefinition,
 };
 
+use dexpulse_core::protocol::Epoch;
 use dexpulse_core::settings::{at_least, hours, in_range, seconds, FieldError};
 use dexpulse_core::signal::checkpoint::Checkpoint;
 
@@ -125,7 +126,7 @@ pub struct EventLog {
     /// `None` between a failed write and a successful reopen. Shared with the readers.
     db: Option<Arc<Database>>,
     path: PathBuf,
-    epoch: String,
+    epoch: Epoch,
     head: u64,
     /// Bytes of the retained frames and their keys, kept in `meta` with every write, so that
     /// retention by size and the metrics never walk the table.
@@ -175,7 +176,7 @@ fn seq_of(key: &[u8]) -> u64 {
 impl EventLog {
     /// Opens the log in `dir` (created if absent), or starts one there in the epoch
     /// `new_epoch` gives. An existing log keeps its epoch and head.
-    pub fn open(dir: &Path, new_epoch: impl FnOnce() -> String) -> Result<EventLog, StoreError> {
+    pub fn open(dir: &Path, new_epoch: impl FnOnce() -> Epoch) -> Result<EventLog, StoreError> {
         let path = dir.join(FILE);
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
             path: dir.to_path_buf(),
@@ -202,7 +203,7 @@ impl EventLog {
         let mut log = EventLog {
             db: Some(Arc::new(db)),
             path,
-            epoch: String::new(),
+            epoch: Epoch::fresh(0, 0),
             head: 0,
             frame_bytes: 0,
             _lock: lock,
@@ -216,7 +217,8 @@ impl EventLog {
         } = log.read_meta()?;
         match format.as_deref() {
             Some(FORMAT) => {
-                log.epoch = epoch.ok_or_else(|| log.corrupt("no epoch in the meta table"))?;
+                let epoch = epoch.ok_or_else(|| log.corrupt("no epoch in the meta table"))?;
+                log.epoch = Epoch::parse(&epoch).map_err(|e| log.corrupt(e))?;
                 log.head = head.ok_or_else(|| log.corrupt("no head in the meta table"))?;
                 log.frame_bytes = match frame_bytes {
                     Some(b) => b,
@@ -329,7 +331,7 @@ impl EventLog {
             let mut meta = txn.open_table(META).map_err(|e| self.io(e))?;
             meta.insert("format", FORMAT.as_bytes())
                 .map_err(|e| self.io(e))?;
-            meta.insert("epoch", self.epoch.as_bytes())
+            meta.insert("epoch", self.epoch.as_str().as_bytes())
                 .map_err(|e| self.io(e))?;
             meta.insert("head", be(0).as_slice())
                 .map_err(|e| self.io(e))?;
@@ -351,7 +353,7 @@ impl EventLog {
     }
 
     /// The numbering's lifetime: kept across restarts, new only with a new log.
-    pub fn epoch(&self) -> &str {
+    pub fn epoch(&self) -> &Epoch {
         &self.epoch
     }
 
@@ -713,15 +715,15 @@ mod tests {
     #[test]
     fn a_reopened_log_keeps_its_epoch_head_and_bytes() {
         let d = dir("reopen");
-        let mut log = EventLog::open(&d, || "e1".into()).unwrap();
+        let mut log = EventLog::open(&d, || Epoch::parse("e1").unwrap()).unwrap();
         assert_eq!(
-            (log.epoch(), log.head(), log.oldest().unwrap()),
+            (log.epoch().as_str(), log.head(), log.oldest().unwrap()),
             ("e1", 0, 1)
         );
         append(&mut log, &frames(1, 300)).unwrap();
         drop(log);
         let log = EventLog::open(&d, || unreachable!("the epoch is kept")).unwrap();
-        assert_eq!((log.epoch(), log.head()), ("e1", 300));
+        assert_eq!((log.epoch().as_str(), log.head()), ("e1", 300));
         assert_eq!(log.since(0, 1000).unwrap(), frames(1, 300));
         assert_eq!(log.since(255, 3).unwrap(), frames(256, 258));
         assert!(log.since(300, 10).unwrap().is_empty());
@@ -731,21 +733,21 @@ mod tests {
     #[test]
     fn a_batch_that_does_not_follow_the_head_writes_nothing() {
         let d = dir("gap");
-        let mut log = EventLog::open(&d, || "e".into()).unwrap();
+        let mut log = EventLog::open(&d, || Epoch::parse("e").unwrap()).unwrap();
         append(&mut log, &frames(1, 2)).unwrap();
         let mut bad = frames(3, 4);
         bad.push((9, b"x".to_vec()));
         assert!(append(&mut log, &bad).is_err());
         assert_eq!(log.head(), 2);
         drop(log);
-        let log = EventLog::open(&d, || "other".into()).unwrap();
+        let log = EventLog::open(&d, || Epoch::parse("other").unwrap()).unwrap();
         assert_eq!((log.head(), log.since(0, 10).unwrap()), (2, frames(1, 2)));
     }
 
     #[test]
     fn retention_trims_the_oldest_and_keeps_the_head() {
         let d = dir("trim");
-        let mut log = EventLog::open(&d, || "e".into()).unwrap();
+        let mut log = EventLog::open(&d, || Epoch::parse("e").unwrap()).unwrap();
         append(&mut log, &frames(1, 100)).unwrap();
         assert_eq!(log.trim_below(91, 1000).unwrap(), 90);
         assert_eq!((log.oldest().unwrap(), log.head()), (91, 100));
@@ -770,8 +772,8 @@ mod tests {
     #[test]
     fn a_second_opener_is_refused() {
         let d = dir("lock");
-        let _first = EventLog::open(&d, || "e".into()).unwrap();
-        let second = EventLog::open(&d, || "e".into());
+        let _first = EventLog::open(&d, || Epoch::parse("e").unwrap()).unwrap();
+        let second = EventLog::open(&d, || Epoch::parse("e").unwrap());
         assert!(
             matches!(&second, Err(StoreError::Locked { path }) if path.ends_with(FILE)),
             "{:?}",
@@ -785,7 +787,9 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         let junk = b"this is not a database, and nobody may overwrite it".repeat(100);
         std::fs::write(d.join(FILE), &junk).unwrap();
-        let err = EventLog::open(&d, || "e".into()).err().unwrap();
+        let err = EventLog::open(&d, || Epoch::parse("e").unwrap())
+            .err()
+            .unwrap();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains(FILE), "{err}");
         assert_eq!(std::fs::read(d.join(FILE)).unwrap(), junk);
@@ -801,14 +805,18 @@ mod tests {
             }
             txn.commit().unwrap();
         }
-        let err = EventLog::open(&d, || "e".into()).err().unwrap();
+        let err = EventLog::open(&d, || Epoch::parse("e").unwrap())
+            .err()
+            .unwrap();
         assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
 
         // An empty file is not a new log either: refused, and still empty.
         let d = dir("empty");
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join(FILE), b"").unwrap();
-        let err = EventLog::open(&d, || "e".into()).err().unwrap();
+        let err = EventLog::open(&d, || Epoch::parse("e").unwrap())
+            .err()
+            .unwrap();
         assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
         assert!(err.to_string().contains("empty"), "{err}");
         assert_eq!(std::fs::metadata(d.join(FILE)).unwrap().len(), 0);

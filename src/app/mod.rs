@@ -335,7 +335,7 @@ fn start_engine(cfg: Config, listener: TcpListener, opts: Options) -> Result<Run
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "event log compaction failed; continuing"),
             }
-            tracing::info!(path = %log.path().display(), epoch = log.epoch(), head = log.head(), "event log opened");
+            tracing::info!(path = %log.path().display(), epoch = %log.epoch(), head = log.head(), "event log opened");
             if resumable {
                 if let Some((engine, source)) = engine::restore(&log, &cfg.signal) {
                     restored = Some(engine);

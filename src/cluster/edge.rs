@@ -26,6 +26,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use dexpulse_core::model::{EventMeta, PairKey};
+use dexpulse_core::protocol::Epoch;
 use dexpulse_core::signal::checkpoint::Checkpoint;
 
 use super::retry::Retry;
@@ -135,31 +136,24 @@ pub struct StreamHistory {
 /// the stream's identity, with the time its numbering was found reset under that identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EdgeEpoch {
-    Unconnected(String),
+    Unconnected(Epoch),
     Stream {
-        identity: String,
+        identity: Epoch,
         reset_us: Option<i64>,
     },
 }
 
 impl EdgeEpoch {
     /// The name clients see (`epoch` in `welcome`, the resume token's epoch).
-    pub fn name(&self) -> String {
+    pub fn name(&self) -> Epoch {
         match self {
-            EdgeEpoch::Unconnected(e) => format!("unconnected-{e}"),
-            EdgeEpoch::Stream {
-                identity,
-                reset_us: None,
-            } => identity.clone(),
-            EdgeEpoch::Stream {
-                identity,
-                reset_us: Some(t),
-            } => format!("{identity}-r{t:x}"),
+            EdgeEpoch::Unconnected(e) => e.derived("unconnected-", None),
+            EdgeEpoch::Stream { identity, reset_us } => identity.derived("", *reset_us),
         }
     }
 
     /// Whether this epoch numbers the stream of that identity (reset or not).
-    pub fn is_of(&self, stream: &str) -> bool {
+    pub fn is_of(&self, stream: &Epoch) -> bool {
         matches!(self, EdgeEpoch::Stream { identity, .. } if identity == stream)
     }
 }
@@ -298,7 +292,7 @@ impl StreamHistory {
 }
 
 impl History for StreamHistory {
-    fn epoch(&self) -> Arc<str> {
+    fn epoch(&self) -> Epoch {
         self.ring().epoch()
     }
 
@@ -491,7 +485,7 @@ async fn follow_once(ctx: &Ctx, progressed: &mut bool) -> Result<(), ClusterErro
             _ = check.tick() => {
                 let s = stream.state().await?;
                 if !ctx.history.edge_epoch().is_of(&s.epoch) {
-                    return Err(ClusterError::Replaced { stream: ctx.settings.stream.clone(), to: s.epoch });
+                    return Err(ClusterError::Replaced { stream: ctx.settings.stream.clone(), to: s.epoch.to_string() });
                 }
                 ctx.history.set_first(s.first);
                 let head = ctx.history.head();
@@ -670,30 +664,35 @@ async fn pairs_once(ctx: &PairsCtx, progressed: &mut bool) -> Result<(), Cluster
 #[cfg(test)]
 mod tests {
     use super::EdgeEpoch;
+    use dexpulse_core::protocol::Epoch;
+
+    fn ep(s: &str) -> Epoch {
+        Epoch::parse(s).unwrap()
+    }
 
     #[test]
     fn an_epoch_names_itself_and_knows_its_stream() {
         let check = |e: EdgeEpoch, name: &str, of_x: bool| {
-            assert_eq!(e.name(), name);
-            assert_eq!(e.is_of("x-1a"), of_x, "{e:?}");
+            assert_eq!(e.name().as_str(), name);
+            assert_eq!(e.is_of(&ep("x-1a")), of_x, "{e:?}");
         };
-        check(EdgeEpoch::Unconnected("p".into()), "unconnected-p", false);
+        check(EdgeEpoch::Unconnected(ep("p")), "unconnected-p", false);
         let stream = |reset_us| EdgeEpoch::Stream {
-            identity: "x-1a".into(),
+            identity: ep("x-1a"),
             reset_us,
         };
         check(stream(None), "x-1a", true);
         check(stream(Some(255)), "x-1a-rff", true);
         // A stream whose name merely starts like this one's is another stream.
         assert!(!EdgeEpoch::Stream {
-            identity: "x-1a".into(),
+            identity: ep("x-1a"),
             reset_us: None,
         }
-        .is_of("x-1"));
+        .is_of(&ep("x-1")));
         assert!(!EdgeEpoch::Stream {
-            identity: "x-1".into(),
+            identity: ep("x-1"),
             reset_us: None,
         }
-        .is_of("x-1a"));
+        .is_of(&ep("x-1a")));
     }
 }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use dexpulse_core::model::PairKey;
-use dexpulse_core::protocol::FilterSet;
+use dexpulse_core::protocol::{Epoch, FilterSet};
 
 use super::retry::Retry;
 use super::stream::{pair_key, EventStream, Outgoing, Pending};
@@ -86,7 +86,7 @@ async fn published_up_to(
     stream: &EventStream,
     settings: &Settings,
     alarm: &ForgeryAlarm,
-    epoch: &str,
+    epoch: &Epoch,
     start_head: u64,
     head: u64,
 ) -> Result<u64, ClusterError> {
@@ -111,7 +111,7 @@ async fn published_up_to(
                 }
             }
             return Ok(match &m.origin {
-                Some((e, seq)) if e == epoch && *seq <= head => *seq,
+                Some((e, seq)) if epoch.is(e) && *seq <= head => *seq,
                 _ => start_head,
             });
         }
@@ -199,7 +199,7 @@ struct Preparer<'a> {
     hub: &'a Hub,
     settings: &'a Settings,
     metrics: &'a ClusterMetrics,
-    epoch: &'a Arc<str>,
+    epoch: &'a Epoch,
     /// The last seq handed on.
     after: u64,
     wake: Option<crate::hub::fanout::Subscription>,
@@ -256,7 +256,7 @@ async fn prepare(mut p: Preparer<'_>) {
 async fn sign(
     mut frames: Vec<Arc<crate::hub::history::Frame>>,
     settings: &Settings,
-    epoch: &Arc<str>,
+    epoch: &Epoch,
 ) -> Option<Vec<(u64, Outgoing)>> {
     let job = |frames: Vec<Arc<crate::hub::history::Frame>>| {
         let settings = settings.clone();

@@ -23,6 +23,8 @@ use async_nats::jetstream::{self, consumer, kv, stream};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 
+use dexpulse_core::protocol::Epoch;
+
 use super::Settings;
 
 const MSG_ID: &str = "Nats-Msg-Id";
@@ -97,7 +99,7 @@ pub struct Outgoing {
     /// Empty: the origin is the message id.
     event_id: Bytes,
     published_at_us: i64,
-    epoch: std::sync::Arc<str>,
+    epoch: Epoch,
     seq: u64,
     signature: Option<ed25519_dalek::Signature>,
     payload: Bytes,
@@ -109,7 +111,7 @@ impl Outgoing {
         settings: &Settings,
         event_id: &str,
         published_at_us: i64,
-        origin: (std::sync::Arc<str>, u64),
+        origin: (Epoch, u64),
         payload: Bytes,
     ) -> Outgoing {
         let (epoch, seq) = origin;
@@ -274,7 +276,7 @@ impl Stored {
 /// The stream's state as the server reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
-    pub epoch: String,
+    pub epoch: Epoch,
     /// The oldest seq held (`last + 1` when empty).
     pub first: u64,
     pub last: u64,
@@ -286,17 +288,13 @@ pub struct EventStream {
     client: async_nats::Client,
     js: jetstream::Context,
     settings: Settings,
-    epoch: String,
+    epoch: Epoch,
     /// The subject, shared by every publish in flight (its errors name it).
     subject: std::sync::Arc<str>,
 }
 
-fn epoch_of(settings: &Settings, info: &stream::Info) -> String {
-    format!(
-        "{}-{:x}",
-        settings.stream,
-        info.created.unix_timestamp_nanos()
-    )
+fn epoch_of(settings: &Settings, info: &stream::Info) -> Epoch {
+    Epoch::of_parts(&settings.stream, info.created.unix_timestamp_nanos())
 }
 
 impl EventStream {
@@ -358,7 +356,7 @@ impl EventStream {
 
     /// The stream's identity when this connected: the same across server restarts with its
     /// store, new when the stream is deleted and created again.
-    pub fn epoch(&self) -> &str {
+    pub fn epoch(&self) -> &Epoch {
         &self.epoch
     }
 
@@ -380,13 +378,13 @@ impl EventStream {
         &self,
         event_id: &str,
         published_at_us: i64,
-        origin: (&str, u64),
+        origin: (&Epoch, u64),
         payload: Bytes,
     ) -> Result<Published, ClusterError> {
         let out = self.outgoing(
             event_id,
             published_at_us,
-            (origin.0.into(), origin.1),
+            (origin.0.clone(), origin.1),
             payload,
         );
         self.send(&out, None).await?.acked().await
@@ -397,7 +395,7 @@ impl EventStream {
         &self,
         event_id: &str,
         published_at_us: i64,
-        origin: (std::sync::Arc<str>, u64),
+        origin: (Epoch, u64),
         payload: Bytes,
     ) -> Outgoing {
         Outgoing::new(&self.settings, event_id, published_at_us, origin, payload)

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use dexpulse_core::model::EventMeta;
+use dexpulse_core::protocol::Epoch;
 use dexpulse_core::signal::checkpoint::Checkpoint;
 
 use super::history::{EventFields, Frame, History, MemoryHistory, Read, Since};
@@ -112,7 +113,7 @@ impl LogHistory {
         let head = log.head();
         let n = settings.retain_events.max(1) as u64;
         let frames = frames_of(&log, log.since(head.saturating_sub(n), n as usize)?)?;
-        let memory = MemoryHistory::restored(settings, log.epoch().to_string(), head, frames);
+        let memory = MemoryHistory::restored(settings, log.epoch().clone(), head, frames);
         let oldest = log.oldest()?;
         let h = LogHistory {
             memory,
@@ -395,7 +396,7 @@ impl LogHistory {
 }
 
 impl History for LogHistory {
-    fn epoch(&self) -> Arc<str> {
+    fn epoch(&self) -> Epoch {
         self.memory.epoch()
     }
 
@@ -473,7 +474,7 @@ mod tests {
             std::env::temp_dir().join(format!("dexpulse-durable-read-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let log = EventLog::open(&dir, || "ep".to_string()).unwrap();
+        let log = EventLog::open(&dir, || Epoch::parse("ep").unwrap()).unwrap();
         let settings = Settings::parse(&super::super::RawSettings {
             retain_events: 10,
             ..Default::default()

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 
 use dexpulse_core::model::EventMeta;
-use dexpulse_core::protocol::signal_message;
+use dexpulse_core::protocol::{signal_message, Epoch};
 use dexpulse_core::signal::checkpoint::Checkpoint;
 
 use super::Settings;
@@ -62,7 +62,7 @@ pub enum Read {
 pub trait History: Send + Sync {
     /// Names the lifetime of the numbering: a client holding a seq of another epoch knows it
     /// cannot resume from it.
-    fn epoch(&self) -> Arc<str>;
+    fn epoch(&self) -> Epoch;
     /// The seq of the last published frame (0 before the first).
     fn head(&self) -> u64;
     /// Gives each event the next seq, builds its frame and keeps it, with the engine state
@@ -155,7 +155,7 @@ impl Frame {
 /// than `retain`, never more than `retain_max_events` nor `retain_max_bytes` of frames (the
 /// newest frame is always kept).
 pub struct MemoryHistory {
-    epoch: Arc<str>,
+    epoch: Epoch,
     settings: Settings,
     head: AtomicU64,
     /// Frames after this seq are evicted only by the hard cap (see `History::hold_after`).
@@ -191,9 +191,9 @@ impl Ring {
 }
 
 impl MemoryHistory {
-    pub fn new(settings: Settings, epoch: String) -> MemoryHistory {
+    pub fn new(settings: Settings, epoch: Epoch) -> MemoryHistory {
         MemoryHistory {
-            epoch: epoch.into(),
+            epoch,
             settings,
             head: AtomicU64::new(0),
             held_after: AtomicU64::new(u64::MAX),
@@ -242,7 +242,7 @@ impl MemoryHistory {
     /// A ring that continues a log: `head` and the newest retained `frames` (oldest first).
     pub fn restored(
         settings: Settings,
-        epoch: String,
+        epoch: Epoch,
         head: u64,
         frames: Vec<Arc<Frame>>,
     ) -> MemoryHistory {
@@ -298,7 +298,7 @@ impl History for MemoryHistory {
         self.held_after.store(seq, Ordering::Release);
     }
 
-    fn epoch(&self) -> Arc<str> {
+    fn epoch(&self) -> Epoch {
         self.epoch.clone()
     }
 
@@ -388,7 +388,7 @@ mod tests {
                 retain_max_events,
                 ..Settings::default()
             },
-            "e".into(),
+            Epoch::parse("e").unwrap(),
         )
     }
 
@@ -406,7 +406,7 @@ mod tests {
                 retain_max_bytes: 10_000,
                 ..Settings::default()
             },
-            "e".into(),
+            Epoch::parse("e").unwrap(),
         );
         let big = |i: u64| {
             let (m, _) = meta(i);

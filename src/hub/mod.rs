@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use dexpulse_core::model::{EventMeta, SignalEvent};
-use dexpulse_core::protocol::FilterSet;
+use dexpulse_core::protocol::{Epoch, FilterSet};
 use dexpulse_core::settings::{at_least, in_range, seconds, FieldError};
 use dexpulse_core::signal::checkpoint::Checkpoint;
 
@@ -141,8 +141,8 @@ impl Hub {
 
     /// A new epoch's name: start time and process id, unique enough that a client holding a
     /// seq of an earlier process (or log) knows it cannot resume from it.
-    pub fn new_epoch(clock: &Clock) -> String {
-        format!("{:x}-{:x}", clock.now_us(), std::process::id())
+    pub fn new_epoch(clock: &Clock) -> Epoch {
+        Epoch::fresh(clock.now_us(), std::process::id())
     }
 
     pub fn with_history(settings: Settings, clock: Clock, history: Box<dyn History>) -> Hub {
@@ -190,7 +190,7 @@ impl Hub {
         self.history.hold_after(seq);
     }
 
-    pub fn epoch(&self) -> Arc<str> {
+    pub fn epoch(&self) -> Epoch {
         self.history.epoch()
     }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dexpulse::cluster::{EventStream, RawSettings, Role, Settings};
+use dexpulse::protocol::Epoch;
 
 /// The passwords the shipped configuration reads from the environment, in these tests.
 pub const INGEST_PASSWORD: &str = "ingest-test-password";
@@ -187,7 +188,7 @@ on_both_runtimes! {
         let epoch = s.epoch().to_string();
         for i in 1..=50u64 {
             let p = s
-                .publish(&format!("e{i}"), 1_000 + i as i64, ("local", i), payload(i))
+                .publish(&format!("e{i}"), 1_000 + i as i64, (&Epoch::parse("local").unwrap(), i), payload(i))
                 .await
                 .unwrap();
             assert_eq!((p.seq, p.duplicate), (i, false));
@@ -195,7 +196,7 @@ on_both_runtimes! {
         // An ingest that crashed after publishing and publishes its last events again.
         for i in 41..=50u64 {
             let p = s
-                .publish(&format!("e{i}"), 1_000 + i as i64, ("local", i), payload(i))
+                .publish(&format!("e{i}"), 1_000 + i as i64, (&Epoch::parse("local").unwrap(), i), payload(i))
                 .await
                 .unwrap();
             assert_eq!((p.seq, p.duplicate), (i, true), "deduplicated by its id");
@@ -223,11 +224,11 @@ on_both_runtimes! {
         let (dir, port) = nats.kill();
         let nats = Nats::start_on(dir, port);
         let s = EventStream::connect(&settings(&nats)).await.unwrap();
-        assert_eq!(s.epoch(), epoch);
+        assert_eq!(s.epoch().as_str(), epoch);
         assert_eq!(s.bounds().await.unwrap(), (1, 50));
         assert_eq!(s.get(50).await.unwrap().unwrap().payload, payload(50));
         assert_eq!(
-            s.publish("e51", 0, ("local", 51), payload(51))
+            s.publish("e51", 0, (&Epoch::parse("local").unwrap(), 51), payload(51))
                 .await
                 .unwrap()
                 .seq,
@@ -239,9 +240,9 @@ on_both_runtimes! {
         // A new store (the stream created anew): a new epoch, so clients know their seqs are void.
         let nats = Nats::start(store("basic-new"));
         let s = EventStream::connect(&settings(&nats)).await.unwrap();
-        assert_ne!(s.epoch(), epoch);
+        assert_ne!(s.epoch().as_str(), epoch);
         assert_eq!(
-            s.publish("e1", 0, ("local", 1), payload(1))
+            s.publish("e1", 0, (&Epoch::parse("local").unwrap(), 1), payload(1))
                 .await
                 .unwrap()
                 .seq,
@@ -264,7 +265,7 @@ on_both_runtimes! {
         let send = |i: u64, after: Option<String>| {
             let s = s.clone();
             async move {
-                let out = s.outgoing(&format!("e{i}"), i as i64, ("local".into(), i), payload(i));
+                let out = s.outgoing(&format!("e{i}"), i as i64, (Epoch::parse("local").unwrap(), i), payload(i));
                 s.send(&out, after.as_deref()).await.unwrap()
             }
         };
@@ -682,7 +683,7 @@ on_both_runtimes! {
         assert_eq!(sigterm(&mut edge1), Some(0));
 
         let s = EventStream::connect(&settings(&nats)).await.unwrap();
-        assert_eq!(s.epoch(), epoch);
+        assert_eq!(s.epoch().as_str(), epoch);
         let (first, head) = s.bounds().await.unwrap();
         assert_eq!(first, 1);
         let all = s.range(1, head).await.unwrap();

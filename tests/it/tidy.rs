@@ -19,6 +19,8 @@ const CORE: &[(&str, &[&str])] = &[
     ("chain", &["model", "settings", "source"]),
     ("schedule", &["model", "settings"]),
     ("protocol", &["model", "settings"]),
+    // What the alert sinks send: frames read as chat messages, signatures, answers judged.
+    ("sink", &["model", "settings"]),
     (
         "replay",
         &["model", "settings", "signal", "source", "chain"],
@@ -33,8 +35,9 @@ const APP: &[(&str, &[&str])] = &[
     ("time", &[]),
     ("metrics", &["model"]),
     ("health", &["time"]),
-    // The engine's checkpoint is bytes to the store: `signal` only for its type.
-    ("store", &["settings", "signal"]),
+    // The engine's checkpoint is bytes to the store: `signal` only for its type, `protocol`
+    // only for the epoch's.
+    ("store", &["settings", "signal", "protocol"]),
     (
         "hub",
         &[

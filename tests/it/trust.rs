@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 use crate::cli::{get_json, http_status as http, sigterm, spawn_serve_with, tmp};
 use crate::cluster::*;
 use dexpulse::cluster::{EventStream, RawSettings, Role, Secret, Settings};
+use dexpulse::protocol::Epoch;
 
 /// A raw NATS client as `user` of the shipped configuration.
 async fn client_as(nats: &Nats, user: &str) -> async_nats::Client {
@@ -57,7 +58,10 @@ async fn the_shipped_nats_configuration_lets_an_edge_only_read() {
     );
 
     let ingest = EventStream::connect(&settings(&nats)).await.unwrap();
-    ingest.publish("e1", 1, ("x", 1), payload(1)).await.unwrap();
+    ingest
+        .publish("e1", 1, (&Epoch::parse("x").unwrap(), 1), payload(1))
+        .await
+        .unwrap();
     let bucket = ingest.pairs(true).await.unwrap();
     bucket.put("sim.a", Bytes::from_static(b"v")).await.unwrap();
 
@@ -584,7 +588,7 @@ async fn tokens_nkeys_and_tls_client_certificates_authenticate() {
     let works = |s: Settings| async move {
         let stream = EventStream::connect(&s).await.map_err(|e| e.to_string())?;
         stream
-            .publish("a", 1, ("x", 1), payload(1))
+            .publish("a", 1, (&Epoch::parse("x").unwrap(), 1), payload(1))
             .await
             .map_err(|e| e.to_string())?;
         Ok::<_, String>(())

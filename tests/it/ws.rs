@@ -21,7 +21,7 @@ async fn welcome_subscribe_and_receive() {
     let w = next_json(&mut ws).await;
     assert_eq!(w["type"], "welcome");
     assert_eq!(w["protocol"], 1);
-    assert_eq!(w["epoch"], &*r.hub().epoch());
+    assert_eq!(w["epoch"], r.hub().epoch().as_str());
     assert_eq!(w["head_seq"], 0);
     assert_eq!(w["heartbeat_s"], 25.0);
     assert!(w["server"].as_str().unwrap().starts_with("dexpulse/"));

@@ -21,4 +21,5 @@ pub mod replay;
 pub mod schedule;
 pub mod settings;
 pub mod signal;
+pub mod sink;
 pub mod source;

@@ -523,6 +523,16 @@ pub enum Severity {
 }
 
 impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::VeryHigh => "very_high",
+            Severity::Critical => "critical",
+        }
+    }
+
     pub fn from_score(score: u8) -> Severity {
         match score {
             0..=39 => Severity::Low,

@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
-use dexpulse_core::protocol::CloseCode;
+use dexpulse_core::protocol::{CloseCode, Epoch};
 
 use super::outbox::{Out, Outbox};
 use super::state::{Effects, HubView, Session, Tally};
@@ -51,7 +51,7 @@ pub struct SessionCtx {
 }
 
 impl HubView for Hub {
-    fn epoch(&self) -> Arc<str> {
+    fn epoch(&self) -> Epoch {
         Hub::epoch(self)
     }
 

@@ -22,7 +22,7 @@ use bytes::Bytes;
 
 use dexpulse_core::model::PairKey;
 use dexpulse_core::protocol::{
-    self, Channel, ClientOp, CloseCode, ErrorCode, Filter, FilterSet, OpError, ServerMsg,
+    self, Channel, ClientOp, CloseCode, Epoch, ErrorCode, Filter, FilterSet, OpError, ServerMsg,
 };
 use dexpulse_core::schedule::TokenBucket;
 
@@ -32,7 +32,7 @@ use crate::hub::{Frame, PairFrame, Since};
 
 /// What a session reads of the hub when a client subscribes.
 pub trait HubView {
-    fn epoch(&self) -> Arc<str>;
+    fn epoch(&self) -> Epoch;
     fn head(&self) -> u64;
     /// The oldest retained seq (head + 1 when nothing is retained).
     fn oldest(&self) -> u64;
@@ -182,7 +182,7 @@ impl Session {
                 protocol: protocol::PROTOCOL_VERSION,
                 server: concat!("dexpulse/", env!("CARGO_PKG_VERSION")),
                 session: id,
-                epoch: &hub.epoch(),
+                epoch: hub.epoch().as_str(),
                 head_seq: hub.head(),
                 heartbeat_s: self.settings.heartbeat.as_secs_f64(),
             }
@@ -603,7 +603,7 @@ impl Session {
                 let (recovered, oldest_seq, from) = match (&resume_from, channel) {
                     (Some(r), Channel::Signals) => {
                         let oldest = hub.oldest();
-                        if *r.epoch == *hub.epoch()
+                        if hub.epoch().is(&r.epoch)
                             && r.seq.saturating_add(1) >= oldest
                             && r.seq <= head
                         {

@@ -6,6 +6,7 @@
 //! Bad input is an `error` message with a code, never a panic: invalid JSON, JSON that is not
 //! an object, an unknown `op` or channel, a wrong type, an unknown filter field.
 
+pub mod epoch;
 pub mod filter;
 pub mod view;
 
@@ -13,6 +14,7 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use epoch::{BadEpoch, Epoch};
 pub use filter::{Filter, FilterLimits, FilterSet, RawFilter};
 
 pub const PROTOCOL_VERSION: u32 = 1;
