@@ -22,6 +22,8 @@ pub struct Metrics {
     pub log: LogMetrics,
     /// The cluster roles (`cluster`): what an ingest publishes, what an edge consumes.
     pub cluster: ClusterMetrics,
+    /// The alert sinks (`sinks`), labelled by sink name.
+    pub sinks: SinkMetrics,
 }
 
 /// The engine's metrics: snapshots by verdict, events by kind, what it did not emit, pairs tracked.
@@ -479,6 +481,71 @@ pub struct LogMetrics {
     pub trimmed_events: Counter,
 }
 
+/// The alert sinks' metrics (`dexpulse_sink_*`), one series per sink (`sink` label).
+#[derive(Debug, Clone)]
+pub struct SinkMetrics {
+    /// Events delivered (a digest counts each event in it).
+    pub delivered: Family<Labels, Counter>,
+    /// Requests that failed and are tried again.
+    pub retries: Family<Labels, Counter>,
+    /// Events given up on, written to the sink's dead-letter file.
+    pub dead_lettered: Family<Labels, Counter>,
+    /// Events the log no longer held when the sink reached them (behind its retention).
+    pub missed: Family<Labels, Counter>,
+    /// Seqs between the hub's head and the sink's cursor.
+    pub lag_seqs: Family<Labels, Gauge>,
+    /// Age of the oldest event the sink has not delivered yet, in seconds (0 when caught up).
+    pub lag_seconds: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+impl SinkMetrics {
+    fn register(registry: &mut Registry) -> SinkMetrics {
+        let m = SinkMetrics {
+            delivered: Family::default(),
+            retries: Family::default(),
+            dead_lettered: Family::default(),
+            missed: Family::default(),
+            lag_seqs: Family::default(),
+            lag_seconds: Family::default(),
+        };
+        registry.register(
+            "sink_delivered",
+            "Alert sinks: events delivered",
+            m.delivered.clone(),
+        );
+        registry.register(
+            "sink_retries",
+            "Alert sinks: failed requests tried again",
+            m.retries.clone(),
+        );
+        registry.register(
+            "sink_dead_lettered",
+            "Alert sinks: events given up on (in the sink's dead-letter file)",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "sink_missed",
+            "Alert sinks: events the log no longer held when the sink reached them",
+            m.missed.clone(),
+        );
+        registry.register(
+            "sink_lag_seqs",
+            "Alert sinks: seqs between the head and the sink's cursor",
+            m.lag_seqs.clone(),
+        );
+        registry.register(
+            "sink_lag_seconds",
+            "Alert sinks: age of the oldest undelivered event",
+            m.lag_seconds.clone(),
+        );
+        m
+    }
+
+    pub fn labels(sink: &str) -> Labels {
+        vec![("sink", sink.to_string())]
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -617,6 +684,7 @@ impl Metrics {
         let evm = EvmMetrics::register(&mut registry);
         let log = LogMetrics::register(&mut registry);
         let cluster = ClusterMetrics::register(&mut registry);
+        let sinks = SinkMetrics::register(&mut registry);
         Metrics {
             registry,
             engine,
@@ -625,6 +693,7 @@ impl Metrics {
             evm,
             log,
             cluster,
+            sinks,
         }
     }
 

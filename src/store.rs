@@ -687,6 +687,90 @@ fn open_db(path: &Path) -> Result<Database, StoreError> {
     })
 }
 
+/// An alert sink's files in the data directory (`sinks/NAME.cursor`, `sinks/NAME.dead.jsonl`):
+/// the last seq it delivered, in which epoch, and the events it gave up on. Blocking calls: the
+/// sinks make them on the blocking pool.
+#[derive(Debug, Clone)]
+pub struct SinkFiles {
+    cursor: PathBuf,
+    dead: PathBuf,
+}
+
+impl SinkFiles {
+    /// `name` is a checked sink name (letters, digits, `-`, `_`): a plain file name.
+    pub fn open(data_dir: &Path, name: &str) -> Result<SinkFiles, StoreError> {
+        let dir = data_dir.join("sinks");
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::Io {
+            path: dir.clone(),
+            detail: e.to_string(),
+        })?;
+        Ok(SinkFiles {
+            cursor: dir.join(format!("{name}.cursor")),
+            dead: dir.join(format!("{name}.dead.jsonl")),
+        })
+    }
+
+    pub fn dead_letter_path(&self) -> &Path {
+        &self.dead
+    }
+
+    /// The saved cursor: `None` for a sink that never delivered.
+    pub fn cursor(&self) -> Result<Option<(Epoch, u64)>, StoreError> {
+        let text = match std::fs::read_to_string(&self.cursor) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(StoreError::Io {
+                    path: self.cursor.clone(),
+                    detail: e.to_string(),
+                })
+            }
+        };
+        let corrupt = |detail: &str| StoreError::Corrupt {
+            path: self.cursor.clone(),
+            detail: detail.to_string(),
+        };
+        let (epoch, seq) = text
+            .trim()
+            .split_once(' ')
+            .ok_or_else(|| corrupt("not `EPOCH SEQ`"))?;
+        let epoch = Epoch::parse(epoch).map_err(|e| corrupt(&e.to_string()))?;
+        let seq = seq
+            .parse()
+            .map_err(|_| corrupt("the seq is not a number"))?;
+        Ok(Some((epoch, seq)))
+    }
+
+    /// Replaces the cursor whole (a new file renamed over the old one): a crash leaves the old
+    /// cursor or the new one, never half of one.
+    pub fn save_cursor(&self, epoch: &Epoch, seq: u64) -> Result<(), StoreError> {
+        let tmp = self.cursor.with_extension("cursor.tmp");
+        let io = |e: std::io::Error| StoreError::Io {
+            path: self.cursor.clone(),
+            detail: e.to_string(),
+        };
+        std::fs::write(&tmp, format!("{epoch} {seq}\n")).map_err(io)?;
+        std::fs::rename(&tmp, &self.cursor).map_err(io)
+    }
+
+    /// Appends one line (a JSON object) to the dead-letter file and syncs it: a dead letter is
+    /// the only trace of an event the receiver never took.
+    pub fn dead_letter(&self, line: &str) -> Result<(), StoreError> {
+        use std::io::Write;
+        let io = |e: std::io::Error| StoreError::Io {
+            path: self.dead.clone(),
+            detail: e.to_string(),
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.dead)
+            .map_err(io)?;
+        f.write_all(format!("{line}\n").as_bytes()).map_err(io)?;
+        f.sync_data().map_err(io)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -710,6 +794,26 @@ mod tests {
 
     fn append(log: &mut EventLog, f: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
         log.append(f.iter().map(|(s, b)| (*s, b.as_slice())), None)
+    }
+
+    #[test]
+    fn a_sink_keeps_its_cursor_and_its_dead_letters() {
+        let d = dir("sink");
+        let f = SinkFiles::open(&d, "hook").unwrap();
+        assert_eq!(f.cursor().unwrap(), None);
+        let e = Epoch::parse("e1").unwrap();
+        f.save_cursor(&e, 41).unwrap();
+        f.save_cursor(&e, 42).unwrap();
+        assert_eq!(
+            SinkFiles::open(&d, "hook").unwrap().cursor().unwrap(),
+            Some((e, 42))
+        );
+        f.dead_letter(r#"{"seq":1}"#).unwrap();
+        f.dead_letter(r#"{"seq":2}"#).unwrap();
+        let dead = std::fs::read_to_string(f.dead_letter_path()).unwrap();
+        assert_eq!(dead, "{\"seq\":1}\n{\"seq\":2}\n");
+        std::fs::write(d.join("sinks/hook.cursor"), "junk").unwrap();
+        assert!(matches!(f.cursor(), Err(StoreError::Corrupt { .. })));
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::hub::Hub;
 use crate::live;
 use crate::metrics::Metrics;
 use crate::server::{self, AppState};
+use crate::sinks;
 use crate::time::Clock;
 
 pub use settings::{Config, SourceSettings};
@@ -62,6 +63,8 @@ pub enum RunError {
 
 type Task = JoinHandle<Result<(), (String, String)>>;
 type Boxed = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+/// A task and its name, not yet started.
+type Named = (String, Boxed);
 
 /// A running dexpulse.
 pub struct Running {
@@ -204,7 +207,13 @@ impl Base {
     }
 
     /// The server's state over `hub`; `operations_only` serves no clients (an ingest).
-    fn state(&self, cfg: &Config, hub: &Arc<Hub>, operations_only: bool) -> AppState {
+    fn state(
+        &self,
+        cfg: &Config,
+        hub: &Arc<Hub>,
+        operations_only: bool,
+        sinks: Arc<sinks::Board>,
+    ) -> AppState {
         AppState::new(server::Parts {
             settings: cfg.server.clone(),
             session: cfg.session.clone(),
@@ -215,7 +224,37 @@ impl Base {
             clock: self.clock.clone(),
             shutdown: self.shutdown.clone(),
             operations_only,
+            sinks,
         })
+    }
+
+    /// The alert sinks over `hub`, each a task, and their statuses for `/v1/sinks`. A sink
+    /// keeps its cursor in the data directory when there is one.
+    fn sinks(
+        &self,
+        cfg: &Config,
+        hub: &Arc<Hub>,
+    ) -> Result<(Arc<sinks::Board>, Vec<Named>), StartError> {
+        let mut board = sinks::Board::new(self.clock.clone());
+        let mut tasks: Vec<Named> = Vec::new();
+        for s in &cfg.sinks {
+            let files = match &cfg.store.data_dir {
+                Some(dir) => Some(crate::store::SinkFiles::open(dir, &s.name)?),
+                None => None,
+            };
+            let status = board.add(s, files.as_ref());
+            let ctx = sinks::Ctx {
+                hub: hub.clone(),
+                settings: Arc::new(s.clone()),
+                files,
+                status,
+                metrics: self.metrics.sinks.clone(),
+                clock: self.clock.clone(),
+                shutdown: self.shutdown.clone(),
+            };
+            tasks.push((format!("sink-{}", s.name), Box::pin(sinks::run(ctx))));
+        }
+        Ok((Arc::new(board), tasks))
     }
 }
 
@@ -231,7 +270,7 @@ fn start_edge(cfg: Config, listener: TcpListener, opts: Options) -> Result<Runni
     health.set_relay();
     if cfg.store.data_dir.is_some() {
         tracing::info!(
-            "an edge keeps no event log: store.data_dir is not used (the stream is the history)"
+            "an edge keeps no event log: store.data_dir holds only the sinks' cursors (the stream is the history)"
         );
     }
     tracing::info!(
@@ -251,12 +290,13 @@ fn start_edge(cfg: Config, listener: TcpListener, opts: Options) -> Result<Runni
         clock.clone(),
         Box::new(history.clone()),
     ));
-    let state = base.state(&cfg, &hub, false);
+    let (board, sink_tasks) = base.sinks(&cfg, &hub)?;
+    let state = base.state(&cfg, &hub, false, board);
     // Not ready until the stream is followed: said before any task runs, so that no request
     // can find the edge ready in between.
     health.set_cluster_fault(Some(connecting(&cfg.cluster)));
     let sup = |name: &str, fut: Boxed| supervise(name, fut, health.clone(), shutdown.clone());
-    let tasks = vec![
+    let mut tasks = vec![
         sup(
             "cluster",
             Box::pin(cluster::edge::follow(cluster::edge::Ctx {
@@ -279,6 +319,7 @@ fn start_edge(cfg: Config, listener: TcpListener, opts: Options) -> Result<Runni
             })),
         ),
     ];
+    tasks.extend(sink_tasks.into_iter().map(|(name, fut)| sup(&name, fut)));
     Ok(Running::serve(addr, listener, state, tasks))
 }
 
@@ -354,7 +395,8 @@ fn start_engine(cfg: Config, listener: TcpListener, opts: Options) -> Result<Run
         None => Hub::new(cfg.hub.clone(), clock.clone()),
     });
     let checkpoints = (cfg.store.data_dir.is_some() && resumable).then_some(cfg.store.checkpoint);
-    let state = base.state(&cfg, &hub, cfg.cluster.role == Role::Ingest);
+    let (board, sink_tasks) = base.sinks(&cfg, &hub)?;
+    let state = base.state(&cfg, &hub, cfg.cluster.role == Role::Ingest, board);
     let mut tasks = Vec::new();
     // Read before anything publishes: with no trace of this history in the stream, the
     // ingest publishes what comes after it.
@@ -490,6 +532,7 @@ fn start_engine(cfg: Config, listener: TcpListener, opts: Options) -> Result<Run
             })),
         ));
     }
+    tasks.extend(sink_tasks.into_iter().map(|(name, fut)| sup(&name, fut)));
     Ok(Running::serve(addr, listener, state, tasks))
 }
 

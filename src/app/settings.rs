@@ -21,8 +21,11 @@ use crate::{cluster, evm, hub, live, server, store};
 /// `server.bind`; `__` separates the levels (field names have single underscores).
 pub const ENV_PREFIX: &str = "DEXPULSE_";
 
-/// The documented short names for the upstream base URLs (to point the sources at a mirror).
-const ENV_ALIASES: [(&str, &str); 2] = [
+/// The documented short names: the upstream base URLs (to point the sources at a mirror) and
+/// the sinks' list.
+const ENV_ALIASES: [(&str, &str); 3] = [
+    // The whole list of alert sinks, as TOML (docs/sinks.md).
+    ("DEXPULSE_SINKS", "sinks"),
     (
         "DEXPULSE_DEXSCREENER_BASE_URL",
         "source.live.dexscreener.base_url",
@@ -127,6 +130,8 @@ pub struct RawConfig {
     pub signal: RawParams,
     pub store: store::RawSettings,
     pub cluster: cluster::RawSettings,
+    /// `[[sinks]]`: alert sinks (docs/sinks.md).
+    pub sinks: Vec<crate::sinks::RawSink>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -168,6 +173,7 @@ pub struct Config {
     pub signal: Params,
     pub store: store::Settings,
     pub cluster: cluster::Settings,
+    pub sinks: Vec<crate::sinks::Settings>,
 }
 
 impl Config {
@@ -234,6 +240,7 @@ impl Config {
             signal: Params::parse(&raw.signal).map_err(|e| e.within("signal"))?,
             store: store::Settings::parse(&raw.store).map_err(|e| e.within("store"))?,
             cluster: cluster::Settings::parse(&raw.cluster).map_err(|e| e.within("cluster"))?,
+            sinks: crate::sinks::Settings::parse_all(&raw.sinks)?,
         })
     }
 }

@@ -209,6 +209,11 @@ pub async fn pairs(
     json(StatusCode::OK, body)
 }
 
+/// `GET /v1/sinks`: each alert sink's cursor, lag, counts and last error (docs/sinks.md).
+pub async fn sinks(State(state): State<AppState>) -> Response {
+    json(StatusCode::OK, state.sinks.render())
+}
+
 /// `GET /v1/pairs/{chain}/{address}`: one pair's state and its recent history (the points of
 /// `hub::pairs::HISTORY_POINTS`), for sparklines.
 pub async fn pair(

@@ -213,6 +213,8 @@ pub struct AppState {
     pub filter_budget: Arc<session::FilterBudget>,
     /// Which `Host` values are ours.
     pub allowed_hosts: Arc<guard::AllowedHosts>,
+    /// The alert sinks' statuses (`GET /v1/sinks`).
+    pub sinks: Arc<crate::sinks::Board>,
     next_session: Arc<AtomicU64>,
     operations_only: bool,
 }
@@ -230,6 +232,7 @@ pub struct Parts {
     /// An ingest: only `/healthz`, `/readyz` and `/metrics` (its events reach clients
     /// through the edges).
     pub operations_only: bool,
+    pub sinks: Arc<crate::sinks::Board>,
 }
 
 impl AppState {
@@ -261,6 +264,7 @@ impl AppState {
             filter_budget,
             next_session: Arc::new(AtomicU64::new(1)),
             operations_only: p.operations_only,
+            sinks: p.sinks,
         }
     }
 
@@ -286,6 +290,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/pairs", get(http::pairs))
         .route("/v1/pairs/{chain}/{address}", get(http::pair))
         .route("/v1/signals", get(http::signals))
+        .route("/v1/sinks", get(http::sinks))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             http::require_key,

@@ -209,8 +209,33 @@ pub fn check_server_message(m: &Value) {
 #[tokio::test]
 async fn real_responses_validate_against_the_openapi_document() {
     let o = doc("openapi.json");
-    let r = start(test_config()).await;
+    let mut cfg = test_config();
+    // A sink whose receiver is not there: its status has an error to show.
+    cfg.sinks = vec![dexpulse::sinks::RawSink {
+        name: "dc".into(),
+        kind: "discord".into(),
+        url: Some("http://127.0.0.1:9/api/webhooks/1/x".into()),
+        retry_min_seconds: Some(0.01),
+        ..Default::default()
+    }];
+    let r = start(cfg).await;
+    let sinks = |want: &'static str| {
+        let r = &r;
+        async move {
+            for _ in 0..1000 {
+                let (_, _, body) = http_request(r, "GET", "/v1/sinks", &[]).await;
+                if body.contains(want) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            panic!("the sink never showed {want}");
+        }
+    };
+    sinks("\"state\":\"idle\"").await;
     r.hub().publish(&golden_events());
+    // Its receiver is not there: the status has an error to show.
+    sinks("\"last_error\":\"cannot connect").await;
     let mut engine = dexpulse::signal::Engine::new(dexpulse::signal::Params::default());
     let snap = dexpulse::source::simulator::example_snapshot();
     engine.observe(&snap);
@@ -228,6 +253,7 @@ async fn real_responses_validate_against_the_openapi_document() {
             "PairList",
         ),
         (detail.as_str(), 200, "PairDetail"),
+        ("/v1/sinks", 200, "SinkList"),
         ("/readyz", 503, "Readiness"),
         ("/v1/signals?sinse=1", 400, "Error"),
         ("/v1/pairs?sort=hype", 400, "Error"),

@@ -12,6 +12,7 @@
 //! - `server`: helpers for the server tests (a server on 127.0.0.1:0, real WebSocket clients).
 //! - `ws`: WebSocket protocol v1: subscribe, filters, resume, slow consumers, bad input, auth.
 //! - `http`: /v1/pairs, /v1/signals, /healthz, /readyz, /metrics.
+//! - `sinks`: alerts to a signing-checking webhook receiver and Telegram and Discord stand-ins.
 //! - `store`: the event log through the server: paging, retention, a long resume, a full disk.
 //! - `pipeline`: the whole streamer fed by a tape, as a client sees it.
 //! - `hostile`: the attacks found against the server, reproduced, and what holds instead.
@@ -65,6 +66,7 @@ mod properties;
 mod real;
 mod scenarios;
 mod server;
+mod sinks;
 mod store;
 mod support;
 mod tidy;

@@ -66,10 +66,19 @@ const APP: &[(&str, &[&str])] = &[
             "time", "metrics", "health", "model", "schedule", "settings", "source", "chain", "live",
         ],
     ),
+    // Alerts: readers of the hub's frames, each with its cursor in the store; the core's
+    // `sink` decides what to send and what an answer means.
+    (
+        "sinks",
+        &[
+            "time", "metrics", "hub", "model", "protocol", "schedule", "settings", "sink", "store",
+        ],
+    ),
     (
         "server",
         &[
             "time", "metrics", "health", "hub", "model", "protocol", "schedule", "settings",
+            "sinks",
         ],
     ),
     ("app", &["*"]),
@@ -270,8 +279,8 @@ fn only_under(what: &str, allowed: &[&str]) {
 
 #[test]
 fn what_each_module_never_does() {
-    // Only the sources speak HTTP (and JSON-RPC) to upstream.
-    only_under("reqwest", &["src/live/", "src/evm/"]);
+    // Only the sources speak HTTP (and JSON-RPC) to upstream; only the sinks post to receivers.
+    only_under("reqwest", &["src/live/", "src/evm/", "src/sinks/post.rs"]);
     // Only the server speaks WebSocket and serves HTTP (the tools in src/bin are clients).
     only_under("tokio_tungstenite", &["src/server/", "src/bin/"]);
     only_under("axum", &["src/server/"]);
