@@ -619,3 +619,76 @@ data_dir = "{}"
     };
     assert!(firsts.windows(2).all(|w| w[0] < w[1]), "in seq order");
 }
+
+/// The next line a child printed, awaited (the server on this runtime runs meanwhile).
+async fn line(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(Duration::from_secs(20), lines.recv())
+        .await
+        .expect("a line in time")
+        .expect("the child is running")
+}
+
+/// The Python receiver of `examples/` (standard library only) takes what dexpulse signs, acts
+/// on each event once, and refuses a request whose signature is not the secret's.
+#[tokio::test]
+async fn the_python_example_verifies_our_signatures_and_refuses_a_forgery() {
+    use std::io::{BufRead, BufReader};
+    let secret = secret_file("python");
+    let mut child = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/webhook_receiver.py"
+        ))
+        .arg("0")
+        .arg(&secret)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs the example");
+    let stdout = child.stdout.take().unwrap();
+    let _reap = crate::cli::Reap(child);
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let listening = line(&mut lines).await;
+    let addr = listening
+        .strip_prefix("listening on ")
+        .expect("its address")
+        .to_string();
+    let r = start(with_sinks(
+        retaining(100),
+        vec![webhook("python", format!("http://{addr}/hook"))],
+        None,
+    ))
+    .await;
+    sinks_started(&r).await;
+    let evs = plain(3);
+    let published = r.hub().publish(&evs);
+    for (e, f) in evs.iter().zip(&published) {
+        assert_eq!(
+            line(&mut lines).await,
+            format!("event {} {} {}", f.seq, e.kind.as_str(), e.event_id)
+        );
+    }
+    // A forgery: the right id and a fresh timestamp, signed with another secret.
+    let other = Secret::parse("whsec_QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFB").unwrap();
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let body = published[0].text.clone();
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/hook"))
+        .header("webhook-id", "forged")
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", other.sign("forged", ts, &body))
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(line(&mut lines).await, "refused forged");
+    r.shutdown().await.unwrap();
+}
