@@ -164,7 +164,7 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             _ = timer.tick(), if saving => {
                 if let Some(state) = checkpoint(&mut engine, saving, &mut source_state) {
-                    hub.publish_with(&[], Some(state));
+                    hub.publish_off_worker(Vec::new(), Some(state)).await;
                 }
                 continue;
             }
@@ -231,11 +231,12 @@ pub async fn run(
             // The state that produced these events is committed with them: a restart never
             // opens an episode twice, and the close of one open before it still comes.
             let state = checkpoint(&mut engine, saving, &mut source_state);
-            hub.publish_with(&events, state);
+            hub.publish_off_worker(std::mem::take(&mut events), state)
+                .await;
         }
     }
     if let Some(state) = checkpoint(&mut engine, saving, &mut source_state) {
-        hub.publish_with(&[], Some(state));
+        hub.publish_off_worker(Vec::new(), Some(state)).await;
     }
     health.set_engine_running(false);
     Ok(())

@@ -229,7 +229,7 @@ pub async fn bench(
             sent += 1;
         }
         if !batch.is_empty() {
-            hub.publish_serialized(batch);
+            hub.publish_serialized_off_worker(batch).await;
             health.data_received();
         }
     }

@@ -115,6 +115,9 @@ pub struct Hub {
     /// Cancelled when the numbering restarts under the sessions (a cluster's stream was
     /// replaced), so that each closes and its client resumes against the new epoch.
     epoch_over: std::sync::Mutex<CancellationToken>,
+    /// A publish commits to a file (and waits for its fsync): async publishers hand it to the
+    /// blocking pool (`publish_off_worker`).
+    writes_to_disk: bool,
 }
 
 impl Hub {
@@ -136,7 +139,9 @@ impl Hub {
     ) -> Result<Hub, crate::store::StoreError> {
         let history =
             durable::LogHistory::open(settings.clone(), store, log, metrics.log.clone(), health)?;
-        Ok(Hub::with_history(settings, clock, Box::new(history)))
+        let mut hub = Hub::with_history(settings, clock, Box::new(history));
+        hub.writes_to_disk = true;
+        Ok(hub)
     }
 
     /// A new epoch's name: start time and process id, unique enough that a client holding a
@@ -156,7 +161,36 @@ impl Hub {
             )),
             pairs: Pairs::new(settings.broadcast_capacity),
             epoch_over: std::sync::Mutex::new(CancellationToken::new()),
+            writes_to_disk: false,
         }
+    }
+
+    /// [`Hub::publish_with`] for an async publisher (the engine task, the bench source): a
+    /// durable history's commit and its fsync run on the blocking pool, never on an async
+    /// worker; a history in memory publishes in place. The publisher awaits each batch before
+    /// the next, so seq order stays its order. A panic in the publish is the caller's.
+    pub async fn publish_off_worker(
+        self: &Arc<Self>,
+        events: Vec<SignalEvent>,
+        state: Option<Checkpoint>,
+    ) -> Vec<Arc<Frame>> {
+        if !self.writes_to_disk {
+            return self.publish_with(&events, state);
+        }
+        let hub = self.clone();
+        join(tokio::task::spawn_blocking(move || hub.publish_with(&events, state)).await)
+    }
+
+    /// [`Hub::publish_serialized`] for an async publisher, as [`Hub::publish_off_worker`].
+    pub async fn publish_serialized_off_worker(
+        self: &Arc<Self>,
+        batch: Vec<(EventMeta, String)>,
+    ) -> Vec<Arc<Frame>> {
+        if !self.writes_to_disk {
+            return self.publish_serialized(batch);
+        }
+        let hub = self.clone();
+        join(tokio::task::spawn_blocking(move || hub.publish_serialized(batch)).await)
     }
 
     /// Cancelled when the current epoch ends under the sessions (see [`Hub::end_epoch`]).
@@ -301,6 +335,17 @@ impl Hub {
 
     pub fn pairs(&self) -> &Pairs {
         &self.pairs
+    }
+}
+
+/// The result of a publish on the blocking pool; its panic goes on in the publisher's task (the
+/// supervisor names it).
+fn join(r: Result<Vec<Arc<Frame>>, tokio::task::JoinError>) -> Vec<Arc<Frame>> {
+    match r {
+        Ok(frames) => frames,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only at the runtime's own shutdown.
+        Err(_) => Vec::new(),
     }
 }
 
