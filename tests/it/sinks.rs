@@ -452,12 +452,20 @@ async fn telegram_429_is_honoured_and_the_message_says_what_happened() {
 }
 
 #[tokio::test]
-async fn a_burst_to_discord_becomes_digests_not_a_queue() {
-    let rx = Receiver::start(|_, g| {
+async fn a_burst_to_discord_becomes_digests_not_a_queue_and_its_429_is_honoured() {
+    let rx = Receiver::start(|n, g| {
         let v: Value = serde_json::from_slice(&g.body).unwrap();
         // No mention is ever parsed: an upstream string cannot ping the channel.
         assert_eq!(v["allowed_mentions"]["parse"], serde_json::json!([]));
-        Reply::status(204, "")
+        if n == 0 {
+            // Discord's own answer to a webhook over its limit.
+            Reply::status(
+                429,
+                r#"{"message": "You are being rate limited.", "retry_after": 0.5, "global": false}"#,
+            )
+        } else {
+            Reply::status(204, "")
+        }
     })
     .await;
     let sink = RawSink {
@@ -508,10 +516,9 @@ async fn a_burst_to_discord_becomes_digests_not_a_queue() {
         "each once, in order"
     );
     let status = sinks_status(&r).await;
-    assert_eq!(
-        status["sinks"][0]["receiver"],
-        format!("http://127.0.0.1/…")
-    );
+    let s = &status["sinks"][0];
+    assert_eq!(s["retried"], 1, "the 429 was tried again: {s}");
+    assert_eq!(s["receiver"], "http://127.0.0.1/…");
     assert!(!status.to_string().contains("SECRET"));
     r.shutdown().await.unwrap();
 }
