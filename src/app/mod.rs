@@ -252,7 +252,10 @@ impl Base {
                 clock: self.clock.clone(),
                 shutdown: self.shutdown.clone(),
             };
-            tasks.push((format!("sink-{}", s.name), Box::pin(sinks::run(ctx))));
+            tasks.push((
+                format!("sink-{}", s.name),
+                Box::pin(async move { sinks::run(ctx).await.map_err(|e| e.to_string()) }),
+            ));
         }
         Ok((Arc::new(board), tasks))
     }

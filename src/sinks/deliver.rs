@@ -57,6 +57,20 @@ fn event_id(frame: &Frame) -> String {
     }
 }
 
+/// A blocking file call on the blocking pool; its panic goes on in the sink's task.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, crate::store::StoreError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(crate::store::StoreError::Io {
+            path: Default::default(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
 struct Loop {
     ctx: Ctx,
     poster: Poster,
@@ -67,13 +81,35 @@ struct Loop {
     rng: ChaCha8Rng,
 }
 
-/// Runs one sink until shutdown. Fails only when its data directory cannot be used.
-pub async fn run(ctx: Ctx) -> Result<(), String> {
+/// Why a sink cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("sink {sink}: {source}")]
+    Store {
+        sink: String,
+        source: crate::store::StoreError,
+    },
+    #[error("sink {sink}: the HTTP client cannot be built: {source}")]
+    Client {
+        sink: String,
+        source: reqwest::Error,
+    },
+    #[error("sink {sink}: rate_per_minute and burst make no usable rate")]
+    Rate { sink: String },
+}
+
+/// Runs one sink until shutdown. Fails only when it cannot start: its HTTP client, or its
+/// cursor in the data directory unreadable or unwritable.
+pub async fn run(ctx: Ctx) -> Result<(), SinkError> {
     let s = ctx.settings.clone();
-    let poster = Poster::new(s.timeout)?;
+    let sink = || s.name.clone();
+    let poster = Poster::new(s.timeout).map_err(|source| SinkError::Client {
+        sink: sink(),
+        source,
+    })?;
     let now_ms = ctx.clock.now_ms();
     let bucket = TokenBucket::try_full(s.rate_per_minute, s.burst, now_ms)
-        .map_err(|_| format!("sink {}: the rate or burst is not usable", s.name))?;
+        .map_err(|_| SinkError::Rate { sink: sink() })?;
     let epoch = ctx.hub.epoch();
     let head = ctx.hub.head_seq();
     let cursor = match &ctx.files {
@@ -83,10 +119,12 @@ pub async fn run(ctx: Ctx) -> Result<(), String> {
         }
         Some(files) => {
             let f = files.clone();
-            let saved = tokio::task::spawn_blocking(move || f.cursor())
+            let saved = blocking(move || f.cursor())
                 .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("sink {}: {e}", s.name))?;
+                .map_err(|source| SinkError::Store {
+                    sink: sink(),
+                    source,
+                })?;
             match saved {
                 Some((e, seq)) if e == epoch && seq <= head => {
                     tracing::info!(sink = %s.name, cursor = seq, head, "continuing from the saved cursor");
@@ -113,7 +151,10 @@ pub async fn run(ctx: Ctx) -> Result<(), String> {
         cursor,
         bucket,
     };
-    l.save().await?;
+    l.save().await.map_err(|source| SinkError::Store {
+        sink: sink(),
+        source,
+    })?;
     let _ = l.run().await;
     l.status(|st| st.state = "stopped");
     Ok(())
@@ -128,7 +169,7 @@ impl Loop {
         &self.ctx.settings.name
     }
 
-    async fn save(&self) -> Result<(), String> {
+    async fn save(&self) -> Result<(), crate::store::StoreError> {
         let (epoch, cursor) = (self.epoch.clone(), self.cursor);
         self.status(|st| {
             st.cursor = cursor;
@@ -137,10 +178,20 @@ impl Loop {
         let Some(files) = self.ctx.files.clone() else {
             return Ok(());
         };
-        tokio::task::spawn_blocking(move || files.save_cursor(&epoch, cursor))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("sink cursor: {e}"))
+        blocking(move || files.save_cursor(&epoch, cursor)).await
+    }
+
+    /// Saves the cursor; a failure is said (log, `/v1/sinks`) and delivery goes on: at least
+    /// once still holds, and a restart repeats what was delivered since the last save.
+    async fn save_or_say(&self) {
+        if let Err(e) = self.save().await {
+            let at = self.ctx.clock.now_us();
+            tracing::error!(sink = %self.sink(), error = %e, "the sink's cursor cannot be saved; delivering on (a restart would repeat since the last save)");
+            self.status(|st| {
+                st.last_error = Some(format!("cursor not saved: {e}"));
+                st.last_error_at_us = Some(at);
+            });
+        }
     }
 
     /// Sleeps, or learns that shutdown came first.
@@ -164,7 +215,7 @@ impl Loop {
                 tracing::warn!(sink = %self.sink(), was = %self.epoch, now = %epoch, "the history numbers in a new epoch; the sink follows it from its start");
                 self.epoch = epoch;
                 self.cursor = 0;
-                self.save().await.map_err(|_| Stopped)?;
+                self.save_or_say().await;
             }
             let since = self.ctx.hub.read_since(self.cursor, READ_CHUNK).await;
             self.note_lag(since.head, since.frames.first().map(|f| f.published_at_us));
@@ -198,7 +249,7 @@ impl Loop {
             }
             if items.is_empty() {
                 self.cursor = passed;
-                self.save().await.map_err(|_| Stopped)?;
+                self.save_or_say().await;
                 continue;
             }
             if self.ctx.settings.target.is_chat() {
@@ -221,17 +272,17 @@ impl Loop {
                 }
                 self.deliver(&items).await?;
                 self.cursor = passed;
-                self.save().await.map_err(|_| Stopped)?;
+                self.save_or_say().await;
             } else {
                 // A webhook: one event per request, the cursor saved after each.
                 for item in &items {
                     self.take_token().await?;
                     self.deliver(std::slice::from_ref(item)).await?;
                     self.cursor = item.frame.seq;
-                    self.save().await.map_err(|_| Stopped)?;
+                    self.save_or_say().await;
                 }
                 self.cursor = passed;
-                self.save().await.map_err(|_| Stopped)?;
+                self.save_or_say().await;
             }
         }
     }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-pub use deliver::run;
+pub use deliver::{run, SinkError};
 pub use settings::{ChatId, RawSink, Settings, Target};
 
 use crate::hub::Hub;

@@ -24,14 +24,13 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 impl Poster {
-    pub fn new(timeout: Duration) -> Result<Poster, String> {
+    pub fn new(timeout: Duration) -> Result<Poster, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             // A receiver's redirect is not followed: the signature is for the configured URL.
             .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| format!("the HTTP client cannot be built: {e}"))?;
+            .build()?;
         Ok(Poster { client })
     }
 
