@@ -248,6 +248,7 @@ impl Base {
                 settings: Arc::new(s.clone()),
                 files,
                 status,
+                start: (hub.epoch(), hub.known_head()),
                 metrics: self.metrics.sinks.clone(),
                 clock: self.clock.clone(),
                 shutdown: self.shutdown.clone(),

@@ -166,6 +166,8 @@ struct Inner {
     epoch: RwLock<EdgeEpoch>,
     /// The stream's oldest seq as last seen (0: not known yet).
     first: AtomicU64,
+    /// The stream's newest seq when the follower last connected (0: not known yet).
+    last: AtomicU64,
     /// The stream, for reads older than the ring (absent until the first connection).
     reader: RwLock<Option<EventStream>>,
     /// What reads of the stream's past are checked with (`None`: insecure).
@@ -183,6 +185,7 @@ impl StreamHistory {
                 epoch: RwLock::new(epoch),
                 settings,
                 first: AtomicU64::new(0),
+                last: AtomicU64::new(0),
                 reader: RwLock::new(None),
                 trust,
             }),
@@ -225,6 +228,10 @@ impl StreamHistory {
 
     fn set_first(&self, first: u64) {
         self.inner.first.store(first, Ordering::Release);
+    }
+
+    fn set_last(&self, last: u64) {
+        self.inner.last.store(last, Ordering::Release);
     }
 
     /// Keeps frames taken from the stream, in order after the head (the follower is the only
@@ -298,6 +305,12 @@ impl History for StreamHistory {
 
     fn head(&self) -> u64 {
         self.ring().head()
+    }
+
+    fn known_head(&self) -> u64 {
+        self.ring()
+            .head()
+            .max(self.inner.last.load(Ordering::Acquire))
     }
 
     fn append(
@@ -445,6 +458,8 @@ fn adopt_epoch(ctx: &Ctx, epoch: EdgeEpoch) {
 async fn follow_once(ctx: &Ctx, progressed: &mut bool) -> Result<(), ClusterError> {
     let stream = EventStream::connect_reader(&ctx.settings).await?;
     let state = stream.state().await?;
+    // Before a new epoch is adopted: a reader that starts at the head of it starts here.
+    ctx.history.set_last(state.last);
     let trust = ctx.history.trust();
     // The same stream as before (reset or not) keeps its epoch; another is a new one.
     if !ctx.history.edge_epoch().is_of(&state.epoch) {

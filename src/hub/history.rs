@@ -65,6 +65,12 @@ pub trait History: Send + Sync {
     fn epoch(&self) -> Epoch;
     /// The seq of the last published frame (0 before the first).
     fn head(&self) -> u64;
+    /// The newest seq the history will have without anything new being published: the head,
+    /// or for an edge still catching up with its stream, the stream's last (where a new reader
+    /// that wants only what comes next starts).
+    fn known_head(&self) -> u64 {
+        self.head()
+    }
     /// Gives each event the next seq, builds its frame and keeps it, with the engine state
     /// that reflects it where the history keeps one. Only one publisher calls this, so seq
     /// order is publish order. The head moves before this returns. The frames returned are the

@@ -228,6 +228,11 @@ impl Hub {
         self.history.epoch()
     }
 
+    /// See [`History::known_head`].
+    pub fn known_head(&self) -> u64 {
+        self.history.known_head()
+    }
+
     /// The seq of the last published event (0 before the first).
     pub fn head_seq(&self) -> u64 {
         self.history.head()

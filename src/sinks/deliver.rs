@@ -77,6 +77,11 @@ struct Loop {
     labels: Vec<(&'static str, String)>,
     epoch: Epoch,
     cursor: u64,
+    /// The cursor as last saved (or read at start), of whichever epoch.
+    saved: Option<(Epoch, u64)>,
+    /// No cursor was saved and nothing has been read yet: a new sink, which starts at the head
+    /// of the first epoch it really reads.
+    fresh: bool,
     bucket: TokenBucket,
     rng: ChaCha8Rng,
 }
@@ -110,51 +115,41 @@ pub async fn run(ctx: Ctx) -> Result<(), SinkError> {
     let now_ms = ctx.clock.now_ms();
     let bucket = TokenBucket::try_full(s.rate_per_minute, s.burst, now_ms)
         .map_err(|_| SinkError::Rate { sink: sink() })?;
-    let epoch = ctx.hub.epoch();
-    let head = ctx.hub.head_seq();
-    let cursor = match &ctx.files {
+    let saved = match &ctx.files {
         None => {
-            tracing::warn!(sink = %s.name, head, "no data directory: the sink starts at the head, and a restart loses its backlog");
-            head
+            tracing::warn!(sink = %s.name, "no data directory: the sink starts at the head, and a restart loses its backlog");
+            None
         }
         Some(files) => {
             let f = files.clone();
-            let saved = blocking(move || f.cursor())
+            blocking(move || f.cursor())
                 .await
                 .map_err(|source| SinkError::Store {
                     sink: sink(),
                     source,
-                })?;
-            match saved {
-                Some((e, seq)) if e == epoch && seq <= head => {
-                    tracing::info!(sink = %s.name, cursor = seq, head, "continuing from the saved cursor");
-                    seq
-                }
-                Some((e, seq)) => {
-                    // Another numbering (a new log): everything it still holds is new.
-                    tracing::warn!(sink = %s.name, saved_epoch = %e, saved = seq, epoch = %epoch, "the saved cursor is of another epoch; delivering the log from its start");
-                    0
-                }
-                None => {
-                    tracing::info!(sink = %s.name, head, "a new sink: delivering from the head");
-                    head
-                }
-            }
+                })?
         }
     };
     let mut l = Loop {
         labels: SinkMetrics::labels(&s.name),
-        rng: ChaCha8Rng::seed_from_u64(u64::from(std::process::id()) ^ cursor),
+        rng: ChaCha8Rng::seed_from_u64(u64::from(std::process::id())),
+        epoch: ctx.hub.epoch(),
+        fresh: saved.is_none(),
+        saved,
         ctx,
         poster,
-        epoch,
-        cursor,
+        cursor: 0,
         bucket,
     };
-    l.save().await.map_err(|source| SinkError::Store {
-        sink: sink(),
-        source,
-    })?;
+    l.adopt(l.ctx.hub.epoch());
+    // A cursor of another epoch is kept until this one is delivered from: an edge starts in a
+    // placeholder epoch and adopts the stream's (the saved one) when it connects.
+    if l.saved.as_ref().is_none_or(|(e, _)| *e == l.epoch) {
+        l.save().await.map_err(|source| SinkError::Store {
+            sink: sink(),
+            source,
+        })?;
+    }
     let _ = l.run().await;
     l.status(|st| st.state = "stopped");
     Ok(())
@@ -169,7 +164,41 @@ impl Loop {
         &self.ctx.settings.name
     }
 
-    async fn save(&self) -> Result<(), crate::store::StoreError> {
+    /// Where to read from in `epoch`: the saved cursor if it is of this epoch, the head for a
+    /// new sink, else the start (a new numbering: all of it is new).
+    fn adopt(&mut self, epoch: Epoch) {
+        // An edge catching up with its stream: its head is behind what the stream holds.
+        let head = self.ctx.hub.known_head();
+        self.cursor = match &self.saved {
+            Some((e, seq)) if *e == epoch => {
+                tracing::info!(sink = %self.sink(), cursor = seq, head, epoch = %epoch, "continuing from the saved cursor");
+                // Not clamped to the head: an edge's head is still catching up with the stream
+                // when it adopts the stream's epoch; the sink waits until it passes the cursor.
+                *seq
+            }
+            _ if self.fresh => {
+                let from = match &self.ctx.start {
+                    (e, h) if *e == epoch => *h,
+                    _ => head,
+                };
+                tracing::info!(sink = %self.sink(), from, epoch = %epoch, "a new sink: delivering what comes after this");
+                from
+            }
+            Some((e, seq)) => {
+                tracing::warn!(sink = %self.sink(), saved_epoch = %e, saved = seq, epoch = %epoch, "the saved cursor is of another epoch; delivering this one from its start");
+                0
+            }
+            None => 0,
+        };
+        self.epoch = epoch;
+        let (e, c) = (self.epoch.to_string(), self.cursor);
+        self.status(|st| {
+            st.epoch = e;
+            st.cursor = c;
+        });
+    }
+
+    async fn save(&mut self) -> Result<(), crate::store::StoreError> {
         let (epoch, cursor) = (self.epoch.clone(), self.cursor);
         self.status(|st| {
             st.cursor = cursor;
@@ -178,12 +207,15 @@ impl Loop {
         let Some(files) = self.ctx.files.clone() else {
             return Ok(());
         };
-        blocking(move || files.save_cursor(&epoch, cursor)).await
+        let e = epoch.clone();
+        blocking(move || files.save_cursor(&e, cursor)).await?;
+        self.saved = Some((epoch, cursor));
+        Ok(())
     }
 
     /// Saves the cursor; a failure is said (log, `/v1/sinks`) and delivery goes on: at least
     /// once still holds, and a restart repeats what was delivered since the last save.
-    async fn save_or_say(&self) {
+    async fn save_or_say(&mut self) {
         if let Err(e) = self.save().await {
             let at = self.ctx.clock.now_us();
             tracing::error!(sink = %self.sink(), error = %e, "the sink's cursor cannot be saved; delivering on (a restart would repeat since the last save)");
@@ -212,14 +244,16 @@ impl Loop {
             }
             let epoch = self.ctx.hub.epoch();
             if epoch != self.epoch {
-                tracing::warn!(sink = %self.sink(), was = %self.epoch, now = %epoch, "the history numbers in a new epoch; the sink follows it from its start");
-                self.epoch = epoch;
-                self.cursor = 0;
-                self.save_or_say().await;
+                tracing::info!(sink = %self.sink(), was = %self.epoch, now = %epoch, "the history numbers in a new epoch");
+                self.adopt(epoch);
             }
             let since = self.ctx.hub.read_since(self.cursor, READ_CHUNK).await;
             self.note_lag(since.head, since.frames.first().map(|f| f.published_at_us));
             let Some(first) = since.frames.first() else {
+                // Caught up in this epoch: a new sink has found where it starts.
+                if self.fresh && self.ctx.hub.epoch() == self.epoch && since.head > 0 {
+                    self.fresh = false;
+                }
                 self.status(|st| st.state = "idle");
                 let rx = wake.as_mut().map(|w| &mut w.rx);
                 tokio::select! {
@@ -229,6 +263,7 @@ impl Loop {
                 }
                 continue;
             };
+            self.fresh = false;
             if first.seq > self.cursor + 1 {
                 self.missed(self.cursor + 1, first.seq - 1).await?;
             }

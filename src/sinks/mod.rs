@@ -32,6 +32,9 @@ pub struct Ctx {
     /// `None` without a data directory: the sink starts at the head at every start.
     pub files: Option<SinkFiles>,
     pub status: Arc<Status>,
+    /// The hub's epoch and head when the process built the sink, before anything published:
+    /// where a new sink starts (nothing published since is missed, however late its task runs).
+    pub start: (dexpulse_core::protocol::Epoch, u64),
     pub metrics: SinkMetrics,
     pub clock: Clock,
     pub shutdown: CancellationToken,

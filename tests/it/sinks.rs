@@ -699,3 +699,81 @@ async fn the_python_example_verifies_our_signatures_and_refuses_a_forgery() {
     assert_eq!(line(&mut lines).await, "refused forged");
     r.shutdown().await.unwrap();
 }
+
+/// A sink on an edge keeps its cursor in the stream's epoch. The edge starts in a placeholder
+/// epoch and adopts the stream's when it connects: a new sink starts at the stream's head, and
+/// after a restart the sink continues from its saved cursor (reading what the edge's memory no
+/// longer holds from the stream), instead of delivering the stream again from its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_sink_starts_at_the_head_and_continues_from_its_cursor_after_a_restart() {
+    use crate::cluster::{cluster_env, ingest, nats_here, store, wait_ready, Nats, EDGE};
+    if !nats_here("an_edge_sink_starts_at_the_head_and_continues_from_its_cursor_after_a_restart") {
+        return;
+    }
+    let _heavy = crate::support::heavy().await;
+    let nats = Nats::start(store("sink-edge"));
+    let rx = Receiver::start(|_, _| Reply::status(200, "")).await;
+    let (mut ing, i) = ingest("sink-ingest.toml", &nats, None);
+    wait_ready(&i, true);
+    let dir = data_dir("edge");
+    let mut env: Vec<(&str, String)> = cluster_env(&nats, "edge").into_iter().collect();
+    env.push((
+        "DEXPULSE_SINKS",
+        format!(
+            r#"[{{name = "hook", kind = "webhook", url = "{}", secret_file = "{}"}}]"#,
+            rx.url("/hook"),
+            secret_file("edge").display()
+        ),
+    ));
+    env.push(("DEXPULSE_STORE__DATA_DIR", dir.display().to_string()));
+    let seqs = |rx: &Receiver| -> Vec<u64> {
+        rx.got()
+            .iter()
+            .map(|g| g.json()["seq"].as_u64().unwrap())
+            .collect()
+    };
+    // The stream holds a history before the edge starts (the ingest publishes 200 events/s).
+    let mut published = 0;
+    while published < 150 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        published = crate::cli::get_json(&i, "/readyz")["head_seq"]
+            .as_u64()
+            .unwrap_or(0);
+    }
+    let (mut first, _) =
+        crate::cli::spawn_serve_with("sink-edge-1.toml", EDGE, &env, &["--role", "edge"]);
+    until("deliveries from the edge", || rx.got().len() >= 100).await;
+    let before = seqs(&rx);
+    assert!(
+        before[0] > published,
+        "a new sink starts at the stream's head ({published} or later), not its start: {}",
+        before[0]
+    );
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let last = *seqs(&rx).last().unwrap();
+    // More than the edge's memory (100 events) is published while it is down.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_second, _) =
+        crate::cli::spawn_serve_with("sink-edge-2.toml", EDGE, &env, &["--role", "edge"]);
+    until("deliveries after the restart", || {
+        seqs(&rx).last().is_some_and(|s| *s > last + 400)
+    })
+    .await;
+    let all = seqs(&rx);
+    let after = &all[before.len()..];
+    // Continued from the cursor: at most the delivery in flight again, then every seq in order.
+    assert!(
+        after[0] >= last,
+        "redelivered from {} after {last}",
+        after[0]
+    );
+    assert!(
+        after[0] <= last + 1,
+        "a gap after the restart: {} after {last}",
+        after[0]
+    );
+    let want: Vec<u64> = (after[0]..after[0] + after.len() as u64).collect();
+    assert_eq!(after, want.as_slice(), "in order, no gap");
+    assert_eq!(crate::cli::sigterm(&mut ing), Some(0));
+}
