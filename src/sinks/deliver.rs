@@ -94,11 +94,8 @@ pub enum SinkError {
         sink: String,
         source: crate::store::StoreError,
     },
-    #[error("sink {sink}: the HTTP client cannot be built: {source}")]
-    Client {
-        sink: String,
-        source: reqwest::Error,
-    },
+    #[error("sink {sink}: the HTTP client cannot be built: {detail}")]
+    Client { sink: String, detail: String },
     #[error("sink {sink}: rate_per_minute and burst make no usable rate")]
     Rate { sink: String },
 }
@@ -108,9 +105,9 @@ pub enum SinkError {
 pub async fn run(ctx: Ctx) -> Result<(), SinkError> {
     let s = ctx.settings.clone();
     let sink = || s.name.clone();
-    let poster = Poster::new(s.timeout).map_err(|source| SinkError::Client {
+    let poster = Poster::new(s.timeout).map_err(|e| SinkError::Client {
         sink: sink(),
-        source,
+        detail: e.to_string(),
     })?;
     let now_ms = ctx.clock.now_ms();
     let bucket = TokenBucket::try_full(s.rate_per_minute, s.burst, now_ms)
@@ -265,6 +262,12 @@ impl Loop {
             };
             self.fresh = false;
             if first.seq > self.cursor + 1 {
+                if self.ctx.hub.oldest_seq() <= self.cursor + 1 {
+                    // The history still holds them: a read of the archive failed and was
+                    // answered from memory (logged there). Read again rather than skip.
+                    self.pause(IDLE_TICK).await?;
+                    continue;
+                }
                 self.missed(self.cursor + 1, first.seq - 1).await?;
             }
             let mut items: Vec<Item> = Vec::new();

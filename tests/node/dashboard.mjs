@@ -42,8 +42,12 @@ try {
 
   // The table fills from the pairs channel.
   await page.waitForFunction(() => document.querySelectorAll('#pairs tbody tr').length >= 5, null, { timeout: 30000 });
-  facts.rows = await page.locator('#pairs tbody tr').count();
-  const simTagged = await page.locator('#pairs tbody tr .tag-sim').count();
+  // Both counts in one look at the page: the table keeps growing while the test reads it.
+  const [rows, simTagged] = await page.evaluate(() => [
+    document.querySelectorAll('#pairs tbody tr').length,
+    document.querySelectorAll('#pairs tbody tr .tag-sim').length,
+  ]);
+  facts.rows = rows;
   if (simTagged !== facts.rows) fail(`simulated rows not all marked: ${simTagged} of ${facts.rows}`);
   if (await page.locator('#simulated').isHidden()) fail('the SIMULATED banner is hidden');
 
