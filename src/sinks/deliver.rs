@@ -273,12 +273,7 @@ impl Loop {
             let mut items: Vec<Item> = Vec::new();
             let mut passed = self.cursor;
             for f in &since.frames {
-                if self.ctx.settings.filter.matches(&f.meta) {
-                    items.push(Item {
-                        event_id: event_id(f),
-                        frame: f.clone(),
-                    });
-                }
+                items.extend(self.item(f));
                 passed = f.seq;
                 if self.ctx.settings.target.is_chat() && items.len() >= self.ctx.settings.digest_max
                 {
@@ -299,12 +294,7 @@ impl Loop {
                         if items.len() >= self.ctx.settings.digest_max {
                             break;
                         }
-                        if self.ctx.settings.filter.matches(&f.meta) {
-                            items.push(Item {
-                                event_id: event_id(f),
-                                frame: f.clone(),
-                            });
-                        }
+                        items.extend(self.item(f));
                         passed = f.seq;
                     }
                 }
@@ -323,6 +313,14 @@ impl Loop {
                 self.save_or_say().await;
             }
         }
+    }
+
+    /// The frame as this sink sends it, if its filter takes it.
+    fn item(&self, f: &Arc<Frame>) -> Option<Item> {
+        self.ctx.settings.filter.matches(&f.meta).then(|| Item {
+            event_id: event_id(f),
+            frame: f.clone(),
+        })
     }
 
     fn note_lag(&self, head: u64, oldest_pending_us: Option<i64>) {
