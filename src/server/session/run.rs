@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use dexpulse_core::protocol::{CloseCode, Epoch};
 
 use super::outbox::{Out, Outbox};
-use super::state::{Effects, HubView, Session, Tally};
+use super::state::{Effects, End, HubView, Inbound, Recv, Session, Tally};
 use super::{FilterBudget, Settings};
 use crate::hub::{Hub, PairFrame, Subscription};
 use crate::metrics::{Metrics, SessionMetrics};
@@ -75,6 +75,10 @@ impl Tally for SessionMetrics {
 
     fn dropped(&self, n: u64) {
         self.queue_drops.inc_by(n);
+    }
+
+    fn stall_to_close(&self, seconds: f64) {
+        self.stall_to_close.observe(seconds);
     }
 }
 
@@ -207,21 +211,32 @@ async fn recv<T: Clone>(
     }
 }
 
-/// The last words of a session the server ends.
-struct Last {
-    code: CloseCode,
-    notice: Option<Bytes>,
-    /// The read side is out of step: the handshake cannot be completed on the WebSocket.
-    read_broken: bool,
+/// The next frame already waiting on a hub channel.
+fn try_next(link: &mut Option<Subscription>) -> Recv {
+    match link.as_mut().map(|l| l.rx.try_recv()) {
+        Some(Ok(f)) => Recv::Frame(f),
+        Some(Err(broadcast::error::TryRecvError::Lagged(_))) => Recv::Lagged,
+        _ => Recv::Empty,
+    }
 }
 
-impl Last {
-    fn close(code: CloseCode) -> Last {
-        Last {
-            code,
-            notice: None,
-            read_broken: false,
-        }
+/// What the client sent, for the state machine; read errors are classified by their type.
+fn inbound<'a>(msg: &'a Option<Result<Message, WsError>>, id: &str) -> Inbound<'a> {
+    match msg {
+        None | Some(Ok(Message::Close(_))) => Inbound::Closed,
+        Some(Ok(Message::Text(text))) => Inbound::Text(text.as_str()),
+        Some(Ok(Message::Binary(_))) => Inbound::Binary,
+        Some(Ok(Message::Ping(_))) => Inbound::Ping,
+        Some(Ok(Message::Pong(_))) => Inbound::Pong,
+        // Only written, never read.
+        Some(Ok(Message::Frame(_))) => Inbound::Ping,
+        Some(Err(e)) => match classify(e) {
+            Some(code) => Inbound::Broken(code),
+            None => {
+                tracing::debug!(session = %id, error = %e, "read error; the client is gone");
+                Inbound::Gone
+            }
+        },
     }
 }
 
@@ -237,6 +252,7 @@ where
     let s = ctx.settings.clone();
     let start = Instant::now();
     let now = || i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
+    let at = |ms: i64| start + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     let hub = ctx.hub.clone();
     let mut out = Outbox::new(s.queue_max_messages, s.queue_max_bytes);
     let mut st = Session::new(s.clone(), ctx.filter_budget.clone(), hub.head_seq(), now());
@@ -254,143 +270,121 @@ where
     let epoch_over = hub.epoch_over().child_token();
     let restarted = epoch_over.cancelled();
     tokio::pin!(restarted);
+    let tally = &m.session;
 
-    let last = loop {
-        let stall_at = st
-            .stall_deadline()
-            .map(|ms| start + Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
-        let history = st.history_wanted(&out, chunk);
-        let pair_states = st.pair_states_wanted(&out, chunk);
-        let live = st.is_live();
-        tokio::select! {
+    let end = loop {
+        let want = st.wants(&out, chunk);
+        let (after, limit) = want.history.unwrap_or((0, 0));
+        let effects = tokio::select! {
             biased;
-            _ = &mut stopped => break Last::close(CloseCode::GoingAway),
-            _ = &mut restarted => break Last::close(CloseCode::Restart),
-            w = std::future::poll_fn(|cx| writer.poll_drive(cx, &mut out, &mut sink, &m, &ctx.clock)), if writer.has_work(&out) => {
-                if w.is_err() {
-                    return (sink, stream, Ending::Peer);
-                }
-                st.after_write(&mut out, now(), &m.session);
-            }
+            _ = &mut stopped => Effects { end: Some(End::close(CloseCode::GoingAway)), ..Effects::default() },
+            _ = &mut restarted => Effects { end: Some(End::close(CloseCode::Restart)), ..Effects::default() },
+            // Writes first: a steady stream of frames cannot starve the socket.
+            w = std::future::poll_fn(|cx| writer.poll_drive(cx, &mut out, &mut sink, &m, &ctx.clock)), if writer.has_work(&out) => match w {
+                Ok(()) => st.after_write(&mut out, now(), tally),
+                Err(()) => Effects { end: Some(End::Peer { answer: false }), ..Effects::default() },
+            },
             // From memory at once; older frames are awaited from the archive, and any other
             // arm that is ready first cancels the read (it is asked again).
-            since = hub.read_since(history.map_or(0, |h| h.0), history.map_or(0, |h| h.1)), if history.is_some() => {
-                if let Some((_, limit)) = history {
-                    st.on_history(since, limit, &mut out, now(), &m.session);
-                }
+            since = hub.read_since(after, limit), if want.history.is_some() => st.on_history(since, limit, &mut out, now(), tally),
+            _ = std::future::ready(()), if want.pair_states.is_some() => {
+                let p = hub.pairs();
+                let states = want.pair_states.iter().flatten().map(|k| p.message(k)).collect();
+                st.on_pair_states(states, &mut out)
             }
-            _ = std::future::ready(()), if pair_states.is_some() => {
-                if let Some(keys) = pair_states {
-                    let p = hub.pairs();
-                    st.on_pair_states(keys.iter().map(|k| p.message(k)).collect(), &mut out);
-                }
-            }
-            r = recv(link.as_mut().map(|l| &mut l.rx)), if live && link.is_some() => {
-                // One clock read for the whole batch.
-                let t = now();
-                let mut next = Some(r);
-                let mut taken = 0;
-                while let Some(r) = next.take() {
-                    match r {
-                        Ok(frame) => st.on_live(&frame, &mut out, t),
-                        Err(broadcast::error::RecvError::Lagged(_)) => st.on_lagged(),
-                        Err(broadcast::error::RecvError::Closed) => link = None,
-                    }
-                    taken += 1;
-                    if taken < s.flush_batch && st.is_live() {
-                        next = match link.as_mut().map(|l| l.rx.try_recv()) {
-                            Some(Ok(f)) => Some(Ok(f)),
-                            Some(Err(broadcast::error::TryRecvError::Lagged(n))) => Some(Err(broadcast::error::RecvError::Lagged(n))),
-                            _ => None,
-                        };
-                    }
-                }
-            }
+            r = recv(link.as_mut().map(|l| &mut l.rx)), if want.live && link.is_some() => match r {
+                Ok(f) => st.on_channel(Recv::Frame(f), &mut || try_next(&mut link), s.flush_batch, &mut out, now()),
+                Err(broadcast::error::RecvError::Lagged(_)) => st.on_channel(Recv::Lagged, &mut || Recv::Empty, 1, &mut out, now()),
+                Err(broadcast::error::RecvError::Closed) => { link = None; Effects::default() }
+            },
             r = recv(pairs.as_mut()), if pairs.is_some() => match r {
                 Ok(p) => st.on_pair(&p, &mut out),
                 // Pair states supersede each other: missing some is harmless.
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => pairs = None,
+                Err(broadcast::error::RecvError::Lagged(_)) => Effects::default(),
+                Err(broadcast::error::RecvError::Closed) => { pairs = None; Effects::default() }
             },
-            msg = stream.next() => {
-                let effects = match msg {
-                    None | Some(Ok(Message::Close(_))) => {
-                        // tungstenite queued its answer to the client's close: send it.
-                        let _ = tokio::time::timeout(ctx.grace, sink.close()).await;
-                        return (sink, stream, Ending::Peer);
-                    }
-                    Some(Err(e)) => match classify(&e) {
-                        Some(code) => break Last { code, notice: None, read_broken: true },
-                        None => {
-                            tracing::debug!(session = %ctx.id, error = %e, "read error; the client is gone");
-                            return (sink, stream, Ending::Peer);
-                        }
-                    },
-                    Some(Ok(Message::Text(text))) => st.on_text(text.as_str(), now(), &*hub, &mut out),
-                    Some(Ok(Message::Binary(_))) => st.on_binary(now(), &mut out),
-                    Some(Ok(Message::Pong(_))) => {
-                        st.on_pong(now());
-                        st.on_control(now())
-                    }
-                    // tungstenite answers pings itself; they count towards the inbound rate.
-                    Some(Ok(Message::Ping(_))) => st.on_control(now()),
-                    Some(Ok(Message::Frame(_))) => Effects::default(),
-                };
-                if let Some(code) = effects.close {
-                    break Last::close(code);
-                }
-                if effects.rejoin {
-                    let (sub, head) = hub.join_signals(&st.signal_set());
-                    let mut clean = !st.is_catching_up();
-                    if let Some(old) = link.as_mut() {
-                        // What the old channel still holds is read in order now, up to the new
-                        // head, and up to where a new subscription starts (the old channel was
-                        // filtered without it); the rest is on the new channel or in the history.
-                        let cut = head.min(st.drain_cut());
-                        while st.is_live() {
-                            match old.rx.try_recv() {
-                                Ok(f) if f.seq <= cut => st.on_live(&f, &mut out, now()),
-                                Ok(_) => clean = false,
-                                Err(broadcast::error::TryRecvError::Lagged(_)) => clean = false,
-                                Err(_) => break,
-                            }
-                        }
-                        clean = clean && old.rx.is_empty();
-                    }
-                    st.joined(head, HubView::oldest(&*hub), clean);
-                    link = sub;
-                }
-                match effects.pairs {
-                    Some(true) => pairs = Some(hub.pairs().subscribe()),
-                    Some(false) => pairs = None,
-                    None => {}
-                }
-                // After joining the channel: a change from now on comes live as well.
-                if let Some(f) = effects.pair_states {
-                    let mut keys = hub.pairs().keys();
-                    keys.retain(|k| f.matches_pair(k));
-                    keys.sort_unstable();
-                    st.queue_pair_states(keys);
-                }
-            }
-            _ = async { tokio::time::sleep_until(stall_at.unwrap_or(start)).await }, if stall_at.is_some() => {
-                if let Some(since) = st.full_since() {
-                    m.session.stall_to_close.observe((now() - since).max(0) as f64 / 1e3);
-                }
-                let notice = st.on_stalled(hub.head_seq(), &mut out, &m.session);
-                break Last { code: CloseCode::SlowConsumer, notice, read_broken: false };
-            }
-            _ = ticker.tick() => {
-                if let Err(code) = st.on_heartbeat(now(), &mut out) {
-                    break Last::close(code);
-                }
-            }
+            msg = stream.next() => st.on_inbound(inbound(&msg, &ctx.id), now(), &*hub, &mut out),
+            _ = async { tokio::time::sleep_until(at(want.stall_at.unwrap_or(0))).await }, if want.stall_at.is_some() => st.on_stalled(hub.head_seq(), now(), &mut out, tally),
+            _ = ticker.tick() => st.on_heartbeat(now(), &mut out),
+        };
+        if let Some(end) = apply(
+            effects,
+            &mut st,
+            &mut out,
+            &hub,
+            &mut link,
+            &mut pairs,
+            now(),
+        ) {
+            break end;
         }
     };
     drop(link);
-    // The closing steps hold timers and futures of their own: boxed, an open session does not
-    // carry their room (BENCHMARKS.md, P3).
-    Box::pin(finish(sink, stream, last, out, writer, &ctx)).await
+    match end {
+        End::Peer { answer } => {
+            if answer {
+                // tungstenite queued its answer to the client's close: send it.
+                let _ = tokio::time::timeout(ctx.grace, sink.close()).await;
+            }
+            (sink, stream, Ending::Peer)
+        }
+        // The closing steps hold timers and futures of their own: boxed, an open session does
+        // not carry their room (BENCHMARKS.md, P3).
+        End::Server {
+            code,
+            notice,
+            read_broken,
+        } => {
+            let last = Last {
+                code,
+                notice,
+                read_broken,
+            };
+            Box::pin(finish(sink, stream, last, out, writer, &ctx)).await
+        }
+    }
+}
+
+/// Does what the state machine asked after an input: joins the channels it named (the old
+/// signal channel handed to it to drain), hands it the pairs the hub knows. `Some`: the end.
+fn apply(
+    effects: Effects,
+    st: &mut Session,
+    out: &mut Outbox,
+    hub: &Hub,
+    link: &mut Option<Subscription>,
+    pairs: &mut Option<broadcast::Receiver<Arc<PairFrame>>>,
+    now: i64,
+) -> Option<End> {
+    if effects.end.is_some() {
+        return effects.end;
+    }
+    if effects.rejoin {
+        let (sub, head) = hub.join_signals(&st.signal_set());
+        let had = link.is_some();
+        let mut drain = || try_next(link);
+        let old: Option<&mut dyn FnMut() -> Recv> = had.then_some(&mut drain);
+        st.rejoin(head, HubView::oldest(hub), old, out, now);
+        *link = sub;
+    }
+    match effects.pairs {
+        Some(true) => *pairs = Some(hub.pairs().subscribe()),
+        Some(false) => *pairs = None,
+        None => {}
+    }
+    // After joining the channel: a change from now on comes live as well.
+    if effects.pair_states {
+        st.pairs_known(hub.pairs().keys());
+    }
+    None
+}
+
+/// The last words of a session the server ends.
+struct Last {
+    code: CloseCode,
+    notice: Option<Bytes>,
+    /// The read side is out of step: the handshake cannot be completed on the WebSocket.
+    read_broken: bool,
 }
 
 /// A session the server ends: what is owed, the close frame, the closing handshake.

@@ -1,7 +1,9 @@
 //! The session as a state machine (docs/protocol.md): subscriptions, where the session stands in
 //! the stream, what it owes a resumed subscription, what it could not deliver, the inbound rate
 //! limit, liveness. No I/O, no clock: every input carries the time (ms since the session
-//! began), every output goes into the [`Outbox`] or comes back as [`Effects`] for the shell.
+//! began). Every handler puts what to send into the [`Outbox`] and returns one [`Effects`]
+//! (channels to join or leave, how the session ends); [`Session::wants`] says what to read
+//! next. The shell only moves bytes and time.
 //!
 //! The stream. The session delivers frames in seq order from one position, `pos`. While it is
 //! *live* it takes them from its hub channel; while it is *catching up* (its channel lagged, its
@@ -45,20 +47,95 @@ pub trait Tally {
     fn lagged_notice(&self);
     /// Frames discarded from a slow consumer's outbox at its 4008 close.
     fn dropped(&self, n: u64);
+    /// From the outbox filling to the slow consumer's close.
+    fn stall_to_close(&self, seconds: f64);
 }
 
-/// What the shell must do after a client message.
+/// One read of the session's hub channel, as the shell found it.
+pub enum Recv {
+    Frame(Arc<Frame>),
+    /// The channel dropped frames this session had not taken.
+    Lagged,
+    /// Nothing more now (or the channel is gone).
+    Empty,
+}
+
+/// What the client sent, or what became of the connection, as the shell read it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Inbound<'a> {
+    Text(&'a str),
+    Binary,
+    Ping,
+    Pong,
+    /// The client's close frame, or the end of the stream.
+    Closed,
+    /// The connection is gone (reset, I/O error): nobody to tell.
+    Gone,
+    /// The client broke the WebSocket protocol: close with this code; the read side is out of
+    /// step, so the closing handshake cannot complete.
+    Broken(CloseCode),
+}
+
+/// How the session ends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum End {
+    /// The client closed (`answer`: its close frame is owed the WebSocket layer's answer) or
+    /// is gone.
+    Peer { answer: bool },
+    /// The server closes: what is owed, then `notice` (if any), then the close frame.
+    Server {
+        code: CloseCode,
+        notice: Option<Bytes>,
+        /// The read side is out of step: the handshake cannot be completed on the WebSocket.
+        read_broken: bool,
+    },
+}
+
+impl End {
+    pub fn close(code: CloseCode) -> End {
+        End::Server {
+            code,
+            notice: None,
+            read_broken: false,
+        }
+    }
+}
+
+/// What the shell must do after any input: the state machine's one output besides the outbox
+/// (what to send) and [`Wants`] (what to read).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Effects {
-    /// The signal filter set changed: join its channel.
+    /// The signal filter set changed: join its channel and hand the old one to
+    /// [`Session::rejoin`].
     pub rejoin: bool,
     /// Join (`true`) or leave (`false`) the pairs channel.
     pub pairs: Option<bool>,
-    /// A pairs subscription began: queue the current state of every pair this filter matches
-    /// ([`Session::queue_pair_states`]).
-    pub pair_states: Option<Arc<Filter>>,
-    /// End the session with this close code.
-    pub close: Option<CloseCode>,
+    /// A pairs subscription began: after joining the pairs channel, hand the keys of every
+    /// pair the hub knows to [`Session::pairs_known`].
+    pub pair_states: bool,
+    pub end: Option<End>,
+}
+
+impl Effects {
+    fn end(end: End) -> Effects {
+        Effects {
+            end: Some(end),
+            ..Effects::default()
+        }
+    }
+}
+
+/// What the session wants to read before its next input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wants {
+    /// From the history: `(after, limit)`.
+    pub history: Option<(u64, usize)>,
+    /// The current states of these pairs, in this order.
+    pub pair_states: Option<Vec<PairKey>>,
+    /// Frames from the hub channel.
+    pub live: bool,
+    /// When the session is closed as a slow consumer if its outbox stays full (ms).
+    pub stall_at: Option<i64>,
 }
 
 struct Sub {
@@ -141,26 +218,43 @@ impl Session {
         }
     }
 
-    /// Owes the current state of these pairs (the shell read which pairs a new subscription's
-    /// filter matches, after joining the channel so that no change falls between).
-    pub fn queue_pair_states(&mut self, keys: impl IntoIterator<Item = PairKey>) {
+    /// The keys of every pair the hub knows, read after joining the pairs channel so that no
+    /// change falls between: the newest pairs subscription is owed the state of each pair its
+    /// filter matches, in key order.
+    pub fn pairs_known(&mut self, mut keys: Vec<PairKey>) {
+        let Some(sub) = self.subs.iter().rev().find(|s| s.channel == Channel::Pairs) else {
+            return;
+        };
+        keys.retain(|k| sub.filter.matches_pair(k));
+        keys.sort_unstable();
         self.pair_backlog.extend(keys);
     }
 
+    /// What to read next, `chunk` items at most a read. Nothing is read while the outbox is
+    /// full: the session takes only what it can hold.
+    pub fn wants(&self, out: &Outbox, chunk: usize) -> Wants {
+        Wants {
+            history: self.history_wanted(out, chunk),
+            pair_states: self.pair_states_wanted(out, chunk),
+            live: self.is_live(),
+            stall_at: self.stall_deadline(),
+        }
+    }
+
     /// The next pairs whose state the shell should render, when the outbox has room.
-    pub fn pair_states_wanted(&self, out: &Outbox, chunk: usize) -> Option<Vec<PairKey>> {
+    fn pair_states_wanted(&self, out: &Outbox, chunk: usize) -> Option<Vec<PairKey>> {
         if !out.has_room() || self.pair_backlog.is_empty() {
             return None;
         }
         Some(self.pair_backlog.iter().take(chunk).cloned().collect())
     }
 
-    /// The states of the pairs [`Session::pair_states_wanted`] named, in its order (`None`: no
-    /// longer tracked). What does not fit stays owed.
-    pub fn on_pair_states(&mut self, states: Vec<Option<Bytes>>, out: &mut Outbox) {
+    /// The states of the pairs [`Wants::pair_states`] named, in its order (`None`: no longer
+    /// tracked). What does not fit stays owed.
+    pub fn on_pair_states(&mut self, states: Vec<Option<Bytes>>, out: &mut Outbox) -> Effects {
         for state in states {
             let Some(key) = self.pair_backlog.front() else {
-                return;
+                break;
             };
             if let Some(text) = state {
                 let wanted = self
@@ -168,11 +262,12 @@ impl Session {
                     .iter()
                     .any(|s| s.channel == Channel::Pairs && s.filter.matches_pair(key));
                 if wanted && !out.push_droppable(text) {
-                    return;
+                    break;
                 }
             }
             self.pair_backlog.pop_front();
         }
+        Effects::default()
     }
 
     /// The `welcome` message.
@@ -204,14 +299,6 @@ impl Session {
         !self.catching_up && self.backlogs.is_empty()
     }
 
-    pub fn is_catching_up(&self) -> bool {
-        self.catching_up
-    }
-
-    pub fn position(&self) -> u64 {
-        self.pos
-    }
-
     /// Whether a live frame is for this session (some subscription that began before it
     /// matches it).
     fn wanted(&self, f: &Frame) -> bool {
@@ -235,8 +322,34 @@ impl Session {
         self.after_push(out, now);
     }
 
+    /// Frames from the hub channel (while live): `first`, then more from `next` while the
+    /// session stays live, `batch` in all at most (they are written with one flush).
+    pub fn on_channel(
+        &mut self,
+        first: Recv,
+        next: &mut dyn FnMut() -> Recv,
+        batch: usize,
+        out: &mut Outbox,
+        now: i64,
+    ) -> Effects {
+        let mut r = first;
+        for taken in 1.. {
+            match r {
+                Recv::Frame(f) => self.on_live(&f, out, now),
+                // Read the dropped frames from the history.
+                Recv::Lagged => self.catching_up = true,
+                Recv::Empty => break,
+            }
+            if taken >= batch || !self.is_live() {
+                break;
+            }
+            r = next();
+        }
+        Effects::default()
+    }
+
     /// A frame from the hub channel (only while live).
-    pub fn on_live(&mut self, f: &Frame, out: &mut Outbox, now: i64) {
+    fn on_live(&mut self, f: &Frame, out: &mut Outbox, now: i64) {
         if f.seq <= self.pos {
             return;
         }
@@ -251,21 +364,41 @@ impl Session {
         }
     }
 
-    /// The hub channel dropped frames this session had not taken: read them from the history.
-    pub fn on_lagged(&mut self) {
-        self.catching_up = true;
+    /// The shell joined the channel of [`Session::signal_set`] (after [`Effects::rejoin`]):
+    /// every frame after `head` comes through it. What the old channel still holds (read with
+    /// `old`) is taken in order now, up to the new head and up to where a subscription added
+    /// since the last join starts (the old channel was filtered without it); the rest is on the
+    /// new channel or in the history.
+    pub fn rejoin(
+        &mut self,
+        head: u64,
+        oldest: u64,
+        old: Option<&mut dyn FnMut() -> Recv>,
+        out: &mut Outbox,
+        now: i64,
+    ) {
+        let mut clean = !self.catching_up;
+        if let Some(next) = old {
+            let cut = head.min(self.drain_cut.unwrap_or(u64::MAX));
+            loop {
+                match next() {
+                    Recv::Empty => break,
+                    // Left on the old channel: the history has it.
+                    _ if !self.is_live() => {
+                        clean = false;
+                        break;
+                    }
+                    Recv::Frame(f) if f.seq <= cut => self.on_live(&f, out, now),
+                    Recv::Frame(_) | Recv::Lagged => clean = false,
+                }
+            }
+        }
+        self.joined(head, oldest, clean);
     }
 
-    /// How far the old channel may be read before joining the new one: up to the start of any
-    /// subscription added since the last join (what it wants is not on the old channel).
-    pub fn drain_cut(&self) -> u64 {
-        self.drain_cut.unwrap_or(u64::MAX)
-    }
-
-    /// Joined the channel of [`Session::signal_set`]: every frame after `head` comes through it.
     /// `clean`: the previous channel was drained whole, without lagging, so frames the history
     /// has since dropped (before `oldest`) had all reached this session through it.
-    pub fn joined(&mut self, head: u64, oldest: u64, clean: bool) {
+    fn joined(&mut self, head: u64, oldest: u64, clean: bool) {
         self.drain_cut = None;
         let start = self.signal_subs().map(|s| s.from).min().unwrap_or(head);
         // Frames no subscription is owed are nobody's: skip them.
@@ -279,7 +412,7 @@ impl Session {
     }
 
     /// What to read from the history now, if anything: `(after, limit)`.
-    pub fn history_wanted(&self, out: &Outbox, chunk: usize) -> Option<(u64, usize)> {
+    fn history_wanted(&self, out: &Outbox, chunk: usize) -> Option<(u64, usize)> {
         if !out.has_room() {
             return None;
         }
@@ -297,7 +430,7 @@ impl Session {
         out: &mut Outbox,
         now: i64,
         m: &dyn Tally,
-    ) {
+    ) -> Effects {
         if let Some(mut b) = self.backlogs.pop_front() {
             if s.oldest_seq > b.next_after.saturating_add(1) {
                 let to = (s.oldest_seq - 1).min(b.until);
@@ -333,10 +466,10 @@ impl Session {
             if b.next_after < b.until {
                 self.backlogs.push_front(b);
             }
-            return;
+            return Effects::default();
         }
         if !self.catching_up {
-            return;
+            return Effects::default();
         }
         if s.oldest_seq > self.pos.saturating_add(1) {
             let to = s.oldest_seq - 1;
@@ -349,7 +482,7 @@ impl Session {
                 continue;
             }
             if !out.has_room() {
-                return;
+                return Effects::default();
             }
             self.pos = f.seq;
             if self.wanted(f) {
@@ -361,6 +494,7 @@ impl Session {
             self.pos = self.pos.max(s.head);
             self.catching_up = false;
         }
+        Effects::default()
     }
 
     fn note_missed(&mut self, from: u64, to: u64, out: &mut Outbox, now: i64, m: &dyn Tally) {
@@ -397,27 +531,27 @@ impl Session {
 
     /// After the shell wrote from the outbox: when it has drained to its low watermark, the
     /// stall timer stops and what was missed is reported at once, before any newer frame.
-    pub fn after_write(&mut self, out: &mut Outbox, now: i64, m: &dyn Tally) {
+    pub fn after_write(&mut self, out: &mut Outbox, now: i64, m: &dyn Tally) -> Effects {
         if out.take_drained() || (self.full_since.is_some() && out.has_room()) {
             self.full_since = None;
             self.send_lagged(out, now, m);
         }
+        Effects::default()
     }
 
     /// When the session is closed as a slow consumer if its outbox stays full.
-    pub fn stall_deadline(&self) -> Option<i64> {
+    fn stall_deadline(&self) -> Option<i64> {
         let stall = i64::try_from(self.settings.stall_close.as_millis()).unwrap_or(i64::MAX);
         self.full_since.map(|t| t.saturating_add(stall))
     }
 
-    pub fn full_since(&self) -> Option<i64> {
-        self.full_since
-    }
-
-    /// The outbox stayed full past the stall time: its frames are discarded, and the notice
-    /// returned covers every seq the client has not received, up to `head`, so that a resume
-    /// from `missed_from − 1` loses nothing.
-    pub fn on_stalled(&mut self, head: u64, out: &mut Outbox, m: &dyn Tally) -> Option<Bytes> {
+    /// The outbox stayed full past the stall time: its frames are discarded and the session
+    /// ends with 4008, after a notice covering every seq the client has not received, up to
+    /// `head`, so that a resume from `missed_from − 1` loses nothing.
+    pub fn on_stalled(&mut self, head: u64, now: i64, out: &mut Outbox, m: &dyn Tally) -> Effects {
+        if let Some(since) = self.full_since {
+            m.stall_to_close((now - since).max(0) as f64 / 1e3);
+        }
         let (discarded, lowest) = out.discard_frames();
         m.dropped(discarded);
         let mut from = self.pos + 1;
@@ -431,29 +565,31 @@ impl Session {
             from = from.min(b.next_after + 1);
         }
         self.backlogs.clear();
-        (from <= head).then(|| {
+        let notice = (from <= head).then(|| {
             m.lagged_notice();
             bytes(self.lagged_json(from, head))
+        });
+        Effects::end(End::Server {
+            code: CloseCode::SlowConsumer,
+            notice,
+            read_broken: false,
         })
     }
 
     /// The heartbeat: a ping, or the close when no pong came for two intervals. Only pongs
     /// count as an answer: a client that sends other messages but never answers pings is
     /// not alive to the protocol.
-    pub fn on_heartbeat(&mut self, now: i64, out: &mut Outbox) -> Result<(), CloseCode> {
+    pub fn on_heartbeat(&mut self, now: i64, out: &mut Outbox) -> Effects {
         let limit = i64::try_from(self.settings.heartbeat.as_millis() * 2).unwrap_or(i64::MAX);
         if now - self.last_pong_ms > limit {
-            return Err(CloseCode::Heartbeat);
+            return Effects::end(End::close(CloseCode::Heartbeat));
         }
         out.push_ping();
-        Ok(())
+        Effects::default()
     }
 
-    pub fn on_pong(&mut self, now: i64) {
-        self.last_pong_ms = now;
-    }
-
-    pub fn on_pair(&mut self, p: &PairFrame, out: &mut Outbox) {
+    /// A pair's new state from the pairs channel.
+    pub fn on_pair(&mut self, p: &PairFrame, out: &mut Outbox) -> Effects {
         let wanted = self
             .subs
             .iter()
@@ -462,29 +598,51 @@ impl Session {
         if wanted {
             out.push_droppable(p.text.clone());
         }
+        Effects::default()
+    }
+
+    /// What came from the client.
+    pub fn on_inbound(
+        &mut self,
+        msg: Inbound<'_>,
+        now: i64,
+        hub: &dyn HubView,
+        out: &mut Outbox,
+    ) -> Effects {
+        match msg {
+            Inbound::Text(text) => self.on_text(text, now, hub, out),
+            Inbound::Binary => self.on_binary(now, out),
+            Inbound::Pong => {
+                self.last_pong_ms = now;
+                self.on_control(now)
+            }
+            // The WebSocket layer answers pings itself; they count towards the inbound rate.
+            Inbound::Ping => self.on_control(now),
+            Inbound::Closed => Effects::end(End::Peer { answer: true }),
+            Inbound::Gone => Effects::end(End::Peer { answer: false }),
+            Inbound::Broken(code) => Effects::end(End::Server {
+                code,
+                notice: None,
+                read_broken: true,
+            }),
+        }
     }
 
     /// A control frame from the client (ping or pong): counted by the inbound rate like any
     /// message, so that a flood of pings (each of which the WebSocket layer answers) closes
     /// with 1008 as a flood of text does.
-    pub fn on_control(&mut self, now: i64) -> Effects {
+    fn on_control(&mut self, now: i64) -> Effects {
         if self.inbound.try_take(now) {
             Effects::default()
         } else {
-            Effects {
-                close: Some(CloseCode::Policy),
-                ..Effects::default()
-            }
+            Effects::end(End::close(CloseCode::Policy))
         }
     }
 
     /// A binary message: not part of the protocol, answered with an error (and rate limited).
-    pub fn on_binary(&mut self, now: i64, out: &mut Outbox) -> Effects {
+    fn on_binary(&mut self, now: i64, out: &mut Outbox) -> Effects {
         if !self.inbound.try_take(now) {
-            return Effects {
-                close: Some(CloseCode::Policy),
-                ..Effects::default()
-            };
+            return Effects::end(End::close(CloseCode::Policy));
         }
         let e = OpError::new(
             None,
@@ -496,18 +654,9 @@ impl Session {
     }
 
     /// A client text message.
-    pub fn on_text(
-        &mut self,
-        text: &str,
-        now: i64,
-        hub: &dyn HubView,
-        out: &mut Outbox,
-    ) -> Effects {
+    fn on_text(&mut self, text: &str, now: i64, hub: &dyn HubView, out: &mut Outbox) -> Effects {
         if !self.inbound.try_take(now) {
-            return Effects {
-                close: Some(CloseCode::Policy),
-                ..Effects::default()
-            };
+            return Effects::end(End::close(CloseCode::Policy));
         }
         match protocol::parse(text, &self.settings.filter_limits) {
             Err(e) => {
@@ -647,7 +796,7 @@ impl Session {
                         if !self.subs.iter().any(|s| s.channel == Channel::Pairs) {
                             effects.pairs = Some(true);
                         }
-                        effects.pair_states = Some(filter.clone());
+                        effects.pair_states = true;
                     }
                 }
                 self.filter_entries += filter.size();
@@ -715,33 +864,24 @@ mod tests {
 
     impl T {
         fn send(&mut self, text: &str) -> Effects {
-            let e = self.st.on_text(text, self.now, &self.hub, &mut self.out);
+            let e = self
+                .st
+                .on_inbound(Inbound::Text(text), self.now, &self.hub, &mut self.out);
             if e.rejoin {
                 self.rejoin();
             }
             e
         }
 
-        /// What the shell does on a rejoin: join the new set's channel, read the old one up to
-        /// the cut, then tell the session.
+        /// What the shell does on a rejoin: join the new set's channel, hand the old one over.
         fn rejoin(&mut self) {
             let (sub, head) = self.hub.join_signals(&self.st.signal_set());
-            let mut clean = !self.st.is_catching_up();
-            if let Some(old) = self.sub.as_mut() {
-                let cut = head.min(self.st.drain_cut());
-                while self.st.is_live() {
-                    match old.rx.try_recv() {
-                        Ok(f) if f.seq <= cut => self.st.on_live(&f, &mut self.out, self.now),
-                        Ok(_) => clean = false,
-                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
-                            clean = false
-                        }
-                        Err(_) => break,
-                    }
-                }
-                clean = clean && old.rx.is_empty();
-            }
-            self.st.joined(head, HubView::oldest(&self.hub), clean);
+            let oldest = HubView::oldest(&self.hub);
+            let had = self.sub.is_some();
+            let old = &mut self.sub;
+            let mut drain = || next(old);
+            let old: Option<&mut dyn FnMut() -> Recv> = had.then_some(&mut drain);
+            self.st.rejoin(head, oldest, old, &mut self.out, self.now);
             self.sub = sub;
         }
 
@@ -759,17 +899,13 @@ mod tests {
                     }
                 }
                 while self.st.is_live() {
-                    match self.sub.as_mut().map(|s| s.rx.try_recv()) {
-                        Some(Ok(f)) => {
-                            self.st.on_live(&f, &mut self.out, self.now);
-                            progressed = true;
-                        }
-                        Some(Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_))) => {
-                            self.st.on_lagged();
-                            progressed = true;
-                        }
-                        _ => break,
+                    let r = next(&mut self.sub);
+                    if matches!(r, Recv::Empty) {
+                        break;
                     }
+                    self.st
+                        .on_channel(r, &mut || Recv::Empty, 1, &mut self.out, self.now);
+                    progressed = true;
                 }
                 if !progressed {
                     break;
@@ -790,6 +926,14 @@ mod tests {
                 }
             }
             got
+        }
+    }
+
+    fn next(sub: &mut Option<hub::Subscription>) -> Recv {
+        match sub.as_mut().map(|s| s.rx.try_recv()) {
+            Some(Ok(f)) => Recv::Frame(f),
+            Some(Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_))) => Recv::Lagged,
+            _ => Recv::Empty,
         }
     }
 
@@ -833,7 +977,8 @@ mod tests {
         t.send(&sub("sim"));
         t.read();
         // The subscribe is handled (it starts after the head, 0) ...
-        let e = t.st.on_text(&sub("base"), t.now, &t.hub, &mut t.out);
+        let e =
+            t.st.on_inbound(Inbound::Text(&sub("base")), t.now, &t.hub, &mut t.out);
         assert!(e.rejoin);
         // ... then, before the session joins the new channel, a base frame and a sim frame are
         // published: the old channel (sim only) holds the second, not the first.
@@ -919,11 +1064,11 @@ mod tests {
         }
         t.now = 100;
         t.pump();
-        assert_eq!(t.st.stall_deadline(), Some(100 + 4_000));
+        assert_eq!(t.st.wants(&t.out, 4).stall_at, Some(100 + 4_000));
         t.now = 200;
         t.read();
         // Drained; no frame since. The old code kept the timer until the next frame came.
-        assert_eq!(t.st.stall_deadline(), None);
+        assert_eq!(t.st.wants(&t.out, 4).stall_at, None);
     }
 
     #[test]
@@ -940,7 +1085,14 @@ mod tests {
         }
         t.pump();
         let head = t.hub.head_seq();
-        let notice = t.st.on_stalled(head, &mut t.out, &t.m.session).unwrap();
+        let Some(End::Server {
+            code: CloseCode::SlowConsumer,
+            notice: Some(notice),
+            ..
+        }) = t.st.on_stalled(head, 0, &mut t.out, &t.m.session).end
+        else {
+            panic!("not a 4008 with a notice");
+        };
         let v: serde_json::Value = serde_json::from_slice(&notice).unwrap();
         assert_eq!(
             (v["missed_from"].as_u64(), v["missed_to"].as_u64()),
@@ -958,19 +1110,24 @@ mod tests {
         let mut t = t(s, hub::Settings::default());
         let beat = 25_000;
         t.now = beat;
-        assert_eq!(t.st.on_heartbeat(t.now, &mut t.out), Ok(()));
+        assert_eq!(t.st.on_heartbeat(t.now, &mut t.out).end, None);
         t.send(r#"{"op":"ping"}"#);
         t.now = 3 * beat;
         t.send(r#"{"op":"ping"}"#);
         assert_eq!(
-            t.st.on_heartbeat(t.now, &mut t.out),
-            Err(CloseCode::Heartbeat),
+            t.st.on_heartbeat(t.now, &mut t.out).end,
+            Some(End::close(CloseCode::Heartbeat)),
             "messages are not pongs"
         );
-        t.st.on_pong(t.now);
-        assert_eq!(t.st.on_heartbeat(t.now, &mut t.out), Ok(()));
-        assert_eq!(t.send(r#"{"op":"ping"}"#).close, None);
-        assert_eq!(t.send(r#"{"op":"ping"}"#).close, Some(CloseCode::Policy));
+        t.st.on_inbound(Inbound::Pong, t.now, &t.hub, &mut t.out);
+        assert_eq!(t.st.on_heartbeat(t.now, &mut t.out).end, None);
+        // The ping at 75 s and the pong took the burst of 2: pongs count towards the rate.
+        assert_eq!(
+            t.send(r#"{"op":"ping"}"#).end,
+            Some(End::close(CloseCode::Policy))
+        );
+        t.now += 1_000;
+        assert_eq!(t.send(r#"{"op":"ping"}"#).end, None, "a token a second");
     }
 
     #[test]
