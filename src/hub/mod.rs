@@ -107,14 +107,23 @@ impl Settings {
     }
 }
 
+struct SessionTokens {
+    /// The server's shutdown, once [`Hub::end_sessions_with`] gave it.
+    parent: CancellationToken,
+    /// A child of `parent`, cancelled when the numbering restarts under the sessions (a
+    /// cluster's stream was replaced), so that each closes and its client resumes against the
+    /// new epoch.
+    epoch: CancellationToken,
+}
+
 pub struct Hub {
     clock: Clock,
     history: Box<dyn History>,
     fanout: Arc<Fanout>,
     pairs: Pairs,
-    /// Cancelled when the numbering restarts under the sessions (a cluster's stream was
-    /// replaced), so that each closes and its client resumes against the new epoch.
-    epoch_over: std::sync::Mutex<CancellationToken>,
+    /// What ends the sessions from outside, one token for both causes (a session polls one
+    /// future, not two, at every wake-up).
+    sessions: std::sync::Mutex<SessionTokens>,
     /// A publish commits to a file (and waits for its fsync): async publishers hand it to the
     /// blocking pool (`publish_off_worker`).
     writes_to_disk: bool,
@@ -160,7 +169,10 @@ impl Hub {
                 settings.max_filter_sets,
             )),
             pairs: Pairs::new(settings.broadcast_capacity),
-            epoch_over: std::sync::Mutex::new(CancellationToken::new()),
+            sessions: std::sync::Mutex::new(SessionTokens {
+                parent: CancellationToken::new(),
+                epoch: CancellationToken::new(),
+            }),
             writes_to_disk: false,
         }
     }
@@ -193,21 +205,33 @@ impl Hub {
         join(tokio::task::spawn_blocking(move || hub.publish_serialized(batch)).await)
     }
 
-    /// Cancelled when the current epoch ends under the sessions (see [`Hub::end_epoch`]).
+    fn session_tokens(&self) -> std::sync::MutexGuard<'_, SessionTokens> {
+        // Two tokens swapped: a panic under the lock leaves them consistent.
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Cancelled when the current epoch ends under the sessions (see [`Hub::end_epoch`]) or
+    /// the server shuts down (see [`Hub::end_sessions_with`]).
     pub fn epoch_over(&self) -> CancellationToken {
-        self.epoch_over
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.session_tokens().epoch.clone()
+    }
+
+    /// Every epoch's token from now on is a child of `shutdown`: a session's one token ends
+    /// it at shutdown as well (it tells the two apart by asking `shutdown`). Called by the
+    /// server before any session starts.
+    pub fn end_sessions_with(&self, shutdown: &CancellationToken) {
+        let mut t = self.session_tokens();
+        t.parent = shutdown.clone();
+        t.epoch = shutdown.child_token();
     }
 
     /// The history now numbers in another epoch: every session of the old one is told to
     /// end (it closes with 1012, and its client resumes, learning `recovered: false`).
     pub fn end_epoch(&self) {
-        let old = std::mem::replace(
-            &mut *self.epoch_over.lock().unwrap_or_else(|p| p.into_inner()),
-            CancellationToken::new(),
-        );
+        let mut t = self.session_tokens();
+        let next = t.parent.child_token();
+        let old = std::mem::replace(&mut t.epoch, next);
+        drop(t);
         old.cancel();
     }
 
@@ -375,6 +399,25 @@ mod tests {
             ..RawSettings::default()
         };
         assert_eq!(Settings::parse(&raw).unwrap_err().field, "retain_seconds");
+    }
+
+    #[test]
+    fn the_sessions_token_ends_with_each_epoch_and_with_the_shutdown() {
+        let hub = Hub::new(Settings::default(), Clock::manual(1_000));
+        let shutdown = CancellationToken::new();
+        hub.end_sessions_with(&shutdown);
+        let first = hub.epoch_over();
+        hub.end_epoch();
+        assert!(first.is_cancelled(), "the epoch ended");
+        let second = hub.epoch_over();
+        assert!(!second.is_cancelled(), "the next epoch's token is fresh");
+        shutdown.cancel();
+        assert!(second.is_cancelled(), "and still a child of the shutdown");
+        hub.end_epoch();
+        assert!(
+            hub.epoch_over().is_cancelled(),
+            "after shutdown, born ended"
+        );
     }
 
     #[test]

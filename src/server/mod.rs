@@ -244,6 +244,8 @@ impl AppState {
         let filter_budget = Arc::new(session::FilterBudget::new(
             p.session.max_total_filter_entries,
         ));
+        // A session watches one token: the epoch's, which shutdown cancels too.
+        p.hub.end_sessions_with(&p.shutdown);
         let allowed_hosts = Arc::new(guard::AllowedHosts::new(
             &p.settings.allowed_hosts,
             p.settings.bind,

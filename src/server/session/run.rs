@@ -45,6 +45,8 @@ pub struct SessionCtx {
     pub metrics: Arc<Metrics>,
     /// The wall clock, for the publish-to-send latency.
     pub clock: Clock,
+    /// The server's shutdown: tells a shutdown (1001) from an epoch's end (1012). The session
+    /// waits on the hub's epoch token, which [`Hub::end_sessions_with`] made a child of it.
     pub shutdown: CancellationToken,
     /// The filter entries of all sessions (`session.max_total_filter_entries`).
     pub filter_budget: Arc<FilterBudget>,
@@ -202,6 +204,29 @@ impl Writer {
     }
 }
 
+/// The slow-consumer timer, on the heap only while the outbox is full: a `Sleep` is 100-odd
+/// bytes that every idle session would otherwise carry (BENCHMARKS.md, P3).
+#[derive(Default)]
+struct StallTimer(Option<Pin<Box<tokio::time::Sleep>>>);
+
+impl StallTimer {
+    fn arm(&mut self, deadline: Option<Instant>) {
+        match (deadline, &mut self.0) {
+            (None, t) => *t = None,
+            (Some(d), Some(s)) if s.deadline() == d => {}
+            (Some(d), Some(s)) => s.as_mut().reset(d),
+            (Some(d), t) => *t = Some(Box::pin(tokio::time::sleep_until(d))),
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.0 {
+            Some(s) => std::future::Future::poll(s.as_mut(), cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
 async fn recv<T: Clone>(
     rx: Option<&mut broadcast::Receiver<T>>,
 ) -> Result<T, broadcast::error::RecvError> {
@@ -262,23 +287,25 @@ where
     let mut pairs: Option<broadcast::Receiver<Arc<PairFrame>>> = None;
     let chunk = s.queue_max_messages.clamp(16, 1024);
     let mut ticker = tokio::time::interval_at(start + s.heartbeat, s.heartbeat);
-    // A child token has its own waiter list: thousands of sessions polling the server's token
-    // would contend on its lock at every wake-up.
-    let shutdown = ctx.shutdown.child_token();
-    let stopped = shutdown.cancelled();
-    tokio::pin!(stopped);
-    let epoch_over = hub.epoch_over().child_token();
-    let restarted = epoch_over.cancelled();
-    tokio::pin!(restarted);
+    // One token for the epoch's end and the server's shutdown (`Hub::end_sessions_with`). A
+    // child token has its own waiter list: thousands of sessions polling a shared token would
+    // contend on its lock at every wake-up.
+    let ended = hub.epoch_over().child_token();
+    let ending = ended.cancelled();
+    tokio::pin!(ending);
     let tally = &m.session;
+    let mut stall = StallTimer::default();
 
     let end = loop {
         let want = st.wants(&out, chunk);
         let (after, limit) = want.history.unwrap_or((0, 0));
+        stall.arm(want.stall_at.map(at));
         let effects = tokio::select! {
             biased;
-            _ = &mut stopped => Effects { end: Some(End::close(CloseCode::GoingAway)), ..Effects::default() },
-            _ = &mut restarted => Effects { end: Some(End::close(CloseCode::Restart)), ..Effects::default() },
+            _ = &mut ending => {
+                let code = if ctx.shutdown.is_cancelled() { CloseCode::GoingAway } else { CloseCode::Restart };
+                Effects { end: Some(End::close(code)), ..Effects::default() }
+            }
             // Writes first: a steady stream of frames cannot starve the socket.
             w = std::future::poll_fn(|cx| writer.poll_drive(cx, &mut out, &mut sink, &m, &ctx.clock)), if writer.has_work(&out) => match w {
                 Ok(()) => st.after_write(&mut out, now(), tally),
@@ -304,7 +331,7 @@ where
                 Err(broadcast::error::RecvError::Closed) => { pairs = None; Effects::default() }
             },
             msg = stream.next() => st.on_inbound(inbound(&msg, &ctx.id), now(), &*hub, &mut out),
-            _ = async { tokio::time::sleep_until(at(want.stall_at.unwrap_or(0))).await }, if want.stall_at.is_some() => st.on_stalled(hub.head_seq(), now(), &mut out, tally),
+            _ = std::future::poll_fn(|cx| stall.poll(cx)), if want.stall_at.is_some() => st.on_stalled(hub.head_seq(), now(), &mut out, tally),
             _ = ticker.tick() => st.on_heartbeat(now(), &mut out),
         };
         if let Some(end) = apply(
@@ -323,8 +350,9 @@ where
     match end {
         End::Peer { answer } => {
             if answer {
-                // tungstenite queued its answer to the client's close: send it.
-                let _ = tokio::time::timeout(ctx.grace, sink.close()).await;
+                // tungstenite queued its answer to the client's close: send it (boxed, as the
+                // closing steps below).
+                let _ = Box::pin(tokio::time::timeout(ctx.grace, sink.close())).await;
             }
             (sink, stream, Ending::Peer)
         }
@@ -475,6 +503,7 @@ mod tests {
         let (client_tx, server_rx) = mpsc::channel(1024);
         let (server_tx, client_rx) = mpsc::channel(1024);
         let shutdown = CancellationToken::new();
+        hub.end_sessions_with(&shutdown);
         let ctx = SessionCtx {
             id: "c1".into(),
             hub: hub.clone(),
