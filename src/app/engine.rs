@@ -137,7 +137,7 @@ pub async fn run(
     mut engine: Engine,
     mut rx: mpsc::Receiver<Input>,
     ctx: Ctx,
-) -> Result<(), String> {
+) -> Result<(), std::convert::Infallible> {
     let Ctx {
         hub,
         metrics,

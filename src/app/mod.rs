@@ -62,7 +62,24 @@ pub enum RunError {
 }
 
 type Task = JoinHandle<Result<(), (String, String)>>;
-type Boxed = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+/// What a supervised task ends with when it fails: its own module's error (`ClusterError`,
+/// `SinkError`, `SourceError`, ...), which the supervisor only names in `/readyz` and the log.
+pub type Failure = Box<dyn std::error::Error + Send + Sync>;
+type Boxed = std::pin::Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>;
+
+/// A task with its module's own error, boxed for the supervisor.
+fn boxed<F, E>(fut: F) -> Boxed
+where
+    F: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<Failure>,
+{
+    Box::pin(async move { fut.await.map_err(Into::into) })
+}
+
+/// The event log's upkeep could not be run.
+#[derive(Debug, thiserror::Error)]
+#[error("event log upkeep: {0}")]
+struct UpkeepFailed(tokio::task::JoinError);
 /// A task and its name, not yet started.
 type Named = (String, Boxed);
 
@@ -103,13 +120,13 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 /// and shutdown begins.
 fn supervise<F>(name: &str, fut: F, health: Arc<Health>, shutdown: CancellationToken) -> Task
 where
-    F: Future<Output = Result<(), String>> + Send + 'static,
+    F: Future<Output = Result<(), Failure>> + Send + 'static,
 {
     let name = name.to_string();
     tokio::spawn(async move {
         let reason = match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
             Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => e,
+            Ok(Err(e)) => e.to_string(),
             Err(p) => format!("panicked: {}", panic_message(&*p)),
         };
         tracing::error!(task = %name, reason = %reason, "a task failed; shutting down");
@@ -131,7 +148,7 @@ impl Running {
     /// Runs another task under the same supervision (the server's own tasks use this).
     pub fn spawn<F>(&mut self, name: &str, fut: F)
     where
-        F: Future<Output = Result<(), String>> + Send + 'static,
+        F: Future<Output = Result<(), Failure>> + Send + 'static,
     {
         let t = supervise(
             name,
@@ -253,10 +270,7 @@ impl Base {
                 clock: self.clock.clone(),
                 shutdown: self.shutdown.clone(),
             };
-            tasks.push((
-                format!("sink-{}", s.name),
-                Box::pin(async move { sinks::run(ctx).await.map_err(|e| e.to_string()) }),
-            ));
+            tasks.push((format!("sink-{}", s.name), boxed(sinks::run(ctx))));
         }
         Ok((Arc::new(board), tasks))
     }
@@ -303,7 +317,7 @@ fn start_edge(cfg: Config, listener: TcpListener, opts: Options) -> Result<Runni
     let mut tasks = vec![
         sup(
             "cluster",
-            Box::pin(cluster::edge::follow(cluster::edge::Ctx {
+            boxed(cluster::edge::follow(cluster::edge::Ctx {
                 hub: hub.clone(),
                 history,
                 settings: cfg.cluster.clone(),
@@ -315,7 +329,7 @@ fn start_edge(cfg: Config, listener: TcpListener, opts: Options) -> Result<Runni
         ),
         sup(
             "cluster-pairs",
-            Box::pin(cluster::edge::follow_pairs(cluster::edge::PairsCtx {
+            boxed(cluster::edge::follow_pairs(cluster::edge::PairsCtx {
                 hub: hub.clone(),
                 settings: cfg.cluster.clone(),
                 alarm,
@@ -409,7 +423,7 @@ fn start_engine(cfg: Config, listener: TcpListener, opts: Options) -> Result<Run
     let (tx, rx) = mpsc::channel(cfg.source.channel_capacity);
     let feed: Option<Boxed> = match &cfg.source.kind {
         _ if opts.no_source => None,
-        SourceSettings::Simulator(s) => Some(Box::pin(source::simulator(
+        SourceSettings::Simulator(s) => Some(boxed(source::simulator(
             s.clone(),
             clock.clone(),
             tx,
@@ -420,7 +434,7 @@ fn start_engine(cfg: Config, listener: TcpListener, opts: Options) -> Result<Run
                 path: r.tape.clone(),
                 source,
             })?;
-            Some(Box::pin(source::replay(
+            Some(boxed(source::replay(
                 r.clone(),
                 file,
                 clock.clone(),
@@ -439,9 +453,7 @@ fn start_engine(cfg: Config, listener: TcpListener, opts: Options) -> Result<Run
                 clock: clock.clone(),
                 recorder,
             };
-            Some(Box::pin(async move {
-                live::run(ctx).await.map_err(|e| e.to_string())
-            }))
+            Some(boxed(live::run(ctx)))
         }
         SourceSettings::Evm(e) => {
             let recorder = recorder(e.record.as_deref())?;
@@ -456,9 +468,7 @@ fn start_engine(cfg: Config, listener: TcpListener, opts: Options) -> Result<Run
                 restored: source_state.take(),
                 save_every: checkpoints,
             };
-            Some(Box::pin(async move {
-                evm::run(ctx).await.map_err(|e| e.to_string())
-            }))
+            Some(boxed(evm::run(ctx)))
         }
         // The bench source has no engine: it publishes straight into the hub.
         SourceSettings::Bench(_) => None,
@@ -467,7 +477,7 @@ fn start_engine(cfg: Config, listener: TcpListener, opts: Options) -> Result<Run
         (_, Some(feed)) => {
             tasks.push(sup(
                 "engine",
-                Box::pin(engine::run(
+                boxed(engine::run(
                     restored.unwrap_or_else(|| Engine::new(cfg.signal.clone())),
                     rx,
                     engine::Ctx {
@@ -484,7 +494,7 @@ fn start_engine(cfg: Config, listener: TcpListener, opts: Options) -> Result<Run
         (SourceSettings::Bench(b), None) if !opts.no_source => {
             tasks.push(sup(
                 "bench",
-                Box::pin(source::bench(
+                boxed(source::bench(
                     b.clone(),
                     hub.clone(),
                     health.clone(),
@@ -499,7 +509,7 @@ fn start_engine(cfg: Config, listener: TcpListener, opts: Options) -> Result<Run
     if cfg.store.data_dir.is_some() {
         tasks.push(sup(
             "store",
-            Box::pin(maintain(hub.clone(), cfg.store.maintain, shutdown.clone())),
+            boxed(maintain(hub.clone(), cfg.store.maintain, shutdown.clone())),
         ));
     }
     if cfg.cluster.role == Role::Ingest {
@@ -515,7 +525,7 @@ fn start_engine(cfg: Config, listener: TcpListener, opts: Options) -> Result<Run
         ));
         tasks.push(sup(
             "cluster",
-            Box::pin(cluster::ingest::forward(cluster::ingest::Ctx {
+            boxed(cluster::ingest::forward(cluster::ingest::Ctx {
                 hub: hub.clone(),
                 settings: cfg.cluster.clone(),
                 metrics: metrics.cluster.clone(),
@@ -527,7 +537,7 @@ fn start_engine(cfg: Config, listener: TcpListener, opts: Options) -> Result<Run
         ));
         tasks.push(sup(
             "cluster-pairs",
-            Box::pin(cluster::ingest::share_pairs(cluster::ingest::PairsCtx {
+            boxed(cluster::ingest::share_pairs(cluster::ingest::PairsCtx {
                 hub: hub.clone(),
                 settings: cfg.cluster.clone(),
                 metrics: metrics.cluster.clone(),
@@ -546,7 +556,7 @@ async fn maintain(
     hub: Arc<Hub>,
     every: std::time::Duration,
     shutdown: CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), UpkeepFailed> {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -556,7 +566,7 @@ async fn maintain(
                 let hub = hub.clone();
                 tokio::task::spawn_blocking(move || hub.maintain())
                     .await
-                    .map_err(|e| format!("event log upkeep: {e}"))?;
+                    .map_err(UpkeepFailed)?;
             }
         }
     }

@@ -313,9 +313,18 @@ impl Layers {
     }
 }
 
-fn set_path(table: &mut toml::Table, keys: &[&str], value: toml::Value) -> Result<(), String> {
+/// A dotted key that cannot be set in a table.
+#[derive(Debug, thiserror::Error)]
+enum BadPath {
+    #[error("empty key")]
+    Empty,
+    #[error("`{0}` is not a table")]
+    NotATable(String),
+}
+
+fn set_path(table: &mut toml::Table, keys: &[&str], value: toml::Value) -> Result<(), BadPath> {
     match keys {
-        [] => Err("empty key".to_string()),
+        [] => Err(BadPath::Empty),
         [last] => {
             table.insert((*last).to_string(), value);
             Ok(())
@@ -326,7 +335,7 @@ fn set_path(table: &mut toml::Table, keys: &[&str], value: toml::Value) -> Resul
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()));
             match entry {
                 toml::Value::Table(t) => set_path(t, rest, value),
-                _ => Err(format!("`{first}` is not a table")),
+                _ => Err(BadPath::NotATable((*first).to_string())),
             }
         }
     }
@@ -400,17 +409,17 @@ pub fn layer(layers: &Layers) -> Result<(RawConfig, BTreeMap<String, Origin>), C
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(value.clone()));
         let keys: Vec<&str> = path.split('.').collect();
-        set_path(&mut table, &keys, parsed).map_err(|message| ConfigError::Syntax {
+        set_path(&mut table, &keys, parsed).map_err(|e| ConfigError::Syntax {
             origin: Origin::Env(name.clone()),
-            message,
+            message: e.to_string(),
         })?;
         origins.insert(path, Origin::Env(name.clone()));
     }
     for (flag, field, value) in &layers.flags {
         let keys: Vec<&str> = field.split('.').collect();
-        set_path(&mut table, &keys, value.clone()).map_err(|message| ConfigError::Syntax {
+        set_path(&mut table, &keys, value.clone()).map_err(|e| ConfigError::Syntax {
             origin: Origin::Flag(flag.clone()),
-            message,
+            message: e.to_string(),
         })?;
         origins.insert(field.clone(), Origin::Flag(flag.clone()));
     }

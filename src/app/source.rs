@@ -22,6 +22,21 @@ use crate::hub::Hub;
 use crate::time::Clock;
 
 /// Sends unless shutdown comes first; `false` when the pipeline is ending.
+/// Why a source task stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the tape reader of {path} failed: {source}")]
+    Reader {
+        path: String,
+        source: tokio::task::JoinError,
+    },
+}
+
 async fn send(tx: &mpsc::Sender<Input>, input: Input, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         _ = shutdown.cancelled() => false,
@@ -56,7 +71,7 @@ pub async fn simulator(
     clock: Clock,
     tx: mpsc::Sender<Input>,
     shutdown: CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), SourceError> {
     let lead = i64::try_from(s.lead.as_millis()).unwrap_or(i64::MAX);
     let sim = Simulation::new(&s.scenarios, &s.options(clock.now_ms() - lead));
     tracing::info!(
@@ -96,7 +111,7 @@ pub async fn replay(
     clock: Clock,
     tx: mpsc::Sender<Input>,
     shutdown: CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), SourceError> {
     let path = r.tape.display().to_string();
     let (line_tx, mut line_rx) = mpsc::channel::<Result<TapeRecord, String>>(256);
     let reader_stop = shutdown.clone();
@@ -109,7 +124,12 @@ pub async fn replay(
             let msg = match item {
                 Ok(Ok(rec)) => Ok(rec),
                 Ok(Err(e)) => Err(e.to_string()),
-                Err(e) => return Err(format!("reading {shown}: {e}")),
+                Err(source) => {
+                    return Err(SourceError::Read {
+                        path: shown,
+                        source,
+                    })
+                }
             };
             if line_tx.blocking_send(msg).is_err() {
                 return Ok(());
@@ -151,15 +171,16 @@ pub async fn replay(
                 drop(line_rx);
                 return match reader.await {
                     Ok(r) => r,
-                    Err(e) => Err(format!("the tape reader of {path} failed: {e}")),
+                    Err(source) => Err(SourceError::Reader { path, source }),
                 };
             }
         }
     }
     drop(line_rx);
-    let read = reader
-        .await
-        .map_err(|e| format!("the tape reader of {path} failed: {e}"))?;
+    let read = reader.await.map_err(|source| SourceError::Reader {
+        path: path.clone(),
+        source,
+    })?;
     read?;
     tracing::info!(tape = %path, "replay source finished");
     Ok(())
@@ -174,7 +195,7 @@ pub async fn bench(
     health: Arc<Health>,
     clock: Clock,
     shutdown: CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), SourceError> {
     health.set_engine_running(true);
     let kinds = [
         Kind::VolumeSurge,

@@ -35,7 +35,7 @@ use super::trust::{Forgery, Refused, Replay, Verifier};
 use super::{ClusterError, ForgeryAlarm, Keys, Settings};
 use crate::health::Health;
 use crate::hub::history::Read;
-use crate::hub::{self, Frame, History, Hub, MemoryHistory, Since};
+use crate::hub::{self, BadEvent, Frame, History, Hub, MemoryHistory, Since};
 use crate::metrics::ClusterMetrics;
 use crate::time::Clock;
 
@@ -120,9 +120,19 @@ impl Trust {
 }
 
 /// The frame every edge builds from one stored event.
-pub fn frame(m: &Stored) -> Result<Arc<Frame>, String> {
-    let json = std::str::from_utf8(&m.payload).map_err(|e| format!("event {}: {e}", m.seq))?;
+pub fn frame(m: &Stored) -> Result<Arc<Frame>, BadEvent> {
+    let json =
+        std::str::from_utf8(&m.payload).map_err(|source| BadEvent::Utf8 { seq: m.seq, source })?;
     Frame::of_event(m.seq, m.published_at_us, json).map(Arc::new)
+}
+
+/// Why an event in the stream is left out (as a gap).
+#[derive(Debug, thiserror::Error)]
+enum Skipped {
+    #[error("refused: {0}")]
+    Refused(#[from] Forgery),
+    #[error(transparent)]
+    Unreadable(#[from] BadEvent),
 }
 
 /// The history of an edge: the stream's numbering, a ring of recent frames, older ones read
@@ -402,7 +412,7 @@ pub struct Ctx {
 }
 
 /// Runs until shutdown: the stream into the hub, connecting again after every failure.
-pub async fn follow(ctx: Ctx) -> Result<(), String> {
+pub async fn follow(ctx: Ctx) -> Result<(), ClusterError> {
     let mut retry = Retry::here();
     loop {
         let mut progressed = false;
@@ -524,7 +534,7 @@ async fn follow_once(ctx: &Ctx, progressed: &mut bool) -> Result<(), ClusterErro
                         Ok(x) => x,
                         Err(e) => {
                             flush(ctx, &mut batch);
-                            return Err(consumer(e));
+                            return Err(consumer(format!("delivered without its metadata: {e}")));
                         }
                     };
                     if delivered > 1 {
@@ -543,7 +553,7 @@ async fn follow_once(ctx: &Ctx, progressed: &mut bool) -> Result<(), ClusterErro
                             Some(t) => t.admit(&stored),
                             None => Ok(()),
                         };
-                        match admitted.map_err(|e| e.to_string()).and_then(|()| frame(&stored)) {
+                        match admitted.map_err(Skipped::from).and_then(|()| Ok(frame(&stored)?)) {
                             Ok(f) => batch.push(f),
                             Err(e) => {
                                 // Kept as a gap rather than stop every edge on one bad message.
@@ -581,7 +591,7 @@ pub struct PairsCtx {
 
 /// Runs until shutdown: the pairs bucket into the hub's pairs room. After each (re)connection
 /// the bucket is read whole, and pairs it no longer holds are forgotten.
-pub async fn follow_pairs(ctx: PairsCtx) -> Result<(), String> {
+pub async fn follow_pairs(ctx: PairsCtx) -> Result<(), ClusterError> {
     let mut retry = Retry::here();
     loop {
         let mut progressed = false;

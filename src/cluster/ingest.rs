@@ -123,7 +123,7 @@ async fn published_up_to(
 }
 
 /// Runs until shutdown: the local history into the stream.
-pub async fn forward(ctx: Ctx) -> Result<(), String> {
+pub async fn forward(ctx: Ctx) -> Result<(), ClusterError> {
     let Ctx {
         hub,
         settings,
@@ -305,7 +305,7 @@ impl Sender<'_> {
         mut self,
         mut stream: EventStream,
         mut rx: tokio::sync::mpsc::Receiver<(u64, Outgoing)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ClusterError> {
         let mut flight: VecDeque<Flight> = VecDeque::with_capacity(WINDOW);
         // Sent again before anything new: what a failure left unacknowledged, in order.
         let mut again: VecDeque<(u64, Outgoing)> = VecDeque::new();
@@ -454,7 +454,7 @@ pub struct PairsCtx {
 }
 
 /// Runs until shutdown: the pair states that changed into the bucket, every `pairs_every`.
-pub async fn share_pairs(ctx: PairsCtx) -> Result<(), String> {
+pub async fn share_pairs(ctx: PairsCtx) -> Result<(), ClusterError> {
     let PairsCtx {
         hub,
         settings,

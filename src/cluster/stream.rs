@@ -259,10 +259,8 @@ impl Stored {
     }
 
     /// An event taken from a consumer (its seq and time are in the delivery's reply subject).
-    pub fn of_message(m: &jetstream::Message) -> Result<(Stored, u64, i64), String> {
-        let info = m
-            .info()
-            .map_err(|e| format!("a delivery without its metadata: {e}"))?;
+    pub fn of_message(m: &jetstream::Message) -> Result<(Stored, u64, i64), async_nats::Error> {
+        let info = m.info()?;
         let stored = Stored::of(
             info.stream_sequence,
             m.headers.as_ref(),

@@ -130,12 +130,24 @@ impl EventFields {
     }
 }
 
+/// Bytes numbered elsewhere (a cluster's stream) that are not an event.
+#[derive(Debug, thiserror::Error)]
+pub enum BadEvent {
+    #[error("event {seq}: not UTF-8: {source}")]
+    Utf8 {
+        seq: u64,
+        source: std::str::Utf8Error,
+    },
+    #[error("event {seq}: {source}")]
+    Json { seq: u64, source: serde_json::Error },
+}
+
 impl Frame {
     /// The frame of an event numbered elsewhere (a cluster's stream): the same bytes any node
     /// builds from the same `seq`, time and event.
-    pub fn of_event(seq: u64, published_at_us: i64, event_json: &str) -> Result<Frame, String> {
+    pub fn of_event(seq: u64, published_at_us: i64, event_json: &str) -> Result<Frame, BadEvent> {
         let fields: EventFields =
-            serde_json::from_str(event_json).map_err(|e| format!("event {seq}: {e}"))?;
+            serde_json::from_str(event_json).map_err(|source| BadEvent::Json { seq, source })?;
         Ok(Frame {
             seq,
             published_at_us,

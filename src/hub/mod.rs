@@ -27,7 +27,7 @@ use dexpulse_core::signal::checkpoint::Checkpoint;
 use crate::time::Clock;
 
 pub use fanout::{Fanout, Subscription};
-pub use history::{Frame, History, MemoryHistory, Since};
+pub use history::{BadEvent, Frame, History, MemoryHistory, Since};
 pub use pairs::{PairFrame, Pairs};
 
 /// `[hub]`: what is retained for `resume_from` and `/v1/signals`, and the channels' sizes.

@@ -368,14 +368,14 @@ impl Pairs {
 
     /// Takes a state another node shared (see [`Pairs::changed`]): its pair and the time of
     /// its snapshot.
-    pub fn apply(&self, json: &[u8]) -> Result<(PairKey, i64), String> {
-        let r: Received = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    pub fn apply(&self, json: &[u8]) -> Result<(PairKey, i64), serde_json::Error> {
+        let r: Received = serde_json::from_slice(json)?;
         self.update(&r.snapshot, r.metrics, r.open);
         Ok((r.snapshot.key, r.snapshot.observed_at_ms))
     }
 
     /// The pair and snapshot time of a shared state, without taking it.
-    pub fn peek(json: &[u8]) -> Result<(PairKey, i64), String> {
+    pub fn peek(json: &[u8]) -> Result<(PairKey, i64), serde_json::Error> {
         #[derive(Deserialize)]
         struct Snap {
             key: PairKey,
@@ -385,7 +385,7 @@ impl Pairs {
         struct Peek {
             snapshot: Snap,
         }
-        let p: Peek = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+        let p: Peek = serde_json::from_slice(json)?;
         Ok((p.snapshot.key, p.snapshot.observed_at_ms))
     }
 

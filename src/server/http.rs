@@ -118,18 +118,48 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 /// The most `/v1/pairs` returns at once (its default: every pair up to this).
 pub const PAIRS_MAX_LIMIT: usize = 5000;
 
-fn pairs_query(q: &HashMap<String, String>) -> Result<PairQuery, String> {
+/// A query string the route does not take: the message of its 400.
+#[derive(Debug, thiserror::Error)]
+enum BadQuery {
+    #[error("unknown parameter `{0}`")]
+    Unknown(String),
+    #[error("`{0}` must not be empty")]
+    Empty(String),
+    #[error("`{key}` must be an integer from {min} to {max}")]
+    Integer { key: String, min: u64, max: u64 },
+    #[error("`min_liquidity` must be a number of USD, 0 or more")]
+    MinLiquidity,
+    #[error("`open` must be true, false or a kind; unknown kind `{0}`")]
+    OpenKind(String),
+    #[error("`sort` must be one of {}", sort_names())]
+    Sort,
+    #[error("`order` must be asc or desc")]
+    Order,
+    #[error("`latest=N` is the newest N: it takes no `since`, `before` or `limit`")]
+    LatestAlone,
+    #[error("unknown kind `{0}`")]
+    Kind(String),
+    #[error("unknown direction `{0}`")]
+    Direction(String),
+}
+
+fn sort_names() -> String {
+    let names: Vec<&str> = PairSort::NAMES.iter().map(|(n, _)| *n).collect();
+    names.join(", ")
+}
+
+fn pairs_query(q: &HashMap<String, String>) -> Result<PairQuery, BadQuery> {
     for k in q.keys() {
         if !matches!(
             k.as_str(),
             "chain" | "dex" | "min_liquidity" | "open" | "sort" | "order" | "limit" | "token"
         ) {
-            return Err(format!("unknown parameter `{k}`"));
+            return Err(BadQuery::Unknown(k.clone()));
         }
     }
-    let text = |k: &str| -> Result<Option<String>, String> {
+    let text = |k: &str| -> Result<Option<String>, BadQuery> {
         match q.get(k) {
-            Some(v) if v.is_empty() => Err(format!("`{k}` must not be empty")),
+            Some(v) if v.is_empty() => Err(BadQuery::Empty(k.to_string())),
             v => Ok(v.cloned()),
         }
     };
@@ -137,39 +167,37 @@ fn pairs_query(q: &HashMap<String, String>) -> Result<PairQuery, String> {
         None => None,
         Some(v) => match v.parse::<f64>() {
             Ok(x) if x.is_finite() && x >= 0.0 => Some(x),
-            _ => return Err("`min_liquidity` must be a number of USD, 0 or more".into()),
+            _ => return Err(BadQuery::MinLiquidity),
         },
     };
-    let open =
-        match q.get("open").map(String::as_str) {
-            None => OpenFilter::Either,
-            Some("true") => OpenFilter::Any,
-            Some("false") => OpenFilter::No,
-            Some(k) => OpenFilter::Kind(Kind::parse(k).ok_or_else(|| {
-                format!("`open` must be true, false or a kind; unknown kind `{k}`")
-            })?),
-        };
+    let open = match q.get("open").map(String::as_str) {
+        None => OpenFilter::Either,
+        Some("true") => OpenFilter::Any,
+        Some("false") => OpenFilter::No,
+        Some(k) => {
+            OpenFilter::Kind(Kind::parse(k).ok_or_else(|| BadQuery::OpenKind(k.to_string()))?)
+        }
+    };
     let sort = match q.get("sort") {
         None => PairSort::Pair,
-        Some(v) => PairSort::parse(v).ok_or_else(|| {
-            let names: Vec<&str> = PairSort::NAMES.iter().map(|(n, _)| *n).collect();
-            format!("`sort` must be one of {}", names.join(", "))
-        })?,
+        Some(v) => PairSort::parse(v).ok_or(BadQuery::Sort)?,
     };
     let descending = match q.get("order").map(String::as_str) {
         None => sort != PairSort::Pair,
         Some("desc") => true,
         Some("asc") => false,
-        Some(_) => return Err("`order` must be asc or desc".into()),
+        Some(_) => return Err(BadQuery::Order),
     };
     let limit = match q.get("limit") {
         None => PAIRS_MAX_LIMIT,
         Some(v) => match v.parse::<usize>() {
             Ok(n) if (1..=PAIRS_MAX_LIMIT).contains(&n) => n,
             _ => {
-                return Err(format!(
-                    "`limit` must be an integer from 1 to {PAIRS_MAX_LIMIT}"
-                ))
+                return Err(BadQuery::Integer {
+                    key: "limit".into(),
+                    min: 1,
+                    max: PAIRS_MAX_LIMIT as u64,
+                })
             }
         },
     };
@@ -192,7 +220,7 @@ pub async fn pairs(
 ) -> Response {
     let pq = match pairs_query(&q) {
         Ok(pq) => pq,
-        Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", &m),
+        Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", &m.to_string()),
     };
     let (matched, all) = state.hub.pairs().select(&pq);
     let mut body = format!(
@@ -289,7 +317,7 @@ pub const SIGNALS_MAX_LIMIT: u64 = 1000;
 /// short page and the cursor to continue from, rather than reading the whole log.
 pub const SIGNALS_MAX_SCAN: usize = 100_000;
 
-fn signals_query(q: &HashMap<String, String>) -> Result<SignalsQuery, String> {
+fn signals_query(q: &HashMap<String, String>) -> Result<SignalsQuery, BadQuery> {
     for k in q.keys() {
         if !matches!(
             k.as_str(),
@@ -303,15 +331,19 @@ fn signals_query(q: &HashMap<String, String>) -> Result<SignalsQuery, String> {
                 | "min_score"
                 | "token"
         ) {
-            return Err(format!("unknown parameter `{k}`"));
+            return Err(BadQuery::Unknown(k.clone()));
         }
     }
-    let num = |k: &str, default: u64, min: u64, max: u64| -> Result<u64, String> {
+    let num = |k: &str, default: u64, min: u64, max: u64| -> Result<u64, BadQuery> {
         match q.get(k) {
             None => Ok(default),
             Some(v) => match v.parse::<u64>() {
                 Ok(n) if (min..=max).contains(&n) => Ok(n),
-                _ => Err(format!("`{k}` must be an integer from {min} to {max}")),
+                _ => Err(BadQuery::Integer {
+                    key: k.to_string(),
+                    min,
+                    max,
+                }),
             },
         }
     };
@@ -321,7 +353,7 @@ fn signals_query(q: &HashMap<String, String>) -> Result<SignalsQuery, String> {
             .iter()
             .any(|k| q.contains_key(*k))
     {
-        return Err("`latest=N` is the newest N: it takes no `since`, `before` or `limit`".into());
+        return Err(BadQuery::LatestAlone);
     }
     let limit = if latest {
         num("latest", 100, 1, SIGNALS_MAX_LIMIT)?
@@ -341,11 +373,11 @@ fn signals_query(q: &HashMap<String, String>) -> Result<SignalsQuery, String> {
         chain: q.get("chain").cloned(),
         kind: q
             .get("kind")
-            .map(|k| Kind::parse(k).ok_or_else(|| format!("unknown kind `{k}`")))
+            .map(|k| Kind::parse(k).ok_or_else(|| BadQuery::Kind(k.clone())))
             .transpose()?,
         direction: q
             .get("direction")
-            .map(|d| Direction::parse(d).ok_or_else(|| format!("unknown direction `{d}`")))
+            .map(|d| Direction::parse(d).ok_or_else(|| BadQuery::Direction(d.clone())))
             .transpose()?,
     })
 }
@@ -361,7 +393,7 @@ pub async fn signals(
 ) -> Response {
     let sq = match signals_query(&q) {
         Ok(sq) => sq,
-        Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", &m),
+        Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", &m.to_string()),
     };
     // Matching up to `SIGNALS_MAX_SCAN` events is work for the blocking pool; the reads of
     // older frames are awaited there (the archive's own reads never block a worker either).
