@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use dexpulse_core::protocol::{CloseCode, Epoch};
 
 use super::outbox::{Out, Outbox};
-use super::state::{Effects, End, HubView, Inbound, Recv, Session, Tally};
+use super::state::{Close, Effects, End, HubView, Inbound, Recv, Session, Tally};
 use super::{FilterBudget, Settings};
 use crate::hub::{Hub, PairFrame, Subscription};
 use crate::metrics::{Metrics, SessionMetrics};
@@ -253,8 +253,7 @@ fn inbound<'a>(msg: &'a Option<Result<Message, WsError>>, id: &str) -> Inbound<'
         Some(Ok(Message::Binary(_))) => Inbound::Binary,
         Some(Ok(Message::Ping(_))) => Inbound::Ping,
         Some(Ok(Message::Pong(_))) => Inbound::Pong,
-        // Only written, never read.
-        Some(Ok(Message::Frame(_))) => Inbound::Ping,
+        Some(Ok(Message::Frame(_))) => Inbound::Nothing,
         Some(Err(e)) => match classify(e) {
             Some(code) => Inbound::Broken(code),
             None => {
@@ -304,12 +303,12 @@ where
             biased;
             _ = &mut ending => {
                 let code = if ctx.shutdown.is_cancelled() { CloseCode::GoingAway } else { CloseCode::Restart };
-                Effects { end: Some(End::close(code)), ..Effects::default() }
+                Effects::end(End::close(code))
             }
             // Writes first: a steady stream of frames cannot starve the socket.
             w = std::future::poll_fn(|cx| writer.poll_drive(cx, &mut out, &mut sink, &m, &ctx.clock)), if writer.has_work(&out) => match w {
                 Ok(()) => st.after_write(&mut out, now(), tally),
-                Err(()) => Effects { end: Some(End::Peer { answer: false }), ..Effects::default() },
+                Err(()) => Effects::end(End::Peer { answer: false }),
             },
             // From memory at once; older frames are awaited from the archive, and any other
             // arm that is ready first cancels the read (it is asked again).
@@ -358,18 +357,7 @@ where
         }
         // The closing steps hold timers and futures of their own: boxed, an open session does
         // not carry their room (BENCHMARKS.md, P3).
-        End::Server {
-            code,
-            notice,
-            read_broken,
-        } => {
-            let last = Last {
-                code,
-                notice,
-                read_broken,
-            };
-            Box::pin(finish(sink, stream, last, out, writer, &ctx)).await
-        }
+        End::Server(last) => Box::pin(finish(sink, stream, last, out, writer, &ctx)).await,
     }
 }
 
@@ -407,19 +395,11 @@ fn apply(
     None
 }
 
-/// The last words of a session the server ends.
-struct Last {
-    code: CloseCode,
-    notice: Option<Bytes>,
-    /// The read side is out of step: the handshake cannot be completed on the WebSocket.
-    read_broken: bool,
-}
-
 /// A session the server ends: what is owed, the close frame, the closing handshake.
 async fn finish<S, R>(
     mut sink: S,
     mut stream: R,
-    last: Last,
+    last: Close,
     mut out: Outbox,
     mut writer: Writer,
     ctx: &SessionCtx,

@@ -71,6 +71,8 @@ pub enum Inbound<'a> {
     Closed,
     /// The connection is gone (reset, I/O error): nobody to tell.
     Gone,
+    /// Nothing the protocol reads (a raw frame, which a WebSocket reader never yields).
+    Nothing,
     /// The client broke the WebSocket protocol: close with this code; the read side is out of
     /// step, so the closing handshake cannot complete.
     Broken(CloseCode),
@@ -82,22 +84,26 @@ pub enum End {
     /// The client closed (`answer`: its close frame is owed the WebSocket layer's answer) or
     /// is gone.
     Peer { answer: bool },
-    /// The server closes: what is owed, then `notice` (if any), then the close frame.
-    Server {
-        code: CloseCode,
-        notice: Option<Bytes>,
-        /// The read side is out of step: the handshake cannot be completed on the WebSocket.
-        read_broken: bool,
-    },
+    /// The server closes.
+    Server(Close),
+}
+
+/// A close the server makes: what is owed, then `notice` (if any), then the close frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Close {
+    pub code: CloseCode,
+    pub notice: Option<Bytes>,
+    /// The read side is out of step: the handshake cannot be completed on the WebSocket.
+    pub read_broken: bool,
 }
 
 impl End {
     pub fn close(code: CloseCode) -> End {
-        End::Server {
+        End::Server(Close {
             code,
             notice: None,
             read_broken: false,
-        }
+        })
     }
 }
 
@@ -117,7 +123,7 @@ pub struct Effects {
 }
 
 impl Effects {
-    fn end(end: End) -> Effects {
+    pub fn end(end: End) -> Effects {
         Effects {
             end: Some(end),
             ..Effects::default()
@@ -389,7 +395,12 @@ impl Session {
                         break;
                     }
                     Recv::Frame(f) if f.seq <= cut => self.on_live(&f, out, now),
-                    Recv::Frame(_) | Recv::Lagged => clean = false,
+                    Recv::Frame(_) => clean = false,
+                    // What it dropped is read from the history, not skipped over.
+                    Recv::Lagged => {
+                        clean = false;
+                        self.catching_up = true;
+                    }
                 }
             }
         }
@@ -569,11 +580,11 @@ impl Session {
             m.lagged_notice();
             bytes(self.lagged_json(from, head))
         });
-        Effects::end(End::Server {
+        Effects::end(End::Server(Close {
             code: CloseCode::SlowConsumer,
             notice,
             read_broken: false,
-        })
+        }))
     }
 
     /// The heartbeat: a ping, or the close when no pong came for two intervals. Only pongs
@@ -620,11 +631,12 @@ impl Session {
             Inbound::Ping => self.on_control(now),
             Inbound::Closed => Effects::end(End::Peer { answer: true }),
             Inbound::Gone => Effects::end(End::Peer { answer: false }),
-            Inbound::Broken(code) => Effects::end(End::Server {
+            Inbound::Nothing => Effects::default(),
+            Inbound::Broken(code) => Effects::end(End::Server(Close {
                 code,
                 notice: None,
                 read_broken: true,
-            }),
+            })),
         }
     }
 
@@ -990,6 +1002,27 @@ mod tests {
     }
 
     #[test]
+    fn a_channel_that_lagged_before_a_rejoin_loses_nothing() {
+        let h = hub::Settings {
+            topic_capacity: 4,
+            broadcast_capacity: 4,
+            ..hub::Settings::default()
+        };
+        let mut t = t(Settings::default(), h);
+        t.send(&sub("sim"));
+        t.read();
+        // The session is not woken while ten frames pass its channel of four: it lagged.
+        for _ in 0..10 {
+            publish(&t, "sim");
+        }
+        // A second subscription moves it to another channel, draining the old one first.
+        t.send(&sub("base"));
+        publish(&t, "sim");
+        let got = t.read();
+        assert_eq!(seqs(&got), (1..=11).collect::<Vec<_>>(), "{got:?}");
+    }
+
+    #[test]
     fn a_full_outbox_catches_up_from_the_history_and_loses_nothing() {
         let s = Settings {
             queue_max_messages: 4,
@@ -1085,11 +1118,11 @@ mod tests {
         }
         t.pump();
         let head = t.hub.head_seq();
-        let Some(End::Server {
+        let Some(End::Server(Close {
             code: CloseCode::SlowConsumer,
             notice: Some(notice),
             ..
-        }) = t.st.on_stalled(head, 0, &mut t.out, &t.m.session).end
+        })) = t.st.on_stalled(head, 0, &mut t.out, &t.m.session).end
         else {
             panic!("not a 4008 with a notice");
         };
