@@ -433,7 +433,7 @@ impl Session {
         self.catching_up.then_some((self.pos, chunk))
     }
 
-    /// A read of the history asked for by [`Session::history_wanted`] with `limit`.
+    /// A read of the history asked for by [`Wants::history`] with `limit`.
     pub fn on_history(
         &mut self,
         s: Since,
