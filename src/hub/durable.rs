@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -329,43 +329,56 @@ impl LogHistory {
 }
 
 /// A read the memory window could not answer, from the file, on the blocking pool (the
-/// writer's lock is not taken; the rows are parsed after the reader's is let go); on an error,
-/// what memory had.
+/// writer's lock is not taken; the rows are parsed after the reader's is let go). A write that
+/// fails makes redb refuse reads on the same handle until the writer has opened the file again,
+/// a moment later: the read is tried again with the handle the writer then puts in place, for
+/// up to `READ_RETRY` (a session told of a loss that is not one would resume for nothing). On
+/// an error beyond that, what memory had.
 fn read_file(
     reader: Arc<RwLock<Option<LogReader>>>,
     dir: std::path::PathBuf,
     recent: Since,
-    read: impl FnOnce(&LogReader) -> Result<store::Rows, StoreError> + Send + 'static,
+    read: impl Fn(&LogReader) -> Result<store::Rows, StoreError> + Send + 'static,
 ) -> Read {
     let fallback = recent.clone();
     Read::Archive(Box::pin(async move {
         let job = tokio::task::spawn_blocking(move || {
-            let rows = {
-                let slot = reader.read().unwrap_or_else(|p| p.into_inner());
-                match slot.as_ref() {
-                    Some(r) => read(r).map(|rows| (rows, r.path().to_path_buf())),
-                    None => Err(StoreError::Io {
-                        path: dir,
-                        detail: "closed after a failed write; not reopened yet".to_string(),
-                    }),
-                }
-            };
-            let got = rows.and_then(|((rows, oldest), path)| {
-                let frames = rows
-                    .into_iter()
-                    .map(|(seq, bytes)| {
-                        frame(seq, bytes).map_err(|detail| StoreError::Corrupt {
-                            path: path.clone(),
-                            detail,
+            let attempt = || {
+                let rows = {
+                    let slot = reader.read().unwrap_or_else(|p| p.into_inner());
+                    match slot.as_ref() {
+                        Some(r) => read(r).map(|rows| (rows, r.path().to_path_buf())),
+                        None => Err(StoreError::Io {
+                            path: dir.clone(),
+                            detail: "closed after a failed write; not reopened yet".to_string(),
+                        }),
+                    }
+                };
+                rows.and_then(|((rows, oldest), path)| {
+                    let frames = rows
+                        .into_iter()
+                        .map(|(seq, bytes)| {
+                            frame(seq, bytes).map_err(|detail| StoreError::Corrupt {
+                                path: path.clone(),
+                                detail,
+                            })
                         })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok(Since {
+                        frames,
+                        oldest_seq: oldest.unwrap_or(recent.head + 1),
+                        head: recent.head,
                     })
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(Since {
-                    frames,
-                    oldest_seq: oldest.unwrap_or(recent.head + 1),
-                    head: recent.head,
                 })
-            });
+            };
+            let mut got = attempt();
+            let mut waited = Duration::ZERO;
+            while got.is_err() && waited < READ_RETRY {
+                // On the blocking pool: this thread is the read's own.
+                std::thread::sleep(READ_RETRY_STEP);
+                waited += READ_RETRY_STEP;
+                got = attempt();
+            }
             match got {
                 Ok(s) => s,
                 Err(e) => {
@@ -384,11 +397,15 @@ fn read_file(
     }))
 }
 
+/// How long a read of the file waits for the writer to open it again after a failed write.
+const READ_RETRY: Duration = Duration::from_secs(2);
+const READ_RETRY_STEP: Duration = Duration::from_millis(20);
+
 impl LogHistory {
     fn archive(
         &self,
         recent: Since,
-        read: impl FnOnce(&LogReader) -> Result<store::Rows, StoreError> + Send + 'static,
+        read: impl Fn(&LogReader) -> Result<store::Rows, StoreError> + Send + 'static,
     ) -> Read {
         let dir = self.store.data_dir.clone().unwrap_or_default();
         read_file(self.reader.clone(), dir, recent, read)

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use dexpulse_core::protocol::FilterSet;
 
@@ -38,6 +38,9 @@ pub struct Fanout {
     everything_capacity: usize,
     topic_capacity: usize,
     max_filter_sets: usize,
+    /// Bumped after every send: what the session writers wait on (a few tasks, instead of every
+    /// session on its channel).
+    sent: watch::Sender<u64>,
 }
 
 /// A session's place on a channel. Dropping it leaves the channel (and closes it when it was
@@ -65,7 +68,13 @@ impl Fanout {
             everything_capacity,
             topic_capacity,
             max_filter_sets,
+            sent: watch::Sender::new(0),
         }
+    }
+
+    /// Changes after every send.
+    pub fn sent(&self) -> watch::Receiver<u64> {
+        self.sent.subscribe()
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -153,6 +162,7 @@ impl Fanout {
                 }
             }
         }
+        self.sent.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Distinct filter sets open (one channel each).

@@ -211,6 +211,8 @@ pub struct AppState {
     pub sessions: TaskTracker,
     /// Filter entries over all sessions.
     pub filter_budget: Arc<session::FilterBudget>,
+    /// The tasks that write the hub's frames to the sessions' sockets.
+    pub writers: Arc<session::shard::Writers>,
     /// Which `Host` values are ours.
     pub allowed_hosts: Arc<guard::AllowedHosts>,
     /// The alert sinks' statuses (`GET /v1/sinks`).
@@ -246,6 +248,10 @@ impl AppState {
         ));
         // A session watches one token: the epoch's, which shutdown cancels too.
         p.hub.end_sessions_with(&p.shutdown);
+        let writers = Arc::new(session::shard::Writers::new(
+            p.hub.fanout().sent(),
+            p.shutdown.clone(),
+        ));
         let allowed_hosts = Arc::new(guard::AllowedHosts::new(
             &p.settings.allowed_hosts,
             p.settings.bind,
@@ -264,6 +270,7 @@ impl AppState {
             shutdown: p.shutdown,
             sessions: TaskTracker::new(),
             filter_budget,
+            writers,
             next_session: Arc::new(AtomicU64::new(1)),
             operations_only: p.operations_only,
             sinks: p.sinks,

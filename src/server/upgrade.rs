@@ -177,6 +177,7 @@ pub async fn upgrade(
         clock: state.clock.clone(),
         shutdown: state.shutdown.clone(),
         filter_budget: state.filter_budget.clone(),
+        writers: state.writers.clone(),
     };
     let linger = s.close_linger;
     state.sessions.spawn(async move {

@@ -6,6 +6,7 @@
 
 pub mod outbox;
 pub mod run;
+pub mod shard;
 pub mod state;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

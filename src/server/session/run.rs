@@ -12,8 +12,8 @@
 //! is never lost to a reset.
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 use dexpulse_core::protocol::{CloseCode, Epoch};
 
 use super::outbox::{Out, Outbox};
-use super::state::{Close, Effects, End, HubView, Inbound, Recv, Session, Tally};
+use super::shard::{Pump, Writers};
+use super::state::{Close, Effects, End, HubView, Inbound, Recv, Session, Tally, Wants};
 use super::{FilterBudget, Settings};
 use crate::hub::{Hub, PairFrame, Subscription};
 use crate::metrics::{Metrics, SessionMetrics};
@@ -50,6 +51,8 @@ pub struct SessionCtx {
     pub shutdown: CancellationToken,
     /// The filter entries of all sessions (`session.max_total_filter_entries`).
     pub filter_budget: Arc<FilterBudget>,
+    /// The writer tasks that deliver the hub's frames to the sessions.
+    pub writers: Arc<Writers>,
 }
 
 impl HubView for Hub {
@@ -264,10 +267,162 @@ fn inbound<'a>(msg: &'a Option<Result<Message, WsError>>, id: &str) -> Inbound<'
     }
 }
 
+/// What the session's task and its shard's writer share: everything a delivery touches.
+struct Shared<S> {
+    st: Session,
+    out: Outbox,
+    writer: Writer,
+    sink: S,
+    link: Option<Subscription>,
+    /// What the task last waited for: a writer that changes it wakes the task.
+    want: Option<Wants>,
+    /// How a writer's delivery ended (the connection gone), for the task to act on.
+    pending: Option<Effects>,
+    /// The task's waker: a writer writes with it, so that a socket that would block wakes the
+    /// task, not the writer.
+    waker: Option<Waker>,
+    /// A writer woke the task: its next poll starts the loop over (what it waits for changed).
+    recheck: bool,
+}
+
+/// A session's state behind its lock, with what a delivery needs to know. `None` once the
+/// task took the state back to close the connection.
+struct Conn<S> {
+    shared: Mutex<Option<Shared<S>>>,
+    start: Instant,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+    flush_batch: usize,
+    chunk: usize,
+}
+
+impl<S: Sink<Message> + Unpin> Conn<S> {
+    fn lock(&self) -> MutexGuard<'_, Option<Shared<S>>> {
+        // Every step under the lock leaves the state whole: a panic in one leaves it usable.
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Milliseconds since the session began: the state machine's time.
+    fn now(&self) -> i64 {
+        i64::try_from(self.start.elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// One step of the state machine under the lock.
+    fn with(&self, f: impl FnOnce(&mut Shared<S>, i64) -> Effects) -> Effects {
+        let now = self.now();
+        match self.lock().as_mut() {
+            Some(sh) => f(sh, now),
+            None => Effects::end(End::Peer { answer: false }),
+        }
+    }
+
+    /// What the task waits for next (recorded for the writer), and what a writer left for it.
+    fn begin(&self) -> (Wants, Option<Effects>) {
+        match self.lock().as_mut() {
+            Some(sh) => {
+                let want = sh.st.wants(&sh.out, self.chunk);
+                sh.want = Some(want.clone());
+                (want, sh.pending.take())
+            }
+            None => (
+                Wants {
+                    history: None,
+                    pair_states: None,
+                    live: false,
+                    stall_at: None,
+                },
+                Some(Effects::end(End::Peer { answer: false })),
+            ),
+        }
+    }
+
+    /// Takes the frames waiting on the channel (while live) and writes what the outbox holds.
+    /// `Ready` when anything moved.
+    fn work(&self, sh: &mut Shared<S>, cx: &mut Context<'_>) -> Poll<Effects> {
+        let now = self.now();
+        let mut moved = false;
+        if sh.st.is_live() {
+            let Shared { st, out, link, .. } = sh;
+            let first = try_next(link);
+            if !matches!(first, Recv::Empty) {
+                let e = st.on_channel(first, &mut || try_next(link), self.flush_batch, out, now);
+                if e != Effects::default() {
+                    return Poll::Ready(e);
+                }
+                moved = true;
+            }
+        }
+        if sh.writer.has_work(&sh.out) {
+            let m = &self.metrics;
+            match sh
+                .writer
+                .poll_drive(cx, &mut sh.out, &mut sh.sink, m, &self.clock)
+            {
+                Poll::Ready(Ok(())) => {
+                    return Poll::Ready(sh.st.after_write(&mut sh.out, now, &m.session))
+                }
+                Poll::Ready(Err(())) => {
+                    return Poll::Ready(Effects::end(End::Peer { answer: false }))
+                }
+                Poll::Pending => {}
+            }
+        }
+        if moved {
+            Poll::Ready(Effects::default())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// The task's own delivery step: as a writer's, and `Ready` as well when a writer changed
+    /// what the task should wait for.
+    fn poll_task(&self, cx: &mut Context<'_>) -> Poll<Effects> {
+        let mut g = self.lock();
+        let Some(sh) = g.as_mut() else {
+            return Poll::Ready(Effects::end(End::Peer { answer: false }));
+        };
+        if !sh.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            sh.waker = Some(cx.waker().clone());
+        }
+        let r = self.work(sh, cx);
+        let recheck = std::mem::take(&mut sh.recheck);
+        match r {
+            Poll::Pending if recheck => Poll::Ready(Effects::default()),
+            r => r,
+        }
+    }
+}
+
+impl<S: Sink<Message> + Unpin + Send> Pump for Conn<S> {
+    fn pump(&self) {
+        let mut g = self.lock();
+        let Some(sh) = g.as_mut() else {
+            return;
+        };
+        // Not polled yet: the task delivers by itself first.
+        let Some(waker) = sh.waker.clone() else {
+            return;
+        };
+        let mut cx = Context::from_waker(&waker);
+        if let Poll::Ready(e) = self.work(sh, &mut cx) {
+            if e != Effects::default() {
+                sh.pending = Some(e);
+            }
+        }
+        let more = sh.st.is_live() && sh.link.as_ref().is_some_and(|l| !l.rx.is_empty());
+        let changed = sh.want.as_ref() != Some(&sh.st.wants(&sh.out, self.chunk));
+        if (sh.pending.is_some() || more || changed) && !sh.recheck {
+            sh.recheck = true;
+            drop(g);
+            waker.wake();
+        }
+    }
+}
+
 /// Runs one session to its end and hands the transport back with how it ended.
-pub async fn run<S, R>(mut sink: S, mut stream: R, ctx: SessionCtx) -> (S, R, Ending)
+pub async fn run<S, R>(sink: S, mut stream: R, ctx: SessionCtx) -> (S, R, Ending)
 where
-    S: Sink<Message> + Unpin,
+    S: Sink<Message> + Unpin + Send + 'static,
     R: Stream<Item = Result<Message, WsError>> + Unpin,
 {
     let m = ctx.metrics.clone();
@@ -275,16 +430,31 @@ where
     m.session.sessions_opened.inc();
     let s = ctx.settings.clone();
     let start = Instant::now();
-    let now = || i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
     let at = |ms: i64| start + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     let hub = ctx.hub.clone();
     let mut out = Outbox::new(s.queue_max_messages, s.queue_max_bytes);
-    let mut st = Session::new(s.clone(), ctx.filter_budget.clone(), hub.head_seq(), now());
+    let st = Session::new(s.clone(), ctx.filter_budget.clone(), hub.head_seq(), 0);
     out.push_control(st.welcome(&ctx.id, &*hub));
-    let mut writer = Writer { unflushed: false };
-    let mut link: Option<Subscription> = None;
+    let conn = Arc::new(Conn {
+        shared: Mutex::new(Some(Shared {
+            st,
+            out,
+            writer: Writer { unflushed: false },
+            sink,
+            link: None,
+            want: None,
+            pending: None,
+            waker: None,
+            recheck: false,
+        })),
+        start,
+        metrics: m.clone(),
+        clock: ctx.clock.clone(),
+        flush_batch: s.flush_batch,
+        chunk: s.queue_max_messages.clamp(16, 1024),
+    });
+    let place = ctx.writers.place(conn.clone());
     let mut pairs: Option<broadcast::Receiver<Arc<PairFrame>>> = None;
-    let chunk = s.queue_max_messages.clamp(16, 1024);
     let mut ticker = tokio::time::interval_at(start + s.heartbeat, s.heartbeat);
     // One token for the epoch's end and the server's shutdown (`Hub::end_sessions_with`). A
     // child token has its own waiter list: thousands of sessions polling a shared token would
@@ -296,7 +466,16 @@ where
     let mut stall = StallTimer::default();
 
     let end = loop {
-        let want = st.wants(&out, chunk);
+        let (want, left) = conn.begin();
+        if let Some(effects) = left {
+            match conn.lock().as_mut() {
+                Some(sh) => match apply(effects, sh, &hub, &mut pairs, conn.now()) {
+                    Some(end) => break end,
+                    None => continue,
+                },
+                None => break End::Peer { answer: false },
+            }
+        }
         let (after, limit) = want.history.unwrap_or((0, 0));
         stall.arm(want.stall_at.map(at));
         let effects = tokio::select! {
@@ -305,49 +484,53 @@ where
                 let code = if ctx.shutdown.is_cancelled() { CloseCode::GoingAway } else { CloseCode::Restart };
                 Effects::end(End::close(code))
             }
-            // Writes first: a steady stream of frames cannot starve the socket.
-            w = std::future::poll_fn(|cx| writer.poll_drive(cx, &mut out, &mut sink, &m, &ctx.clock)), if writer.has_work(&out) => match w {
-                Ok(()) => st.after_write(&mut out, now(), tally),
-                Err(()) => Effects::end(End::Peer { answer: false }),
-            },
+            // Frames from the channel and writes first: a steady stream of frames cannot
+            // starve the socket. Usually the shard's writer has done this already.
+            e = std::future::poll_fn(|cx| conn.poll_task(cx)) => e,
             // From memory at once; older frames are awaited from the archive, and any other
             // arm that is ready first cancels the read (it is asked again).
-            since = hub.read_since(after, limit), if want.history.is_some() => st.on_history(since, limit, &mut out, now(), tally),
+            since = hub.read_since(after, limit), if want.history.is_some() => conn.with(|sh, now| sh.st.on_history(since, limit, &mut sh.out, now, tally)),
             _ = std::future::ready(()), if want.pair_states.is_some() => {
                 let p = hub.pairs();
                 let states = want.pair_states.iter().flatten().map(|k| p.message(k)).collect();
-                st.on_pair_states(states, &mut out)
+                conn.with(|sh, _| sh.st.on_pair_states(states, &mut sh.out))
             }
-            r = recv(link.as_mut().map(|l| &mut l.rx)), if want.live && link.is_some() => match r {
-                Ok(f) => st.on_channel(Recv::Frame(f), &mut || try_next(&mut link), s.flush_batch, &mut out, now()),
-                Err(broadcast::error::RecvError::Lagged(_)) => st.on_channel(Recv::Lagged, &mut || Recv::Empty, 1, &mut out, now()),
-                Err(broadcast::error::RecvError::Closed) => { link = None; Effects::default() }
-            },
             r = recv(pairs.as_mut()), if pairs.is_some() => match r {
-                Ok(p) => st.on_pair(&p, &mut out),
+                Ok(p) => conn.with(|sh, _| sh.st.on_pair(&p, &mut sh.out)),
                 // Pair states supersede each other: missing some is harmless.
                 Err(broadcast::error::RecvError::Lagged(_)) => Effects::default(),
                 Err(broadcast::error::RecvError::Closed) => { pairs = None; Effects::default() }
             },
-            msg = stream.next() => st.on_inbound(inbound(&msg, &ctx.id), now(), &*hub, &mut out),
-            _ = std::future::poll_fn(|cx| stall.poll(cx)), if want.stall_at.is_some() => st.on_stalled(hub.head_seq(), now(), &mut out, tally),
-            _ = ticker.tick() => st.on_heartbeat(now(), &mut out),
+            msg = stream.next() => conn.with(|sh, now| sh.st.on_inbound(inbound(&msg, &ctx.id), now, &*hub, &mut sh.out)),
+            _ = std::future::poll_fn(|cx| stall.poll(cx)), if want.stall_at.is_some() => conn.with(|sh, now| sh.st.on_stalled(hub.head_seq(), now, &mut sh.out, tally)),
+            _ = ticker.tick() => conn.with(|sh, now| sh.st.on_heartbeat(now, &mut sh.out)),
         };
-        if let Some(end) = apply(
-            effects,
-            &mut st,
-            &mut out,
-            &hub,
-            &mut link,
-            &mut pairs,
-            now(),
-        ) {
-            break end;
+        let now = conn.now();
+        match conn.lock().as_mut() {
+            Some(sh) => {
+                if let Some(end) = apply(effects, sh, &hub, &mut pairs, now) {
+                    break end;
+                }
+            }
+            None => break End::Peer { answer: false },
         }
+    };
+    drop(place);
+    let taken = conn.lock().take();
+    let Some(Shared {
+        sink,
+        out,
+        writer,
+        link,
+        ..
+    }) = taken
+    else {
+        unreachable!("only the session's task takes its state")
     };
     drop(link);
     match end {
         End::Peer { answer } => {
+            let mut sink = sink;
             if answer {
                 // tungstenite queued its answer to the client's close: send it (boxed, as the
                 // closing steps below).
@@ -363,18 +546,17 @@ where
 
 /// Does what the state machine asked after an input: joins the channels it named (the old
 /// signal channel handed to it to drain), hands it the pairs the hub knows. `Some`: the end.
-fn apply(
+fn apply<S>(
     effects: Effects,
-    st: &mut Session,
-    out: &mut Outbox,
+    sh: &mut Shared<S>,
     hub: &Hub,
-    link: &mut Option<Subscription>,
     pairs: &mut Option<broadcast::Receiver<Arc<PairFrame>>>,
     now: i64,
 ) -> Option<End> {
     if effects.end.is_some() {
         return effects.end;
     }
+    let Shared { st, out, link, .. } = sh;
     if effects.rejoin {
         let (sub, head) = hub.join_signals(&st.signal_set());
         let had = link.is_some();
@@ -493,6 +675,7 @@ mod tests {
             clock: Clock::System,
             shutdown: shutdown.clone(),
             filter_budget: Arc::new(FilterBudget::new(1_000_000)),
+            writers: Arc::new(Writers::new(hub.fanout().sent(), shutdown.clone())),
         };
         let task = tokio::spawn(async move {
             let (_, _, ending) = run(server_tx, server_rx, ctx).await;

@@ -1,0 +1,137 @@
+//! The writers: a few tasks (one per runtime worker) that each own a shard of the sessions and,
+//! when the hub has sent frames, move them from every session's channel to its socket in one
+//! pass. A published frame wakes these few tasks, not every session's; a session's own task
+//! wakes only when something is left for it (a socket that would block, a read from the
+//! history, a full outbox, the connection gone).
+//!
+//! A writer never owns a session's decisions: it calls the same [`Pump`] the session's task
+//! calls, under the session's lock, so per-session order and every bound are the session's.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// A session as its writer sees it.
+pub trait Pump: Send + Sync {
+    /// Takes what the session's channel holds and writes it, without waiting; wakes the
+    /// session's task when anything is left that only the task can do.
+    fn pump(&self);
+}
+
+#[derive(Default)]
+struct Registry {
+    conns: HashMap<u64, Arc<dyn Pump>>,
+    /// What the writer iterates, rebuilt by the writer when a session came or went (`None`),
+    /// so that a crowd connecting costs no copy per connection.
+    list: Option<Arc<[Arc<dyn Pump>]>>,
+}
+
+#[derive(Default)]
+struct Shard {
+    registry: Mutex<Registry>,
+}
+
+impl Shard {
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        // Map inserts and removals only: a panic under the lock leaves it consistent.
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn snapshot(&self) -> Arc<[Arc<dyn Pump>]> {
+        let mut reg = self.registry();
+        if let Some(list) = &reg.list {
+            return list.clone();
+        }
+        let list: Arc<[Arc<dyn Pump>]> = reg.conns.values().cloned().collect();
+        reg.list = Some(list.clone());
+        list
+    }
+}
+
+/// The writer tasks and their shards. Started with the first session (inside the runtime);
+/// they end with the server's shutdown.
+pub struct Writers {
+    shards: OnceLock<Vec<Arc<Shard>>>,
+    next: AtomicUsize,
+    next_id: std::sync::atomic::AtomicU64,
+    /// Changes whenever the hub sent frames to its channels.
+    sent: watch::Receiver<u64>,
+    shutdown: CancellationToken,
+}
+
+/// A session's place in a shard: dropping it takes the session out.
+pub struct Place {
+    shard: Arc<Shard>,
+    id: u64,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut reg = self.shard.registry();
+        reg.conns.remove(&self.id);
+        reg.list = None;
+    }
+}
+
+impl Writers {
+    pub fn new(sent: watch::Receiver<u64>, shutdown: CancellationToken) -> Writers {
+        Writers {
+            shards: OnceLock::new(),
+            next: AtomicUsize::new(0),
+            next_id: std::sync::atomic::AtomicU64::new(0),
+            sent,
+            shutdown,
+        }
+    }
+
+    fn shards(&self) -> &[Arc<Shard>] {
+        self.shards.get_or_init(|| {
+            let n = tokio::runtime::Handle::try_current()
+                .map(|h| h.metrics().num_workers())
+                .unwrap_or(1)
+                .max(1);
+            (0..n)
+                .map(|_| {
+                    let shard = Arc::new(Shard::default());
+                    // A pass writes to thousands of sockets: under tokio's cooperative budget
+                    // every write after the 128th would return `Pending` and wake the session's
+                    // task to do it instead (BENCHMARKS.md, the writers).
+                    tokio::spawn(tokio::task::unconstrained(write(
+                        shard.clone(),
+                        self.sent.clone(),
+                        self.shutdown.clone(),
+                    )));
+                    shard
+                })
+                .collect()
+        })
+    }
+
+    /// Puts a session in the next shard (round robin). Must be called inside the runtime.
+    pub fn place(&self, conn: Arc<dyn Pump>) -> Place {
+        let shards = self.shards();
+        let shard = shards[self.next.fetch_add(1, Ordering::Relaxed) % shards.len()].clone();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut reg = shard.registry();
+        reg.conns.insert(id, conn);
+        reg.list = None;
+        drop(reg);
+        Place { shard, id }
+    }
+}
+
+/// One writer: after each send of the hub, one pass over its shard.
+async fn write(shard: Arc<Shard>, mut sent: watch::Receiver<u64>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = sent.changed() => if r.is_err() { return },
+        }
+        for conn in shard.snapshot().iter() {
+            conn.pump();
+        }
+    }
+}
