@@ -304,7 +304,11 @@ impl<S: Sink<Message> + Unpin> Conn<S> {
 
     /// Milliseconds since the session began: the state machine's time.
     fn now(&self) -> i64 {
-        i64::try_from(self.start.elapsed().as_millis()).unwrap_or(i64::MAX)
+        self.ms(Instant::now())
+    }
+
+    fn ms(&self, at: Instant) -> i64 {
+        i64::try_from(at.saturating_duration_since(self.start).as_millis()).unwrap_or(i64::MAX)
     }
 
     /// One step of the state machine under the lock.
@@ -338,8 +342,7 @@ impl<S: Sink<Message> + Unpin> Conn<S> {
 
     /// Takes the frames waiting on the channel (while live) and writes what the outbox holds.
     /// `Ready` when anything moved.
-    fn work(&self, sh: &mut Shared<S>, cx: &mut Context<'_>) -> Poll<Effects> {
-        let now = self.now();
+    fn work(&self, sh: &mut Shared<S>, cx: &mut Context<'_>, now: i64) -> Poll<Effects> {
         let mut moved = false;
         if sh.st.is_live() {
             let Shared { st, out, link, .. } = sh;
@@ -384,7 +387,7 @@ impl<S: Sink<Message> + Unpin> Conn<S> {
         if !sh.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             sh.waker = Some(cx.waker().clone());
         }
-        let r = self.work(sh, cx);
+        let r = self.work(sh, cx, self.now());
         let recheck = std::mem::take(&mut sh.recheck);
         match r {
             Poll::Pending if recheck => Poll::Ready(Effects::default()),
@@ -394,17 +397,18 @@ impl<S: Sink<Message> + Unpin> Conn<S> {
 }
 
 impl<S: Sink<Message> + Unpin + Send> Pump for Conn<S> {
-    fn pump(&self) {
+    fn pump(&self, at: Instant) {
         let mut g = self.lock();
         let Some(sh) = g.as_mut() else {
             return;
         };
-        // Not polled yet: the task delivers by itself first.
-        let Some(waker) = sh.waker.clone() else {
+        // Not polled yet: the task delivers by itself first. Taken out and put back rather
+        // than cloned: a pass does this for every session.
+        let Some(waker) = sh.waker.take() else {
             return;
         };
         let mut cx = Context::from_waker(&waker);
-        if let Poll::Ready(e) = self.work(sh, &mut cx) {
+        if let Poll::Ready(e) = self.work(sh, &mut cx, self.ms(at)) {
             if e != Effects::default() {
                 sh.pending = Some(e);
             }
@@ -413,9 +417,9 @@ impl<S: Sink<Message> + Unpin + Send> Pump for Conn<S> {
         let changed = sh.want.as_ref() != Some(&sh.st.wants(&sh.out, self.chunk));
         if (sh.pending.is_some() || more || changed) && !sh.recheck {
             sh.recheck = true;
-            drop(g);
-            waker.wake();
+            waker.wake_by_ref();
         }
+        sh.waker = Some(waker);
     }
 }
 

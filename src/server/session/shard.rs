@@ -12,13 +12,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// A session as its writer sees it.
 pub trait Pump: Send + Sync {
     /// Takes what the session's channel holds and writes it, without waiting; wakes the
-    /// session's task when anything is left that only the task can do.
-    fn pump(&self);
+    /// session's task when anything is left that only the task can do. `at`: the pass's time
+    /// (one clock read for the whole shard).
+    fn pump(&self, at: Instant);
 }
 
 #[derive(Default)]
@@ -130,8 +132,9 @@ async fn write(shard: Arc<Shard>, mut sent: watch::Receiver<u64>, shutdown: Canc
             _ = shutdown.cancelled() => return,
             r = sent.changed() => if r.is_err() { return },
         }
+        let at = Instant::now();
         for conn in shard.snapshot().iter() {
-            conn.pump();
+            conn.pump(at);
         }
     }
 }
