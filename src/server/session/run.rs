@@ -275,14 +275,43 @@ struct Shared<S> {
     sink: S,
     link: Option<Subscription>,
     /// What the task last waited for: a writer that changes it wakes the task.
-    want: Option<Wants>,
-    /// How a writer's delivery ended (the connection gone), for the task to act on.
-    pending: Option<Effects>,
+    want: Waits,
+    /// How a writer's delivery ended (the connection gone), for the task to act on. Boxed:
+    /// rare, and every session carries the slot (BENCHMARKS.md, P3).
+    pending: Option<Box<Effects>>,
     /// The task's waker: a writer writes with it, so that a socket that would block wakes the
     /// task, not the writer.
     waker: Option<Waker>,
     /// A writer woke the task: its next poll starts the loop over (what it waits for changed).
     recheck: bool,
+}
+
+impl<S> Shared<S> {
+    /// What the closing steps need; the rest (the channel's place among them) goes.
+    fn into_parts(self) -> (S, Outbox, Writer) {
+        (self.sink, self.out, self.writer)
+    }
+}
+
+/// Which of [`Wants`] the task waits for: what a writer's delivery can change (it never
+/// touches what the history reads start from, nor the pairs owed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Waits {
+    history: bool,
+    pair_states: bool,
+    live: bool,
+    stall_at: Option<i64>,
+}
+
+impl From<&Wants> for Waits {
+    fn from(w: &Wants) -> Waits {
+        Waits {
+            history: w.history.is_some(),
+            pair_states: w.pair_states.is_some(),
+            live: w.live,
+            stall_at: w.stall_at,
+        }
+    }
 }
 
 /// A session's state behind its lock, with what a delivery needs to know. `None` once the
@@ -325,8 +354,8 @@ impl<S: Sink<Message> + Unpin> Conn<S> {
         match self.lock().as_mut() {
             Some(sh) => {
                 let want = sh.st.wants(&sh.out, self.chunk);
-                sh.want = Some(want.clone());
-                (want, sh.pending.take())
+                sh.want = Waits::from(&want);
+                (want, sh.pending.take().map(|e| *e))
             }
             None => (
                 Wants {
@@ -410,11 +439,11 @@ impl<S: Sink<Message> + Unpin + Send> Pump for Conn<S> {
         let mut cx = Context::from_waker(&waker);
         if let Poll::Ready(e) = self.work(sh, &mut cx, self.ms(at)) {
             if e != Effects::default() {
-                sh.pending = Some(e);
+                sh.pending = Some(Box::new(e));
             }
         }
         let more = sh.st.is_live() && sh.link.as_ref().is_some_and(|l| !l.rx.is_empty());
-        let changed = sh.want.as_ref() != Some(&sh.st.wants(&sh.out, self.chunk));
+        let changed = sh.want != Waits::from(&sh.st.wants(&sh.out, self.chunk));
         if (sh.pending.is_some() || more || changed) && !sh.recheck {
             sh.recheck = true;
             waker.wake_by_ref();
@@ -446,7 +475,7 @@ where
             writer: Writer { unflushed: false },
             sink,
             link: None,
-            want: None,
+            want: Waits::default(),
             pending: None,
             waker: None,
             recheck: false,
@@ -521,17 +550,10 @@ where
     };
     drop(place);
     let taken = conn.lock().take();
-    let Some(Shared {
-        sink,
-        out,
-        writer,
-        link,
-        ..
-    }) = taken
-    else {
+    // The rest of the state is dropped here, not carried through the closing awaits.
+    let Some((sink, out, writer)) = taken.map(Shared::into_parts) else {
         unreachable!("only the session's task takes its state")
     };
-    drop(link);
     match end {
         End::Peer { answer } => {
             let mut sink = sink;
