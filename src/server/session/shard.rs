@@ -136,5 +136,59 @@ async fn write(shard: Arc<Shard>, mut sent: watch::Receiver<u64>, shutdown: Canc
         for conn in shard.snapshot().iter() {
             conn.pump(at);
         }
+        // Outside the budget a writer whose next pass is already due would never give its
+        // worker back: the publisher and the sessions it woke would wait behind it.
+        tokio::task::yield_now().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    struct Count(AtomicU64);
+
+    impl Pump for Count {
+        fn pump(&self, _at: Instant) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_send_pumps_every_placed_session_once_and_a_dropped_place_no_more() {
+        let (tx, rx) = watch::channel(0u64);
+        let shutdown = CancellationToken::new();
+        let w = Writers::new(rx, shutdown.clone());
+        let a = Arc::new(Count(AtomicU64::new(0)));
+        let b = Arc::new(Count(AtomicU64::new(0)));
+        let pa = w.place(a.clone());
+        let _pb = w.place(b.clone());
+        settle().await;
+        assert_eq!(a.0.load(Ordering::Relaxed), 0, "nothing sent, no pass");
+        tx.send_modify(|n| *n += 1);
+        settle().await;
+        assert_eq!(a.0.load(Ordering::Relaxed), 1);
+        assert_eq!(b.0.load(Ordering::Relaxed), 1);
+        drop(pa);
+        tx.send_modify(|n| *n += 1);
+        settle().await;
+        assert_eq!(a.0.load(Ordering::Relaxed), 1, "out of its shard");
+        assert_eq!(b.0.load(Ordering::Relaxed), 2);
+        shutdown.cancel();
+        settle().await;
+        tx.send_modify(|n| *n += 1);
+        settle().await;
+        assert_eq!(
+            b.0.load(Ordering::Relaxed),
+            2,
+            "the writers ended at shutdown"
+        );
     }
 }
