@@ -251,6 +251,7 @@ impl AppState {
         let writers = Arc::new(session::shard::Writers::new(
             p.hub.fanout().sent(),
             p.shutdown.clone(),
+            p.session.writers,
         ));
         let allowed_hosts = Arc::new(guard::AllowedHosts::new(
             &p.settings.allowed_hosts,

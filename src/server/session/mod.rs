@@ -50,6 +50,10 @@ pub struct RawSettings {
     pub write_buffer_bytes: usize,
     /// Frames taken from the hub per wake-up; they are written with one flush.
     pub flush_batch: usize,
+    /// Writer tasks that deliver the hub's frames to the sockets, each owning a shard of the
+    /// sessions; 0: half the runtime's worker threads, at least one (BENCHMARKS.md, the
+    /// writers: the writes of a fan-out leave the other cores to everything else).
+    pub writers: usize,
     /// After the server's close frame, how long to wait for the client's (the closing
     /// handshake), so that the close frame is not lost to a connection reset.
     pub close_linger_seconds: f64,
@@ -76,6 +80,7 @@ impl Default for RawSettings {
             read_buffer_bytes: 256,
             write_buffer_bytes: 8 * 1024,
             flush_batch: 64,
+            writers: 0,
             close_linger_seconds: 2.0,
             close_timeout_seconds: 10.0,
         }
@@ -99,6 +104,8 @@ pub struct Settings {
     pub read_buffer_bytes: usize,
     pub write_buffer_bytes: usize,
     pub flush_batch: usize,
+    /// `None`: half the worker threads, at least one.
+    pub writers: Option<usize>,
     pub close_linger: Duration,
     pub close_timeout: Duration,
 }
@@ -137,6 +144,10 @@ impl Settings {
             read_buffer_bytes: at_least("read_buffer_bytes", raw.read_buffer_bytes, 256)?,
             write_buffer_bytes: at_least("write_buffer_bytes", raw.write_buffer_bytes, 256)?,
             flush_batch: at_least("flush_batch", raw.flush_batch, 1)?,
+            writers: match raw.writers {
+                0 => None,
+                n => Some(in_range("writers", n as f64, 1.0, 1024.0)? as usize),
+            },
             close_linger: seconds("close_linger_seconds", raw.close_linger_seconds, 0.0, 60.0)?,
             close_timeout: seconds(
                 "close_timeout_seconds",

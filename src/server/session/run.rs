@@ -701,7 +701,7 @@ mod tests {
             clock: Clock::System,
             shutdown: shutdown.clone(),
             filter_budget: Arc::new(FilterBudget::new(1_000_000)),
-            writers: Arc::new(Writers::new(hub.fanout().sent(), shutdown.clone())),
+            writers: Arc::new(Writers::new(hub.fanout().sent(), shutdown.clone(), None)),
         };
         let task = tokio::spawn(async move {
             let (_, _, ending) = run(server_tx, server_rx, ctx).await;

@@ -1,4 +1,4 @@
-//! The writers: a few tasks (one per runtime worker) that each own a shard of the sessions and,
+//! The writers: a few tasks (`session.writers`; by default half the runtime's workers) that each own a shard of the sessions and,
 //! when the hub has sent frames, move them from every session's channel to its socket in one
 //! pass. A published frame wakes these few tasks, not every session's; a session's own task
 //! wakes only when something is left for it (a socket that would block, a read from the
@@ -62,6 +62,8 @@ pub struct Writers {
     /// Changes whenever the hub sent frames to its channels.
     sent: watch::Receiver<u64>,
     shutdown: CancellationToken,
+    /// `session.writers`; `None`: half the worker threads, at least one.
+    count: Option<usize>,
 }
 
 /// A session's place in a shard: dropping it takes the session out.
@@ -79,22 +81,29 @@ impl Drop for Place {
 }
 
 impl Writers {
-    pub fn new(sent: watch::Receiver<u64>, shutdown: CancellationToken) -> Writers {
+    pub fn new(
+        sent: watch::Receiver<u64>,
+        shutdown: CancellationToken,
+        count: Option<usize>,
+    ) -> Writers {
         Writers {
             shards: OnceLock::new(),
             next: AtomicUsize::new(0),
             next_id: std::sync::atomic::AtomicU64::new(0),
             sent,
             shutdown,
+            count,
         }
     }
 
     fn shards(&self) -> &[Arc<Shard>] {
         self.shards.get_or_init(|| {
-            let n = tokio::runtime::Handle::try_current()
-                .map(|h| h.metrics().num_workers())
-                .unwrap_or(1)
-                .max(1);
+            let n = self.count.unwrap_or_else(|| {
+                let workers = tokio::runtime::Handle::try_current()
+                    .map(|h| h.metrics().num_workers())
+                    .unwrap_or(1);
+                (workers / 2).max(1)
+            });
             (0..n)
                 .map(|_| {
                     let shard = Arc::new(Shard::default());
@@ -163,9 +172,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_send_pumps_every_placed_session_once_and_a_dropped_place_no_more() {
+        // Two shards: the two places land in different ones.
         let (tx, rx) = watch::channel(0u64);
         let shutdown = CancellationToken::new();
-        let w = Writers::new(rx, shutdown.clone());
+        let w = Writers::new(rx, shutdown.clone(), Some(2));
         let a = Arc::new(Count(AtomicU64::new(0)));
         let b = Arc::new(Count(AtomicU64::new(0)));
         let pa = w.place(a.clone());
