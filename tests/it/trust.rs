@@ -188,8 +188,19 @@ async fn a_forgery_with_the_ingests_credentials_is_never_served() {
     let attacker = client_as(&nats, "ingest").await;
     let js = jetstream::new(attacker.clone());
     let victim = js.get_stream("DEXPULSE_EVENTS").await.unwrap();
-    // A real, signed event, to be replayed once the duplicate window has passed.
-    let original = victim.direct_get(5).await.unwrap();
+    // A real, signed event, to be replayed once the duplicate window has passed (the ingest
+    // may not have published five yet on a busy machine: waited for, not assumed).
+    let mut tries = 0;
+    let original = loop {
+        match victim.direct_get(5).await {
+            Ok(m) => break m,
+            Err(_) if tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the ingest published no fifth event in 10 s: {e}"),
+        }
+    };
     let mut forged_seqs = Vec::new();
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", "forged-1");
