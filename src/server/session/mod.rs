@@ -1,8 +1,9 @@
 //! One WebSocket session (docs/protocol.md): [`state`] is the protocol as a state machine with
 //! no I/O and no clock (time comes in as milliseconds since the session began), [`outbox`] the
-//! bounded queue of what waits to be written, with high and low watermarks, and [`run`] the
+//! bounded queue of what waits to be written, with high and low watermarks, [`run`] the
 //! thin `select!` loop that feeds them from the hub, the client and the timers, generic over
-//! `Sink`/`Stream` so that unit tests drive it through channels with paused time.
+//! `Sink`/`Stream` so that unit tests drive it through channels with paused time, and
+//! [`shard`] the writer tasks that run its delivery step for every session after each send.
 
 pub mod outbox;
 pub mod run;
@@ -51,8 +52,7 @@ pub struct RawSettings {
     /// Frames taken from the hub per wake-up; they are written with one flush.
     pub flush_batch: usize,
     /// Writer tasks that deliver the hub's frames to the sockets, each owning a shard of the
-    /// sessions; 0: half the runtime's worker threads, at least one (BENCHMARKS.md, the
-    /// writers: the writes of a fan-out leave the other cores to everything else).
+    /// sessions; 0: one per runtime worker thread (docs/configuration.md, "Threads").
     pub writers: usize,
     /// After the server's close frame, how long to wait for the client's (the closing
     /// handshake), so that the close frame is not lost to a connection reset.
@@ -104,7 +104,7 @@ pub struct Settings {
     pub read_buffer_bytes: usize,
     pub write_buffer_bytes: usize,
     pub flush_batch: usize,
-    /// `None`: half the worker threads, at least one.
+    /// `None`: one per worker thread.
     pub writers: Option<usize>,
     pub close_linger: Duration,
     pub close_timeout: Duration,

@@ -1,11 +1,13 @@
-//! The session's shell: one task, one `select!` over shutdown, the outbox's writes, history
-//! reads, the hub channels, client messages, the stall timer and the heartbeat. It reads the
+//! The session's shell: one task, one `select!` over shutdown, the delivery step, history
+//! reads, the pairs channel, client messages, the stall timer and the heartbeat. It reads the
 //! clocks and does the I/O; every decision is the [`Session`]'s. Written against `Sink`/`Stream`
 //! of tungstenite messages, so it runs on any transport: a socket, or channels in a unit test.
 //!
-//! Writes come first in the loop, so a steady stream of frames cannot starve the socket; a
-//! wake-up takes every frame the hub has ready (up to `flush_batch`) and the outbox writes them
-//! with one flush. Read errors are classified by their type: a message over the size limit is
+//! The delivery step (`Conn::work`: take what the hub channel holds, up to `flush_batch`, and
+//! write the outbox with one flush) is shared with the session's writer ([`super::shard`]),
+//! which runs it after every send of the hub with the task's waker, under the session's lock:
+//! the task wakes only when something is left for it. In the task the step comes first, so a
+//! steady stream of frames cannot starve the socket. Read errors are classified by their type: a message over the size limit is
 //! 1009, invalid UTF-8 1007, any other protocol violation 1002; an I/O error means the peer is
 //! gone. Every server-initiated close sends what is owed, then the close frame, then reads
 //! until the client's close (the closing handshake) or `close_linger`, so that the close frame

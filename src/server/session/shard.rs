@@ -1,4 +1,4 @@
-//! The writers: a few tasks (`session.writers`; by default half the runtime's workers) that each own a shard of the sessions and,
+//! The writers: a few tasks (`session.writers`; by default one per runtime worker) that each own a shard of the sessions and,
 //! when the hub has sent frames, move them from every session's channel to its socket in one
 //! pass. A published frame wakes these few tasks, not every session's; a session's own task
 //! wakes only when something is left for it (a socket that would block, a read from the
@@ -62,7 +62,7 @@ pub struct Writers {
     /// Changes whenever the hub sent frames to its channels.
     sent: watch::Receiver<u64>,
     shutdown: CancellationToken,
-    /// `session.writers`; `None`: half the worker threads, at least one.
+    /// `session.writers`; `None`: one per worker thread.
     count: Option<usize>,
 }
 
@@ -99,10 +99,10 @@ impl Writers {
     fn shards(&self) -> &[Arc<Shard>] {
         self.shards.get_or_init(|| {
             let n = self.count.unwrap_or_else(|| {
-                let workers = tokio::runtime::Handle::try_current()
+                tokio::runtime::Handle::try_current()
                     .map(|h| h.metrics().num_workers())
-                    .unwrap_or(1);
-                (workers / 2).max(1)
+                    .unwrap_or(1)
+                    .max(1)
             });
             (0..n)
                 .map(|_| {
