@@ -56,6 +56,7 @@ fn example(t: i64) -> Snapshot {
         market_cap_usd: None,
         pair_created_at_ms: Some(T0 - 400 * MIN),
         lp_burned: None,
+        quote_usd: None,
     }
 }
 

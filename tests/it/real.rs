@@ -67,9 +67,9 @@ fn the_real_bars_crash_and_rebound_are_seen_and_nothing_is_wrong_more_than_chanc
         (ETH, "bearish", -7.0, 30.0),
         (ETH, "bullish", 5.5, 30.0),
         (OSQTH, "bearish", -12.0, 30.0),
-        // Seen 40 minutes after its onset, not 30: its first tenth was a slow drift inside
-        // the pair's noise, and the jumps came 22 to 40 minutes later (docs/evaluation.md).
-        (OSQTH, "bullish", 10.5, 45.0),
+        // Its own pool jumped 22 to 40 minutes after the onset; what moved oSQTH in USD first
+        // was WETH, its quote, and that is what the engine reads (docs/signals.md).
+        (OSQTH, "bullish", 10.5, 30.0),
     ];
     for (pair, dir, size, within) in cases {
         let m = the_move(&r, pair, "2023-08-17", dir);
@@ -101,6 +101,32 @@ fn the_real_bars_crash_and_rebound_are_seen_and_nothing_is_wrong_more_than_chanc
     assert!(events.lines().count() >= 4);
     for line in events.lines() {
         assert!(!line.contains("wash"), "{line}");
+    }
+    // oSQTH's rebound was first its quote's: the event says so, and ETH's own pool, quoted in
+    // USDC, never carries the flag.
+    let osqth_up = events
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| {
+            e["pair_address"] == OSQTH && e["kind"] == "momentum_up" && e["phase"] == "opened"
+        })
+        .expect("oSQTH's momentum_up");
+    assert!(
+        osqth_up["risk_flags"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("quote_move")),
+        "{osqth_up}"
+    );
+    assert!(
+        osqth_up["reasons"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("the quote token +"),
+        "{osqth_up}"
+    );
+    for line in events.lines().filter(|l| l.contains(ETH)) {
+        assert!(!line.contains("quote_move"), "{line}");
     }
     // Some events say a direction: a quiet engine would pass the rest by saying nothing.
     let directional: u64 = r["days"]

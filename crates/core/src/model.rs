@@ -182,6 +182,11 @@ pub struct Snapshot {
     /// only show liquidity in USD.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lp_burned: Option<f64>,
+    /// The quote token's USD price, where the source gives the pair's price in its quote token
+    /// too (DexScreener's `priceNative`, GeckoTerminal's `quote_token_price_usd`, the chain
+    /// source's quote pricing): a pair quoted in WETH moves in USD with WETH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quote_usd: Option<f64>,
 }
 
 impl Clone for Snapshot {
@@ -206,6 +211,7 @@ impl Clone for Snapshot {
             market_cap_usd: self.market_cap_usd,
             pair_created_at_ms: self.pair_created_at_ms,
             lp_burned: self.lp_burned,
+            quote_usd: self.quote_usd,
         };
         out.dex_id.clone_from(&self.dex_id);
         out.labels.clone_from(&self.labels);
@@ -245,6 +251,8 @@ impl Clone for Snapshot {
         self.fdv_usd = src.fdv_usd;
         self.market_cap_usd = src.market_cap_usd;
         self.pair_created_at_ms = src.pair_created_at_ms;
+        self.lp_burned = src.lp_burned;
+        self.quote_usd = src.quote_usd;
     }
 }
 

@@ -538,6 +538,7 @@ impl Pool {
             market_cap_usd: None,
             pair_created_at_ms: self.created_ms,
             lp_burned: Some(round(1.0 - burned, 6)),
+            quote_usd: ctx.quote_usd,
         })
     }
 }

@@ -241,6 +241,19 @@ pub struct Move {
     pub minutes: f64,
     /// The pair's σ per minute, as a log return.
     pub sigma_min: f64,
+    /// Where the span began, Unix ms.
+    #[serde(default)]
+    pub from_ms: i64,
+}
+
+/// The quote token's move in USD, on a pair quoted in something that moves (WETH): the pair's
+/// USD price moves with it, whatever the pool does.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct QuoteMove {
+    /// The quote token's USD price's strongest move against its own volatility.
+    pub quote: Move,
+    /// The pair's own USD price over the same span, in percent.
+    pub pair_pct: f64,
 }
 
 impl PricePath {
@@ -291,10 +304,17 @@ impl PricePath {
                     pct: total.exp_m1() * 100.0,
                     minutes: span / MIN_MS,
                     sigma_min,
+                    from_ms: t0,
                 });
             }
         }
         best
+    }
+
+    /// The move from the last point at or before `from_ms` to `lp`, in percent.
+    pub fn change_since(&self, from_ms: i64, lp: f64) -> Option<f64> {
+        let (_, lp0) = self.path.iter().rev().find(|(at, _)| *at <= from_ms)?;
+        Some((lp - lp0).exp_m1() * 100.0)
     }
 
     /// Folds a fresh snapshot's price in (after its move was measured). `z` is that move's.
@@ -348,6 +368,9 @@ pub struct History {
     ew: EwStats,
     /// The price's own path and volatility, for the size of a move.
     path: PricePath,
+    /// The quote token's USD price's path, where the snapshots give it.
+    #[serde(default)]
+    quote: PricePath,
     /// (t, pool depth, price): K for constant-product pools, USD liquidity otherwise (with
     /// the price it was seen at, to adjust it for the price move).
     depth_hist: VecDeque<(i64, f64, Option<f64>)>,
@@ -417,12 +440,10 @@ pub fn compute(snap: &Snapshot, h: &mut History, cfg: &Params) -> Features {
         .as_ref()
         .map(|p| p.value.ln())
         .filter(|x| x.is_finite());
-    let price_move = lp.and_then(|lp| {
-        let m = h
-            .path
-            .strongest(t, lp, &lookbacks, pv.min_obs, cfg.ms.vol_min_span);
-        let keep = lookbacks.last().copied().unwrap_or(0) * 6 / 5;
-        h.path.update(
+    let keep = lookbacks.last().copied().unwrap_or(0) * 6 / 5;
+    let fold = |path: &mut PricePath, lp: f64| {
+        let m = path.strongest(t, lp, &lookbacks, pv.min_obs, cfg.ms.vol_min_span);
+        path.update(
             t,
             lp,
             m.map(|m| m.z),
@@ -431,7 +452,19 @@ pub fn compute(snap: &Snapshot, h: &mut History, cfg: &Params) -> Features {
             keep,
         );
         m
-    });
+    };
+    // The quote's move first: the pair's own path must not yet hold this snapshot when the
+    // pair's move over the quote's span is read from it.
+    let quote_move = match (lp, snap.quote_usd.map(f64::ln).filter(|x| x.is_finite())) {
+        (Some(lp), Some(lq)) => fold(&mut h.quote, lq).and_then(|quote| {
+            Some(QuoteMove {
+                quote,
+                pair_pct: h.path.change_since(quote.from_ms, lp)?,
+            })
+        }),
+        _ => None,
+    };
+    let price_move = lp.and_then(|lp| fold(&mut h.path, lp));
 
     // Pool depth: K = sqrt(base·quote) for constant-product pools, USD liquidity otherwise.
     let lookback = cfg.ms.drain_lookback;
@@ -549,6 +582,7 @@ pub fn compute(snap: &Snapshot, h: &mut History, cfg: &Params) -> Features {
         buyer_skew,
         z_vol,
         price_move,
+        quote_move,
         liquidity,
         liquidity_ref,
         depth,

@@ -8,7 +8,7 @@
 use super::params::Params;
 use crate::model::{Direction, Kind};
 
-use super::features::{ramp, Move};
+use super::features::{ramp, Move, QuoteMove};
 
 /// Everything the rules read, computed once per fresh, valid snapshot. `None` is unknown.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -46,6 +46,9 @@ pub struct Features {
     /// The price's strongest move against the pair's own volatility (`features::PricePath`);
     /// `None` until the pair's history is long enough.
     pub price_move: Option<Move>,
+    /// The quote token's move in USD, where the snapshots give the quote's price.
+    #[serde(default)]
+    pub quote_move: Option<QuoteMove>,
     pub liquidity: Option<f64>,
     pub liquidity_ref: Option<f64>,
     /// Pool depth now: K for constant-product pools, USD liquidity otherwise.
@@ -97,8 +100,9 @@ impl RiskFlags {
     pub const FLAT_HIGH_VOLUME: u16 = 1 << 8;
     pub const LIQ_USD_PROXY: u16 = 1 << 9;
     pub const LP_BURN: u16 = 1 << 10;
+    pub const QUOTE_MOVE: u16 = 1 << 11;
 
-    const NAMES: [&'static str; 11] = [
+    const NAMES: [&'static str; 12] = [
         "sell_side_absent",
         "wash_suspected",
         "few_wallets",
@@ -110,6 +114,7 @@ impl RiskFlags {
         "flat_high_volume",
         "liq_usd_proxy",
         "lp_burn",
+        "quote_move",
     ];
 
     pub fn has(self, flag: u16) -> bool {
@@ -199,6 +204,17 @@ pub fn risk(f: &Features, cfg: &Params) -> (RiskFlags, u32) {
     }
     if f.lp_burn && f.lp_removed.is_some_and(|x| x > 0.0) {
         flags.set(RiskFlags::LP_BURN);
+    }
+    // Not a risk, a provenance: the pair's USD price is moving with its quote token, which
+    // moved as a momentum would have to. A bot trading the pool against its quote sees none
+    // of that move.
+    let m = &cfg.momentum;
+    if f.quote_move.is_some_and(|q| {
+        q.quote.z.abs() >= m.enter_z
+            && q.quote.pct.abs() >= m.min_move_pct
+            && q.pair_pct * q.quote.pct > 0.0
+    }) {
+        flags.set(RiskFlags::QUOTE_MOVE);
     }
     (flags, p)
 }
@@ -410,6 +426,40 @@ pub fn exit_after(kind: Kind, cfg: &Params) -> ExitAfter {
     }
 }
 
+/// The move momentum reads once the pair's history allows, in the direction of `sign`.
+#[derive(Debug, Clone, Copy)]
+struct Relative {
+    mv: Move,
+    /// The pair's own USD move over `mv`'s span, in percent.
+    pct: f64,
+    /// `mv` is the quote token's move, not the pool's.
+    quote: bool,
+}
+
+/// The pair's own move, or its quote token's when that is the stronger one `sign`'s way, at
+/// least `min_move_pct` in size, and carried the pair's USD price that way by as much: a pair
+/// quoted in WETH rises in USD with WETH, and its own volatility (one pool's jumps) would
+/// hide a move its quote makes plain.
+fn relative(f: &Features, cfg: &Params, sign: f64) -> Option<Relative> {
+    let own = f.price_move?;
+    let min = cfg.momentum.min_move_pct;
+    let by_quote = f.quote_move.filter(|q| {
+        sign * q.quote.pct >= min && sign * q.pair_pct >= min && sign * q.quote.z > sign * own.z
+    });
+    Some(match by_quote {
+        Some(q) => Relative {
+            mv: q.quote,
+            pct: q.pair_pct,
+            quote: true,
+        },
+        None => Relative {
+            mv: own,
+            pct: own.pct,
+            quote: false,
+        },
+    })
+}
+
 /// Momentum in the direction of `sign` (+1 up, −1 down). Against the pair's own volatility
 /// once its history allows (a move of at least `enter_z` σ of its span without its largest
 /// step, and `min_move_pct` percent); until then the absolute thresholds, with
@@ -417,8 +467,8 @@ pub fn exit_after(kind: Kind, cfg: &Params) -> ExitAfter {
 fn momentum(f: &Features, cfg: &Params, sign: f64) -> bool {
     let m = &cfg.momentum;
     let along = |x: Option<f64>, t: f64| x.is_some_and(|x| sign * x >= t);
-    match f.price_move {
-        Some(mv) => sign * mv.z >= m.enter_z && sign * mv.pct >= m.min_move_pct,
+    match relative(f, cfg, sign) {
+        Some(r) => sign * r.mv.z >= m.enter_z && sign * r.pct >= m.min_move_pct,
         None => {
             along(f.pc[1], m.enter_pc_h1)
                 && along(f.pc[0], m.enter_pc_m5)
@@ -451,8 +501,8 @@ pub fn exit(kind: Kind, f: &Features, cfg: &Params, ctx: &Context) -> bool {
             } else {
                 1.0
             };
-            match f.price_move {
-                Some(mv) => sign * mv.z < m.exit_z,
+            match relative(f, cfg, sign) {
+                Some(r) => sign * r.mv.z < m.exit_z,
                 None => {
                     f.pc[1].is_some_and(|p| sign * p < m.exit_pc_h1)
                         || f.pc[0].is_some_and(|p| sign * p <= m.exit_pc_m5)
@@ -497,10 +547,15 @@ pub fn excess(kind: Kind, f: &Features, cfg: &Params, consecutive: u32) -> f64 {
             };
             // Against the pair's own volatility when known: saturating at three times the
             // entry's σ, and at ten times the least move.
-            let (hour, five) = match f.price_move {
-                Some(mv) => (
-                    ramp_from(mv.z.abs(), m.enter_z, 3.0 * m.enter_z),
-                    ramp_from(mv.pct.abs(), m.min_move_pct, 10.0 * m.min_move_pct.max(0.5)),
+            let sign = if kind == Kind::MomentumDown {
+                -1.0
+            } else {
+                1.0
+            };
+            let (hour, five) = match relative(f, cfg, sign) {
+                Some(r) => (
+                    ramp_from(r.mv.z.abs(), m.enter_z, 3.0 * m.enter_z),
+                    ramp_from(r.pct.abs(), m.min_move_pct, 10.0 * m.min_move_pct.max(0.5)),
                 ),
                 _ => (
                     ramp_from(abs(f.pc[1]), m.enter_pc_h1, 60.0),
@@ -677,8 +732,29 @@ pub fn reasons(kind: Kind, dir: Direction, f: &Features, cfg: &Params) -> Vec<St
             } else {
                 (">=", "+")
             };
-            match f.price_move {
-                Some(mv) => {
+            let way = if kind == Kind::MomentumDown {
+                -1.0
+            } else {
+                1.0
+            };
+            match relative(f, cfg, way) {
+                Some(r) if r.quote => {
+                    let mv = r.mv;
+                    out.push(format!(
+                        "the quote token {:+.2}% in USD in {:.0} min is {:+.1}σ of its moves \
+                         without its largest step (σ {:.3}%/min); {cmp} {sign}{:.1}σ",
+                        mv.pct,
+                        mv.minutes,
+                        mv.z,
+                        mv.sigma_min.exp_m1() * 100.0,
+                        m.enter_z
+                    ));
+                    out.push(format!(
+                        "price {:+.2}% in USD over the same {:.0} min; |move| >= {:.2}%",
+                        r.pct, mv.minutes, m.min_move_pct
+                    ));
+                }
+                Some(Relative { mv, .. }) => {
                     out.push(format!(
                         "price {:+.2}% in {:.0} min is {:+.1}σ of this pair's moves \
                          without its largest step (σ {:.3}%/min); {cmp} {sign}{:.1}σ",
@@ -866,6 +942,66 @@ mod tests {
         let at_entry = params(|r| r.liquidity.drain_enter = 0.5);
         assert_eq!(excess(Kind::LiquidityDrain, &f, &at_entry, 0), 0.0);
         assert!(excess(Kind::LiquidityDrain, &f, &Params::default(), 0) > 0.0);
+    }
+
+    /// Momentum read on the pair's own move or on its quote's: `(own z, quote z, quote %,
+    /// the pair's USD % over the quote's span)` and whether `momentum_up` enters, and on
+    /// which. The quote counts only when it is the stronger way up, at least the least move,
+    /// and it carried the pair's USD price up by as much.
+    #[test]
+    fn momentum_reads_the_quote_when_it_moved_the_pair() {
+        fn mv(z: f64, pct: f64) -> Move {
+            Move {
+                z,
+                pct,
+                minutes: 15.0,
+                sigma_min: 0.0005,
+                from_ms: 0,
+            }
+        }
+        fn check(own: (f64, f64), quote: Option<(f64, f64, f64)>, want: Option<bool>) {
+            let f = Features {
+                price_move: Some(mv(own.0, own.1)),
+                quote_move: quote.map(|(z, pct, pair_pct)| QuoteMove {
+                    quote: mv(z, pct),
+                    pair_pct,
+                }),
+                ..Features::default()
+            };
+            let p = Params::default();
+            let entered = momentum(&f, &p, 1.0);
+            assert_eq!(entered, want.is_some(), "{own:?} {quote:?}");
+            if let Some(by_quote) = want {
+                let r = reasons(Kind::MomentumUp, Direction::Bullish, &f, &p);
+                assert_eq!(r[0].starts_with("the quote token"), by_quote, "{r:?}");
+            }
+            // The flag says the quote moved the pair, whichever move the entry read.
+            let (flags, _) = risk(&f, &p);
+            assert_eq!(
+                flags.has(RiskFlags::QUOTE_MOVE),
+                quote.is_some_and(|(z, pct, pair)| z >= 6.0 && pct >= 1.0 && pair > 0.0),
+                "{own:?} {quote:?}"
+            );
+            // Over when the move read, the quote's when it qualifies, is under `exit_z`.
+            let read = match quote {
+                Some((z, pct, pair)) if pct >= 1.0 && pair >= 1.0 && z > own.0 => z,
+                _ => own.0,
+            };
+            assert_eq!(
+                exit(Kind::MomentumUp, &f, &p, &Context::default()),
+                read < 2.0,
+                "{own:?} {quote:?}"
+            );
+        }
+        check((7.0, 2.0), None, Some(false));
+        check((2.0, 3.0), None, None);
+        check((2.0, 1.6), Some((6.5, 1.5, 1.6)), Some(true));
+        check((6.5, 2.0), Some((7.0, 1.5, 2.0)), Some(true));
+        check((7.0, 2.0), Some((6.5, 1.5, 2.0)), Some(false));
+        // The pool fell while its quote rose: the pair's USD price did not rise.
+        check((-3.0, -2.0), Some((8.0, 2.0, -0.1)), None);
+        // A quote that moved too little, however significant (a stablecoin's wobble).
+        check((1.0, 0.1), Some((30.0, 0.05, 0.1)), None);
     }
 
     #[test]

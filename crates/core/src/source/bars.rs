@@ -332,6 +332,8 @@ fn parse_bar(line: &str) -> Result<Bar, String> {
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Minute {
     price: f64,
+    /// The base token's price in the quote token.
+    native: f64,
     volume: f64,
     buys: u64,
     sells: u64,
@@ -389,6 +391,7 @@ fn price_pool(spec: &PoolSpec, bars: &[Bar], quote_usd: &dyn Fn(i64) -> Option<f
             human(0, bar.liquidity / sqrt_p) * usd[0] + human(1, bar.liquidity * sqrt_p) * usd[1];
         let m = Minute {
             price: usd[b],
+            native: base_in_quote,
             volume,
             buys,
             sells,
@@ -525,6 +528,7 @@ fn pair_body(spec: &PoolSpec, minutes: &BTreeMap<i64, Minute>, t: i64) -> Option
             "baseToken": {"address": base.address, "name": base.symbol, "symbol": base.symbol},
             "quoteToken": {"address": quote.address, "name": quote.symbol, "symbol": quote.symbol},
             "priceUsd": price,
+            "priceNative": format_price(now.native),
             "txns": txns,
             "volume": volume,
             "priceChange": change,

@@ -177,7 +177,15 @@ fn pair(item: &Value, observed_at_ms: i64, source: Source) -> Result<Snapshot, S
         market_cap_usd: non_neg(obj.get("marketCap")),
         pair_created_at_ms: int_ms(obj.get("pairCreatedAt")).filter(|t| *t > 0),
         lp_burned: None,
+        quote_usd: quote_usd(obj),
     })
+}
+
+/// The quote token's USD price: `priceUsd / priceNative`, when both are positive numbers.
+fn quote_usd(obj: &Map<String, Value>) -> Option<f64> {
+    let read = |k: &str| num(obj.get(k)).filter(|x| *x > 0.0);
+    let q = read("priceUsd")? / read("priceNative")?;
+    q.is_finite().then_some(q)
 }
 
 /// Token profiles and boosts: token addresses to look up, not snapshots.
@@ -249,6 +257,28 @@ mod tests {
         assert_eq!(s.volume_usd.m5, Some(0.0));
         assert_eq!(s.volume_usd.h6, None);
         assert_eq!(s.txns.h1, None);
+    }
+
+    /// `(priceUsd, priceNative)` and the quote's USD price they give: a ratio of two positive
+    /// numbers, strings or not, and nothing from junk, zero or a missing half.
+    #[test]
+    fn the_quote_price_is_the_usd_price_over_the_native_one() {
+        fn check(usd: Value, native: Value, want: Option<f64>) {
+            let s = one(json!({"pairs":[{"chainId":"ethereum","pairAddress":"0xA",
+                "priceUsd": usd, "priceNative": native}]}));
+            match (s.quote_usd, want) {
+                (Some(got), Some(want)) => assert!((got - want).abs() < 1e-9, "{got} vs {want}"),
+                (got, want) => assert_eq!(got, want),
+            }
+        }
+        check(json!("3.6"), json!("0.002"), Some(1800.0));
+        check(json!(3.6), json!("0.002"), Some(1800.0));
+        check(json!("1.0001"), json!("1.0001"), Some(1.0));
+        check(json!("3.6"), json!("0"), None);
+        check(json!("3.6"), json!("NaN"), None);
+        check(json!("3.6"), json!("-0.002"), None);
+        check(json!("3.6"), Value::Null, None);
+        check(json!("junk"), json!("0.002"), None);
     }
 
     #[test]

@@ -228,6 +228,7 @@ fn pool(
             .and_then(parse_rfc3339_ms)
             .or_else(|| int_ms(attrs.get("pool_created_at_ms"))),
         lp_burned: None,
+        quote_usd: num(attrs.get("quote_token_price_usd")).filter(|x| *x > 0.0),
     })
 }
 
@@ -288,6 +289,24 @@ mod tests {
         assert_eq!(s.pair_created_at_ms, None);
         assert_eq!(s.fdv_usd, None);
         assert_eq!(s.base_token.symbol.as_deref(), Some("A"));
+        assert_eq!(s.quote_usd, None);
+    }
+
+    #[test]
+    fn the_quote_price_is_read_when_positive() {
+        let pool = |q: Value| {
+            let body = json!({"data":{"id":"eth_0xabc","type":"pool","attributes":{
+                "address":"0xabc","name":"A / WETH","base_token_price_usd":"2.5",
+                "quote_token_price_usd": q}}});
+            decode("/networks/eth/pools/0xabc", &body, 5)
+                .unwrap()
+                .snapshots[0]
+                .quote_usd
+        };
+        assert_eq!(pool(json!("1843.25")), Some(1843.25));
+        assert_eq!(pool(json!("0")), None);
+        assert_eq!(pool(json!("-3")), None);
+        assert_eq!(pool(json!("junk")), None);
     }
 
     #[test]

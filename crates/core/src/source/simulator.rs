@@ -1574,6 +1574,7 @@ pub fn example_snapshot() -> Snapshot {
         market_cap_usd: Some(123_450.0),
         pair_created_at_ms: Some(DEFAULT_START_MS - 30 * 24 * HOUR),
         lp_burned: None,
+        quote_usd: None,
     }
 }
 
