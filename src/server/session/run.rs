@@ -452,6 +452,18 @@ impl<S: Sink<Message> + Unpin + Send> Pump for Conn<S> {
         }
         sh.waker = Some(waker);
     }
+
+    fn fail(&self) {
+        let mut g = self.lock();
+        let Some(sh) = g.as_mut() else {
+            return;
+        };
+        sh.pending = Some(Box::new(Effects::end(End::close(CloseCode::Internal))));
+        sh.recheck = true;
+        if let Some(w) = &sh.waker {
+            w.wake_by_ref();
+        }
+    }
 }
 
 /// Runs one session to its end and hands the transport back with how it ended.

@@ -6,8 +6,14 @@
 //!
 //! A writer never owns a session's decisions: it calls the same [`Pump`] the session's task
 //! calls, under the session's lock, so per-session order and every bound are the session's.
+//!
+//! A panic in one session's pump is that session's, not the shard's: the writer catches it,
+//! takes the session out of its shard and tells it to close (1011, "internal error: resume"),
+//! and goes on with the others. Unsupervised, one bad session would have stalled every other
+//! session of its shard without a word.
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -21,14 +27,20 @@ pub trait Pump: Send + Sync {
     /// session's task when anything is left that only the task can do. `at`: the pass's time
     /// (one clock read for the whole shard).
     fn pump(&self, at: Instant);
+
+    /// Its pump panicked: the session must end (its task closes it) and is pumped no more.
+    fn fail(&self);
 }
+
+/// The sessions of a shard as its writer iterates them, with their ids.
+type List = Arc<[(u64, Arc<dyn Pump>)]>;
 
 #[derive(Default)]
 struct Registry {
     conns: HashMap<u64, Arc<dyn Pump>>,
     /// What the writer iterates, rebuilt by the writer when a session came or went (`None`),
     /// so that a crowd connecting costs no copy per connection.
-    list: Option<Arc<[Arc<dyn Pump>]>>,
+    list: Option<List>,
 }
 
 #[derive(Default)]
@@ -42,14 +54,21 @@ impl Shard {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn snapshot(&self) -> Arc<[Arc<dyn Pump>]> {
+    fn snapshot(&self) -> List {
         let mut reg = self.registry();
         if let Some(list) = &reg.list {
             return list.clone();
         }
-        let list: Arc<[Arc<dyn Pump>]> = reg.conns.values().cloned().collect();
+        let list: List = reg.conns.iter().map(|(id, c)| (*id, c.clone())).collect();
         reg.list = Some(list.clone());
         list
+    }
+
+    fn remove(&self, id: u64) {
+        let mut reg = self.registry();
+        if reg.conns.remove(&id).is_some() {
+            reg.list = None;
+        }
     }
 }
 
@@ -74,9 +93,7 @@ pub struct Place {
 
 impl Drop for Place {
     fn drop(&mut self) {
-        let mut reg = self.shard.registry();
-        reg.conns.remove(&self.id);
-        reg.list = None;
+        self.shard.remove(self.id);
     }
 }
 
@@ -142,8 +159,19 @@ async fn write(shard: Arc<Shard>, mut sent: watch::Receiver<u64>, shutdown: Canc
             r = sent.changed() => if r.is_err() { return },
         }
         let at = Instant::now();
-        for conn in shard.snapshot().iter() {
-            conn.pump(at);
+        for (id, conn) in shard.snapshot().iter() {
+            // The session's state is behind its own lock, which recovers from poisoning, and
+            // the session is ended: nothing observes a half-done pump.
+            if catch_unwind(AssertUnwindSafe(|| conn.pump(at))).is_err() {
+                tracing::error!(
+                    session = id,
+                    "a session's delivery panicked; it is closed with 1011"
+                );
+                shard.remove(*id);
+                if catch_unwind(AssertUnwindSafe(|| conn.fail())).is_err() {
+                    tracing::error!(session = id, "closing the session panicked too");
+                }
+            }
         }
         // Outside the budget a writer whose next pass is already due would never give its
         // worker back: the publisher and the sessions it woke would wait behind it.
@@ -162,6 +190,51 @@ mod tests {
         fn pump(&self, _at: Instant) {
             self.0.fetch_add(1, Ordering::Relaxed);
         }
+
+        fn fail(&self) {
+            unreachable!("a counting pump never panics");
+        }
+    }
+
+    /// Panics on its first pump; counts the pumps tried and the failures told.
+    struct Faulty {
+        pumps: AtomicU64,
+        failed: AtomicU64,
+    }
+
+    impl Pump for Faulty {
+        fn pump(&self, _at: Instant) {
+            if self.pumps.fetch_add(1, Ordering::Relaxed) == 0 {
+                panic!("a bug in one session's delivery");
+            }
+        }
+
+        fn fail(&self) {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_session_is_failed_and_taken_out_and_its_shard_goes_on() {
+        let (tx, rx) = watch::channel(0u64);
+        let shutdown = CancellationToken::new();
+        // One shard: both sessions are the same writer's.
+        let w = Writers::new(rx, shutdown.clone(), Some(1));
+        let bad = Arc::new(Faulty {
+            pumps: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        });
+        let good = Arc::new(Count(AtomicU64::new(0)));
+        let _pbad = w.place(bad.clone());
+        let _pgood = w.place(good.clone());
+        for round in 1..=3 {
+            tx.send_modify(|n| *n += 1);
+            settle().await;
+            assert_eq!(good.0.load(Ordering::Relaxed), round, "the shard goes on");
+        }
+        assert_eq!(bad.pumps.load(Ordering::Relaxed), 1, "pumped no more");
+        assert_eq!(bad.failed.load(Ordering::Relaxed), 1, "told once");
+        shutdown.cancel();
     }
 
     async fn settle() {

@@ -71,6 +71,9 @@ pub enum CloseCode {
     Policy,
     /// 1009: a client message over the size limit.
     TooBig,
+    /// 1011: the server failed this session (a bug caught in its delivery): reconnect and
+    /// resume; nothing owed was lost.
+    Internal,
     /// 1012: the numbering restarted under the session (a cluster's stream was replaced):
     /// reconnect and resume; the answer says `recovered: false`.
     Restart,
@@ -81,8 +84,9 @@ pub enum CloseCode {
 }
 
 impl CloseCode {
-    pub const ALL: [CloseCode; 8] = [
+    pub const ALL: [CloseCode; 9] = [
         CloseCode::GoingAway,
+        CloseCode::Internal,
         CloseCode::Restart,
         CloseCode::Protocol,
         CloseCode::InvalidData,
@@ -99,6 +103,7 @@ impl CloseCode {
             CloseCode::InvalidData => 1007,
             CloseCode::Policy => 1008,
             CloseCode::TooBig => 1009,
+            CloseCode::Internal => 1011,
             CloseCode::Restart => 1012,
             CloseCode::Heartbeat => 4000,
             CloseCode::SlowConsumer => 4008,
@@ -112,6 +117,7 @@ impl CloseCode {
             CloseCode::InvalidData => "invalid UTF-8",
             CloseCode::Policy => "rate limit exceeded",
             CloseCode::TooBig => "message too big",
+            CloseCode::Internal => "internal error: resume",
             CloseCode::Restart => "epoch ended: resume",
             CloseCode::Heartbeat => "heartbeat timeout",
             CloseCode::SlowConsumer => "slow consumer",
