@@ -467,3 +467,55 @@ fn an_idle_pair_is_forgotten_unless_something_is_open_or_cooling_down() {
     assert_eq!(engine.observe_into(&quiet, &mut Vec::new()), Verdict::Fresh);
     assert_eq!(engine.pairs_tracked(), 1);
 }
+
+/// A pair quoted in WETH (docs/signals.md, "A pair moves with its quote"): for three hours its
+/// pool jumps 2.5 % every 17 minutes, so against its own volatility a steady 2 % rise of WETH is nothing; against
+/// WETH's own, it is a move. `ratio_drift` moves the pool against its quote during the rise.
+fn quoted_in_weth(address: &str, ratio_drift: f64) -> Vec<SignalEvent> {
+    let mut engine = Engine::new(Params::default());
+    let mut events = Vec::new();
+    for m in -180..=20i64 {
+        let t = T0 + m * MIN;
+        let rising = (m - 5).clamp(0, 15) as f64;
+        // WETH in USD: a wobble of a few hundredths of a percent, then 0.15 % a minute.
+        let quote = 2000.0 * (0.0003 * (m as f64 * 1.3).sin() + 0.0015 * rising).exp();
+        // The pool's own jumps, until the minute before the rise's window.
+        let jumps = if m < 0 && m.div_euclid(17) % 2 != 0 {
+            0.025
+        } else {
+            0.0
+        };
+        let ratio = 0.001 * (jumps + ratio_drift * rising).exp();
+        let mut s = pool(t, 340_000_000.0, 42_000.0, Some(84_000.0));
+        s.key = PairKey::new("ethereum", address);
+        s.base_token.address = format!("{address}-token");
+        s.price_usd = Price::parse(&format!("{:.12}", ratio * quote));
+        s.quote_usd = Some(quote);
+        s.pair_created_at_ms = Some(T0 - 3000 * MIN);
+        events.extend(engine.observe(&s));
+    }
+    events
+}
+
+#[test]
+fn a_pair_rises_with_its_quote_and_says_so_and_not_when_its_pool_fell_as_much() {
+    let events = quoted_in_weth("0xweth-quoted", 0.0);
+    let up = find(&events, Kind::MomentumUp, Phase::Opened).expect("momentum_up");
+    assert!(up.reasons[0].starts_with("the quote token +"), "{up:?}");
+    assert!(up.risk_flags.iter().any(|f| f == "quote_move"), "{up:?}");
+    // Within the rise (it began at +5 minutes), not before it.
+    assert!(up.observed_at_ms > T0 + 5 * MIN, "{up:?}");
+    // Nothing of the kind came from the pool's own jumps before the rise.
+    assert!(
+        events
+            .iter()
+            .all(|e| !e.kind.as_str().starts_with("momentum") || e.observed_at_ms > T0),
+        "{events:?}"
+    );
+    // The same WETH rise while the pool fell as much: the pair's USD price did not rise.
+    let flat = quoted_in_weth("0xweth-offset", -0.0015);
+    assert!(
+        find(&flat, Kind::MomentumUp, Phase::Opened).is_none(),
+        "{flat:?}"
+    );
+}
