@@ -738,10 +738,16 @@ pub fn reasons(kind: Kind, dir: Direction, f: &Features, cfg: &Params) -> Vec<St
                 1.0
             };
             match relative(f, cfg, way) {
-                Some(r) if r.quote => {
+                Some(r) => {
                     let mv = r.mv;
+                    let (what, whose) = if r.quote {
+                        ("the quote token", "its moves")
+                    } else {
+                        ("price", "this pair's moves")
+                    };
+                    let unit = if r.quote { " in USD" } else { "" };
                     out.push(format!(
-                        "the quote token {:+.2}% in USD in {:.0} min is {:+.1}σ of its moves \
+                        "{what} {:+.2}%{unit} in {:.0} min is {:+.1}σ of {whose} \
                          without its largest step (σ {:.3}%/min); {cmp} {sign}{:.1}σ",
                         mv.pct,
                         mv.minutes,
@@ -749,26 +755,14 @@ pub fn reasons(kind: Kind, dir: Direction, f: &Features, cfg: &Params) -> Vec<St
                         mv.sigma_min.exp_m1() * 100.0,
                         m.enter_z
                     ));
-                    out.push(format!(
-                        "price {:+.2}% in USD over the same {:.0} min; |move| >= {:.2}%",
-                        r.pct, mv.minutes, m.min_move_pct
-                    ));
-                }
-                Some(Relative { mv, .. }) => {
-                    out.push(format!(
-                        "price {:+.2}% in {:.0} min is {:+.1}σ of this pair's moves \
-                         without its largest step (σ {:.3}%/min); {cmp} {sign}{:.1}σ",
-                        mv.pct,
-                        mv.minutes,
-                        mv.z,
-                        mv.sigma_min.exp_m1() * 100.0,
-                        m.enter_z
-                    ));
-                    out.push(format!(
-                        "|move| {:.2}% >= {:.2}%",
-                        mv.pct.abs(),
-                        m.min_move_pct
-                    ));
+                    out.push(if r.quote {
+                        format!(
+                            "price {:+.2}% in USD over the same {:.0} min; |move| >= {:.2}%",
+                            r.pct, mv.minutes, m.min_move_pct
+                        )
+                    } else {
+                        format!("|move| {:.2}% >= {:.2}%", mv.pct.abs(), m.min_move_pct)
+                    });
                 }
                 _ => {
                     out.push(format!(
