@@ -471,14 +471,19 @@ fn an_idle_pair_is_forgotten_unless_something_is_open_or_cooling_down() {
 /// A pair quoted in WETH (docs/signals.md, "A pair moves with its quote"): for three hours its
 /// pool jumps 2.5 % every 17 minutes, so against its own volatility a steady 2 % rise of WETH is nothing; against
 /// WETH's own, it is a move. `ratio_drift` moves the pool against its quote during the rise.
-fn quoted_in_weth(address: &str, ratio_drift: f64) -> Vec<SignalEvent> {
+fn quoted_in_weth(
+    address: &str,
+    quote_rise: f64,
+    ratio_drift: f64,
+    junk_at: &[i64],
+) -> Vec<SignalEvent> {
     let mut engine = Engine::new(Params::default());
     let mut events = Vec::new();
     for m in -180..=20i64 {
         let t = T0 + m * MIN;
         let rising = (m - 5).clamp(0, 15) as f64;
         // WETH in USD: a wobble of a few hundredths of a percent, then 0.15 % a minute.
-        let quote = 2000.0 * (0.0003 * (m as f64 * 1.3).sin() + 0.0015 * rising).exp();
+        let quote = 2000.0 * (0.0003 * (m as f64 * 1.3).sin() + quote_rise * rising).exp();
         // The pool's own jumps, until the minute before the rise's window.
         let jumps = if m < 0 && m.div_euclid(17) % 2 != 0 {
             0.025
@@ -491,6 +496,10 @@ fn quoted_in_weth(address: &str, ratio_drift: f64) -> Vec<SignalEvent> {
         s.base_token.address = format!("{address}-token");
         s.price_usd = Price::parse(&format!("{:.12}", ratio * quote));
         s.quote_usd = Some(quote);
+        if junk_at.contains(&m) {
+            // One response whose `priceNative` is off by a third: its USD price is right.
+            s.quote_usd = Some(quote * 1.3);
+        }
         s.pair_created_at_ms = Some(T0 - 3000 * MIN);
         events.extend(engine.observe(&s));
     }
@@ -499,7 +508,7 @@ fn quoted_in_weth(address: &str, ratio_drift: f64) -> Vec<SignalEvent> {
 
 #[test]
 fn a_pair_rises_with_its_quote_and_says_so_and_not_when_its_pool_fell_as_much() {
-    let events = quoted_in_weth("0xweth-quoted", 0.0);
+    let events = quoted_in_weth("0xweth-quoted", 0.0015, 0.0, &[]);
     let up = find(&events, Kind::MomentumUp, Phase::Opened).expect("momentum_up");
     assert!(up.reasons[0].starts_with("the quote token +"), "{up:?}");
     assert!(up.risk_flags.iter().any(|f| f == "quote_move"), "{up:?}");
@@ -513,9 +522,25 @@ fn a_pair_rises_with_its_quote_and_says_so_and_not_when_its_pool_fell_as_much() 
         "{events:?}"
     );
     // The same WETH rise while the pool fell as much: the pair's USD price did not rise.
-    let flat = quoted_in_weth("0xweth-offset", -0.0015);
+    let flat = quoted_in_weth("0xweth-offset", 0.0015, -0.0015, &[]);
     assert!(
         find(&flat, Kind::MomentumUp, Phase::Opened).is_none(),
         "{flat:?}"
     );
+}
+
+#[test]
+fn junk_native_prices_are_no_quote_move() {
+    // The pool rises 1.4 % in USD on its own (nothing against its jumpy σ) while one response,
+    // then two in a row, say WETH leapt 30 %. A leap in one step is the move's largest step,
+    // left out as for the pair's own price: no quote move is read from it.
+    for junk in [&[12][..], &[12, 13]] {
+        let events = quoted_in_weth("0xjunk-native", 0.0, 0.002, junk);
+        assert!(
+            events
+                .iter()
+                .all(|e| !e.kind.as_str().starts_with("momentum")),
+            "{junk:?}: {events:?}"
+        );
+    }
 }
