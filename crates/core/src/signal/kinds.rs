@@ -426,6 +426,15 @@ pub fn exit_after(kind: Kind, cfg: &Params) -> ExitAfter {
     }
 }
 
+/// The direction a momentum kind reads moves in: −1 for `momentum_down`, +1 otherwise.
+fn momentum_sign(kind: Kind) -> f64 {
+    if kind == Kind::MomentumDown {
+        -1.0
+    } else {
+        1.0
+    }
+}
+
 /// The move momentum reads once the pair's history allows, in the direction of `sign`.
 #[derive(Debug, Clone, Copy)]
 struct Relative {
@@ -496,11 +505,7 @@ pub fn exit(kind: Kind, f: &Features, cfg: &Params, ctx: &Context) -> bool {
     let m = &cfg.momentum;
     match kind {
         Kind::MomentumUp | Kind::MomentumDown => {
-            let sign = if kind == Kind::MomentumDown {
-                -1.0
-            } else {
-                1.0
-            };
+            let sign = momentum_sign(kind);
             match relative(f, cfg, sign) {
                 Some(r) => sign * r.mv.z < m.exit_z,
                 None => {
@@ -547,11 +552,7 @@ pub fn excess(kind: Kind, f: &Features, cfg: &Params, consecutive: u32) -> f64 {
             };
             // Against the pair's own volatility when known: saturating at three times the
             // entry's σ, and at ten times the least move.
-            let sign = if kind == Kind::MomentumDown {
-                -1.0
-            } else {
-                1.0
-            };
+            let sign = momentum_sign(kind);
             let (hour, five) = match relative(f, cfg, sign) {
                 Some(r) => (
                     ramp_from(r.mv.z.abs(), m.enter_z, 3.0 * m.enter_z),
@@ -732,11 +733,7 @@ pub fn reasons(kind: Kind, dir: Direction, f: &Features, cfg: &Params) -> Vec<St
             } else {
                 (">=", "+")
             };
-            let way = if kind == Kind::MomentumDown {
-                -1.0
-            } else {
-                1.0
-            };
+            let way = momentum_sign(kind);
             match relative(f, cfg, way) {
                 Some(r) => {
                     let mv = r.mv;
