@@ -248,10 +248,15 @@ impl AppState {
         ));
         // A session watches one token: the epoch's, which shutdown cancels too.
         p.hub.end_sessions_with(&p.shutdown);
+        let epochs_of = p.hub.clone();
         let writers = Arc::new(session::shard::Writers::new(
             p.hub.fanout().sent(),
             p.shutdown.clone(),
-            p.session.writers,
+            session::shard::Config {
+                count: p.session.writers,
+                tick: session::shard::tick_for(p.session.heartbeat),
+                epochs: Arc::new(move || epochs_of.epoch_over()),
+            },
         ));
         let allowed_hosts = Arc::new(guard::AllowedHosts::new(
             &p.settings.allowed_hosts,

@@ -178,11 +178,11 @@ pub async fn upgrade(
         shutdown: state.shutdown.clone(),
         filter_budget: state.filter_budget.clone(),
         writers: state.writers.clone(),
+        tracker: state.sessions.clone(),
     };
-    let linger = s.close_linger;
+    // The settings rather than the duration: every open session carries what this captures.
+    let settings = state.session.clone();
     state.sessions.spawn(async move {
-        let _permit = permit;
-        let _conn_place = conn_place;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -194,12 +194,15 @@ pub async fn upgrade(
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
         let (sink, stream) = ws.split();
-        let (sink, stream, ending) = session::run(sink, stream, ctx).await;
-        if let Ending::Closed { linger: true, .. } = ending {
-            if let Ok(ws) = sink.reunite(stream) {
-                drain(ws, linger).await;
+        // From here the session lives in its writer's shard, not in this task.
+        session::start(sink, stream, ctx, move |sink, stream, ending| async move {
+            if let Ending::Closed { linger: true, .. } = ending {
+                if let Ok(ws) = sink.reunite(stream) {
+                    drain(ws, settings.close_linger).await;
+                }
             }
-        }
+            drop((permit, conn_place));
+        });
     });
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

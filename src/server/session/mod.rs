@@ -1,9 +1,9 @@
 //! One WebSocket session (docs/protocol.md): [`state`] is the protocol as a state machine with
 //! no I/O and no clock (time comes in as milliseconds since the session began), [`outbox`] the
 //! bounded queue of what waits to be written, with high and low watermarks, [`run`] the
-//! thin `select!` loop that feeds them from the hub, the client and the timers, generic over
+//! session's driver that feeds them from the hub, the client and the timers, generic over
 //! `Sink`/`Stream` so that unit tests drive it through channels with paused time, and
-//! [`shard`] the writer tasks that run its delivery step for every session after each send.
+//! [`shard`] the writer tasks that run the sessions (a session has no task of its own).
 
 pub mod outbox;
 pub mod run;
@@ -19,7 +19,7 @@ use dexpulse_core::protocol::FilterLimits;
 use dexpulse_core::schedule::Rate;
 use dexpulse_core::settings::{at_least, in_range, seconds, FieldError};
 
-pub use run::{run, Ending, SessionCtx};
+pub use run::{start, Ending, SessionCtx};
 
 /// `[session]`: one WebSocket session's limits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -140,6 +140,14 @@ impl Outbox {
         self.items.is_empty()
     }
 
+    /// Gives the queue's buffer back when nothing waits: an idle session would otherwise keep
+    /// the room its welcome took (a few hundred bytes each, BENCHMARKS.md, P3).
+    pub fn release(&mut self) {
+        if self.items.is_empty() && self.items.capacity() > 0 {
+            self.items = VecDeque::new();
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.items.len()
     }
@@ -193,5 +201,19 @@ mod tests {
         assert_eq!((o.len(), o.bytes()), (1, 10));
         assert!(o.has_room());
         assert!(!o.push_droppable(b(0)) || o.has_room());
+    }
+
+    #[test]
+    fn release_frees_an_empty_queue_and_keeps_a_waiting_one() {
+        let mut o = Outbox::new(8, 1 << 20);
+        o.push_control(b(10));
+        o.release();
+        assert_eq!(o.len(), 1, "a waiting message stays");
+        assert!(o.items.capacity() > 0);
+        o.pop();
+        o.release();
+        assert_eq!(o.items.capacity(), 0);
+        o.push_ping();
+        assert_eq!(o.len(), 1, "usable again after");
     }
 }

@@ -1,21 +1,26 @@
-//! The session's shell: one task, one `select!` over shutdown, the delivery step, history
-//! reads, the pairs channel, client messages, the stall timer and the heartbeat. It reads the
-//! clocks and does the I/O; every decision is the [`Session`]'s. Written against `Sink`/`Stream`
-//! of tungstenite messages, so it runs on any transport: a socket, or channels in a unit test.
+//! The session's driver: its state, its inputs and the steps that feed one to the other. A
+//! session has no task of its own: its shard's writer ([`super::shard`]) runs its delivery step
+//! after every send of the hub, drives it when its waker fires (the socket, a history read, the
+//! stall timer) and gives it its heartbeat; only the closing steps get a task, made when the
+//! session ends. It reads the clocks and does the I/O; every decision is the [`Session`]'s.
+//! Written against `Sink`/`Stream` of tungstenite messages, so it runs on any transport: a
+//! socket, or channels in a unit test.
 //!
 //! The delivery step (`Conn::work`: take what the hub channel holds, up to `flush_batch`, and
-//! write the outbox with one flush) is shared with the session's writer ([`super::shard`]),
-//! which runs it after every send of the hub with the task's waker, under the session's lock:
-//! the task wakes only when something is left for it. In the task the step comes first, so a
-//! steady stream of frames cannot starve the socket. Read errors are classified by their type: a message over the size limit is
-//! 1009, invalid UTF-8 1007, any other protocol violation 1002; an I/O error means the peer is
-//! gone. Every server-initiated close sends what is owed, then the close frame, then reads
-//! until the client's close (the closing handshake) or `close_linger`, so that the close frame
-//! is never lost to a reset.
+//! write the outbox with one flush) runs under the session's lock with the session's waker. In
+//! a drive the inputs are polled in a fixed order (the epoch's end, the delivery step, history
+//! reads, pair states, the pairs channel, the client, the stall timer), so a steady stream of
+//! frames cannot starve the socket. Read errors are classified by their type: a message over the
+//! size limit is 1009, invalid UTF-8 1007, any other protocol violation 1002; an I/O error means
+//! the peer is gone. Every server-initiated close sends what is owed, then the close frame, then
+//! reads until the client's close (the closing handshake) or `close_linger`, so that the close
+//! frame is never lost to a reset.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,15 +31,17 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode as WsCod
 use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, ReusableBoxFuture};
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio_util::task::TaskTracker;
 
 use dexpulse_core::protocol::{CloseCode, Epoch};
 
 use super::outbox::{Out, Outbox};
-use super::shard::{Pump, Writers};
+use super::shard::{Place, Pump, Queue, Writers};
 use super::state::{Close, Effects, End, HubView, Inbound, Recv, Session, Tally, Wants};
 use super::{FilterBudget, Settings};
-use crate::hub::{Hub, PairFrame, Subscription};
+use crate::hub::{Hub, PairFrame, Since, Subscription};
 use crate::metrics::{Metrics, SessionMetrics};
 use crate::time::Clock;
 
@@ -53,8 +60,10 @@ pub struct SessionCtx {
     pub shutdown: CancellationToken,
     /// The filter entries of all sessions (`session.max_total_filter_entries`).
     pub filter_budget: Arc<FilterBudget>,
-    /// The writer tasks that deliver the hub's frames to the sessions.
+    /// The writer tasks that run the sessions.
     pub writers: Arc<Writers>,
+    /// The server's sessions: it waits for them at shutdown.
+    pub tracker: TaskTracker,
 }
 
 impl HubView for Hub {
@@ -90,18 +99,18 @@ impl Tally for SessionMetrics {
 }
 
 /// A session counted in `sessions_connected` for as long as it runs, whichever way it ends.
-struct Connected<'a>(&'a SessionMetrics);
+struct Connected(Arc<Metrics>);
 
-impl<'a> Connected<'a> {
-    fn new(m: &'a SessionMetrics) -> Connected<'a> {
-        m.sessions.inc();
+impl Connected {
+    fn new(m: Arc<Metrics>) -> Connected {
+        m.session.sessions.inc();
         Connected(m)
     }
 }
 
-impl Drop for Connected<'_> {
+impl Drop for Connected {
     fn drop(&mut self) {
-        self.0.sessions.dec();
+        self.0.session.sessions.dec();
     }
 }
 
@@ -232,13 +241,40 @@ impl StallTimer {
     }
 }
 
-async fn recv<T: Clone>(
-    rx: Option<&mut broadcast::Receiver<T>>,
-) -> Result<T, broadcast::error::RecvError> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
+type PairRecv = (
+    Result<Arc<PairFrame>, broadcast::error::RecvError>,
+    broadcast::Receiver<Arc<PairFrame>>,
+);
+
+/// The pairs channel as something to poll: one boxed receive, reused (made only for a
+/// session that subscribed to pairs).
+struct PairsRx(ReusableBoxFuture<'static, PairRecv>);
+
+async fn next_pair(mut rx: broadcast::Receiver<Arc<PairFrame>>) -> PairRecv {
+    let r = rx.recv().await;
+    (r, rx)
+}
+
+impl PairsRx {
+    fn new(rx: broadcast::Receiver<Arc<PairFrame>>) -> PairsRx {
+        PairsRx(ReusableBoxFuture::new(next_pair(rx)))
     }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Arc<PairFrame>, broadcast::error::RecvError>> {
+        let (r, rx) = std::task::ready!(self.0.poll(cx));
+        self.0.set(next_pair(rx));
+        Poll::Ready(r)
+    }
+}
+
+/// A read from the history (the archive, for older frames), kept while the session wants the
+/// same range.
+struct Reading {
+    from: (u64, usize),
+    read: Pin<Box<dyn Future<Output = Since> + Send>>,
 }
 
 /// The next frame already waiting on a hub channel.
@@ -269,23 +305,25 @@ fn inbound<'a>(msg: &'a Option<Result<Message, WsError>>, id: &str) -> Inbound<'
     }
 }
 
-/// What the session's task and its shard's writer share: everything a delivery touches.
+/// What a session's drive and its shard's writer share: everything a delivery touches.
 struct Shared<S> {
     st: Session,
     out: Outbox,
     writer: Writer,
     sink: S,
     link: Option<Subscription>,
-    /// What the task last waited for: a writer that changes it wakes the task.
+    /// What the last drive waited for: a writer that changes it queues a drive.
     want: Waits,
-    /// How a writer's delivery ended (the connection gone), for the task to act on. Boxed:
-    /// rare, and every session carries the slot (BENCHMARKS.md, P3).
+    /// How a writer's delivery ended (the connection gone), for the next drive to act on.
+    /// Boxed: rare, and every session carries the slot (BENCHMARKS.md, P3).
     pending: Option<Box<Effects>>,
-    /// The task's waker: a writer writes with it, so that a socket that would block wakes the
-    /// task, not the writer.
+    /// The session's waker: a writer writes with it, so that a socket that would block queues
+    /// the session for a drive.
     waker: Option<Waker>,
-    /// A writer woke the task: its next poll starts the loop over (what it waits for changed).
+    /// A writer queued the session: its next drive starts over (what it waits for changed).
     recheck: bool,
+    /// When the next heartbeat is due (ms).
+    next_ping: i64,
 }
 
 impl<S> Shared<S> {
@@ -295,7 +333,7 @@ impl<S> Shared<S> {
     }
 }
 
-/// Which of [`Wants`] the task waits for: what a writer's delivery can change (it never
+/// Which of [`Wants`] a drive waits for: what a writer's delivery can change (it never
 /// touches what the history reads start from, nor the pairs owed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Waits {
@@ -317,14 +355,15 @@ impl From<&Wants> for Waits {
 }
 
 /// A session's state behind its lock, with what a delivery needs to know. `None` once the
-/// task took the state back to close the connection.
+/// session ended and its closing steps took the state.
 struct Conn<S> {
     shared: Mutex<Option<Shared<S>>>,
     start: Instant,
     metrics: Arc<Metrics>,
     clock: Clock,
-    flush_batch: usize,
-    chunk: usize,
+    flush_batch: u32,
+    chunk: u32,
+    heartbeat_ms: i64,
 }
 
 impl<S: Sink<Message> + Unpin> Conn<S> {
@@ -342,6 +381,11 @@ impl<S: Sink<Message> + Unpin> Conn<S> {
         i64::try_from(at.saturating_duration_since(self.start).as_millis()).unwrap_or(i64::MAX)
     }
 
+    /// The instant of a session time.
+    fn at(&self, ms: i64) -> Instant {
+        self.start + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+    }
+
     /// One step of the state machine under the lock.
     fn with(&self, f: impl FnOnce(&mut Shared<S>, i64) -> Effects) -> Effects {
         let now = self.now();
@@ -351,11 +395,11 @@ impl<S: Sink<Message> + Unpin> Conn<S> {
         }
     }
 
-    /// What the task waits for next (recorded for the writer), and what a writer left for it.
+    /// What the drive waits for next (recorded for the writer), and what a writer left for it.
     fn begin(&self) -> (Wants, Option<Effects>) {
         match self.lock().as_mut() {
             Some(sh) => {
-                let want = sh.st.wants(&sh.out, self.chunk);
+                let want = sh.st.wants(&sh.out, self.chunk as usize);
                 sh.want = Waits::from(&want);
                 (want, sh.pending.take().map(|e| *e))
             }
@@ -379,7 +423,13 @@ impl<S: Sink<Message> + Unpin> Conn<S> {
             let Shared { st, out, link, .. } = sh;
             let first = try_next(link);
             if !matches!(first, Recv::Empty) {
-                let e = st.on_channel(first, &mut || try_next(link), self.flush_batch, out, now);
+                let e = st.on_channel(
+                    first,
+                    &mut || try_next(link),
+                    self.flush_batch as usize,
+                    out,
+                    now,
+                );
                 if e != Effects::default() {
                     return Poll::Ready(e);
                 }
@@ -408,9 +458,9 @@ impl<S: Sink<Message> + Unpin> Conn<S> {
         }
     }
 
-    /// The task's own delivery step: as a writer's, and `Ready` as well when a writer changed
-    /// what the task should wait for.
-    fn poll_task(&self, cx: &mut Context<'_>) -> Poll<Effects> {
+    /// A drive's delivery step: as a writer's, and `Ready` as well when a writer changed
+    /// what the drive should wait for.
+    fn poll_deliver(&self, cx: &mut Context<'_>) -> Poll<Effects> {
         let mut g = self.lock();
         let Some(sh) = g.as_mut() else {
             return Poll::Ready(Effects::end(End::Peer { answer: false }));
@@ -427,14 +477,12 @@ impl<S: Sink<Message> + Unpin> Conn<S> {
     }
 }
 
-impl<S: Sink<Message> + Unpin + Send> Pump for Conn<S> {
-    fn pump(&self, at: Instant) {
-        let mut g = self.lock();
-        let Some(sh) = g.as_mut() else {
-            return;
-        };
-        // Not polled yet: the task delivers by itself first. Taken out and put back rather
-        // than cloned: a pass does this for every session.
+impl<S: Sink<Message> + Unpin> Conn<S> {
+    /// A writer's step, under the lock: deliver with the session's waker, and queue the session
+    /// for a drive if something is left for it.
+    fn deliver(&self, sh: &mut Shared<S>, at: Instant) {
+        // Not driven yet: its first drive delivers. Taken out and put back rather than cloned:
+        // a pass does this for every session.
         let Some(waker) = sh.waker.take() else {
             return;
         };
@@ -445,16 +493,288 @@ impl<S: Sink<Message> + Unpin + Send> Pump for Conn<S> {
             }
         }
         let more = sh.st.is_live() && sh.link.as_ref().is_some_and(|l| !l.rx.is_empty());
-        let changed = sh.want != Waits::from(&sh.st.wants(&sh.out, self.chunk));
+        let changed = sh.want != Waits::from(&sh.st.wants(&sh.out, self.chunk as usize));
         if (sh.pending.is_some() || more || changed) && !sh.recheck {
             sh.recheck = true;
             waker.wake_by_ref();
         }
         sh.waker = Some(waker);
     }
+}
+
+/// What a session keeps of its [`SessionCtx`] (the rest served its start): every session
+/// carries it.
+struct Ctx {
+    id: Box<str>,
+    hub: Arc<Hub>,
+    settings: Arc<Settings>,
+    grace: Duration,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// What only a drive touches: the session's inputs besides the hub's frames, and what its
+/// closing steps take.
+struct Inputs<R, F> {
+    stream: R,
+    ctx: Ctx,
+    /// Gets the transport back after the closing steps.
+    done: F,
+    /// The epoch's token: cancelled when the epoch ends and at shutdown; the shard drives every
+    /// session then.
+    epoch: CancellationToken,
+    /// Boxed: made only while the session reads the history.
+    history: Option<Box<Reading>>,
+    pairs: Option<PairsRx>,
+    stall: StallTimer,
+    /// Its place in the shard: dropped when the session ends.
+    place: Option<Place>,
+    connected: Connected,
+    /// The server waits for the session at shutdown, until its closing steps are done.
+    tracked: TaskTrackerToken,
+}
+
+/// A session: its state (shared with the writer's delivery) and its inputs, with the waker
+/// that queues it for a drive.
+struct Driver<S, R, F> {
+    conn: Conn<S>,
+    inputs: Mutex<Option<Inputs<R, F>>>,
+    queued: AtomicBool,
+    queue: Queue,
+}
+
+/// How many inputs one drive takes before letting the shard's other sessions go first.
+const DRIVE_STEPS: usize = 64;
+
+impl<S, R, F, Fut> Driver<S, R, F>
+where
+    S: Sink<Message> + Unpin + Send + 'static,
+    R: Stream<Item = Result<Message, WsError>> + Unpin + Send + 'static,
+    F: FnOnce(S, R, Ending) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    fn inputs(&self) -> MutexGuard<'_, Option<Inputs<R, F>>> {
+        // Every step under the lock leaves the inputs whole: a panic in one leaves them usable.
+        self.inputs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The session's steps until every input waits (`Pending`) or the session ends.
+    fn steps(&self, cx: &mut Context<'_>) -> Poll<End> {
+        let mut g = self.inputs();
+        let Some(inp) = g.as_mut() else {
+            return Poll::Pending;
+        };
+        for _ in 0..DRIVE_STEPS {
+            let (want, left) = self.conn.begin();
+            let effects = match left {
+                Some(e) => e,
+                None => match self.poll_inputs(inp, &want, cx) {
+                    Poll::Ready(e) => e,
+                    Poll::Pending => return Poll::Pending,
+                },
+            };
+            let now = self.conn.now();
+            match self.conn.lock().as_mut() {
+                Some(sh) => {
+                    if let Some(end) = apply(effects, sh, &inp.ctx.hub, &mut inp.pairs, now) {
+                        return Poll::Ready(end);
+                    }
+                }
+                None => return Poll::Ready(End::Peer { answer: false }),
+            }
+        }
+        // Still busy: the shard's other sessions first, then this one again.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// The first input that is ready, in a fixed order; each one polled registers the waker.
+    fn poll_inputs(
+        &self,
+        inp: &mut Inputs<R, F>,
+        want: &Wants,
+        cx: &mut Context<'_>,
+    ) -> Poll<Effects> {
+        let conn = &self.conn;
+        if inp.epoch.is_cancelled() || inp.ctx.shutdown.is_cancelled() {
+            let code = if inp.ctx.shutdown.is_cancelled() {
+                CloseCode::GoingAway
+            } else {
+                CloseCode::Restart
+            };
+            return Poll::Ready(Effects::end(End::close(code)));
+        }
+        // Frames from the channel and writes first: a steady stream of frames cannot starve
+        // the socket. Usually the shard's writer has done this already.
+        if let Poll::Ready(e) = conn.poll_deliver(cx) {
+            return Poll::Ready(e);
+        }
+        let hub = &inp.ctx.hub;
+        let tally = &conn.metrics.session;
+        match want.history {
+            // From memory at once; older frames are awaited from the archive, the read kept
+            // while the session wants the same range.
+            Some(from) => {
+                let reading = match &mut inp.history {
+                    Some(r) if r.from == from => r,
+                    slot => {
+                        let (hub, (after, limit)) = (hub.clone(), from);
+                        slot.insert(Box::new(Reading {
+                            from,
+                            read: Box::pin(async move { hub.read_since(after, limit).await }),
+                        }))
+                    }
+                };
+                if let Poll::Ready(since) = reading.read.as_mut().poll(cx) {
+                    inp.history = None;
+                    return Poll::Ready(
+                        conn.with(|sh, now| {
+                            sh.st.on_history(since, from.1, &mut sh.out, now, tally)
+                        }),
+                    );
+                }
+            }
+            None => inp.history = None,
+        }
+        if let Some(keys) = &want.pair_states {
+            let p = hub.pairs();
+            let states = keys.iter().map(|k| p.message(k)).collect();
+            return Poll::Ready(conn.with(|sh, _| sh.st.on_pair_states(states, &mut sh.out)));
+        }
+        if let Some(rx) = &mut inp.pairs {
+            match rx.poll(cx) {
+                Poll::Ready(Ok(p)) => {
+                    return Poll::Ready(conn.with(|sh, _| sh.st.on_pair(&p, &mut sh.out)))
+                }
+                // Pair states supersede each other: missing some is harmless.
+                Poll::Ready(Err(broadcast::error::RecvError::Lagged(_))) => {
+                    return Poll::Ready(Effects::default())
+                }
+                Poll::Ready(Err(broadcast::error::RecvError::Closed)) => {
+                    inp.pairs = None;
+                    return Poll::Ready(Effects::default());
+                }
+                Poll::Pending => {}
+            }
+        }
+        if let Poll::Ready(msg) = Pin::new(&mut inp.stream).poll_next(cx) {
+            let id = &inp.ctx.id;
+            return Poll::Ready(conn.with(|sh, now| {
+                sh.st
+                    .on_inbound(inbound(&msg, id), now, &**hub, &mut sh.out)
+            }));
+        }
+        inp.stall.arm(want.stall_at.map(|ms| conn.at(ms)));
+        if want.stall_at.is_some() && inp.stall.poll(cx).is_ready() {
+            return Poll::Ready(
+                conn.with(|sh, now| sh.st.on_stalled(hub.head_seq(), now, &mut sh.out, tally)),
+            );
+        }
+        Poll::Pending
+    }
+
+    /// The session ended: out of its shard, and its closing steps in a task of their own (they
+    /// hold timers and awaits an open session does not need).
+    fn end(&self, end: End) {
+        let Some(inp) = self.inputs().take() else {
+            return;
+        };
+        let Some(sh) = self.conn.lock().take() else {
+            return;
+        };
+        let Inputs {
+            stream,
+            ctx,
+            done,
+            place,
+            connected,
+            tracked,
+            ..
+        } = inp;
+        drop(place);
+        let (sink, out, writer) = sh.into_parts();
+        let (metrics, clock) = (self.conn.metrics.clone(), self.conn.clock.clone());
+        let tracker = ctx.tracker.clone();
+        tracker.spawn(async move {
+            let (sink, stream, ending) = match end {
+                End::Peer { answer } => {
+                    let mut sink = sink;
+                    if answer {
+                        // tungstenite queued its answer to the client's close: send it.
+                        let _ = tokio::time::timeout(ctx.grace, sink.close()).await;
+                    }
+                    (sink, stream, Ending::Peer)
+                }
+                End::Server(last) => {
+                    finish(sink, stream, last, (out, writer), &ctx, (&metrics, &clock)).await
+                }
+            };
+            drop(connected);
+            done(sink, stream, ending).await;
+            drop(tracked);
+        });
+    }
+}
+
+impl<S, R, F, Fut> Wake for Driver<S, R, F>
+where
+    S: Sink<Message> + Unpin + Send + 'static,
+    R: Stream<Item = Result<Message, WsError>> + Unpin + Send + 'static,
+    F: FnOnce(S, R, Ending) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            self.queue.push(self.clone());
+        }
+    }
+}
+
+impl<S, R, F, Fut> Pump for Driver<S, R, F>
+where
+    S: Sink<Message> + Unpin + Send + 'static,
+    R: Stream<Item = Result<Message, WsError>> + Unpin + Send + 'static,
+    F: FnOnce(S, R, Ending) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    fn pump(&self, at: Instant) {
+        if let Some(sh) = self.conn.lock().as_mut() {
+            self.conn.deliver(sh, at);
+        }
+    }
+
+    fn tick(&self, at: Instant) {
+        let now = self.conn.ms(at);
+        let mut g = self.conn.lock();
+        let Some(sh) = g.as_mut() else {
+            return;
+        };
+        if now >= sh.next_ping {
+            sh.next_ping = now.saturating_add(self.conn.heartbeat_ms);
+            let e = sh.st.on_heartbeat(now, &mut sh.out);
+            if e != Effects::default() {
+                sh.pending = Some(Box::new(e));
+            }
+            self.conn.deliver(sh, at);
+        }
+        sh.out.release();
+    }
+
+    fn drive(self: Arc<Self>) {
+        self.queued.store(false, Ordering::Release);
+        let waker = Waker::from(self.clone());
+        let mut cx = Context::from_waker(&waker);
+        if let Poll::Ready(end) = self.steps(&mut cx) {
+            self.end(end);
+        }
+    }
 
     fn fail(&self) {
-        let mut g = self.lock();
+        let mut g = self.conn.lock();
         let Some(sh) = g.as_mut() else {
             return;
         };
@@ -466,121 +786,80 @@ impl<S: Sink<Message> + Unpin + Send> Pump for Conn<S> {
     }
 }
 
-/// Runs one session to its end and hands the transport back with how it ended.
-pub async fn run<S, R>(sink: S, mut stream: R, ctx: SessionCtx) -> (S, R, Ending)
+/// Starts a session: its state goes into a writer's shard, which runs it from then on. `done`
+/// gets the transport back with how the session ended, after the closing steps.
+pub fn start<S, R, F, Fut>(sink: S, stream: R, ctx: SessionCtx, done: F)
 where
     S: Sink<Message> + Unpin + Send + 'static,
-    R: Stream<Item = Result<Message, WsError>> + Unpin,
+    R: Stream<Item = Result<Message, WsError>> + Unpin + Send + 'static,
+    F: FnOnce(S, R, Ending) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     let m = ctx.metrics.clone();
-    let _connected = Connected::new(&m.session);
+    let connected = Connected::new(m.clone());
     m.session.sessions_opened.inc();
     let s = ctx.settings.clone();
-    let start = Instant::now();
-    let at = |ms: i64| start + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     let hub = ctx.hub.clone();
     let mut out = Outbox::new(s.queue_max_messages, s.queue_max_bytes);
     let st = Session::new(s.clone(), ctx.filter_budget.clone(), hub.head_seq(), 0);
     out.push_control(st.welcome(&ctx.id, &*hub));
-    let conn = Arc::new(Conn {
-        shared: Mutex::new(Some(Shared {
-            st,
-            out,
-            writer: Writer { unflushed: false },
-            sink,
-            link: None,
-            want: Waits::default(),
-            pending: None,
-            waker: None,
-            recheck: false,
+    let heartbeat_ms = i64::try_from(s.heartbeat.as_millis()).unwrap_or(i64::MAX);
+    let slot = ctx.writers.slot();
+    let tracked = ctx.tracker.token();
+    let clock = ctx.clock.clone();
+    let ctx = Ctx {
+        id: ctx.id.into_boxed_str(),
+        hub: ctx.hub,
+        settings: ctx.settings,
+        grace: ctx.grace,
+        shutdown: ctx.shutdown,
+        tracker: ctx.tracker,
+    };
+    let driver = Arc::new(Driver {
+        conn: Conn {
+            shared: Mutex::new(Some(Shared {
+                st,
+                out,
+                writer: Writer { unflushed: false },
+                sink,
+                link: None,
+                want: Waits::default(),
+                pending: None,
+                waker: None,
+                recheck: false,
+                next_ping: heartbeat_ms,
+            })),
+            start: Instant::now(),
+            metrics: m,
+            clock,
+            flush_batch: u32::try_from(s.flush_batch).unwrap_or(u32::MAX),
+            chunk: s.queue_max_messages.clamp(16, 1024) as u32,
+            heartbeat_ms,
+        },
+        inputs: Mutex::new(Some(Inputs {
+            stream,
+            epoch: hub.epoch_over(),
+            ctx,
+            done,
+            history: None,
+            pairs: None,
+            stall: StallTimer::default(),
+            place: None,
+            connected,
+            tracked,
         })),
-        start,
-        metrics: m.clone(),
-        clock: ctx.clock.clone(),
-        flush_batch: s.flush_batch,
-        chunk: s.queue_max_messages.clamp(16, 1024),
+        queued: AtomicBool::new(false),
+        queue: slot.queue(),
     });
-    let place = ctx.writers.place(conn.clone());
-    let mut pairs: Option<broadcast::Receiver<Arc<PairFrame>>> = None;
-    let mut ticker = tokio::time::interval_at(start + s.heartbeat, s.heartbeat);
-    // One token for the epoch's end and the server's shutdown (`Hub::end_sessions_with`). A
-    // child token has its own waiter list: thousands of sessions polling a shared token would
-    // contend on its lock at every wake-up.
-    let ended = hub.epoch_over().child_token();
-    let ending = ended.cancelled();
-    tokio::pin!(ending);
-    let tally = &m.session;
-    let mut stall = StallTimer::default();
-
-    let end = loop {
-        let (want, left) = conn.begin();
-        if let Some(effects) = left {
-            match conn.lock().as_mut() {
-                Some(sh) => match apply(effects, sh, &hub, &mut pairs, conn.now()) {
-                    Some(end) => break end,
-                    None => continue,
-                },
-                None => break End::Peer { answer: false },
+    match slot.place(driver.clone()) {
+        Some(place) => {
+            if let Some(inp) = driver.inputs().as_mut() {
+                inp.place = Some(place);
             }
+            driver.wake_by_ref();
         }
-        let (after, limit) = want.history.unwrap_or((0, 0));
-        stall.arm(want.stall_at.map(at));
-        let effects = tokio::select! {
-            biased;
-            _ = &mut ending => {
-                let code = if ctx.shutdown.is_cancelled() { CloseCode::GoingAway } else { CloseCode::Restart };
-                Effects::end(End::close(code))
-            }
-            // Frames from the channel and writes first: a steady stream of frames cannot
-            // starve the socket. Usually the shard's writer has done this already.
-            e = std::future::poll_fn(|cx| conn.poll_task(cx)) => e,
-            // From memory at once; older frames are awaited from the archive, and any other
-            // arm that is ready first cancels the read (it is asked again).
-            since = hub.read_since(after, limit), if want.history.is_some() => conn.with(|sh, now| sh.st.on_history(since, limit, &mut sh.out, now, tally)),
-            _ = std::future::ready(()), if want.pair_states.is_some() => {
-                let p = hub.pairs();
-                let states = want.pair_states.iter().flatten().map(|k| p.message(k)).collect();
-                conn.with(|sh, _| sh.st.on_pair_states(states, &mut sh.out))
-            }
-            r = recv(pairs.as_mut()), if pairs.is_some() => match r {
-                Ok(p) => conn.with(|sh, _| sh.st.on_pair(&p, &mut sh.out)),
-                // Pair states supersede each other: missing some is harmless.
-                Err(broadcast::error::RecvError::Lagged(_)) => Effects::default(),
-                Err(broadcast::error::RecvError::Closed) => { pairs = None; Effects::default() }
-            },
-            msg = stream.next() => conn.with(|sh, now| sh.st.on_inbound(inbound(&msg, &ctx.id), now, &*hub, &mut sh.out)),
-            _ = std::future::poll_fn(|cx| stall.poll(cx)), if want.stall_at.is_some() => conn.with(|sh, now| sh.st.on_stalled(hub.head_seq(), now, &mut sh.out, tally)),
-            _ = ticker.tick() => conn.with(|sh, now| sh.st.on_heartbeat(now, &mut sh.out)),
-        };
-        let now = conn.now();
-        match conn.lock().as_mut() {
-            Some(sh) => {
-                if let Some(end) = apply(effects, sh, &hub, &mut pairs, now) {
-                    break end;
-                }
-            }
-            None => break End::Peer { answer: false },
-        }
-    };
-    drop(place);
-    let taken = conn.lock().take();
-    // The rest of the state is dropped here, not carried through the closing awaits.
-    let Some((sink, out, writer)) = taken.map(Shared::into_parts) else {
-        unreachable!("only the session's task takes its state")
-    };
-    match end {
-        End::Peer { answer } => {
-            let mut sink = sink;
-            if answer {
-                // tungstenite queued its answer to the client's close: send it (boxed, as the
-                // closing steps below).
-                let _ = Box::pin(tokio::time::timeout(ctx.grace, sink.close())).await;
-            }
-            (sink, stream, Ending::Peer)
-        }
-        // The closing steps hold timers and futures of their own: boxed, an open session does
-        // not carry their room (BENCHMARKS.md, P3).
-        End::Server(last) => Box::pin(finish(sink, stream, last, out, writer, &ctx)).await,
+        // The writers have ended: the server is shutting down.
+        None => driver.end(End::close(CloseCode::GoingAway)),
     }
 }
 
@@ -590,7 +869,7 @@ fn apply<S>(
     effects: Effects,
     sh: &mut Shared<S>,
     hub: &Hub,
-    pairs: &mut Option<broadcast::Receiver<Arc<PairFrame>>>,
+    pairs: &mut Option<PairsRx>,
     now: i64,
 ) -> Option<End> {
     if effects.end.is_some() {
@@ -606,7 +885,7 @@ fn apply<S>(
         *link = sub;
     }
     match effects.pairs {
-        Some(true) => *pairs = Some(hub.pairs().subscribe()),
+        Some(true) => *pairs = Some(PairsRx::new(hub.pairs().subscribe())),
         Some(false) => *pairs = None,
         None => {}
     }
@@ -622,15 +901,14 @@ async fn finish<S, R>(
     mut sink: S,
     mut stream: R,
     last: Close,
-    mut out: Outbox,
-    mut writer: Writer,
-    ctx: &SessionCtx,
+    (mut out, mut writer): (Outbox, Writer),
+    ctx: &Ctx,
+    (m, clock): (&Metrics, &Clock),
 ) -> (S, R, Ending)
 where
     S: Sink<Message> + Unpin,
     R: Stream<Item = Result<Message, WsError>> + Unpin,
 {
-    let m = &ctx.metrics;
     let s = &ctx.settings;
     m.session.close(last.code.code());
     tracing::debug!(session = %ctx.id, code = last.code.code(), reason = last.code.reason(), "closing");
@@ -638,8 +916,7 @@ where
         if let Some(n) = last.notice {
             out.push_control(n);
         }
-        std::future::poll_fn(|cx| writer.poll_drive(cx, &mut out, &mut sink, m, &ctx.clock))
-            .await?;
+        std::future::poll_fn(|cx| writer.poll_drive(cx, &mut out, &mut sink, m, clock)).await?;
         sink.send(Message::Close(Some(CloseFrame {
             code: WsCode::from(last.code.code()),
             reason: last.code.reason().into(),
@@ -701,6 +978,7 @@ mod tests {
     }
 
     fn spawn(settings: Settings) -> Client {
+        let settings_heartbeat = settings.heartbeat;
         let hub = Arc::new(Hub::new(hub::Settings::default(), Clock::System));
         let (client_tx, server_rx) = mpsc::channel(1024);
         let (server_tx, client_rx) = mpsc::channel(1024);
@@ -715,12 +993,25 @@ mod tests {
             clock: Clock::System,
             shutdown: shutdown.clone(),
             filter_budget: Arc::new(FilterBudget::new(1_000_000)),
-            writers: Arc::new(Writers::new(hub.fanout().sent(), shutdown.clone(), None)),
+            writers: Arc::new(Writers::new(
+                hub.fanout().sent(),
+                shutdown.clone(),
+                super::super::shard::Config {
+                    count: None,
+                    tick: super::super::shard::tick_for(settings_heartbeat),
+                    epochs: Arc::new({
+                        let hub = hub.clone();
+                        move || hub.epoch_over()
+                    }),
+                },
+            )),
+            tracker: TaskTracker::new(),
         };
-        let task = tokio::spawn(async move {
-            let (_, _, ending) = run(server_tx, server_rx, ctx).await;
-            ending
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        start(server_tx, server_rx, ctx, move |_, _, ending| async move {
+            let _ = tx.send(ending);
         });
+        let task = tokio::spawn(async move { rx.await.expect("the session ended") });
         Client {
             tx: client_tx,
             rx: client_rx,
