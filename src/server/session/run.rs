@@ -975,15 +975,37 @@ mod tests {
         task: tokio::task::JoinHandle<Ending>,
         hub: Arc<Hub>,
         shutdown: CancellationToken,
+        writers: Arc<Writers>,
     }
 
     fn spawn(settings: Settings) -> Client {
-        let settings_heartbeat = settings.heartbeat;
         let hub = Arc::new(Hub::new(hub::Settings::default(), Clock::System));
-        let (client_tx, server_rx) = mpsc::channel(1024);
-        let (server_tx, client_rx) = mpsc::channel(1024);
         let shutdown = CancellationToken::new();
         hub.end_sessions_with(&shutdown);
+        let writers = Arc::new(Writers::new(
+            hub.fanout().sent(),
+            shutdown.clone(),
+            super::super::shard::Config {
+                count: None,
+                tick: super::super::shard::tick_for(settings.heartbeat),
+                epochs: Arc::new({
+                    let hub = hub.clone();
+                    move || hub.epoch_over()
+                }),
+            },
+        ));
+        join(settings, hub, shutdown, writers)
+    }
+
+    /// Another session of the same hub and writers.
+    fn join(
+        settings: Settings,
+        hub: Arc<Hub>,
+        shutdown: CancellationToken,
+        writers: Arc<Writers>,
+    ) -> Client {
+        let (client_tx, server_rx) = mpsc::channel(1024);
+        let (server_tx, client_rx) = mpsc::channel(1024);
         let ctx = SessionCtx {
             id: "c1".into(),
             hub: hub.clone(),
@@ -993,18 +1015,7 @@ mod tests {
             clock: Clock::System,
             shutdown: shutdown.clone(),
             filter_budget: Arc::new(FilterBudget::new(1_000_000)),
-            writers: Arc::new(Writers::new(
-                hub.fanout().sent(),
-                shutdown.clone(),
-                super::super::shard::Config {
-                    count: None,
-                    tick: super::super::shard::tick_for(settings_heartbeat),
-                    epochs: Arc::new({
-                        let hub = hub.clone();
-                        move || hub.epoch_over()
-                    }),
-                },
-            )),
+            writers: writers.clone(),
             tracker: TaskTracker::new(),
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -1018,6 +1029,7 @@ mod tests {
             task,
             hub,
             shutdown,
+            writers,
         }
     }
 
@@ -1189,5 +1201,50 @@ mod tests {
         let from = last["missed_from"].as_u64().unwrap();
         assert_eq!(last["missed_to"], 3000);
         assert_eq!(seqs, (1..from).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_that_comes_after_the_writers_ended_gets_its_welcome_then_1001() {
+        let mut c = spawn(Settings::default());
+        c.next().await;
+        c.shutdown.cancel();
+        assert_eq!(c.close_code().await, 1001);
+        c.tx.send(Ok(Message::Close(None))).await.unwrap();
+        c.task.await.unwrap();
+        // The shard is empty: its writer has ended, and a late session is closed at once.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let mut late = join(
+            Settings::default(),
+            c.hub.clone(),
+            c.shutdown.clone(),
+            c.writers.clone(),
+        );
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            assert_eq!(late.next().await["type"], "welcome");
+            late.close_code().await
+        });
+        assert_eq!(
+            closed.await.expect("a late session is not left hanging"),
+            1001
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_writer_pings_on_its_tick_and_a_pong_keeps_the_session() {
+        let mut c = spawn(Settings::default());
+        c.next().await;
+        // Five heartbeats (25 s each), each answered: the session stays open.
+        for _ in 0..5 {
+            loop {
+                match c.rx.next().await.expect("open") {
+                    Message::Ping(_) => break,
+                    Message::Close(cf) => panic!("closed: {cf:?}"),
+                    _ => {}
+                }
+            }
+            c.tx.send(Ok(Message::Pong(Bytes::new()))).await.unwrap();
+        }
+        c.send(r#"{"op":"ping"}"#).await;
+        assert_eq!(c.next().await["type"], "pong");
     }
 }
