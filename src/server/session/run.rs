@@ -502,6 +502,29 @@ impl<S: Sink<Message> + Unpin> Conn<S> {
     }
 }
 
+/// The session's sending half, as a server socket or a test's channel.
+pub trait WsSink: Sink<Message> + Unpin + Send + 'static {}
+impl<T: Sink<Message> + Unpin + Send + 'static> WsSink for T {}
+
+/// The session's receiving half.
+pub trait WsStream: Stream<Item = Result<Message, WsError>> + Unpin + Send + 'static {}
+impl<T: Stream<Item = Result<Message, WsError>> + Unpin + Send + 'static> WsStream for T {}
+
+/// What gets the transport back, with how the session ended, after its closing steps.
+pub trait Done<S, R>: Send + 'static {
+    fn call(self, sink: S, stream: R, ending: Ending) -> impl Future<Output = ()> + Send + 'static;
+}
+
+impl<S, R, F, Fut> Done<S, R> for F
+where
+    F: FnOnce(S, R, Ending) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    fn call(self, sink: S, stream: R, ending: Ending) -> impl Future<Output = ()> + Send + 'static {
+        self(sink, stream, ending)
+    }
+}
+
 /// What a session keeps of its [`SessionCtx`] (the rest served its start): every session
 /// carries it.
 struct Ctx {
@@ -546,12 +569,11 @@ struct Driver<S, R, F> {
 /// How many inputs one drive takes before letting the shard's other sessions go first.
 const DRIVE_STEPS: usize = 64;
 
-impl<S, R, F, Fut> Driver<S, R, F>
+impl<S, R, F> Driver<S, R, F>
 where
-    S: Sink<Message> + Unpin + Send + 'static,
-    R: Stream<Item = Result<Message, WsError>> + Unpin + Send + 'static,
-    F: FnOnce(S, R, Ending) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
+    S: WsSink,
+    R: WsStream,
+    F: Done<S, R>,
 {
     fn inputs(&self) -> MutexGuard<'_, Option<Inputs<R, F>>> {
         // Every step under the lock leaves the inputs whole: a panic in one leaves them usable.
@@ -710,18 +732,17 @@ where
                 }
             };
             drop(connected);
-            done(sink, stream, ending).await;
+            done.call(sink, stream, ending).await;
             drop(tracked);
         });
     }
 }
 
-impl<S, R, F, Fut> Wake for Driver<S, R, F>
+impl<S, R, F> Wake for Driver<S, R, F>
 where
-    S: Sink<Message> + Unpin + Send + 'static,
-    R: Stream<Item = Result<Message, WsError>> + Unpin + Send + 'static,
-    F: FnOnce(S, R, Ending) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
+    S: WsSink,
+    R: WsStream,
+    F: Done<S, R>,
 {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
@@ -734,12 +755,11 @@ where
     }
 }
 
-impl<S, R, F, Fut> Pump for Driver<S, R, F>
+impl<S, R, F> Pump for Driver<S, R, F>
 where
-    S: Sink<Message> + Unpin + Send + 'static,
-    R: Stream<Item = Result<Message, WsError>> + Unpin + Send + 'static,
-    F: FnOnce(S, R, Ending) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
+    S: WsSink,
+    R: WsStream,
+    F: Done<S, R>,
 {
     fn pump(&self, at: Instant) {
         if let Some(sh) = self.conn.lock().as_mut() {
@@ -790,8 +810,9 @@ where
 /// gets the transport back with how the session ended, after the closing steps.
 pub fn start<S, R, F, Fut>(sink: S, stream: R, ctx: SessionCtx, done: F)
 where
-    S: Sink<Message> + Unpin + Send + 'static,
-    R: Stream<Item = Result<Message, WsError>> + Unpin + Send + 'static,
+    S: WsSink,
+    R: WsStream,
+    // Spelled out here, not as `Done`, so that a closure's argument types are inferred.
     F: FnOnce(S, R, Ending) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
