@@ -168,7 +168,7 @@ impl Settings {
             ));
         }
         bounds::identifier("chain", &raw.chain, bounds::CHAIN_BYTES)
-            .map_err(|e| FieldError::new("chain", e, &raw.chain))?;
+            .map_err(|e| FieldError::new("chain", e.to_string(), &raw.chain))?;
         let pools = raw
             .pools
             .iter()
@@ -193,8 +193,9 @@ impl Settings {
                 };
                 let dex = match &f.dex {
                     Some(d) => {
-                        bounds::identifier("dex", d, bounds::DEX_ID_CHARS)
-                            .map_err(|e| FieldError::new(&format!("factories[{i}].dex"), e, d))?;
+                        bounds::identifier("dex", d, bounds::DEX_ID_CHARS).map_err(|e| {
+                            FieldError::new(&format!("factories[{i}].dex"), e.to_string(), d)
+                        })?;
                         d.clone()
                     }
                     None => format!("uniswap_{}", version.label()),

@@ -9,7 +9,7 @@ use crate::chain::TapeFollower;
 use crate::model::{SignalEvent, Snapshot, Source};
 use crate::signal::{Engine, EngineStats, Verdict};
 use crate::source::tape::{LineError, TapeReader, TapeRecord, Unusable};
-use crate::source::{DecodeError, Input};
+use crate::source::{DecodeError, Input, Skip};
 
 /// Something in the tape that was not used, with where it was.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,7 +24,7 @@ pub enum Problem {
     Skipped {
         line: usize,
         index: usize,
-        reason: String,
+        reason: Skip,
     },
     /// What a chain follower refused or noted in a recorded reply.
     Chain { line: usize, message: String },

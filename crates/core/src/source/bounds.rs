@@ -98,25 +98,42 @@ pub fn display(s: &str, max_chars: usize) -> Option<String> {
 /// An identifier from upstream (chain id, address): ASCII letters, digits, `_`, `-` and `.`,
 /// at most `max_bytes`. Anything else is not an identifier, and the item that carries it is
 /// skipped rather than repaired: a pair key must mean one pair.
-pub fn identifier(what: &str, s: &str, max_bytes: usize) -> Result<(), String> {
+pub fn identifier(what: &'static str, s: &str, max_bytes: usize) -> Result<(), Rejected> {
     if s.is_empty() {
-        return Err(format!("empty {what}"));
+        return Err(Rejected::Empty(what));
     }
     if s.len() > max_bytes {
-        return Err(format!("{what} of {} bytes (at most {max_bytes})", s.len()));
+        return Err(Rejected::TooLong {
+            what,
+            bytes: s.len(),
+            max_bytes,
+        });
     }
     if !s
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
     {
-        return Err(format!(
-            "{what} with characters other than letters, digits, `_`, `-` and `.`"
-        ));
+        return Err(Rejected::Characters(what));
     }
     Ok(())
 }
 
-fn token(what: &str, t: Token) -> Result<Token, String> {
+/// Why an identifier from upstream is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    #[error("empty {0}")]
+    Empty(&'static str),
+    #[error("{what} of {bytes} bytes (at most {max_bytes})")]
+    TooLong {
+        what: &'static str,
+        bytes: usize,
+        max_bytes: usize,
+    },
+    #[error("{0} with characters other than letters, digits, `_`, `-` and `.`")]
+    Characters(&'static str),
+}
+
+fn token(what: &'static str, t: Token) -> Result<Token, Rejected> {
     // An unknown token address stays empty (some upstream shapes omit it).
     if !t.address.is_empty() {
         identifier(what, &t.address, ADDRESS_BYTES)?;
@@ -128,7 +145,7 @@ fn token(what: &str, t: Token) -> Result<Token, String> {
 }
 
 /// A decoded snapshot within the bounds, or why its item is skipped.
-pub fn snapshot(mut s: Snapshot) -> Result<Snapshot, String> {
+pub fn snapshot(mut s: Snapshot) -> Result<Snapshot, Rejected> {
     identifier("chain id", &s.key.chain, CHAIN_BYTES)?;
     identifier("pair address", &s.key.address, ADDRESS_BYTES)?;
     s.base_token = token("base token address", std::mem::take(&mut s.base_token))?;
@@ -188,10 +205,12 @@ mod tests {
         assert!(identifier("a", "So11111111111111111111111111111111111111112", 128).is_ok());
         assert!(identifier("a", "0xAbC", 128).is_ok());
         assert!(identifier("a", "wrap.near", 128).is_ok());
-        assert!(identifier("a", "javascript:alert(7)", 128).is_err());
-        assert!(identifier("a", "a b", 128).is_err());
-        assert!(identifier("a", "", 128).is_err());
-        assert!(identifier("a", &"x".repeat(129), 128).is_err());
-        assert!(identifier("a", "é", 128).is_err());
+        let chars = Err(Rejected::Characters("a"));
+        assert_eq!(identifier("a", "javascript:alert(7)", 128), chars);
+        assert_eq!(identifier("a", "a b", 128), chars);
+        assert_eq!(identifier("a", "", 128), Err(Rejected::Empty("a")));
+        let long = identifier("pair address", &"x".repeat(129), 128).unwrap_err();
+        assert_eq!(long.to_string(), "pair address of 129 bytes (at most 128)");
+        assert_eq!(identifier("a", "é", 128), chars);
     }
 }

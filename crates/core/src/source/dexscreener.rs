@@ -11,7 +11,9 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value};
 
-use super::{bounds, count, int_ms, non_neg, num, text, type_name, DecodeError, Decoded, Skipped};
+use super::{
+    bounds, count, int_ms, non_neg, num, text, type_name, DecodeError, Decoded, Skip, Skipped,
+};
 use crate::model::{Discovered, PairKey, Price, Snapshot, Source, Token, Txns, Windows};
 
 /// Decodes a DexScreener response (or a simulator response, which has the same shape).
@@ -75,7 +77,9 @@ pub fn decode_pairs(
     let mut out = Decoded::default();
     let mut seen: HashSet<PairKey> = HashSet::new();
     for (index, item) in items.into_iter().enumerate() {
-        match pair(item, observed_at_ms, source).and_then(bounds::snapshot) {
+        match pair(item, observed_at_ms, source)
+            .and_then(|s| bounds::snapshot(s).map_err(Skip::from))
+        {
             Ok(snap) => {
                 // The legacy shape repeats the pair under `pairs` and `pair`; a search can list
                 // a pair twice. One snapshot per pair and response.
@@ -125,12 +129,13 @@ pub(crate) fn txns_of(v: Option<&Value>) -> Option<Txns> {
     })
 }
 
-fn pair(item: &Value, observed_at_ms: i64, source: Source) -> Result<Snapshot, String> {
-    let obj = item
-        .as_object()
-        .ok_or_else(|| format!("pair is {}, expected an object", type_name(item)))?;
-    let chain = text(obj.get("chainId")).ok_or("missing `chainId`")?;
-    let address = text(obj.get("pairAddress")).ok_or("missing `pairAddress`")?;
+fn pair(item: &Value, observed_at_ms: i64, source: Source) -> Result<Snapshot, Skip> {
+    let obj = item.as_object().ok_or(Skip::NotAnObject {
+        what: "pair",
+        found: type_name(item),
+    })?;
+    let chain = text(obj.get("chainId")).ok_or(Skip::Missing("chainId"))?;
+    let address = text(obj.get("pairAddress")).ok_or(Skip::Missing("pairAddress"))?;
     let txns = obj.get("txns");
     let liq = obj.get("liquidity");
     let labels = obj
@@ -224,7 +229,7 @@ pub fn decode_discovery(body: &Value) -> Result<Decoded, DecodeError> {
             }
             _ => out.skipped.push(Skipped {
                 index,
-                reason: "missing or malformed `chainId` or `tokenAddress`".to_string(),
+                reason: Skip::BadDiscovery,
             }),
         }
     }
@@ -292,7 +297,7 @@ mod tests {
         .unwrap();
         assert_eq!(d.skipped.len(), 2);
         assert_eq!(d.skipped[0].index, 0);
-        assert_eq!(d.skipped[1].reason, "missing `pairAddress`");
+        assert_eq!(d.skipped[1].reason.to_string(), "missing `pairAddress`");
         let s = &d.snapshots[0];
         assert_eq!(s.price_usd, None);
         assert_eq!(s.volume_usd.m5, None);

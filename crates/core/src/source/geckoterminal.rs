@@ -14,7 +14,9 @@ use std::collections::{HashMap, HashSet};
 use serde_json::Value;
 
 use super::dexscreener::txns_of;
-use super::{bounds, int_ms, non_neg, num, text, type_name, Candle, DecodeError, Decoded, Skipped};
+use super::{
+    bounds, int_ms, non_neg, num, text, type_name, Candle, DecodeError, Decoded, Skip, Skipped,
+};
 use crate::model::{
     parse_rfc3339_ms, Discovered, PairKey, Price, Snapshot, Source, Token, Windows,
 };
@@ -90,7 +92,9 @@ pub fn decode(request: &str, body: &Value, observed_at_ms: i64) -> Result<Decode
     let mut out = Decoded::default();
     let mut seen = HashSet::new();
     for (index, item) in items.into_iter().enumerate() {
-        match pool(item, net_hint, &tokens, observed_at_ms).and_then(bounds::snapshot) {
+        match pool(item, net_hint, &tokens, observed_at_ms)
+            .and_then(|s| bounds::snapshot(s).map_err(Skip::from))
+        {
             Ok(snap) => {
                 if !seen.insert(snap.key.clone()) {
                     continue;
@@ -138,15 +142,18 @@ fn pool(
     net_hint: Option<&str>,
     tokens: &HashMap<&str, (&str, Option<&str>)>,
     observed_at_ms: i64,
-) -> Result<Snapshot, String> {
+) -> Result<Snapshot, Skip> {
     if !item.is_object() {
-        return Err(format!("pool is {}, expected an object", type_name(item)));
+        return Err(Skip::NotAnObject {
+            what: "pool",
+            found: type_name(item),
+        });
     }
     let attrs = item
         .get("attributes")
         .filter(|a| a.is_object())
-        .ok_or("missing `attributes`")?;
-    let address = text(attrs.get("address")).ok_or("missing `attributes.address`")?;
+        .ok_or(Skip::Missing("attributes"))?;
+    let address = text(attrs.get("address")).ok_or(Skip::Missing("attributes.address"))?;
     let id = text(item.get("id")).unwrap_or_default();
     // The network: the relationship if present, else the request path, else the id's prefix.
     let network = rel_id(item, "network")
@@ -156,7 +163,7 @@ fn pool(
                 .and_then(|p| p.strip_suffix('_'))
                 .filter(|p| !p.is_empty())
         })
-        .ok_or("cannot tell the pool's network")?;
+        .ok_or(Skip::NoNetwork)?;
     let chain = chain_of_network(network);
 
     let name = text(attrs.get("name")).unwrap_or_default();
@@ -258,7 +265,7 @@ fn decode_ohlcv(list: &Value) -> Result<Decoded, DecodeError> {
             Some(c) => out.candles.push(c),
             None => out.skipped.push(Skipped {
                 index,
-                reason: "OHLCV row is not [t, o, h, l, c, v] of numbers".to_string(),
+                reason: Skip::BadOhlcvRow,
             }),
         }
     }

@@ -55,7 +55,27 @@ pub struct Candle {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skipped {
     pub index: usize,
-    pub reason: String,
+    pub reason: Skip,
+}
+
+/// Why one item of a response was skipped; the rest of the response is kept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Skip {
+    #[error("{what} is {found}, expected an object")]
+    NotAnObject {
+        what: &'static str,
+        found: &'static str,
+    },
+    #[error("missing `{0}`")]
+    Missing(&'static str),
+    #[error("cannot tell the pool's network")]
+    NoNetwork,
+    #[error("missing or malformed `chainId` or `tokenAddress`")]
+    BadDiscovery,
+    #[error("OHLCV row is not [t, o, h, l, c, v] of numbers")]
+    BadOhlcvRow,
+    #[error(transparent)]
+    Bounds(#[from] bounds::Rejected),
 }
 
 /// What one upstream response decodes into.
