@@ -717,10 +717,9 @@ fn run_import(manifest: &Path, out: &Path) -> Result<(), CliError> {
     use dexpulse::source::bars;
     let text = std::fs::read_to_string(manifest)
         .map_err(|e| CliError::NoInput(format!("cannot read {}: {e}", manifest.display())))?;
-    let specs = toml::from_str::<bars::RawManifest>(&text)
-        .map_err(|e| e.to_string())
-        .and_then(|raw| bars::parse_manifest(&raw).map_err(|e| e.to_string()))
-        .map_err(|e| CliError::Config(format!("{}: {e}", manifest.display())))?;
+    let bad = |e: &dyn std::fmt::Display| CliError::Config(format!("{}: {e}", manifest.display()));
+    let raw = toml::from_str::<bars::RawManifest>(&text).map_err(|e| bad(&e))?;
+    let specs = bars::parse_manifest(&raw).map_err(|e| bad(&e))?;
     let dir = manifest.parent().unwrap_or(Path::new("."));
     let mut pools = Vec::new();
     let mut skipped = 0;

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use dexpulse_core::model::{Direction, EventMeta, Kind, PairKey, Source};
 use dexpulse_core::source::simulator::{self, SimRecord, Simulation};
-use dexpulse_core::source::tape::{TapeReader, TapeRecord};
+use dexpulse_core::source::tape::{LineError, TapeReader, TapeRecord};
 use dexpulse_core::source::{self as decode, Input};
 
 use super::settings::{Bench, Replay};
@@ -113,7 +113,7 @@ pub async fn replay(
     shutdown: CancellationToken,
 ) -> Result<(), SourceError> {
     let path = r.tape.display().to_string();
-    let (line_tx, mut line_rx) = mpsc::channel::<Result<TapeRecord, String>>(256);
+    let (line_tx, mut line_rx) = mpsc::channel::<Result<TapeRecord, LineError>>(256);
     let reader_stop = shutdown.clone();
     let shown = path.clone();
     let reader = tokio::task::spawn_blocking(move || {
@@ -123,7 +123,7 @@ pub async fn replay(
             }
             let msg = match item {
                 Ok(Ok(rec)) => Ok(rec),
-                Ok(Err(e)) => Err(e.to_string()),
+                Ok(Err(e)) => Err(e),
                 Err(source) => {
                     return Err(SourceError::Read {
                         path: shown,
@@ -144,7 +144,7 @@ pub async fn replay(
         m = line_rx.recv() => m,
     } {
         let inputs = match item {
-            Err(problem) => vec![Input::Problem(problem)],
+            Err(problem) => vec![Input::Problem(problem.to_string())],
             Ok(rec) => {
                 let t = rec.t_ms();
                 if r.speed > 0.0 {

@@ -32,7 +32,7 @@ use dexpulse_core::signal::checkpoint::Checkpoint;
 use super::retry::Retry;
 use super::stream::{pair_key, EventStream, Stored};
 use super::trust::{Forgery, Refused, Replay, Verifier};
-use super::{ClusterError, ForgeryAlarm, Keys, Settings};
+use super::{Cause, ClusterError, ForgeryAlarm, Keys, Settings};
 use crate::health::Health;
 use crate::hub::history::Read;
 use crate::hub::{self, BadEvent, Frame, History, Hub, MemoryHistory, Since};
@@ -496,7 +496,7 @@ async fn follow_once(ctx: &Ctx, progressed: &mut bool) -> Result<(), ClusterErro
         );
     }
     let mut msgs = stream.follow(ctx.history.head() + 1).await?;
-    let consumer = |detail: String| ClusterError::Consumer {
+    let consumer = |detail: Cause| ClusterError::Consumer {
         stream: ctx.settings.stream.clone(),
         detail,
     };
@@ -523,10 +523,10 @@ async fn follow_once(ctx: &Ctx, progressed: &mut bool) -> Result<(), ClusterErro
                 let mut next = Some(m);
                 while let Some(m) = next.take() {
                     let m = match m {
-                        None => return Err(consumer("ended".to_string())),
+                        None => return Err(consumer("ended".into())),
                         Some(Err(e)) => {
                             flush(ctx, &mut batch);
-                            return Err(consumer(format!("failed: {e}")));
+                            return Err(consumer(format!("failed: {e}").into()));
                         }
                         Some(Ok(m)) => m,
                     };
@@ -534,7 +534,7 @@ async fn follow_once(ctx: &Ctx, progressed: &mut bool) -> Result<(), ClusterErro
                         Ok(x) => x,
                         Err(e) => {
                             flush(ctx, &mut batch);
-                            return Err(consumer(format!("delivered without its metadata: {e}")));
+                            return Err(consumer(format!("delivered without its metadata: {e}").into()));
                         }
                     };
                     if delivered > 1 {
@@ -639,20 +639,20 @@ fn open_pair<'a>(
 async fn pairs_once(ctx: &PairsCtx, progressed: &mut bool) -> Result<(), ClusterError> {
     let stream = EventStream::connect_reader(&ctx.settings).await?;
     let kv = stream.pairs(false).await?;
-    let bucket = |detail: String| ClusterError::Pairs {
+    let bucket = |detail: Cause| ClusterError::Pairs {
         bucket: ctx.settings.pairs_bucket.clone(),
         detail,
     };
     let mut watch = kv
         .watch_with_history(">")
         .await
-        .map_err(|e| bucket(e.to_string()))?;
+        .map_err(|e| bucket(e.into()))?;
     *progressed = true;
     let mut keys: HashMap<String, (PairKey, i64)> = HashMap::new();
     let mut synced = false;
     let pairs = ctx.hub.pairs();
     while let Some(entry) = watch.next().await {
-        let entry = entry.map_err(|e| bucket(e.to_string()))?;
+        let entry = entry.map_err(|e| bucket(e.into()))?;
         match entry.operation {
             async_nats::jetstream::kv::Operation::Put => {
                 match open_pair(ctx, &keys, &entry.key, &entry.value) {
@@ -683,7 +683,7 @@ async fn pairs_once(ctx: &PairsCtx, progressed: &mut bool) -> Result<(), Cluster
             }
         }
     }
-    Err(bucket("the watch ended".to_string()))
+    Err(bucket("the watch ended".into()))
 }
 
 #[cfg(test)]

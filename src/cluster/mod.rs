@@ -14,7 +14,7 @@ pub mod retry;
 pub mod stream;
 pub mod trust;
 
-pub use stream::{ClusterError, EventStream, Outgoing, Pending, Published, Stored};
+pub use stream::{Cause, ClusterError, EventStream, Outgoing, Pending, Published, Stored};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -281,14 +281,25 @@ impl Default for Settings {
     }
 }
 
+/// Why `[cluster] url` was refused; the text is the config error's reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadUrl {
+    #[error("is not a URL ({0})")]
+    Parse(#[from] url::ParseError),
+    #[error("must start with nats:// or tls://")]
+    Scheme,
+    #[error("names no host")]
+    NoHost,
+}
+
 /// A NATS URL without its user information, and that information.
-pub fn split_url(raw: &str) -> Result<(String, Option<String>, Option<Secret>), String> {
-    let u = url::Url::parse(raw).map_err(|e| format!("is not a URL ({e})"))?;
+pub fn split_url(raw: &str) -> Result<(String, Option<String>, Option<Secret>), BadUrl> {
+    let u = url::Url::parse(raw)?;
     if !matches!(u.scheme(), "nats" | "tls") {
-        return Err("must start with nats:// or tls://".into());
+        return Err(BadUrl::Scheme);
     }
     if u.host_str().is_none_or(str::is_empty) {
-        return Err("names no host".into());
+        return Err(BadUrl::NoHost);
     }
     let decode = |s: &str| {
         url::form_urlencoded::parse(format!("x={s}").as_bytes())
@@ -364,8 +375,8 @@ impl Settings {
         }
         let (url, url_user, url_password) = match raw.url.as_deref().filter(|u| !u.is_empty()) {
             Some(u) => {
-                let (bare, user, pass) =
-                    split_url(u).map_err(|why| FieldError::new("url", why, redact(u)))?;
+                let (bare, user, pass) = split_url(u)
+                    .map_err(|why| FieldError::new("url", why.to_string(), redact(u)))?;
                 (Some(bare), user, pass)
             }
             None => (None, None, None),

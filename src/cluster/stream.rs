@@ -36,16 +36,19 @@ use super::trust::SIGNATURE;
 /// Direct gets in flight at once when reading a range (one round trip each).
 const READ_AHEAD: usize = 64;
 
+/// What a NATS call, or a check of ours, said went wrong: kept as the error it was.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("cluster: no [cluster] url is set")]
     NoUrl,
     #[error("cluster: cannot connect to {url}: {detail}")]
-    Connect { url: String, detail: String },
+    Connect { url: String, detail: Cause },
     #[error("cluster: stream {stream}: {detail}")]
-    Stream { stream: String, detail: String },
+    Stream { stream: String, detail: Cause },
     #[error("cluster: publish to {subject}: {detail}")]
-    Publish { subject: String, detail: String },
+    Publish { subject: String, detail: Cause },
     /// The stream is gone (deleted, or the server's store is new): an ingest creates it again.
     #[error("cluster: publish to {subject}: no stream takes it")]
     NoStream { subject: String },
@@ -58,9 +61,9 @@ pub enum ClusterError {
     Replaced { stream: String, to: String },
     /// An edge's ordered consumer failed or ended.
     #[error("cluster: stream {stream}: the consumer {detail}")]
-    Consumer { stream: String, detail: String },
+    Consumer { stream: String, detail: Cause },
     #[error("cluster: pairs bucket {bucket}: {detail}")]
-    Pairs { bucket: String, detail: String },
+    Pairs { bucket: String, detail: Cause },
 }
 
 /// What the server said of one publish.
@@ -84,7 +87,7 @@ fn judge(subject: &str, e: jetstream::context::PublishError) -> ClusterError {
         },
         _ => ClusterError::Publish {
             subject: subject.to_string(),
-            detail: e.to_string(),
+            detail: e.into(),
         },
     }
 }
@@ -312,7 +315,7 @@ impl EventStream {
         let client = client(settings).await?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(settings.publish_timeout);
-        let stream_err = |detail: String| ClusterError::Stream {
+        let stream_err = |detail: Cause| ClusterError::Stream {
             stream: settings.stream.clone(),
             detail,
         };
@@ -329,19 +332,19 @@ impl EventStream {
                 ..Default::default()
             })
             .await
-            .map_err(|e| stream_err(e.to_string()))?
+            .map_err(|e| stream_err(e.into()))?
         } else {
             js.get_stream(&settings.stream).await.map_err(|e| {
                 if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
                     if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
                 {
-                    stream_err("does not exist yet (only an ingest creates it)".to_string())
+                    stream_err("does not exist yet (only an ingest creates it)".into())
                 } else {
-                    stream_err(e.to_string())
+                    stream_err(e.into())
                 }
             })?
         };
-        let info = stream.info().await.map_err(|e| stream_err(e.to_string()))?;
+        let info = stream.info().await.map_err(|e| stream_err(e.into()))?;
         let epoch = epoch_of(settings, info);
         Ok(EventStream {
             client,
@@ -363,7 +366,7 @@ impl EventStream {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    fn stream_err(&self, detail: String) -> ClusterError {
+    fn stream_err(&self, detail: Cause) -> ClusterError {
         ClusterError::Stream {
             stream: self.settings.stream.clone(),
             detail,
@@ -430,13 +433,15 @@ impl EventStream {
         self.js
             .get_stream_no_info(&self.settings.stream)
             .await
-            .map_err(|e| self.stream_err(e.to_string()))
+            .map_err(|e| self.stream_err(e.into()))
     }
 
     /// The event stored at `seq`, or `None` when the stream no longer (or never) held it.
     pub async fn get(&self, seq: u64) -> Result<Option<Stored>, ClusterError> {
         let stream = self.handle().await?;
-        get_one(&stream, seq).await.map_err(|e| self.stream_err(e))
+        get_one(&stream, seq)
+            .await
+            .map_err(|e| self.stream_err(e.into()))
     }
 
     /// The events stored from `from` to `to` (inclusive), in seq order; seqs the stream no
@@ -454,7 +459,7 @@ impl EventStream {
             .buffered(READ_AHEAD)
             .try_collect()
             .await
-            .map_err(|e| self.stream_err(e))?;
+            .map_err(|e| self.stream_err(e.into()))?;
         Ok(got.into_iter().flatten().collect())
     }
 
@@ -464,11 +469,8 @@ impl EventStream {
             .js
             .get_stream(&self.settings.stream)
             .await
-            .map_err(|e| self.stream_err(e.to_string()))?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| self.stream_err(e.to_string()))?;
+            .map_err(|e| self.stream_err(e.into()))?;
+        let info = stream.info().await.map_err(|e| self.stream_err(e.into()))?;
         Ok(State {
             epoch: epoch_of(&self.settings, info),
             first: info.state.first_sequence,
@@ -496,23 +498,23 @@ impl EventStream {
                 ..Default::default()
             })
             .await
-            .map_err(|e| self.stream_err(e.to_string()))?;
+            .map_err(|e| self.stream_err(e.into()))?;
         consumer
             .messages()
             .await
-            .map_err(|e| self.stream_err(e.to_string()))
+            .map_err(|e| self.stream_err(e.into()))
     }
 
     /// The pairs bucket (latest state per pair), created when absent if `create` (an ingest).
     pub async fn pairs(&self, create: bool) -> Result<kv::Store, ClusterError> {
         let bucket = &self.settings.pairs_bucket;
-        let failed = |e: &dyn std::fmt::Display| ClusterError::Pairs {
+        let failed = |e: Cause| ClusterError::Pairs {
             bucket: bucket.clone(),
-            detail: e.to_string(),
+            detail: e,
         };
         match self.js.get_key_value(bucket.as_str()).await {
             Ok(store) => return Ok(store),
-            Err(e) if !create => return Err(failed(&e)),
+            Err(e) if !create => return Err(failed(e.into())),
             Err(_) => {}
         }
         // The bucket's stream as `create_key_value` would make it, created directly: that call
@@ -532,11 +534,11 @@ impl EventStream {
                 ..Default::default()
             })
             .await
-            .map_err(|e| failed(&e))?;
+            .map_err(|e| failed(e.into()))?;
         self.js
             .get_key_value(bucket.as_str())
             .await
-            .map_err(|e| failed(&e))
+            .map_err(|e| failed(e.into()))
     }
 }
 
@@ -545,7 +547,7 @@ impl EventStream {
 async fn client(settings: &Settings) -> Result<async_nats::Client, ClusterError> {
     use super::Auth;
     let url = settings.url.clone().ok_or(ClusterError::NoUrl)?;
-    let connect_err = |detail: String| ClusterError::Connect {
+    let connect_err = |detail: Cause| ClusterError::Connect {
         url: url.clone(),
         detail,
     };
@@ -567,7 +569,7 @@ async fn client(settings: &Settings) -> Result<async_nats::Client, ClusterError>
         Auth::Credentials(c) => opts
             .credentials_file(c)
             .await
-            .map_err(|e| connect_err(format!("{}: {e}", c.display())))?,
+            .map_err(|e| connect_err(format!("{}: {e}", c.display()).into()))?,
     };
     if settings.tls.required {
         opts = opts.require_tls(true);
@@ -582,10 +584,13 @@ async fn client(settings: &Settings) -> Result<async_nats::Client, ClusterError>
     // the callers retry with their own backoff. Once connected, the client reconnects itself.
     opts.connect(url.as_str())
         .await
-        .map_err(|e| connect_err(e.to_string()))
+        .map_err(|e| connect_err(e.into()))
 }
 
-async fn get_one(stream: &stream::Stream<()>, seq: u64) -> Result<Option<Stored>, String> {
+async fn get_one(
+    stream: &stream::Stream<()>,
+    seq: u64,
+) -> Result<Option<Stored>, stream::DirectGetError> {
     match stream.direct_get(seq).await {
         Ok(m) => Ok(Some(Stored::of(
             m.sequence,
@@ -594,7 +599,7 @@ async fn get_one(stream: &stream::Stream<()>, seq: u64) -> Result<Option<Stored>
             m.time.unix_timestamp_nanos(),
         ))),
         Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e),
     }
 }
 

@@ -62,9 +62,17 @@ struct Stored {
     event: EventFields,
 }
 
+/// A frame of the log that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("frame {seq}: {cause}")]
+struct BadFrame {
+    seq: u64,
+    cause: serde_json::Error,
+}
+
 /// A frame read back from the log. The bytes are the ones sent; only the meta is parsed.
-fn frame(seq: u64, bytes: Vec<u8>) -> Result<Arc<Frame>, String> {
-    let s: Stored = serde_json::from_slice(&bytes).map_err(|e| format!("frame {seq}: {e}"))?;
+fn frame(seq: u64, bytes: Vec<u8>) -> Result<Arc<Frame>, BadFrame> {
+    let s: Stored = serde_json::from_slice(&bytes).map_err(|cause| BadFrame { seq, cause })?;
     Ok(Arc::new(Frame {
         seq,
         published_at_us: s.published_at_us,
@@ -88,10 +96,10 @@ fn published_at(bytes: &[u8]) -> Option<i64> {
         .ok()
 }
 
-fn corrupt(log: &EventLog, detail: String) -> StoreError {
+fn corrupt(log: &EventLog, bad: BadFrame) -> StoreError {
     StoreError::Corrupt {
         path: log.path().to_path_buf(),
-        detail,
+        detail: bad.to_string(),
     }
 }
 
@@ -358,9 +366,9 @@ fn read_file(
                     let frames = rows
                         .into_iter()
                         .map(|(seq, bytes)| {
-                            frame(seq, bytes).map_err(|detail| StoreError::Corrupt {
+                            frame(seq, bytes).map_err(|bad| StoreError::Corrupt {
                                 path: path.clone(),
-                                detail,
+                                detail: bad.to_string(),
                             })
                         })
                         .collect::<Result<Vec<_>, _>>()?;

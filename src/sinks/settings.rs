@@ -251,7 +251,7 @@ impl Settings {
                 let rf = RawFilter::deserialize(v.clone())
                     .map_err(|e| FieldError::new("filter", e.to_string(), v))?;
                 Filter::compile(rf, &FilterLimits::default())
-                    .map_err(|e| FieldError::new("filter", e, v))?
+                    .map_err(|e| FieldError::new("filter", e.to_string(), v))?
             }
         };
         // Defaults within each service's published limits: Telegram about 20 messages a

@@ -185,10 +185,31 @@ impl RpcError {
     }
 }
 
+/// A reply that is not a JSON-RPC answer to what was asked, or a quantity that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadReply {
+    #[error("a JSON-RPC reply with neither result nor error")]
+    NoResult,
+    #[error("a batch answer without a numeric id")]
+    NoId,
+    #[error("a batch answer with id {0}, not asked for")]
+    UnaskedId(u64),
+    #[error("the batch answer lacks id {0}")]
+    MissingId(usize),
+    #[error("the reply is {0}, not what a JSON-RPC answer to this call is")]
+    Shape(&'static str),
+    #[error("a quantity that is not a string")]
+    QuantityType,
+    #[error("a quantity without 0x")]
+    QuantityPrefix,
+    #[error("quantity {0:?}: {1}")]
+    Quantity(String, std::num::ParseIntError),
+}
+
 /// The results of a call, in the order it asked: one for `Head` and `Logs`, one per item of
 /// a batch. `Err` for the whole reply when it is not a JSON-RPC answer at all.
-pub fn results(call: &Call, body: &Value) -> Result<Vec<Result<Value, RpcError>>, String> {
-    let one = |v: &Value| -> Result<Result<Value, RpcError>, String> {
+pub fn results(call: &Call, body: &Value) -> Result<Vec<Result<Value, RpcError>>, BadReply> {
+    let one = |v: &Value| -> Result<Result<Value, RpcError>, BadReply> {
         if let Some(e) = v.get("error") {
             return Ok(Err(RpcError {
                 code: e.get("code").and_then(Value::as_i64).unwrap_or(0),
@@ -201,10 +222,7 @@ pub fn results(call: &Call, body: &Value) -> Result<Vec<Result<Value, RpcError>>
                     .collect(),
             }));
         }
-        v.get("result")
-            .cloned()
-            .map(Ok)
-            .ok_or_else(|| "a JSON-RPC reply with neither result nor error".to_string())
+        v.get("result").cloned().map(Ok).ok_or(BadReply::NoResult)
     };
     let expected = match call {
         Call::Head | Call::Logs { .. } => None,
@@ -224,27 +242,24 @@ pub fn results(call: &Call, body: &Value) -> Result<Vec<Result<Value, RpcError>>
                 let id = item
                     .get("id")
                     .and_then(Value::as_u64)
-                    .ok_or("a batch answer without a numeric id")?;
+                    .ok_or(BadReply::NoId)?;
                 let slot = usize::try_from(id)
                     .ok()
                     .and_then(|i| i.checked_sub(1))
                     .filter(|i| *i < n)
-                    .ok_or_else(|| format!("a batch answer with id {id}, not asked for"))?;
+                    .ok_or(BadReply::UnaskedId(id))?;
                 out[slot] = Some(one(item)?);
             }
             out.into_iter()
                 .enumerate()
-                .map(|(i, r)| r.ok_or_else(|| format!("the batch answer lacks id {}", i + 1)))
+                .map(|(i, r)| r.ok_or(BadReply::MissingId(i + 1)))
                 .collect()
         }
-        _ => Err(format!(
-            "the reply is {}, not what a JSON-RPC answer to this call is",
-            match body {
-                Value::Array(_) => "an array",
-                Value::Object(_) => "an object",
-                _ => "not a JSON object",
-            }
-        )),
+        _ => Err(BadReply::Shape(match body {
+            Value::Array(_) => "an array",
+            Value::Object(_) => "an object",
+            _ => "not a JSON object",
+        })),
     }
 }
 
@@ -276,10 +291,10 @@ pub struct Header {
 }
 
 /// A quantity (`"0x1a"`) as a number.
-pub fn parse_quantity(v: &Value) -> Result<u64, String> {
-    let s = v.as_str().ok_or("a quantity that is not a string")?;
-    let hex = s.strip_prefix("0x").ok_or("a quantity without 0x")?;
-    u64::from_str_radix(hex, 16).map_err(|e| format!("quantity {s:?}: {e}"))
+pub fn parse_quantity(v: &Value) -> Result<u64, BadReply> {
+    let s = v.as_str().ok_or(BadReply::QuantityType)?;
+    let hex = s.strip_prefix("0x").ok_or(BadReply::QuantityPrefix)?;
+    u64::from_str_radix(hex, 16).map_err(|e| BadReply::Quantity(s.to_string(), e))
 }
 
 #[cfg(test)]

@@ -64,13 +64,36 @@ pub struct Options {
     pub move_window_ms: i64,
 }
 
+/// A refused option of `evaluate` or `tune`; the text names the flag without its dashes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgError {
+    #[error("horizons: at least one is needed")]
+    NoHorizon,
+    #[error("horizons: must be positive and ascending")]
+    HorizonOrder,
+    #[error("horizons: `{0}` is not a number with a unit (5m, 1h)")]
+    HorizonNumber(String),
+    #[error("horizons: `{0}` needs a unit s, m or h")]
+    HorizonUnit(String),
+    #[error("horizons: `{0}` is out of range")]
+    HorizonRange(String),
+    #[error("param `{0}`: expected NAME=V1,V2,…")]
+    ParamShape(String),
+    #[error("param `{0}`: NAME must be a dotted key under [signal], e.g. momentum.enter_z")]
+    ParamName(String),
+    #[error("param `{0}`: no values")]
+    ParamValues(String),
+    #[error("the grid is larger than {0} settings")]
+    GridSize(usize),
+}
+
 impl Options {
-    pub fn new(horizons_ms: Vec<i64>, seed: u64) -> Result<Options, String> {
+    pub fn new(horizons_ms: Vec<i64>, seed: u64) -> Result<Options, ArgError> {
         if horizons_ms.is_empty() {
-            return Err("horizons: at least one is needed".into());
+            return Err(ArgError::NoHorizon);
         }
         if horizons_ms.windows(2).any(|w| w[0] >= w[1]) || horizons_ms[0] <= 0 {
-            return Err("horizons: must be positive and ascending".into());
+            return Err(ArgError::HorizonOrder);
         }
         Ok(Options {
             horizons_ms,
@@ -98,7 +121,7 @@ impl Options {
 }
 
 /// Parses `5m,15m,60m` (units `s`, `m`, `h`) into milliseconds, ascending.
-pub fn parse_horizons(text: &str) -> Result<Vec<i64>, String> {
+pub fn parse_horizons(text: &str) -> Result<Vec<i64>, ArgError> {
     let mut out = Vec::new();
     for part in text.split(',').map(str::trim) {
         let (num, unit) = part.split_at(
@@ -107,15 +130,15 @@ pub fn parse_horizons(text: &str) -> Result<Vec<i64>, String> {
         );
         let n: i64 = num
             .parse()
-            .map_err(|_| format!("horizons: `{part}` is not a number with a unit (5m, 1h)"))?;
+            .map_err(|_| ArgError::HorizonNumber(part.to_string()))?;
         let ms = match unit {
             "s" => 1_000,
             "m" => MIN_MS,
             "h" => 60 * MIN_MS,
-            _ => return Err(format!("horizons: `{part}` needs a unit s, m or h")),
+            _ => return Err(ArgError::HorizonUnit(part.to_string())),
         };
         if n <= 0 || n > 7 * 24 * 60 * 60 {
-            return Err(format!("horizons: `{part}` is out of range"));
+            return Err(ArgError::HorizonRange(part.to_string()));
         }
         out.push(n * ms);
     }

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{wilson, Report};
+use super::{wilson, ArgError, Report};
 use crate::model::Direction;
 
 /// The most settings one grid may try: each is a replay of every tape.
@@ -21,19 +21,17 @@ pub struct Axis {
 }
 
 /// Parses `NAME=V1,V2,…`; `NAME` is a key under `[signal]` (`momentum.enter_z`).
-pub fn parse_axis(text: &str) -> Result<Axis, String> {
+pub fn parse_axis(text: &str) -> Result<Axis, ArgError> {
     let (name, list) = text
         .split_once('=')
-        .ok_or_else(|| format!("param `{text}`: expected NAME=V1,V2,…"))?;
+        .ok_or_else(|| ArgError::ParamShape(text.to_string()))?;
     let name = name.trim();
     let ok = !name.is_empty()
         && name
             .split('.')
             .all(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
     if !ok {
-        return Err(format!(
-            "param `{text}`: NAME must be a dotted key under [signal], e.g. momentum.enter_z"
-        ));
+        return Err(ArgError::ParamName(text.to_string()));
     }
     let values: Vec<String> = list
         .split(',')
@@ -41,7 +39,7 @@ pub fn parse_axis(text: &str) -> Result<Axis, String> {
         .filter(|v| !v.is_empty())
         .collect();
     if values.is_empty() {
-        return Err(format!("param `{text}`: no values"));
+        return Err(ArgError::ParamValues(text.to_string()));
     }
     Ok(Axis {
         name: name.to_string(),
@@ -50,12 +48,12 @@ pub fn parse_axis(text: &str) -> Result<Axis, String> {
 }
 
 /// Every combination of the axes' values, the first axis slowest; an error past `MAX_GRID`.
-pub fn grid(axes: &[Axis]) -> Result<Vec<Vec<(String, String)>>, String> {
+pub fn grid(axes: &[Axis]) -> Result<Vec<Vec<(String, String)>>, ArgError> {
     let size = axes
         .iter()
         .try_fold(1usize, |n, a| n.checked_mul(a.values.len()))
         .filter(|n| *n <= MAX_GRID)
-        .ok_or_else(|| format!("the grid is larger than {MAX_GRID} settings"))?;
+        .ok_or(ArgError::GridSize(MAX_GRID))?;
     let mut out = Vec::with_capacity(size);
     for i in 0..size {
         let mut rest = i;

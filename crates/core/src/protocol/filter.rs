@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::model::{Direction, EventMeta, Kind, PairKey};
+use crate::model::{BadPairKey, Direction, EventMeta, Kind, PairKey};
 
 /// How large a filter may be (`[session]` settings): without a bound, one subscribe could make
 /// the server hold megabytes.
@@ -71,15 +71,32 @@ impl Default for Filter {
     }
 }
 
+/// Why a filter a client sent was refused; the text names the field and is the `error` frame's
+/// message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    #[error("filter: `{field}` has {n} entries; at most {max} are allowed")]
+    TooMany {
+        field: &'static str,
+        n: usize,
+        max: usize,
+    },
+    #[error("filter: `pairs`: {0}")]
+    Pair(#[from] BadPairKey),
+    #[error("filter: `min_score` must be from 0 to 100")]
+    MinScore,
+}
+
 impl Filter {
     /// Compiles what a client sent; the error names the field.
-    pub fn compile(raw: RawFilter, limits: &FilterLimits) -> Result<Filter, String> {
-        let check_len = |name: &str, n: usize| {
+    pub fn compile(raw: RawFilter, limits: &FilterLimits) -> Result<Filter, FilterError> {
+        let check_len = |field: &'static str, n: usize| {
             if n > limits.max_list {
-                Err(format!(
-                    "filter: `{name}` has {n} entries; at most {} are allowed",
-                    limits.max_list
-                ))
+                Err(FilterError::TooMany {
+                    field,
+                    n,
+                    max: limits.max_list,
+                })
             } else {
                 Ok(())
             }
@@ -100,10 +117,7 @@ impl Filter {
                 check_len("pairs", list.len())?;
                 let mut v = Vec::with_capacity(list.len());
                 for p in &list {
-                    v.push(
-                        p.parse::<PairKey>()
-                            .map_err(|e| format!("filter: `pairs`: {e}"))?,
-                    );
+                    v.push(p.parse::<PairKey>()?);
                 }
                 v.sort_unstable();
                 v.dedup();
@@ -119,7 +133,7 @@ impl Filter {
         let min_score = match raw.min_score {
             None => 0,
             Some(m) if m <= 100 => m as u8,
-            Some(_) => return Err("filter: `min_score` must be from 0 to 100".to_string()),
+            Some(_) => return Err(FilterError::MinScore),
         };
         Ok(Filter {
             chains,
@@ -230,7 +244,7 @@ mod tests {
 
     fn compile(json: &str) -> Result<Filter, String> {
         let raw: RawFilter = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        Filter::compile(raw, &FilterLimits { max_list: 3 })
+        Filter::compile(raw, &FilterLimits { max_list: 3 }).map_err(|e| e.to_string())
     }
 
     fn meta(chain: &str, addr: &str, kind: Kind, direction: Direction, score: u8) -> EventMeta {

@@ -293,7 +293,7 @@ pub fn parse(text: &str, limits: &FilterLimits) -> Result<ClientOp, OpError> {
                 })?,
             };
             let filter = Filter::compile(raw_filter, limits)
-                .map_err(|m| OpError::new(id.clone(), ErrorCode::BadRequest, m))?;
+                .map_err(|m| OpError::new(id.clone(), ErrorCode::BadRequest, m.to_string()))?;
             if channel == Channel::Pairs {
                 if filter.reads_signal_fields() {
                     return Err(OpError::new(

@@ -89,9 +89,14 @@ pub enum RestoreError {
     Params { saved: String, now: String },
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+/// A state that did not encode (plain data always does; kept typed for the log line).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct EncodeError(#[from] ciborium::ser::Error<std::io::Error>);
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::new();
-    ciborium::into_writer(value, &mut out).map_err(|e| e.to_string())?;
+    ciborium::into_writer(value, &mut out)?;
     Ok(out)
 }
 
@@ -103,7 +108,7 @@ impl Engine {
     /// The state changed since the last checkpoint (every pair when `full`), or `None` when
     /// nothing changed. The first checkpoint of an engine is full and replaces what a store
     /// held. Errors only if a state does not encode, which plain data always does.
-    pub fn checkpoint(&mut self, full: bool) -> Result<Option<Checkpoint>, String> {
+    pub fn checkpoint(&mut self, full: bool) -> Result<Option<Checkpoint>, EncodeError> {
         let first = self.saved_step == 0;
         let full = full || first;
         if !full && self.step == self.saved_step && self.forgotten_unsaved.is_empty() {

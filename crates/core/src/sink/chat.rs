@@ -71,8 +71,8 @@ const TOP_REASONS: usize = 3;
 
 impl Brief {
     /// From a signal frame (`{"type":"signal","seq":…,"event":{…}}`).
-    pub fn from_frame(text: &[u8]) -> Result<Brief, String> {
-        let f: FrameIn = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+    pub fn from_frame(text: &[u8]) -> Result<Brief, serde_json::Error> {
+        let f: FrameIn = serde_json::from_slice(text)?;
         let e = f.event;
         Ok(Brief {
             seq: f.seq,

@@ -281,9 +281,9 @@ pub fn parse_bars(text: &str) -> (Vec<Bar>, Vec<LineError>) {
         }
         match parse_bar(line) {
             Ok(b) => bars.push(b),
-            Err(message) => errors.push(LineError {
+            Err(e) => errors.push(LineError {
                 line: i + 1,
-                message,
+                message: e.to_string(),
             }),
         }
     }
@@ -292,23 +292,40 @@ pub fn parse_bars(text: &str) -> (Vec<Bar>, Vec<LineError>) {
     (bars, errors)
 }
 
-fn parse_bar(line: &str) -> Result<Bar, String> {
+/// Why a line of a bar file was skipped; the text is the line's `LineError` message.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+enum BadBar {
+    #[error("{0} cells, expected {n}", n = COLUMNS.len())]
+    Cells(usize),
+    #[error("timestamp {0:?}: {1}")]
+    Timestamp(String, chrono::ParseError),
+    #[error("{0} {1:?} is not a number")]
+    NotANumber(&'static str, String),
+    #[error("{0} is not finite")]
+    NotFinite(&'static str),
+    #[error("negative amounts paid in or liquidity")]
+    Negative,
+    #[error("closeTick {0} is out of range")]
+    Tick(f64),
+}
+
+fn parse_bar(line: &str) -> Result<Bar, BadBar> {
     let cells: Vec<&str> = line.trim().split(',').collect();
     if cells.len() != COLUMNS.len() {
-        return Err(format!("{} cells, expected {}", cells.len(), COLUMNS.len()));
+        return Err(BadBar::Cells(cells.len()));
     }
     let t = chrono::NaiveDateTime::parse_from_str(cells[0], "%Y-%m-%d %H:%M:%S")
-        .map_err(|e| format!("timestamp {:?}: {e}", cells[0]))?
+        .map_err(|e| BadBar::Timestamp(cells[0].to_string(), e))?
         .and_utc()
         .timestamp_millis();
-    let num = |k: usize| -> Result<f64, String> {
+    let num = |k: usize| -> Result<f64, BadBar> {
         let x: f64 = cells[k]
             .parse()
-            .map_err(|_| format!("{} {:?} is not a number", COLUMNS[k], cells[k]))?;
+            .map_err(|_| BadBar::NotANumber(COLUMNS[k], cells[k].to_string()))?;
         if x.is_finite() {
             Ok(x)
         } else {
-            Err(format!("{} is not finite", COLUMNS[k]))
+            Err(BadBar::NotFinite(COLUMNS[k]))
         }
     };
     let bar = Bar {
@@ -319,11 +336,11 @@ fn parse_bar(line: &str) -> Result<Bar, String> {
         liquidity: num(9)?,
     };
     if bar.paid_in.iter().any(|x| *x < 0.0) || bar.liquidity < 0.0 {
-        return Err("negative amounts paid in or liquidity".into());
+        return Err(BadBar::Negative);
     }
     // Uniswap's ticks lie within ±887272.
     if bar.close_tick.abs() > 887_272.0 {
-        return Err(format!("closeTick {} is out of range", bar.close_tick));
+        return Err(BadBar::Tick(bar.close_tick));
     }
     Ok(bar)
 }

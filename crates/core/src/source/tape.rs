@@ -103,24 +103,38 @@ struct RawLine {
     body_text: Option<String>,
 }
 
+/// Why a tape line was skipped; the text is its `LineError` message.
+#[derive(Debug, thiserror::Error)]
+pub enum BadLine {
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("missing `{0}`")]
+    Missing(&'static str),
+    #[error("unknown source `{0}`")]
+    Source(String),
+    #[error("both `body` and `body_text`")]
+    BothBodies,
+    #[error("not UTF-8")]
+    NotUtf8,
+}
+
 /// Parses one line (without its newline).
-pub fn parse_line(line: &str) -> Result<Option<TapeRecord>, String> {
+pub fn parse_line(line: &str) -> Result<Option<TapeRecord>, BadLine> {
     if line.trim().is_empty() {
         return Ok(None);
     }
-    let raw: RawLine = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let raw: RawLine = serde_json::from_str(line)?;
     if raw.tick == Some(true) {
         return Ok(Some(TapeRecord::Tick { t_ms: raw.t_ms }));
     }
-    let source_name = raw.source.ok_or("missing `source`")?;
-    let source =
-        Source::parse(&source_name).ok_or_else(|| format!("unknown source `{source_name}`"))?;
-    let request = raw.request.ok_or("missing `request`")?;
+    let source_name = raw.source.ok_or(BadLine::Missing("source"))?;
+    let source = Source::parse(&source_name).ok_or(BadLine::Source(source_name))?;
+    let request = raw.request.ok_or(BadLine::Missing("request"))?;
     let body = match (raw.body, raw.body_text) {
         (Some(v), None) => Body::Json(v),
         (None, Some(t)) => Body::Text(t),
-        (None, None) => return Err("missing `body`".to_string()),
-        (Some(_), Some(_)) => return Err("both `body` and `body_text`".to_string()),
+        (None, None) => return Err(BadLine::Missing("body")),
+        (Some(_), Some(_)) => return Err(BadLine::BothBodies),
     };
     Ok(Some(TapeRecord::Response(Response {
         t_ms: raw.t_ms,
@@ -168,15 +182,15 @@ impl<R: BufRead> Iterator for TapeReader<R> {
             // A line of invalid UTF-8 is a bad line, not the end of the tape.
             let parsed = match std::str::from_utf8(&self.buf) {
                 Ok(line) => parse_line(line.trim_end_matches(['\n', '\r'])),
-                Err(_) => Err("not UTF-8".to_string()),
+                Err(_) => Err(BadLine::NotUtf8),
             };
             match parsed {
                 Ok(Some(rec)) => return Some(Ok(Ok(rec))),
                 Ok(None) => continue,
-                Err(message) => {
+                Err(bad) => {
                     return Some(Ok(Err(LineError {
                         line: self.line_no,
-                        message,
+                        message: bad.to_string(),
                     })))
                 }
             }
