@@ -10,6 +10,8 @@
 # p1:  deliveries/s and p99 at 1,000 subscribers, RATES events/s (default 1000 1500 2000)
 # p3:  RSS growth per idle subscriber at 10,000
 # p10: 10,000 subscribers at 200 events/s (2 M deliveries/s offered)
+# p2pin: P2 at 10,000 with the server on CPU 0 and the load generator on CPU 1 (taskset), so
+#        that neither takes the other's core: what the server does alone with one core
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ulimit -n 200000 2>/dev/null || ulimit -n 65536 2>/dev/null || true
@@ -26,8 +28,8 @@ start() { # server rate
   case $1 in
     this|prev)
       local bin=$THIS; [ "$1" = prev ] && bin=$PREV
-      env DEXPULSE_SOURCE__BENCH__EVENTS_PER_SECOND="$2" RUST_LOG=warn "$bin" serve --config config/bench.toml --bind 127.0.0.1:$PORT >/dev/null 2>&1 & ;;
-    node) node "$PEERS/node-ws-hub.js" $PORT "$2" 0 >/dev/null 2>&1 & ;;
+      env DEXPULSE_SOURCE__BENCH__EVENTS_PER_SECOND="$2" RUST_LOG=warn ${SERVER_PIN:-} "$bin" serve --config config/bench.toml --bind 127.0.0.1:$PORT >/dev/null 2>&1 & ;;
+    node) ${SERVER_PIN:-} node "$PEERS/node-ws-hub.js" $PORT "$2" 0 >/dev/null 2>&1 & ;;
   esac
   pid=$!
   for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return; sleep 0.05; done
@@ -42,7 +44,7 @@ print(sys.argv[1], 'deliveries/s=%s p50=%sms p99=%sms made=%s gaps=%s loadgen_cp
 run() { # label server rate n duration
   start "$2" "$3"
   local out
-  out=$("$LOAD" --url ws://127.0.0.1:$PORT/v1/ws --connections "$4" --ramp-per-sec 5000 --subscribe "$SUB" --duration "$5" --source-addresses 8 2>/dev/null || echo '{}')
+  out=$(${LOAD_PIN:-} "$LOAD" --url ws://127.0.0.1:$PORT/v1/ws --connections "$4" --ramp-per-sec 5000 --subscribe "$SUB" --duration "$5" --source-addresses 8 2>/dev/null || echo '{}')
   stop
   echo "{\"point\":\"$1\",\"server\":\"$2\",\"rate\":$3,\"n\":$4,\"result\":$out}" >> bench/results/peers.json
   summary "$1 server=$2 rate=$3 n=$4" "$out"
@@ -51,6 +53,8 @@ for p in "$@"; do
   case $p in
   p2) for n in 100 1000 10000; do for rep in 1 2; do for s in this prev node; do run P2 $s 10 $n 20; done; done; done ;;
   p1) for rate in ${RATES:-1000 1500 2000}; do for s in this prev node; do run P1 $s "$rate" 1000 10; done; done ;;
+  p2pin) for rep in 1 2; do for s in this prev node; do
+      SERVER_PIN="taskset -c 0" LOAD_PIN="taskset -c 1" run P2pin $s 10 10000 20; done; done ;;
   p10) for rep in 1 2; do for s in this prev node; do run P10 $s 200 10000 15; done; done ;;
   p3)
     for s in this prev node; do

@@ -61,7 +61,7 @@ pub enum RunError {
     Server(std::io::Error),
 }
 
-type Task = JoinHandle<Result<(), (String, String)>>;
+type Task = JoinHandle<Result<(), RunError>>;
 /// What a supervised task ends with when it fails: its own module's error (`ClusterError`,
 /// `SinkError`, `SourceError`, ...), which the supervisor only names in `/readyz` and the log.
 pub type Failure = Box<dyn std::error::Error + Send + Sync>;
@@ -132,7 +132,7 @@ where
         tracing::error!(task = %name, reason = %reason, "a task failed; shutting down");
         health.task_failed(&name, &reason);
         shutdown.cancel();
-        Err((name, reason))
+        Err(RunError::TaskFailed { task: name, reason })
     })
 }
 
@@ -174,8 +174,8 @@ impl Running {
         };
         let mut failed = None;
         for t in self.tasks {
-            if let Ok(Err((task, reason))) = t.await {
-                failed.get_or_insert(RunError::TaskFailed { task, reason });
+            if let Ok(Err(e)) = t.await {
+                failed.get_or_insert(e);
             }
         }
         match (failed, served) {

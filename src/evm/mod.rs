@@ -344,41 +344,61 @@ pub enum EvmError {
 /// The health's name of the chain endpoint.
 pub const CLASS: &str = "evm_rpc";
 
+/// Why a JSON-RPC exchange gave no reply body.
+#[derive(Debug, thiserror::Error)]
+enum PostError {
+    #[error("{}", crate::live::http::cause(.0))]
+    Http(reqwest::Error, Option<u16>),
+    #[error("body over {0} bytes (source.evm.max_body_bytes)")]
+    TooLarge(usize, u16),
+    #[error("HTTP {0}")]
+    Status(u16),
+    #[error("the reply is not JSON ({0})")]
+    NotJson(serde_json::Error, u16),
+}
+
+impl PostError {
+    /// The HTTP status, when an answer came.
+    fn status(&self) -> Option<u16> {
+        match self {
+            PostError::Http(_, s) => *s,
+            PostError::TooLarge(_, s) | PostError::Status(s) | PostError::NotJson(_, s) => Some(*s),
+        }
+    }
+}
+
 /// One JSON-RPC exchange: the reply body, or why there is none.
 async fn post(
     http: &reqwest::Client,
     url: &str,
     body: &serde_json::Value,
     max: usize,
-) -> Result<serde_json::Value, (String, Option<u16>)> {
+) -> Result<serde_json::Value, PostError> {
     let mut resp = http
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body.to_string())
         .send()
         .await
-        .map_err(|e| (crate::live::http::cause(&e), None))?;
+        .map_err(|e| PostError::Http(e, None))?;
     let status = resp.status().as_u16();
     let mut buf = BytesMut::new();
     loop {
         match resp.chunk().await {
             Ok(Some(c)) => {
                 if buf.len() + c.len() > max {
-                    return Err((
-                        format!("body over {max} bytes (source.evm.max_body_bytes)"),
-                        Some(status),
-                    ));
+                    return Err(PostError::TooLarge(max, status));
                 }
                 buf.extend_from_slice(&c);
             }
             Ok(None) => break,
-            Err(e) => return Err((crate::live::http::cause(&e), Some(status))),
+            Err(e) => return Err(PostError::Http(e, Some(status))),
         }
     }
     if !(200..300).contains(&status) {
-        return Err((format!("HTTP {status}"), Some(status)));
+        return Err(PostError::Status(status));
     }
-    serde_json::from_slice(&buf).map_err(|e| (format!("the reply is not JSON ({e})"), Some(status)))
+    serde_json::from_slice(&buf).map_err(|e| PostError::NotJson(e, status))
 }
 
 /// Runs until shutdown.
@@ -524,12 +544,14 @@ pub async fn run(mut ctx: Ctx) -> Result<(), EvmError> {
                 }
                 refused.then(|| "the provider's reply was refused (see the log)".to_string())
             }
-            Err((why, status)) => {
+            Err(failed) => {
                 ctx.metrics.live.upstream_request(
                     CLASS,
-                    &status.map_or_else(|| "error".to_string(), |s| s.to_string()),
+                    &failed
+                        .status()
+                        .map_or_else(|| "error".to_string(), |s| s.to_string()),
                 );
-                Some(why)
+                Some(failed.to_string())
             }
         };
         match refused {

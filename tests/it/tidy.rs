@@ -305,6 +305,21 @@ fn what_each_module_never_does() {
             "src/server/session/state.rs names `{path}`"
         );
     }
+    // Errors are typed per module: no `Result<_, String>` and no error turned into its text
+    // to be passed on, outside tests.
+    for dir in ["src", "crates/core/src"] {
+        let mut files = Vec::new();
+        rust_files(&Path::new(ROOT).join(dir), &mut files);
+        for f in files {
+            let c = code(&f);
+            assert!(
+                string_errors(&c).is_empty() && !c.contains("map_err(|e| e.to_string())"),
+                "{} passes an error on as a String: {:?}",
+                f.display(),
+                string_errors(&c)
+            );
+        }
+    }
     // The session's state machine and outbox do no I/O and read no clock.
     for file in [
         "src/server/session/state.rs",
@@ -315,6 +330,34 @@ fn what_each_module_never_does() {
             assert!(!c.contains(banned), "{file} mentions `{banned}`");
         }
     }
+}
+
+/// Every `Result<T, String>` in `code`, however `T` nests (`Result<Vec<(u8, String)>, E>` is
+/// not one).
+fn string_errors(code: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for (i, _) in code.match_indices("Result<") {
+        let args = &code[i + "Result<".len()..];
+        let (mut depth, mut comma, mut end) = (0i32, None, None);
+        for (j, ch) in args.char_indices() {
+            match ch {
+                '<' | '(' | '[' => depth += 1,
+                '>' if depth == 0 => {
+                    end = Some(j);
+                    break;
+                }
+                '>' | ')' | ']' => depth -= 1,
+                ',' if depth == 0 => comma = Some(j),
+                _ => {}
+            }
+        }
+        if let (Some(c), Some(e)) = (comma, end) {
+            if args[c + 1..e].trim() == "String" {
+                found.push(format!("Result<{}>", &args[..e]));
+            }
+        }
+    }
+    found
 }
 
 #[test]
@@ -334,6 +377,11 @@ fn every_file_says_what_it_owns() {
 
 #[test]
 fn the_checker_sees_a_violation_when_there_is_one() {
+    // The error reader finds what it is for and only that.
+    assert_eq!(
+        string_errors("fn f() -> Result<Vec<(u8, String)>, String> {}\nfn g() -> io::Result<String> {}\nfn h() -> Result<HashMap<String, String>, E> {}"),
+        ["Result<Vec<(u8, String)>, String>"]
+    );
     // The import reader itself, on code that breaks the rules.
     let bad = "use crate::{hub, server::session};\nfn f() { crate::live::run(); }\n";
     let got = imports(bad, &["crate"]);

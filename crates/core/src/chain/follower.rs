@@ -578,9 +578,13 @@ impl Follower {
     ) {
         let mut headers = BTreeMap::new();
         for (n, r) in numbers.iter().zip(results) {
-            let h = r.as_ref().map_err(|e| e.message.clone()).and_then(|v| {
-                serde_json::from_value::<Option<Header>>(v.clone()).map_err(|e| e.to_string())
-            });
+            let h = match r {
+                Ok(v) => serde_json::from_value::<Option<Header>>(v.clone()),
+                Err(e) => {
+                    out.problems.push(format!("block {n}: {}", e.message));
+                    continue;
+                }
+            };
             match h {
                 Ok(Some(h)) if h.number.to::<u64>() == *n => {
                     headers.insert(*n, h);
