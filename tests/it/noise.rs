@@ -56,12 +56,13 @@ fn autocorrelated_order_flow() {
     check(Scenario::Autocorrelated);
 }
 
-/// Over budget today: 6 bullish (5 `momentum_up`, 1 `volume_surge`) in 5,000 pair-hours,
-/// where 5 are allowed. A pair whose volatility triples at once makes 6σ moves against the
-/// σ it had; the settings that keep this model under budget (a 4-hour half-life) see the real
-/// rebounds of 2023-08-17 some 40 minutes late, and the rules measured against it (a faster
-/// σ, steadiness, freezing only after a 6σ move) lose the real calls first (docs/signals.md,
-/// "Relative to the pair"). Run it with `--ignored`.
+/// Over budget: 6 bullish (5 `momentum_up`, 1 `volume_surge`) in these 5,000 pair-hours,
+/// where 5 are allowed, and 10 to 17 on seeds 102 to 105 (2.6 per 1,000 over the five). A
+/// pair whose volatility triples at once makes 6σ moves against the σ it had; a 4-hour
+/// half-life keeps this seed under budget but sees the real rebounds of 2023-08-17 some 40
+/// minutes late, and the rules measured against it (a faster σ, steadiness, freezing only
+/// after a 6σ move, a second confirming snapshot) lose the real calls first or leave the model
+/// over budget (docs/signals.md, "Relative to the pair"). Run it with `--ignored`.
 #[test]
 #[ignore = "over budget: 6 bullish in 5,000 pair-hours (docs/signals.md, issue 23 open)"]
 fn switching_volatility_regimes() {
@@ -78,6 +79,8 @@ fn a_slow_drift_up_with_no_breakout() {
     check(Scenario::Drift);
 }
 
+/// Under budget on this seed (4) and on average over seeds 101 to 105 (0.88 per 1,000
+/// pair-hours), but not on every seed: 9 on seed 103 (docs/signals.md, "One seed is one draw").
 #[test]
 fn thin_pools_with_few_large_trades() {
     check(Scenario::Thin);
