@@ -11,6 +11,8 @@
 #
 #   DEX=path/to/build bench/archive.sh        # default target/release/dexpulse
 #   READ=resume DEX=… bench/archive.sh
+#   READERS_NICE=19 bench/archive.sh     # the readers' own processes at the lowest priority, so
+#                                        # that what moves is the server's reading, not theirs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ulimit -n 65536 2>/dev/null || true
@@ -20,6 +22,7 @@ LOAD=target/release/loadgen
 PORT=${BENCH_PORT:-18730}
 READERS=${READERS:-8}
 READ=${READ:-signals}
+NICE=${READERS_NICE:-0}
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 for rep in 1 2; do
@@ -33,7 +36,7 @@ for rep in 1 2; do
     sleep 5
     before=$(curl -s http://127.0.0.1:$PORT/metrics | awk '/^dexpulse_log_commit_seconds_(sum|count)/ {print $2}' | tr '\n' ' ')
     if [ "$READ" = resume ]; then
-      python3 - "$PORT" "$readers" 20 target/release/abuse > "$tmp/readers.out" <<'PY' &
+      nice -n "$NICE" python3 - "$PORT" "$readers" 20 target/release/abuse > "$tmp/readers.out" <<'PY' &
 import json, subprocess, sys, threading, time
 port, n, secs, abuse = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 done = [0, 0, 0]
@@ -51,7 +54,7 @@ for t in threads: t.join()
 print(json.dumps({"pages_per_s": round(done[0] / secs, 1), "frames_per_s": round(done[1] / secs), "disorder": done[2]}))
 PY
     else
-    python3 - "$PORT" "$readers" 20 > "$tmp/readers.out" <<'PY' &
+    nice -n "$NICE" python3 - "$PORT" "$readers" 20 > "$tmp/readers.out" <<'PY' &
 import json, sys, threading, time, urllib.request
 port, n, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 done = [0, 0]
@@ -75,14 +78,14 @@ PY
     wait $rp
     after=$(curl -s http://127.0.0.1:$PORT/metrics | awk '/^dexpulse_log_commit_seconds_(sum|count)/ {print $2}' | tr '\n' ' ')
     kill -INT $pid; wait $pid 2>/dev/null || true
-    python3 - "$rep" "$readers" "$out" "$before" "$after" "$(cat "$tmp/readers.out" 2>/dev/null || echo '{}')" "$READ" <<'PY'
+    python3 - "$rep" "$readers" "$out" "$before" "$after" "$(cat "$tmp/readers.out" 2>/dev/null || echo '{}')" "$READ" "$NICE" <<'PY'
 import json, sys
-rep, readers, out, before, after, rd, read = sys.argv[1:8]
+rep, readers, out, before, after, rd, read, nice = sys.argv[1:9]
 d = json.loads(out); l = d["latency_ms"]
 b = [float(x) for x in before.split()]; a = [float(x) for x in after.split()]
 commit_ms = (a[0] - b[0]) / max(a[1] - b[1], 1) * 1000
 r = json.loads(rd) if rd.strip() else {}
-print(f"archive read={read} run={rep} readers={readers} publish->receive p50={l['p50']}ms p99={l['p99']}ms gaps={d['seq_gaps']} "
+print(f"archive read={read} nice={nice} run={rep} readers={readers} publish->receive p50={l['p50']}ms p99={l['p99']}ms gaps={d['seq_gaps']} "
       f"commit mean={commit_ms:.3f}ms reads: {r.get('pages_per_s', 0)} pages (or resumes)/s, {r.get('frames_per_s', 0)} frames/s from the log"
       + (f", {r['disorder']} out of order or lagged" if "disorder" in r else ""))
 PY

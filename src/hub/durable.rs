@@ -22,6 +22,7 @@ use dexpulse_core::protocol::Epoch;
 use dexpulse_core::signal::checkpoint::Checkpoint;
 
 use super::history::{EventFields, Frame, History, MemoryHistory, Read, Since};
+use super::past;
 use super::Settings;
 use crate::health::Health;
 use crate::metrics::LogMetrics;
@@ -336,8 +337,8 @@ impl LogHistory {
     }
 }
 
-/// A read the memory window could not answer, from the file, on the blocking pool (the
-/// writer's lock is not taken; the rows are parsed after the reader's is let go). A write that
+/// A read the memory window could not answer, from the file, on a reader thread of [`past`]
+/// (the writer's lock is not taken; the rows are parsed after the reader's is let go). A write that
 /// fails makes redb refuse reads on the same handle until the writer has opened the file again,
 /// a moment later: the read is tried again with the handle the writer then puts in place, for
 /// up to `READ_RETRY` (a session told of a loss that is not one would resume for nothing). On
@@ -350,7 +351,7 @@ fn read_file(
 ) -> Read {
     let fallback = recent.clone();
     Read::Archive(Box::pin(async move {
-        let job = tokio::task::spawn_blocking(move || {
+        let job = past::run(move || {
             let attempt = || {
                 let rows = {
                     let slot = reader.read().unwrap_or_else(|p| p.into_inner());
@@ -382,7 +383,7 @@ fn read_file(
             let mut got = attempt();
             let mut waited = Duration::ZERO;
             while got.is_err() && waited < READ_RETRY {
-                // On the blocking pool: this thread is the read's own.
+                // A reader thread: this one is the read's own while it runs.
                 std::thread::sleep(READ_RETRY_STEP);
                 waited += READ_RETRY_STEP;
                 got = attempt();

@@ -2,7 +2,8 @@
 //! [`history`] (the epoch, the head, the retained frames; the seam a durable log implements),
 //! [`fanout`] (a broadcast channel per canonical filter set) and [`pairs`] (every pair's latest
 //! state). `publish` serializes each event once, hands the batch to the history (which numbers
-//! it), then to the fan-out; every subscriber sends those same bytes.
+//! it), then to the fan-out; every subscriber sends those same bytes. [`past`] runs the reads
+//! of older frames on threads of their own, below the publisher's priority.
 //!
 //! The hub never does socket I/O, knows no web framework, and never waits for a session: a
 //! receiver that falls behind its channel lags and its session catches up from the history.
@@ -12,6 +13,7 @@ pub mod durable;
 pub mod fanout;
 pub mod history;
 pub mod pairs;
+pub mod past;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -395,11 +395,12 @@ pub async fn signals(
         Ok(sq) => sq,
         Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", &m.to_string()),
     };
-    // Matching up to `SIGNALS_MAX_SCAN` events is work for the blocking pool; the reads of
-    // older frames are awaited there (the archive's own reads never block a worker either).
+    // Matching up to `SIGNALS_MAX_SCAN` events is work for a reader of the past, at its lower
+    // priority (the publisher's commit and the fan-out go first); the reads of older frames
+    // are awaited there, in place.
     let hub = state.hub.clone();
     let rt = tokio::runtime::Handle::current();
-    let page = tokio::task::spawn_blocking(move || {
+    let page = crate::hub::past::run(move || {
         let epoch = hub.epoch().to_string();
         rt.block_on(async {
             match sq.before {
