@@ -507,7 +507,9 @@ fn evaluate_reports_outcomes_against_a_seeded_baseline() {
             .unwrap_or_else(|| panic!("no {kind} {dir} row: {report}"))
             .clone()
     };
-    let up = row("momentum_up", "bullish");
+    // Before the engine has two hours of a pair's own history, its momentum is the naive
+    // rule's, published as information (docs/signals.md), and still judged on what followed.
+    let up = row("momentum_up", "neutral");
     assert!(up["count"].as_u64().unwrap() >= 4, "{up}");
     assert!(up["lift"].as_f64().unwrap() > 1.0, "{up}");
     assert!(up["random"]["count"].as_u64().unwrap() >= 10 * up["count"].as_u64().unwrap() / 2);

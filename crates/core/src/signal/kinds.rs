@@ -322,8 +322,25 @@ pub fn enter(
     let pr = &cfg.pump_reversal;
     let l = &cfg.liquidity;
     let holds = match kind {
-        Kind::MomentumUp => gate_bullish(f, cfg) && momentum(f, cfg, 1.0),
-        Kind::MomentumDown => gate_bearish(f, cfg) && old_enough(f, cfg) && momentum(f, cfg, -1.0),
+        Kind::MomentumUp | Kind::MomentumDown => {
+            let sign = momentum_sign(kind);
+            let gated = if sign > 0.0 {
+                gate_bullish(f, cfg)
+            } else {
+                gate_bearish(f, cfg) && old_enough(f, cfg)
+            };
+            if !(gated && momentum(f, cfg, sign)) {
+                return None;
+            }
+            // Before the pair's own history the rule is the naive one with a five-minute
+            // condition, a minute late: it cannot tell a bot anything the naive rule does not,
+            // so it is information only (docs/signals.md, "What each kind is worth").
+            return Some(if relative(f, cfg, sign).is_some() {
+                kind_direction(kind)
+            } else {
+                Direction::Neutral
+            });
+        }
         Kind::VolumeSurge => {
             if !surging(f, cfg) {
                 return None;
@@ -487,7 +504,8 @@ fn momentum(f: &Features, cfg: &Params, sign: f64) -> bool {
     }
 }
 
-/// The fixed direction of each kind (`volume_surge` takes its own).
+/// The direction of each kind (`volume_surge` takes its own, and momentum before the pair's
+/// history is neutral: `enter`).
 pub fn kind_direction(kind: Kind) -> Direction {
     match kind {
         Kind::MomentumUp => Direction::Bullish,
@@ -993,6 +1011,49 @@ mod tests {
         check((-3.0, -2.0), Some((8.0, 2.0, -0.1)), None);
         // A quote that moved too little, however significant (a stablecoin's wobble).
         check((1.0, 0.1), Some((30.0, 0.05, 0.1)), None);
+    }
+
+    #[test]
+    fn momentum_before_the_pairs_history_is_information_only() {
+        // A pair that passes both gates, moving 20 % in the hour and 5 % in five minutes
+        // (the absolute rule), with or without its own history's move of 7σ (the relative).
+        fn check(sign: f64, history: bool, want: Option<Direction>) {
+            let f = Features {
+                price: Some(1.0),
+                age_min: Some(600.0),
+                liquidity: Some(100_000.0),
+                liquidity_ref: Some(100_000.0),
+                vol: [Some(10_000.0), Some(50_000.0), None, None],
+                buys_h1: Some(30),
+                sells_h1: Some(30),
+                pc: [Some(sign * 5.0), Some(sign * 20.0), None, None],
+                price_move: history.then_some(Move {
+                    z: sign * 7.0,
+                    pct: sign * 3.0,
+                    minutes: 15.0,
+                    sigma_min: 0.001,
+                    from_ms: 0,
+                }),
+                ..Features::default()
+            };
+            let kind = if sign > 0.0 {
+                Kind::MomentumUp
+            } else {
+                Kind::MomentumDown
+            };
+            let got = enter(
+                kind,
+                &f,
+                &Params::default(),
+                RiskFlags::default(),
+                &Context::default(),
+            );
+            assert_eq!(got, want, "{kind:?} history {history}");
+        }
+        check(1.0, false, Some(Direction::Neutral));
+        check(1.0, true, Some(Direction::Bullish));
+        check(-1.0, false, Some(Direction::Neutral));
+        check(-1.0, true, Some(Direction::Bearish));
     }
 
     #[test]
