@@ -214,19 +214,38 @@ impl EwStats {
 }
 
 /// The pair's own price path and volatility (docs/signals.md, "Relative to the pair"): the
-/// log prices of the last hour or so, and a time-aware EW estimate of the variance per minute
-/// of the steps between fresh snapshots (so the estimate does not depend on how often the
-/// pair is polled). A step taken while the price already stands `freeze_z` σ from where it
-/// was is part of a move and left out: a crash does not redefine the pair's normal for the
-/// rebound that follows it.
+/// log prices of the last hour or so, and time-aware EW estimates of the variance per minute
+/// of the steps between fresh snapshots (so the estimates do not depend on how often the
+/// pair is polled), one long-run and one short-run; a move is measured against the larger.
+/// A step taken while the price already stands `freeze_z` long-run σ from where it was is
+/// part of a move and left out of both: a crash does not redefine the pair's normal for the
+/// rebound that follows it. A move the size of an event sets the short-run estimate back to
+/// the long-run one: the minutes that led into it were the move's, not a new normal. So a
+/// market that turns hot on its own is learnt within the hour, and one that turns hot with
+/// a crash is not.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PricePath {
-    /// EW variance of `ln(p_t / p_{t-1})` per minute.
+    /// EW variance of `ln(p_t / p_{t-1})` per minute, long-run.
     var: f64,
+    /// The same, short-run; 0 in a checkpoint written before it existed (then the long-run
+    /// one alone holds until it is learnt).
+    #[serde(default)]
+    fast: f64,
     n: u32,
     first_ms: i64,
     /// (t, ln p) of fresh snapshots, oldest first, back to the longest lookback.
     path: VecDeque<(i64, f64)>,
+}
+
+/// How a [`PricePath`] learns its volatility (`[signal.volatility]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Yardstick {
+    pub half_life_ms: f64,
+    pub fast_half_life_ms: f64,
+    /// A step taken this many long-run σ from where the price was is left out.
+    pub freeze_z: f64,
+    /// A move this many σ (momentum's `enter_z`) sets the short-run estimate back.
+    pub reset_z: f64,
 }
 
 /// A move of the price against the pair's own volatility.
@@ -271,7 +290,8 @@ impl PricePath {
         if self.n < min_obs || t_ms - self.first_ms < min_span_ms || self.var <= 0.0 {
             return None;
         }
-        let sigma_min = self.var.sqrt();
+        let var = self.yardstick();
+        let sigma_min = var.sqrt();
         let mut best: Option<Move> = None;
         for &k in lookbacks {
             let Some(i) = self.path.iter().rposition(|(at, _)| *at <= t_ms - k) else {
@@ -297,7 +317,7 @@ impl PricePath {
                 prev = *x;
             }
             let trimmed = total.signum() * (total.abs() - largest).max(0.0);
-            let z = trimmed / (self.var * span / MIN_MS).sqrt();
+            let z = trimmed / (var * span / MIN_MS).sqrt();
             if z.is_finite() && best.is_none_or(|b| z.abs() > b.z.abs()) {
                 best = Some(Move {
                     z,
@@ -317,32 +337,48 @@ impl PricePath {
         Some((lp - lp0).exp_m1() * 100.0)
     }
 
-    /// Folds a fresh snapshot's price in (after its move was measured). `z` is that move's.
-    pub fn update(
-        &mut self,
-        t_ms: i64,
-        lp: f64,
-        z: Option<f64>,
-        half_life_ms: f64,
-        freeze_z: f64,
-        keep_ms: i64,
-    ) {
+    /// The variance per minute a move is measured against: the larger of the long-run and
+    /// the short-run estimates.
+    fn yardstick(&self) -> f64 {
+        self.var.max(self.fast)
+    }
+
+    /// Folds a fresh snapshot's price in (after its move was measured). `z` is that move's,
+    /// against [`PricePath::yardstick`].
+    pub fn update(&mut self, t_ms: i64, lp: f64, z: Option<f64>, cfg: &Yardstick, keep_ms: i64) {
         if !lp.is_finite() {
             return;
         }
         match self.path.back().copied() {
             None => self.first_ms = t_ms,
             Some((t0, lp0)) if t_ms > t0 => {
-                let in_move = z.is_some_and(|z| z.abs() >= freeze_z);
+                // Whether a step is part of a move is judged against the long-run σ alone:
+                // a hot market's wanderings are learnt, not frozen out, while a crash's are
+                // frozen out whatever the short-run σ has learnt on its way in.
+                let long_z = z.map(|z| {
+                    if self.var > 0.0 {
+                        z * (self.yardstick() / self.var).sqrt()
+                    } else {
+                        z
+                    }
+                });
+                let in_move = long_z.is_some_and(|z| z.abs() >= cfg.freeze_z);
+                if z.is_some_and(|z| z.abs() >= cfg.reset_z) {
+                    self.fast = self.fast.min(self.var);
+                }
                 if !in_move {
                     let dt = (t_ms - t0) as f64;
                     let x = (lp - lp0).powi(2) / (dt / MIN_MS);
-                    let alpha = if self.n == 0 {
-                        1.0
-                    } else {
-                        1.0 - (-std::f64::consts::LN_2 * dt / half_life_ms.max(1.0)).exp()
+                    let alpha = |half_life_ms: f64| {
+                        if self.n == 0 {
+                            1.0
+                        } else {
+                            1.0 - (-std::f64::consts::LN_2 * dt / half_life_ms.max(1.0)).exp()
+                        }
                     };
-                    self.var += alpha * (x - self.var);
+                    let (a_long, a_fast) = (alpha(cfg.half_life_ms), alpha(cfg.fast_half_life_ms));
+                    self.var += a_long * (x - self.var);
+                    self.fast += a_fast * (x - self.fast);
                     self.n = self.n.saturating_add(1);
                 }
             }
@@ -441,16 +477,15 @@ pub fn compute(snap: &Snapshot, h: &mut History, cfg: &Params) -> Features {
         .map(|p| p.value.ln())
         .filter(|x| x.is_finite());
     let keep = lookbacks.last().copied().unwrap_or(0) * 6 / 5;
+    let yardstick = Yardstick {
+        half_life_ms: cfg.ms.vol_half_life as f64,
+        fast_half_life_ms: cfg.ms.vol_fast_half_life as f64,
+        freeze_z: pv.freeze_z,
+        reset_z: cfg.momentum.enter_z,
+    };
     let fold = |path: &mut PricePath, lp: f64| {
         let m = path.strongest(t, lp, &lookbacks, pv.min_obs, cfg.ms.vol_min_span);
-        path.update(
-            t,
-            lp,
-            m.map(|m| m.z),
-            cfg.ms.vol_half_life as f64,
-            pv.freeze_z,
-            keep,
-        );
+        path.update(t, lp, m.map(|m| m.z), &yardstick, keep);
         m
     };
     // The quote's move first: the pair's own path must not yet hold this snapshot when the
@@ -608,6 +643,89 @@ mod tests {
 
     fn close(a: f64, b: f64, tol: f64) -> bool {
         (a - b).abs() <= tol
+    }
+
+    const LOOKBACKS: [i64; 4] = [5 * 60_000, 15 * 60_000, 30 * 60_000, 60 * 60_000];
+
+    fn yardstick(reset_z: f64) -> Yardstick {
+        Yardstick {
+            half_life_ms: 360.0 * 60_000.0,
+            fast_half_life_ms: 60.0 * 60_000.0,
+            freeze_z: 3.0,
+            reset_z,
+        }
+    }
+
+    /// Folds one snapshot a minute, each step `step(minute)` in log price; returns the σ per
+    /// minute the last move was measured against (in percent) and the largest |z| seen.
+    fn walk(
+        path: &mut PricePath,
+        y: &Yardstick,
+        minutes: std::ops::Range<i64>,
+        lp: &mut f64,
+        mut step: impl FnMut(i64) -> f64,
+    ) -> (f64, f64) {
+        let (mut sigma, mut largest) = (0.0, 0.0f64);
+        for m in minutes {
+            *lp += step(m);
+            let t = m * 60_000;
+            let mv = path.strongest(t, *lp, &LOOKBACKS, 60, 120 * 60_000);
+            if let Some(mv) = mv {
+                sigma = mv.sigma_min * 100.0;
+                largest = largest.max(mv.z.abs());
+            }
+            path.update(t, *lp, mv.map(|m| m.z), y, 72 * 60_000);
+        }
+        (sigma, largest)
+    }
+
+    fn normal_steps(seed: u64, sigma_pct: f64) -> impl FnMut(i64) -> f64 {
+        use rand::SeedableRng;
+        use rand_distr::{Distribution, StandardNormal};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        move |_| {
+            let e: f64 = StandardNormal.sample(&mut rng);
+            e * sigma_pct / 100.0
+        }
+    }
+
+    #[test]
+    fn a_market_that_turns_hot_on_its_own_is_learnt_within_the_hour() {
+        // Six calm hours, then 90 minutes with three times the volatility and no trend: the σ
+        // a move is measured against, over the calm one.
+        let check = |fast: bool| {
+            let mut y = yardstick(6.0);
+            if !fast {
+                y.fast_half_life_ms = y.half_life_ms;
+            }
+            let (mut path, mut lp) = (PricePath::default(), 0.0);
+            let (calm, _) = walk(&mut path, &y, 0..360, &mut lp, normal_steps(7, 0.1));
+            walk(&mut path, &y, 360..450, &mut lp, normal_steps(8, 0.3)).0 / calm
+        };
+        let (with, without) = (check(true), check(false));
+        assert!(with > 1.5, "σ ×{with:.2} after 90 hot minutes");
+        assert!(without < 1.3, "the long-run σ alone: ×{without:.2}");
+    }
+
+    #[test]
+    fn a_crash_does_not_teach_the_short_run_yardstick() {
+        let check = |reset_z: f64| {
+            let y = yardstick(reset_z);
+            let (mut path, mut lp) = (PricePath::default(), 0.0);
+            let (calm, _) = walk(&mut path, &y, 0..360, &mut lp, normal_steps(7, 0.05));
+            // A jumpy lead-in, a slide of 0.3 % a minute for ten minutes, then a hot, trendless
+            // aftermath.
+            walk(&mut path, &y, 360..380, &mut lp, normal_steps(8, 0.15));
+            let (_, crash_z) = walk(&mut path, &y, 380..390, &mut lp, |_| -0.003);
+            let (after, _) = walk(&mut path, &y, 390..420, &mut lp, normal_steps(9, 0.25));
+            (after / calm, crash_z)
+        };
+        let (with, crash_z) = check(6.0);
+        assert!(crash_z >= 6.0, "the crash is a move: {crash_z:.1}σ");
+        assert!(with < 1.25, "σ ×{with:.2} after the crash");
+        // What the reset is for: the jumpy lead-in, learnt by the short-run estimate.
+        let (without, _) = check(f64::INFINITY);
+        assert!(without > 1.5, "without the reset: ×{without:.2}");
     }
 
     #[test]

@@ -362,6 +362,10 @@ impl Default for RawFsm {
 #[serde(default, deny_unknown_fields)]
 pub struct RawVolatility {
     pub half_life_minutes: f64,
+    /// The short-run yardstick's half-life: a market that turns hot is learnt in an hour,
+    /// and a move is measured against the larger of the two σ. A move of `momentum.enter_z`
+    /// sets it back to the long-run one (the minutes that led into a move were the move's).
+    pub fast_half_life_minutes: f64,
     /// Observations (fresh snapshots) and the span they need before the z-scores exist; until
     /// then the absolute thresholds hold.
     pub min_obs: u32,
@@ -377,6 +381,7 @@ impl Default for RawVolatility {
     fn default() -> Self {
         RawVolatility {
             half_life_minutes: 360.0,
+            fast_half_life_minutes: 60.0,
             min_obs: 60,
             min_span_minutes: 120.0,
             freeze_z: 3.0,
@@ -537,6 +542,7 @@ pub struct Fsm {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Volatility {
     pub half_life: Duration,
+    pub fast_half_life: Duration,
     pub min_obs: u32,
     pub min_span: Duration,
     pub freeze_z: f64,
@@ -590,6 +596,7 @@ pub(crate) struct Millis {
     pub price_jump_window: i64,
     pub stale_m5_proof: i64,
     pub vol_half_life: i64,
+    pub vol_fast_half_life: i64,
     pub vol_min_span: i64,
 }
 
@@ -987,12 +994,20 @@ impl RawFreshness {
 impl RawVolatility {
     /// Checks `[signal.volatility]`.
     fn parse(&self) -> Result<Volatility, FieldError> {
+        let half_life = minutes(
+            "volatility.half_life_minutes",
+            self.half_life_minutes,
+            1.0,
+            100_000.0,
+        )?;
         Ok(Volatility {
-            half_life: minutes(
-                "volatility.half_life_minutes",
-                self.half_life_minutes,
+            half_life,
+            // Longer than the long-run one, it would be the long-run one.
+            fast_half_life: minutes(
+                "volatility.fast_half_life_minutes",
+                self.fast_half_life_minutes,
                 1.0,
-                100_000.0,
+                as_minutes(half_life),
             )?,
             min_obs: at_least("volatility.min_obs", self.min_obs, 2)?,
             min_span: minutes(
@@ -1074,6 +1089,7 @@ impl Params {
             price_jump_window: to_ms(freshness.price_jump_window),
             stale_m5_proof: to_ms(freshness.stale_m5_proof),
             vol_half_life: to_ms(volatility.half_life),
+            vol_fast_half_life: to_ms(volatility.fast_half_life),
             vol_min_span: to_ms(volatility.min_span),
         };
         Ok(Params {
@@ -1172,6 +1188,17 @@ mod tests {
         check(
             |r| r.volume_surge.r60_min_r5 = 5.0,
             Some("volume_surge.r60_min_r5"),
+        );
+        check(
+            |r| r.volatility.fast_half_life_minutes = 361.0,
+            Some("volatility.fast_half_life_minutes"),
+        );
+        check(
+            |r| {
+                r.volatility.half_life_minutes = 720.0;
+                r.volatility.fast_half_life_minutes = 361.0;
+            },
+            None,
         );
     }
 
