@@ -227,8 +227,8 @@ impl EwStats {
 pub struct PricePath {
     /// EW variance of `ln(p_t / p_{t-1})` per minute, long-run.
     var: f64,
-    /// The same, short-run; 0 in a checkpoint written before it existed (then the long-run
-    /// one alone holds until it is learnt).
+    /// The same, short-run. Absent from the states of earlier versions, which are not restored
+    /// anyway (their `params_hash` differs); 0 would leave the long-run one alone until learnt.
     #[serde(default)]
     fast: f64,
     n: u32,
